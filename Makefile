@@ -1,0 +1,26 @@
+# One command sets up and runs the main job (`make demo`), one sets up and runs the tests (`make test`).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup clean-store
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision first and pinned: on the team's machines these wheels lie on disk.
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mitoprobe run
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-store:
+	rm -rf mitoprobe-store

@@ -1,0 +1,70 @@
+"""The ``mitoprobe`` command: a thin root group that loads each package's commands lazily,
+so ``mitoprobe --help`` is instant and never imports torch."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+# name -> ("module:attribute", one-line purpose shown by --help without importing the module)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("store.cli:data", "Import the AMi-Br benchmark into the store (or download it)."),
+    "store": ("store.cli:store_group", "Inspect the store: what is stored, counts and sizes."),
+    "sql": ("store.cli:sql", "Run a DuckDB query over patches, embeddings, runs and predictions."),
+}
+
+
+def register(name: str, target: str, summary: str) -> None:
+    """Add a lazily loaded command (used by packages that provide their own CLI module)."""
+    COMMANDS[name] = (target, summary)
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mitoprobe")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """mitoprobe: benchmark foundation models and heads for atypical vs normal mitoses.
+
+    The store lives in ./mitoprobe-store or $MITOPROBE_STORE (every command takes --store).
+
+    Example: mitoprobe run
+    """
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    from store.errors import MitoprobeError
+
+    try:
+        cli.main(standalone_mode=False)
+    except MitoprobeError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

@@ -1,0 +1,37 @@
+"""Terminal output helpers shared by every command (rich tables, human sizes)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def human_bytes(n: int | float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def print_frame(df: pd.DataFrame, title: str | None = None, max_rows: int = 200, floatfmt: str = "{:.4f}") -> None:
+    """Print a DataFrame as a rich table (falls back to plain text when not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for col in df.columns:
+        table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(df[col]) else "left")
+    for _, row in df.head(max_rows).iterrows():
+        cells = []
+        for v in row:
+            if isinstance(v, float):
+                cells.append("" if pd.isna(v) else floatfmt.format(v))
+            elif isinstance(v, (bytes, bytearray)):
+                cells.append(f"<{len(v)} bytes>")
+            else:
+                cells.append("" if v is None or (not isinstance(v, (list, tuple, dict)) and pd.isna(v)) else str(v))
+        table.add_row(*cells)
+    console = Console(width=200 if not Console().is_terminal else None)
+    console.print(table)
+    if len(df) > max_rows:
+        console.print(f"... {len(df) - max_rows} more rows")

@@ -1,0 +1,54 @@
+"""Where the store and the datasets live, resolved one way everywhere."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+STORE_ENV = "MITOPROBE_STORE"
+DATA_ENV = "MITOPROBE_DATA"
+CACHE_ENV = "MITOPROBE_CACHE"
+DEFAULT_STORE = "mitoprobe-store"
+
+# Relative to the working directory, as in the team's checkouts (the repo beside ../shared).
+SHARED_BENCHMARK = Path("../shared/datasets/AMi-Br_Benchmark")
+SHARED_AMIBR_CSV = Path("../shared/datasets/AMi-Br/AMI-BR.csv")
+
+
+def store_root(path: str | Path | None = None) -> Path:
+    """``path``, else ``$MITOPROBE_STORE``, else ``./mitoprobe-store``."""
+    if path is not None:
+        return Path(path)
+    return Path(os.environ.get(STORE_ENV, DEFAULT_STORE))
+
+
+def cache_dir() -> Path:
+    """User cache for ``mitoprobe data download`` (``$MITOPROBE_CACHE`` or ~/.cache/mitoprobe)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return Path(base) / "mitoprobe"
+
+
+def default_data_dir() -> Path | None:
+    """First existing of ``$MITOPROBE_DATA``, ``../shared/...``, the download cache; else None."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    for candidate in (SHARED_BENCHMARK, cache_dir() / "AMi-Br_Benchmark"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def find_amibr_csv(data_dir: Path) -> Path | None:
+    """``AMI-BR.csv`` beside the benchmark folder, inside it, or in ../shared."""
+    for candidate in (
+        data_dir / "AMI-BR.csv",
+        data_dir.parent / "AMi-Br" / "AMI-BR.csv",
+        SHARED_AMIBR_CSV,
+    ):
+        if candidate.is_file():
+            return candidate
+    return None

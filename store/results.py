@@ -1,0 +1,49 @@
+"""Append-only result tables (``runs``, ``predictions``, ...) as Parquet parts.
+
+Each append writes one new part file atomically under ``<store>/results/<table>/``; nothing is
+ever rewritten, so a crash mid-append loses only that append and earlier results stay intact.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import sweep_tmp, write_parquet
+
+RESULT_TABLES = ("runs", "predictions")
+
+
+class ResultTables:
+    def __init__(self, root: Path):
+        self.dir = Path(root) / "results"
+
+    def table_dir(self, table: str) -> Path:
+        return self.dir / table
+
+    def append(self, table: str, df: pd.DataFrame | pa.Table) -> Path | None:
+        """Append rows as a new part; returns the part path (None for an empty frame)."""
+        t = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+        if t.num_rows == 0:
+            return None
+        name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+        return write_parquet(t, self.table_dir(table) / name)
+
+    def parts(self, table: str) -> list[Path]:
+        d = self.table_dir(table)
+        sweep_tmp(d)
+        return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
+
+    def read(self, table: str, columns: list[str] | None = None) -> pd.DataFrame:
+        parts = self.parts(table)
+        if not parts:
+            return pd.DataFrame(columns=columns or [])
+        tables = [pq.read_table(p) for p in parts]
+        t = pa.concat_tables(tables, promote_options="permissive")
+        df = t.to_pandas()
+        return df[columns] if columns else df
