@@ -1,0 +1,134 @@
+"""The recipe registry: one frozen ``Recipe`` per embedder, one module per model family.
+
+A recipe holds exactly what changes a vector (architecture and kwargs, weight source, input
+geometry, normalisation, precision, outputs) and nothing that does not (batch size, device,
+workers: those are arguments of ``embedder.embed``). Names follow timm's ``arch.tag`` scheme with
+the tag naming the weight source: ``virchow2.hf`` (hub weights), ``virchow2.random`` (same
+architecture, seeded random weights). Torch-free: listing recipes never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from store.errors import StoreError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+WEIGHT_SOURCES = ("hf", "random", "none")
+PLACEMENTS = ("upsample", "native")
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One embedder. Every field except ``note`` enters the recipe id.
+
+    Geometry: ``placement="upsample"`` resizes the 128 px patch to ``resize`` px (``interpolation``)
+    then centre-crops ``input_size`` (the paper's way); ``"native"`` keeps the pixel scale and
+    centre-places the patch on an ``input_size`` canvas (reflect padding; centre crop if smaller).
+    ``precision`` is the autocast dtype on GPU (CPU runs fp32; the run's device and dtype are
+    recorded in the set's provenance). ``outputs`` are the stored vector columns with their
+    dimensions; ``paper_outputs`` those the paper concatenates for its probes.
+    """
+
+    name: str
+    family: str
+    arch: str  # timm architecture name, or "handcrafted"
+    kwargs: tuple[tuple[str, Any], ...] = ()  # timm create_model kwargs (layer classes by name)
+    weights: str = "random"  # "hf" | "random" | "none"
+    hub_id: str | None = None
+    revision: str | None = None  # hub revision; None = the default branch (unpinned)
+    seed: int = 0  # random-weight initialisation seed
+    input_size: int = 224
+    resize: int = 224
+    interpolation: str = "bicubic"
+    placement: str = "upsample"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    precision: str = "bf16"
+    outputs: tuple[tuple[str, int], ...] = (("cls", 0), ("mean", 0))
+    paper_outputs: tuple[str, ...] = ("cls",)
+    schema_version: int = 1
+    note: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if "." not in self.name and self.weights != "none":
+            raise ValueError(f"recipe name {self.name!r} must be arch.tag (e.g. virchow2.hf)")
+        if self.weights not in WEIGHT_SOURCES:
+            raise ValueError(f"{self.name}: weights must be one of {WEIGHT_SOURCES}")
+        if self.weights == "hf" and not self.hub_id:
+            raise ValueError(f"{self.name}: hub weights need hub_id")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"{self.name}: placement must be one of {PLACEMENTS}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"{self.name}: precision must be one of {PRECISIONS}")
+        if not self.outputs or any(d <= 0 for _, d in self.outputs):
+            raise ValueError(f"{self.name}: every output needs a positive dimension")
+        if not set(self.paper_outputs) <= set(self.output_dims):
+            raise ValueError(f"{self.name}: paper_outputs must be among outputs")
+
+    @property
+    def output_dims(self) -> dict[str, int]:
+        return dict(self.outputs)
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return dict(self.kwargs)
+
+    @property
+    def is_vit(self) -> bool:
+        return set(self.output_dims) == {"cls", "mean"}
+
+    def identity(self) -> dict:
+        """The fields that change a vector (everything but ``note``)."""
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d.pop("note")
+        return d
+
+
+_REGISTRY: dict[str, Recipe] = {}
+
+
+def register(recipe: Recipe) -> Recipe:
+    """Add a recipe; a duplicate name raises (names are cache keys)."""
+    if recipe.name in _REGISTRY:
+        raise ValueError(f"recipe {recipe.name!r} is already registered")
+    _REGISTRY[recipe.name] = recipe
+    return recipe
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise StoreError(f"unknown embedder {name!r}; `mitoprobe embed --list` shows the recipes "
+                         f"({', '.join(sorted(_REGISTRY))})") from None
+
+
+def list_recipes(family: str | None = None) -> list[Recipe]:
+    return [r for r in _REGISTRY.values() if family is None or r.family == family]
+
+
+def vit_pair(name_stem: str, family: str, hub_id: str, dim: int, **fields: Any) -> tuple[Recipe, Recipe]:
+    """The ``.hf`` recipe and its ``.random`` twin (same architecture, seeded random weights)."""
+    outputs = (("cls", dim), ("mean", dim))
+    hf = Recipe(name=f"{name_stem}.hf", family=family, weights="hf", hub_id=hub_id, outputs=outputs, **fields)
+    rnd = Recipe(name=f"{name_stem}.random", family=family, weights="random", outputs=outputs,
+                 **{k: v for k, v in fields.items() if k != "note"},
+                 note=f"random-weight control with the {name_stem}.hf architecture")
+    return register(hf), register(rnd)
+
+
+# Family modules register their recipes on import (explicit, no import *).
+from . import virchow  # noqa: E402,F401
+from . import uni  # noqa: E402,F401
+from . import hoptimus  # noqa: E402,F401
+from . import gigapath  # noqa: E402,F401
+from . import offline  # noqa: E402,F401
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Recipe", "get_recipe", "list_recipes", "register"]

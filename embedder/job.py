@@ -1,0 +1,225 @@
+"""The embedding job: every model once over every patch, written through the store's writer.
+
+Incremental (only (patch, view) keys missing under the current recipe id are computed) and
+resumable (the writer commits one Parquet part per chunk, atomically, so a kill at any point loses
+at most the chunk in flight and never duplicates a row). Torch is imported inside the functions
+so that ``import embedder`` stays torch-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from store import Store
+from store.errors import StoreError
+from store.progress import progress as progress_bar
+
+from .identity import identity_of, recipe_id_of
+from .recipes import Recipe, get_recipe
+from .transforms import decode_png
+from .views import apply_view_np, apply_view_torch, view_names
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 1024  # rows committed per Parquet part (what a kill can lose at most)
+
+
+@dataclass
+class EmbedSummary:
+    name: str
+    recipe_id: str
+    rows_written: int
+    rows_total: int
+    seconds: float
+    patches_per_s: float
+    device: str = "cpu"
+    engine: str = "local"
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise StoreError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def autocast_dtype(recipe: Recipe, device: str):
+    """bf16/fp16 autocast on GPU per the recipe; fp32 on CPU (vectors are stored fp32 either way)."""
+    import torch
+
+    if not device.startswith("cuda") or recipe.precision == "fp32":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[recipe.precision]
+
+
+class Prepare:
+    """Worker-side: PNG bytes -> model input (neural) or per-view feature rows (handcrafted)."""
+
+    def __init__(self, transform, views: tuple[str, ...], pixel_views: bool):
+        self.transform, self.views, self.pixel_views = transform, views, pixel_views
+
+    def __call__(self, png: bytes) -> np.ndarray:
+        rgb = decode_png(png)
+        if self.pixel_views:  # (V, d): views applied to the pixels, then the features
+            return np.stack([self.transform(apply_view_np(rgb, v)) for v in self.views])
+        return self.transform(rgb)
+
+
+def forward_views(model, x, views: tuple[str, ...], device: str, dtype) -> dict[str, np.ndarray]:
+    """(B, 3, S, S) batch -> {output: (V*B, d) float32}, rows view-major (all patches for view 0, ...)."""
+    import torch
+
+    outs: dict[str, list] = {}
+    x = x.to(device, non_blocking=True)
+    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+        for v in views:
+            for k, t in model(apply_view_torch(x, v)).items():
+                outs.setdefault(k, []).append(t.float())
+    return {k: torch.cat(ts).cpu().numpy() for k, ts in outs.items()}
+
+
+def batch_rows(model, prepared, patch_ids, views, device, dtype):
+    """Keys and vectors for one prepared batch (shared by the local and the Ray engine)."""
+    if model is None:  # handcrafted: prepared is (B, V, d)
+        arr = np.asarray(prepared, np.float32)
+        keys = [(p, v) for j, v in enumerate(views) for p in patch_ids]
+        return keys, {"vector": np.concatenate([arr[:, j] for j in range(len(views))])}
+    keys = [(p, v) for v in views for p in patch_ids]
+    return keys, forward_views(model, prepared, views, device, dtype)
+
+
+def default_batch_size(recipe: Recipe, device: str) -> int:
+    if recipe.arch == "handcrafted":
+        return 64
+    return 256 if device.startswith("cuda") else 32
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+class _Dataset:
+    def __init__(self, pngs: list[bytes], prepare: Prepare):
+        self.pngs, self.prepare = pngs, prepare
+
+    def __len__(self) -> int:
+        return len(self.pngs)
+
+    def __getitem__(self, i: int):
+        return i, self.prepare(self.pngs[i])
+
+
+def _worker_init(_):
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_local(st, model, transform, patch_ids, views, device, dtype, batch_size, num_workers,
+               writer, bar, on_chunk) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    pixel_views = model is None
+    images = st.images(patch_ids)
+    pngs = [images[p] for p in patch_ids]
+    loader = DataLoader(_Dataset(pngs, Prepare(transform, views, pixel_views)), batch_size=batch_size,
+                        num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
+                        pin_memory=device.startswith("cuda"), persistent_workers=False,
+                        prefetch_factor=4 if num_workers else None)
+    written, chunks = 0, 0
+    buf_keys: list = []
+    buf_vecs: dict[str, list] = {}
+
+    def flush():
+        nonlocal written, chunks, buf_keys, buf_vecs
+        if not buf_keys:
+            return
+        vecs = {k: np.concatenate(v) for k, v in buf_vecs.items()}
+        written += writer.write_chunk([k[0] for k in buf_keys], [k[1] for k in buf_keys], vecs)
+        chunks += 1
+        buf_keys, buf_vecs = [], {}
+        if on_chunk is not None:
+            on_chunk(chunks)
+
+    for idx, x in loader:
+        ids = [patch_ids[i] for i in idx.tolist()]
+        if not pixel_views and model.recipe.arch.startswith("resnet"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        keys, vecs = batch_rows(model, x if not pixel_views else x.numpy(), ids, views, device, dtype)
+        buf_keys += keys
+        for k, v in vecs.items():
+            buf_vecs.setdefault(k, []).append(v)
+        bar.update(len(ids))
+        if len(buf_keys) >= CHUNK_ROWS:
+            flush()
+    flush()
+    return written
+
+
+def embed(store: Store | str | Path | None, model: str, views: str = "none", device: str = "auto",
+          batch_size: int | None = None, engine: str = "local", num_workers: int | None = None,
+          progress: bool = True, weights: str | Path | None = None, trust_pickle: bool = False,
+          hf_token_env: str = "HF_TOKEN", *, on_chunk: Callable[[int], None] | None = None) -> EmbedSummary:
+    """Embed every patch not yet embedded under ``model``'s current recipe id; returns a summary.
+
+    ``views``: ``"none"`` or ``"d8"`` (8 dihedral views, one row per patch x view).
+    ``on_chunk(n)`` is called after each committed chunk (tests use it to simulate a kill).
+    """
+    import torch
+
+    from .build import build
+
+    st = store if isinstance(store, Store) else Store(store)
+    recipe = get_recipe(model)
+    vnames = view_names(views)
+    if engine not in ("local", "ray"):
+        raise StoreError(f"unknown engine {engine!r}; use local or ray")
+    dev = resolve_device(device)
+    rid = recipe_id_of(recipe, weights)
+    all_ids = st.patches(columns=["patch_id"])["patch_id"].tolist()
+    rows_total = len(all_ids) * len(vnames)
+    provenance = dict(identity_of(recipe, weights), recipe_name=recipe.name, recipe_hash=rid,
+                      weights_revision=recipe.revision or ("main" if recipe.weights == "hf" else None),
+                      run=dict(device=dev, engine=engine, views=list(vnames),
+                               autocast=str(autocast_dtype(recipe, dev))))
+    writer = st.features.writer(rid, recipe.name, recipe.output_dims, provenance)
+    done = writer.done_keys()
+    todo = [p for p in all_ids if any((p, v) not in done for v in vnames)]
+    t0 = time.perf_counter()
+    written = 0
+    if todo:
+        bs = batch_size or default_batch_size(recipe, dev)
+        nw = default_workers() if num_workers is None else num_workers
+        if engine == "ray":
+            from .ray_engine import run_ray
+
+            written = run_ray(st, recipe, todo, vnames, dev, bs, writer, weights=weights,
+                              trust_pickle=trust_pickle, hf_token_env=hf_token_env, progress=progress,
+                              on_chunk=on_chunk)
+        else:
+            net, transform = build(recipe, weights, trust_pickle=trust_pickle, hf_token_env=hf_token_env)
+            if net is not None:
+                net.to(dev)
+                if recipe.arch.startswith("resnet"):
+                    net.to(memory_format=torch.channels_last)
+            with progress_bar(total=len(todo), desc=f"embed {recipe.name}", unit="patch",
+                              enabled=progress) as bar:
+                written = _run_local(st, net, transform, todo, vnames, dev, autocast_dtype(recipe, dev), bs,
+                                     nw, writer, bar, on_chunk)
+    seconds = time.perf_counter() - t0
+    eset = st.features.get(rid)
+    if written or not eset.complete:
+        writer.finalize(expected_rows=rows_total)
+    return EmbedSummary(recipe.name, rid, written, rows_total, seconds,
+                        (len(todo) / seconds) if todo and seconds > 0 else 0.0, dev, engine)

@@ -1,0 +1,26 @@
+"""Embedders that need no download: handcrafted features and small random-weight controls.
+
+``OFFLINE_DEFAULTS`` (in ``embedder``) names the ones ``mitoprobe run`` uses when no foundation
+model weights are present.
+"""
+
+from . import Recipe, register
+
+register(Recipe(
+    name="handcrafted", family="offline", arch="handcrafted", weights="none", input_size=128,
+    placement="native", precision="fp32", outputs=(("vector", 57),), paper_outputs=("vector",),
+    note="nucleus morphology + H&E colour + texture (scikit-image), CPU"))
+
+# A random-weight CNN at the patches' native 128 px: cheap on CPU, and random conv features are
+# a known non-trivial floor for what any pretrained model must beat.
+register(Recipe(
+    name="resnet18.random", family="offline", arch="resnet18", kwargs=(("num_classes", 0),),
+    weights="random", input_size=128, resize=128, placement="native", precision="fp32",
+    outputs=(("vector", 512),), paper_outputs=("vector",),
+    note="random-weight ResNet-18 control, native 128 px, global average pool"))
+
+# A small random ViT in the paper's geometry (128 -> 224 upsample): tests and the throughput benchmark.
+register(Recipe(
+    name="vit_small.random", family="offline", arch="vit_small_patch16_224", kwargs=(("num_classes", 0),),
+    weights="random", precision="bf16", outputs=(("cls", 384), ("mean", 384)),
+    note="random-weight ViT-S/16 control, 128 -> 224 upsample"))
