@@ -36,6 +36,7 @@ AMIBR_CSV_COLUMNS = ("slide", "dataset", "uid", "x", "y", "expert1_label", "expe
 MD_CSV_COLUMNS = ("Filename", "Expert_1", "Expert_2", "Expert_3", "Expert_4", "Expert_5", "Majority")
 MAX_EXPERTS = 5
 MAX_REPORTED_PROBLEMS = 20
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -63,7 +64,7 @@ class _Problems:
         text = "\n".join(f"  - {m}" for m in shown)
         if more:
             text += f"\n  ... and {more} more"
-        raise DataError(f"{len(self.items)} problem(s) in the input; nothing was imported:\n{text}")
+        raise DataError(f"{len(self.items)} problem(s) in the input; nothing was imported, the store is unchanged:\n{text}")
 
 
 def patch_id_for(dataset: str, filename: str, png: bytes) -> str:
@@ -80,6 +81,10 @@ def _check_png(path: Path, data: bytes, problems: _Problems, notes: list[str]) -
     fix = "replace it with a 128x128 8-bit RGB PNG or remove it (and its CSV row)"
     if len(data) == 0:
         problems.add(f"{path}: empty file (0 bytes); {fix}")
+        return None
+    if data[:8] == PNG_SIGNATURE and len(data) >= 26 and data[12:16] == b"IHDR" and data[24] == 16:
+        # Pillow silently drops 16-bit RGB to 8 bits on open; refuse rather than guess the scaling.
+        problems.add(f"{path}: 16-bit per channel PNG, expected 8-bit RGB; {fix}")
         return None
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -128,11 +133,12 @@ def _read_csv(path: Path, required: tuple[str, ...], problems: _Problems) -> pd.
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:  # pandas raises many types for broken CSVs
-        problems.add(f"{path}: cannot be read as CSV ({exc})")
+        problems.add(f"{path}: cannot be read as CSV ({exc}); restore the published file")
         return None
     missing = [c for c in required if c not in df.columns]
     if missing:
-        problems.add(f"{path}: missing column(s) {missing}; expected at least {list(required)}")
+        problems.add(f"{path}: missing column(s) {missing}; expected at least {list(required)} "
+                     "(restore the published header)")
         return None
     return df
 
@@ -166,11 +172,11 @@ def _scan_folders(data_dir: Path, problems: _Problems) -> dict[str, dict[str, tu
         for label in LABELS:
             lab_dir = ds_dir / label
             if not lab_dir.is_dir():
-                problems.add(f"{lab_dir}: folder missing")
+                problems.add(f"{lab_dir}: folder missing; create it with the {label} patches of {ds}")
                 continue
             pngs = sorted(p for p in lab_dir.iterdir() if p.is_file() and not p.name.startswith("."))
             if not pngs:
-                problems.add(f"{lab_dir}: folder is empty; expected PNG patches")
+                problems.add(f"{lab_dir}: folder is empty; expected the {label} PNG patches of {ds}")
             for p in pngs:
                 if p.name in files:
                     problems.add(f"{p}: the same patch is also in {files[p.name][1]} (two different labels); keep one")
@@ -186,7 +192,7 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None,
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: dataset folder not found; pass the path to AMi-Br_Benchmark "
-                        f"(mitoprobe data import PATH) or set $MITOPROBE_DATA")
+                        f"(mitoprobe data import PATH) or set $MITOPROBE_DATA; nothing was imported, the store is unchanged")
     problems = _Problems()
     notes: list[str] = []
     folders = _scan_folders(data_dir, problems)
@@ -194,11 +200,11 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None,
     train_path = data_dir / TRAIN_CSV
     train = _read_csv(train_path, TRAIN_CSV_COLUMNS, problems) if train_path.is_file() else None
     if train is None and not train_path.is_file():
-        problems.add(f"{train_path}: missing; it defines the AMi-Br train/test split")
+        problems.add(f"{train_path}: missing; it defines the AMi-Br train/test split (restore it from the published benchmark)")
     md_path = data_dir / MD_VOTES_CSV
     md = _read_csv(md_path, MD_CSV_COLUMNS, problems) if md_path.is_file() else None
     if md is None and not md_path.is_file():
-        problems.add(f"{md_path}: missing; it holds the AtNorM-MD expert votes")
+        problems.add(f"{md_path}: missing; it holds the AtNorM-MD expert votes (restore it from the published benchmark)")
     amibr = None
     if amibr_csv is not None:
         amibr_csv = Path(amibr_csv)
@@ -216,12 +222,13 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None,
         fn, lab = r["dataset_uid"], r["final_label"]
         _check_label(train_path, i, lab, problems)
         if fn in train_rows:
-            problems.add(f"{train_path} row {i + 2}: {fn} listed twice (first at row {train_rows[fn] + 2})")
+            problems.add(f"{train_path} row {i + 2}: {fn} listed twice (first at row {train_rows[fn] + 2}); delete one row")
             continue
         train_rows[fn] = i
         train_slide[fn] = r["slide"]
         if fn not in amibr_files:
-            problems.add(f"{train_path} row {i + 2}: {fn} is listed but absent from {data_dir / 'AMi-Br'}/{{Atypical,Normal}}")
+            problems.add(f"{train_path} row {i + 2}: {fn} is listed but absent from {data_dir / 'AMi-Br'}/{{Atypical,Normal}}; "
+                         "restore the file or delete the row")
         elif lab in LABELS and amibr_files[fn][0] != lab:
             problems.add(f"{train_path} row {i + 2}: {fn} is labelled {lab} but lies in {amibr_files[fn][1].parent}"
                          " (two different labels); fix the CSV or move the file")
@@ -237,16 +244,17 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None,
                              f"{[r[f'expert{k}_atypical'] for k in (1, 2, 3)] + [r['majority_atypical']]}")
                 continue
             if fn in meta:
-                problems.add(f"{amibr_csv} row {i + 2}: {fn} listed twice")
+                problems.add(f"{amibr_csv} row {i + 2}: {fn} listed twice; delete one row")
                 continue
             meta[fn] = dict(slide=r["slide"], source=r["dataset"], coord_x=int(float(r["x"])),
                             coord_y=int(float(r["y"])), votes=votes,
                             subtypes=[r["expert1_label"] or None, r["expert2_label"] or None])
             if fn not in amibr_files:
-                problems.add(f"{amibr_csv} row {i + 2}: {fn} is listed but absent from {data_dir / 'AMi-Br'}")
+                problems.add(f"{amibr_csv} row {i + 2}: {fn} is listed but absent from {data_dir / 'AMi-Br'}; "
+                             "restore the file or delete the row")
             elif (amibr_files[fn][0] == POSITIVE_LABEL) != maj:
                 problems.add(f"{amibr_csv} row {i + 2}: {fn} majority_atypical={maj} contradicts its folder "
-                             f"{amibr_files[fn][1].parent} (two different labels)")
+                             f"{amibr_files[fn][1].parent} (two different labels); fix the CSV or move the file")
         for fn, (_, p) in amibr_files.items():
             if fn not in meta:
                 problems.add(f"{p}: present but not listed in {amibr_csv}; add its row or remove the file")
@@ -257,21 +265,19 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None,
         for c in MD_CSV_COLUMNS[1:]:
             _check_label(md_path, i, r[c], problems)
         if fn in md_votes:
-            problems.add(f"{md_path} row {i + 2}: {fn} listed twice")
+            problems.add(f"{md_path} row {i + 2}: {fn} listed twice; delete one row")
             continue
         md_votes[fn] = [r[f"Expert_{k}"] == POSITIVE_LABEL for k in range(1, 6)]
         if fn not in md_files:
-            problems.add(f"{md_path} row {i + 2}: {fn} is listed but absent from {data_dir / 'AtNorM-MD'}")
+            problems.add(f"{md_path} row {i + 2}: {fn} is listed but absent from {data_dir / 'AtNorM-MD'}; "
+                         "restore the file or delete the row")
         elif r["Majority"] in LABELS and md_files[fn][0] != r["Majority"]:
             problems.add(f"{md_path} row {i + 2}: {fn} majority {r['Majority']} contradicts its folder "
-                         f"{md_files[fn][1].parent} (two different labels)")
+                         f"{md_files[fn][1].parent} (two different labels); fix the CSV or move the file")
     for fn, (_, p) in md_files.items():
         if fn not in md_votes:
             problems.add(f"{p}: present but not listed in {md_path}; add its row or remove the file")
-    if amibr is None:
-        for fn, (_, p) in amibr_files.items():
-            if fn.endswith(".png") and fn not in train_rows:
-                pass  # without AMI-BR.csv every unlisted AMi-Br patch is a test patch
+    # Without AMI-BR.csv every AMi-Br patch not in the train CSV is a test patch (nothing to check).
     problems.raise_if_any()
 
     rows = []

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 KEY_COLUMNS = ("patch_id", "view")
 ANN_MIN_ROWS = 50_000  # below this, exact (brute-force) search is both fast and exact
+ANN_DEFAULT_INDEX = "IVF_HNSW_SQ"
 
 
 @dataclass(frozen=True)
@@ -237,18 +238,76 @@ class FeatureStore:
 
     def search(self, eset: EmbeddingSet, query: np.ndarray, output: str | None = None, k: int = 10,
                view: str = "none") -> pd.DataFrame:
-        """The k nearest stored vectors (cosine distance) to ``query`` in one output column."""
+        """The k nearest stored vectors (cosine distance) to ``query`` in one output column.
+
+        Exact (flat) search below ``ANN_MIN_ROWS`` rows or when the column has no index; the ANN
+        index with the parameters of ``ann_params`` above it.
+        """
         output = output or next(iter(eset.outputs))
+        if output not in eset.outputs:
+            raise StoreError(f"set {eset.name} has outputs {list(eset.outputs)}, not {output!r}")
         tbl = self.lance_table(eset)
+        n = tbl.count_rows()
+        indexed = any(output in ix.columns for ix in tbl.list_indices())
+        params = ann_params(n, eset.outputs[output]) if indexed and n >= ANN_MIN_ROWS else None
         q = (tbl.search(np.asarray(query, dtype=np.float32), vector_column_name=output)
              .distance_type("cosine").where(f"view = '{view}'", prefilter=True)
-             .select(list(KEY_COLUMNS)).limit(k))
-        return q.to_pandas().rename(columns={"_distance": "distance"})
+             .select([*KEY_COLUMNS, "_distance"]).limit(k))
+        return apply_search_params(q, params).to_pandas().rename(columns={"_distance": "distance"})
 
 
-def create_ann_index(tbl, column: str, dim: int, n_rows: int) -> None:
-    """IVF-PQ index sized for the table (sqrt(n) partitions, 8-dim sub-vectors, cosine)."""
-    num_partitions = max(1, int(np.sqrt(n_rows)))
-    num_sub_vectors = next(s for s in (dim // 8, dim // 4, dim // 2, dim, 1) if s >= 1 and dim % s == 0)
-    tbl.create_index(metric="cosine", vector_column_name=column, num_partitions=num_partitions,
-                     num_sub_vectors=num_sub_vectors, replace=True)
+@dataclass(frozen=True)
+class AnnParams:
+    """How a large set is indexed and searched (chosen by ``benchmarks/search_latency.py``)."""
+
+    index_type: str
+    num_partitions: int
+    nprobes: int
+    refine_factor: int | None = None
+    num_sub_vectors: int | None = None  # IVF_PQ
+    m: int | None = None  # IVF_HNSW_SQ: graph degree
+    ef_construction: int | None = None
+    ef: int | None = None
+
+
+def ann_params(n_rows: int, dim: int, index_type: str | None = None) -> AnnParams:
+    """Index and search parameters for a set of ``n_rows`` vectors of dimension ``dim``."""
+    index_type = (index_type or ANN_DEFAULT_INDEX).upper()
+    if index_type == "IVF_HNSW_SQ":
+        # Few, large partitions (each one HNSW graph over 8-bit scalar-quantised vectors); the
+        # exact float vectors of the best candidates are re-ranked (refine_factor).
+        parts = max(1, n_rows // 250_000)
+        return AnnParams(index_type, num_partitions=parts, nprobes=min(parts, 2), refine_factor=5,
+                         m=16, ef_construction=100, ef=100)
+    if index_type == "IVF_PQ":
+        num_sub_vectors = next(s for s in (dim // 16, dim // 8, dim // 4, dim, 1) if s >= 1 and dim % s == 0)
+        parts = max(1, int(np.sqrt(n_rows)))
+        return AnnParams(index_type, num_partitions=parts, nprobes=max(1, parts // 32),
+                         refine_factor=20, num_sub_vectors=num_sub_vectors)
+    raise StoreError(f"unknown ANN index type {index_type!r}; use IVF_HNSW_SQ or IVF_PQ")
+
+
+def create_ann_index(tbl, column: str, dim: int, n_rows: int, index_type: str | None = None) -> AnnParams:
+    """Build the ANN index for one vector column of a LanceDB table (cosine distance)."""
+    from lancedb.index import HnswSq, IvfPq
+
+    p = ann_params(n_rows, dim, index_type)
+    if p.index_type == "IVF_HNSW_SQ":
+        config = HnswSq(distance_type="cosine", num_partitions=p.num_partitions, m=p.m,
+                        ef_construction=p.ef_construction)
+    else:
+        config = IvfPq(distance_type="cosine", num_partitions=p.num_partitions, num_sub_vectors=p.num_sub_vectors)
+    tbl.create_index(column, config=config, replace=True)
+    return p
+
+
+def apply_search_params(query, p: AnnParams | None):
+    """Set nprobes / refine / ef on a LanceDB vector query; ``None`` means exact (flat) search."""
+    if p is None:
+        return query.bypass_vector_index()
+    query = query.nprobes(p.nprobes)
+    if p.refine_factor:
+        query = query.refine_factor(p.refine_factor)
+    if p.ef:
+        query = query.ef(p.ef)
+    return query

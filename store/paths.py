@@ -12,7 +12,6 @@ DEFAULT_STORE = "mitoprobe-store"
 
 # Relative to the working directory, as in the team's checkouts (the repo beside ../shared).
 SHARED_BENCHMARK = Path("../shared/datasets/AMi-Br_Benchmark")
-SHARED_AMIBR_CSV = Path("../shared/datasets/AMi-Br/AMI-BR.csv")
 
 
 def store_root(path: str | Path | None = None) -> Path:
@@ -43,11 +42,11 @@ def default_data_dir() -> Path | None:
 
 
 def find_amibr_csv(data_dir: Path) -> Path | None:
-    """``AMI-BR.csv`` beside the benchmark folder, inside it, or in ../shared."""
+    """``AMI-BR.csv`` inside the benchmark folder or beside it (``../AMi-Br/AMI-BR.csv``, the
+    shared layout). Never a CSV from elsewhere: it must describe the same patches."""
     for candidate in (
         data_dir / "AMI-BR.csv",
         data_dir.parent / "AMi-Br" / "AMI-BR.csv",
-        SHARED_AMIBR_CSV,
     ):
         if candidate.is_file():
             return candidate

@@ -1,0 +1,203 @@
+"""Integrity: idempotent import, crash-safe writes, refused duplicates / wrong dimensions / stale
+vectors, and resumable embedding writers."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from conftest import make_benchmark
+
+from store import StaleFeaturesError, Store, StoreError
+from store.atomic import TMP_PREFIX, atomic_write
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUTS = {"cls": 8, "mean": 4}
+
+
+def vectors(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal((n, d)).astype(np.float32) for k, d in OUTPUTS.items()}
+
+
+def open_writer(st: Store, recipe_id: str = "r1", name: str = "toy"):
+    return st.features.writer(recipe_id, name, OUTPUTS, {"model": "toy", "weights": "random"})
+
+
+def test_second_import_changes_nothing(tiny_store, tiny_benchmark, monkeypatch, capsys):
+    from mitoprobe.cli import main
+
+    before = tiny_store.patches_path.read_bytes()
+    mtime = tiny_store.patches_path.stat().st_mtime_ns
+    monkeypatch.setattr(sys, "argv", ["mitoprobe", "data", "import", str(tiny_benchmark), "--store", str(tiny_store.root)])
+    main()
+    out = capsys.readouterr().out
+    assert "nothing changed" in out
+    assert tiny_store.patches_path.read_bytes() == before
+    assert tiny_store.patches_path.stat().st_mtime_ns == mtime
+    assert not tiny_store.import_dataset(tiny_benchmark, tiny_benchmark / "AMI-BR.csv").changed
+
+
+def test_changed_data_is_reimported(tiny_store, tmp_path):
+    other = make_benchmark(tmp_path / "other", seed=7)
+    assert tiny_store.import_dataset(other, other / "AMI-BR.csv").changed
+
+
+def test_crash_between_write_and_rename_keeps_previous_state(tiny_store, tmp_path):
+    """Kill the process (os._exit, no cleanup) after the new patches file is written, before the
+    rename: the old table stays readable everywhere and the half-file is invisible to readers."""
+    before = tiny_store.patches_path.read_bytes()
+    other = make_benchmark(tmp_path / "other", seed=7)
+    script = textwrap.dedent(f"""
+        import os
+        import store.atomic as atomic
+        real = atomic.atomic_write
+        atomic.atomic_write = lambda path, write, **kw: real(path, write, _before_rename=lambda: os._exit(3))
+        from store import Store
+        Store({str(tiny_store.root)!r}).import_dataset({str(other)!r}, {str(other / 'AMI-BR.csv')!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    leftovers = list(tiny_store.root.glob(f"{TMP_PREFIX}*"))
+    assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0  # the crash left a complete temp file ...
+    assert tiny_store.patches_path.read_bytes() == before  # ... and the real one untouched
+    assert len(tiny_store.patches()) == 36
+    assert tiny_store.sql("select count(*) n from patches")["n"][0] == 36
+    # A later import sweeps the leftover and succeeds.
+    assert tiny_store.import_dataset(other, other / "AMI-BR.csv").changed
+    assert not list(tiny_store.root.glob(f"{TMP_PREFIX}*"))
+
+
+def test_failed_rename_leaves_no_half_file(tmp_path, monkeypatch):
+    target = tmp_path / "t.txt"
+    target.write_text("old")
+
+    def boom() -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(target, lambda tmp: tmp.write_text("new"), _before_rename=boom)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+
+
+def test_os_replace_failure_during_import(tiny_store, tmp_path, monkeypatch):
+    before = tiny_store.patches_path.read_bytes()
+    other = make_benchmark(tmp_path / "other", seed=7)
+    import store.atomic
+
+    def fail(src, dst):
+        raise OSError("simulated crash in rename")
+
+    monkeypatch.setattr(store.atomic.os, "replace", fail)
+    with pytest.raises(OSError, match="simulated crash"):
+        tiny_store.import_dataset(other, other / "AMI-BR.csv")
+    monkeypatch.undo()
+    assert tiny_store.patches_path.read_bytes() == before
+    assert not list(tiny_store.root.glob(f"{TMP_PREFIX}*"))
+
+
+def test_crash_mid_embedding_job_resumes_without_duplicates(tiny_store, tmp_path):
+    ids = tiny_store.patches()["patch_id"].tolist()
+    vec = vectors(len(ids))
+    w = open_writer(tiny_store)
+    assert w.write_chunk(ids[:10], ["none"] * 10, {k: v[:10] for k, v in vec.items()}) == 10
+    # The next chunk "crashes" between write and rename: a temp part remains, no visible part.
+    import store.atomic as atomic
+
+    real = atomic.atomic_write
+
+    class Crash(BaseException):
+        pass
+
+    def crash_before_rename(path, write, **kw):
+        def die():
+            raise Crash
+
+        return real(path, write, _before_rename=die)
+
+    atomic.atomic_write = crash_before_rename
+    try:
+        with pytest.raises(Crash):
+            w.write_chunk(ids[10:20], ["none"] * 10, {k: v[10:20] for k, v in vec.items()})
+    finally:
+        atomic.atomic_write = real
+    eset = tiny_store.features.get("r1")
+    assert len(eset.parts) == 1
+    con = duckdb.connect()
+    assert con.execute(f"select count(*) from read_parquet('{eset.path}/part-*.parquet')").fetchone()[0] == 10
+
+    w2 = open_writer(tiny_store)
+    assert len(w2.done_keys()) == 10
+    assert w2.write_chunk(ids, ["none"] * len(ids), vec) == len(ids) - 10  # only the missing keys
+    assert w2.write_chunk(ids, ["none"] * len(ids), vec) == 0
+    w2.finalize(expected_rows=len(ids))
+    keys, X = tiny_store.features.read("toy", "r1")
+    assert len(keys) == len(ids) and not keys.duplicated().any()
+    order = {p: i for i, p in enumerate(ids)}
+    np.testing.assert_array_equal(X[:, :8], vec["cls"][[order[p] for p in keys.patch_id]])
+
+
+def test_duplicate_keys_in_a_chunk_refused(tiny_store):
+    w = open_writer(tiny_store)
+    with pytest.raises(StoreError, match="duplicate"):
+        w.write_chunk(["a", "a"], ["none", "none"], vectors(2))
+    assert not tiny_store.features.get("r1").parts
+
+
+def test_wrong_dimension_refused(tiny_store):
+    w = open_writer(tiny_store)
+    bad = vectors(3)
+    bad["cls"] = np.zeros((3, 9), np.float32)
+    with pytest.raises(StoreError, match=r"shape \(3, 9\), expected \(n, 8\)"):
+        w.write_chunk(["a", "b", "c"], ["none"] * 3, bad)
+    assert not tiny_store.features.get("r1").parts
+
+
+def test_non_finite_and_wrong_outputs_refused(tiny_store):
+    w = open_writer(tiny_store)
+    bad = vectors(2)
+    bad["mean"][1, 0] = np.nan
+    with pytest.raises(StoreError, match="non-finite"):
+        w.write_chunk(["a", "b"], ["none"] * 2, bad)
+    with pytest.raises(StoreError, match="expected"):
+        w.write_chunk(["a", "b"], ["none"] * 2, {"cls": vectors(2)["cls"]})
+    assert not tiny_store.features.get("r1").parts
+
+
+def test_reopening_with_other_dimensions_refused(tiny_store):
+    open_writer(tiny_store)
+    with pytest.raises(StoreError, match="refusing to mix vectors"):
+        tiny_store.features.writer("r1", "toy", {"cls": 16, "mean": 4}, {})
+
+
+def test_stale_recipe_refused_by_default(tiny_store, caplog):
+    ids = tiny_store.patches()["patch_id"].tolist()[:5]
+    w = open_writer(tiny_store, recipe_id="old")
+    w.write_chunk(ids, ["none"] * 5, vectors(5))
+    w.finalize()
+    with pytest.raises(StaleFeaturesError, match="STALE FEATURES.*'toy'.*old.*new"):
+        tiny_store.features.read("toy", recipe_id="new")
+    with caplog.at_level(logging.WARNING):
+        keys, X = tiny_store.features.read("toy", recipe_id="new", allow_stale=True)
+    assert X.shape == (5, 12)
+    assert any("USING STALE FEATURES" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+    # The matching id reads quietly.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        tiny_store.features.read("toy", recipe_id="old")
+    assert not caplog.records
+
+
+def test_finalize_refuses_incomplete_set(tiny_store):
+    w = open_writer(tiny_store)
+    w.write_chunk(["a"], ["none"], vectors(1))
+    with pytest.raises(StoreError, match="1 of 5 rows stored; run the job again to resume"):
+        w.finalize(expected_rows=5)
+    assert not tiny_store.features.get("r1").complete
