@@ -124,8 +124,6 @@ def _create(recipe: Recipe, weights, trust_pickle: bool, hf_token_env: str, over
     if recipe.weights == "hf":
         rev = f"@{recipe.revision}" if recipe.revision else ""
         with _hf_token(hf_token_env) as token:
-            if not token and not os.environ.get("HF_HUB_OFFLINE"):
-                pass  # public models need no token; gated ones fail below with the same message
             try:
                 return timm.create_model(f"hf-hub:{recipe.hub_id}{rev}", pretrained=True, **kw)
             except Exception as exc:  # gated/no token/offline/not found: all end the same way for the user

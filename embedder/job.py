@@ -126,7 +126,7 @@ def _worker_init(_):
 
 
 def _run_local(st, model, transform, patch_ids, views, device, dtype, batch_size, num_workers,
-               writer, bar, on_chunk) -> int:
+               writer, bar, on_chunk, chunk_rows) -> int:
     import torch
     from torch.utils.data import DataLoader
 
@@ -161,7 +161,7 @@ def _run_local(st, model, transform, patch_ids, views, device, dtype, batch_size
         for k, v in vecs.items():
             buf_vecs.setdefault(k, []).append(v)
         bar.update(len(ids))
-        if len(buf_keys) >= CHUNK_ROWS:
+        if len(buf_keys) >= chunk_rows:
             flush()
     flush()
     return written
@@ -170,10 +170,12 @@ def _run_local(st, model, transform, patch_ids, views, device, dtype, batch_size
 def embed(store: Store | str | Path | None, model: str, views: str = "none", device: str = "auto",
           batch_size: int | None = None, engine: str = "local", num_workers: int | None = None,
           progress: bool = True, weights: str | Path | None = None, trust_pickle: bool = False,
-          hf_token_env: str = "HF_TOKEN", *, on_chunk: Callable[[int], None] | None = None) -> EmbedSummary:
+          hf_token_env: str = "HF_TOKEN", *, chunk_rows: int = CHUNK_ROWS,
+          on_chunk: Callable[[int], None] | None = None) -> EmbedSummary:
     """Embed every patch not yet embedded under ``model``'s current recipe id; returns a summary.
 
     ``views``: ``"none"`` or ``"d8"`` (8 dihedral views, one row per patch x view).
+    ``chunk_rows``: rows per committed Parquet part (at most what a kill loses).
     ``on_chunk(n)`` is called after each committed chunk (tests use it to simulate a kill).
     """
     import torch
@@ -206,7 +208,7 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
 
             written = run_ray(st, recipe, todo, vnames, dev, bs, writer, weights=weights,
                               trust_pickle=trust_pickle, hf_token_env=hf_token_env, progress=progress,
-                              on_chunk=on_chunk)
+                              on_chunk=on_chunk, chunk_rows=chunk_rows)
         else:
             net, transform = build(recipe, weights, trust_pickle=trust_pickle, hf_token_env=hf_token_env)
             if net is not None:
@@ -216,7 +218,7 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
             with progress_bar(total=len(todo), desc=f"embed {recipe.name}", unit="patch",
                               enabled=progress) as bar:
                 written = _run_local(st, net, transform, todo, vnames, dev, autocast_dtype(recipe, dev), bs,
-                                     nw, writer, bar, on_chunk)
+                                     nw, writer, bar, on_chunk, chunk_rows)
     seconds = time.perf_counter() - t0
     eset = st.features.get(rid)
     if written or not eset.complete:

@@ -49,7 +49,8 @@ class EmbedActor:
 
 
 def run_ray(st, recipe, todo, views, device, batch_size, writer, *, weights=None, trust_pickle=False,
-            hf_token_env="HF_TOKEN", progress=True, on_chunk=None, num_actors: int | None = None) -> int:
+            hf_token_env="HF_TOKEN", progress=True, on_chunk=None, chunk_rows: int = CHUNK_ROWS,
+            num_actors: int | None = None) -> int:
     import ray
 
     from store.progress import progress as progress_bar
@@ -72,7 +73,7 @@ def run_ray(st, recipe, todo, views, device, batch_size, writer, *, weights=None
     written = chunks = 0
     outputs = list(recipe.output_dims)
     with progress_bar(total=len(todo), desc=f"embed {recipe.name} (ray)", unit="patch", enabled=progress) as bar:
-        for b in ds.iter_batches(batch_size=CHUNK_ROWS, batch_format="numpy"):
+        for b in ds.iter_batches(batch_size=chunk_rows, batch_format="numpy"):
             vecs = {k: np.asarray(b[k], dtype=np.float32) for k in outputs}
             n = writer.write_chunk(list(b["patch_id"]), list(b["view"]), vecs)
             written += n

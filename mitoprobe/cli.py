@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("store.cli:data", "Import the AMi-Br benchmark into the store (or download it)."),
     "store": ("store.cli:store_group", "Inspect the store: what is stored, counts and sizes."),
     "sql": ("store.cli:sql", "Run a DuckDB query over patches, embeddings, runs and predictions."),
+    "embed": ("embedder.cli:embed", "Embed every patch with one model (incremental, resumable; --list shows recipes)."),
 }
 
 
