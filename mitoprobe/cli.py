@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "store": ("store.cli:store_group", "Inspect the store: what is stored, counts and sizes."),
     "sql": ("store.cli:sql", "Run a DuckDB query over patches, embeddings, runs and predictions."),
     "embed": ("embedder.cli:embed", "Embed every patch with one model (incremental, resumable; --list shows recipes)."),
+    "dashboard": ("dashboard.cli:dashboard", "Open the results dashboard (Streamlit, localhost)."),
 }
 
 

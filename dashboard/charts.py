@@ -1,0 +1,92 @@
+"""Altair chart builders (pure: DataFrames in, charts out; no store access, no metric code)."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+TEST_SET_ORDER = ["AMi-Br-test", "AtNorM-Br", "AtNorM-MD"]
+
+
+def metric_points(df: pd.DataFrame, metric: str, title: str) -> alt.Chart:
+    """Mean ± std per family across test sets (``df``: label, test_set, {metric}_mean, {metric}_std, source)."""
+    d = df.assign(lo=df[f"{metric}_mean"] - df[f"{metric}_std"].fillna(0),
+                  hi=df[f"{metric}_mean"] + df[f"{metric}_std"].fillna(0))
+    x = alt.X("test_set:N", sort=TEST_SET_ORDER, title=None, axis=alt.Axis(labelAngle=0))
+    off = alt.XOffset("label:N")
+    color = alt.Color("label:N", title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=400))
+    base = alt.Chart(d).encode(x=x, xOffset=off, color=color)
+    lo = float(d["lo"].min()) if len(d) else 0.5
+    y = alt.Y(f"{metric}_mean:Q", title=title, scale=alt.Scale(domain=[max(0.0, min(0.5, lo - 0.02)), 1.0]))
+    points = base.mark_point(filled=True, size=70).encode(
+        y=y, shape=alt.Shape("source:N", title=None, scale=alt.Scale(domain=["mitoprobe", "paper"],
+                                                                      range=["circle", "diamond"])),
+        tooltip=["label", "test_set", alt.Tooltip(f"{metric}_mean:Q", format=".3f", title="mean"),
+                 alt.Tooltip(f"{metric}_std:Q", format=".3f", title="std")])
+    bars = base.mark_rule(strokeWidth=2).encode(y="lo:Q", y2="hi:Q")
+    return (bars + points).properties(height=320)
+
+
+def curves(df: pd.DataFrame, x: str, y: str, title_x: str, title_y: str, diagonal: bool) -> alt.Chart:
+    """ROC (diagonal=True) or PR curves; ``df``: label plus the two coordinate columns."""
+    color = alt.Color("label:N", title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=360))
+    line = alt.Chart(df).mark_line(interpolate="step-after" if not diagonal else "linear").encode(
+        x=alt.X(f"{x}:Q", title=title_x, scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y(f"{y}:Q", title=title_y, scale=alt.Scale(domain=[0, 1])),
+        color=color, order=alt.Order("order:Q"))
+    layers = [line]
+    if diagonal:
+        ref = pd.DataFrame({"a": [0.0, 1.0], "b": [0.0, 1.0]})
+        layers.insert(0, alt.Chart(ref).mark_line(strokeDash=[4, 4], color="gray").encode(x="a:Q", y="b:Q"))
+    return alt.layer(*layers).properties(height=340)
+
+
+def confusion(df: pd.DataFrame, title: str) -> alt.Chart:
+    """2×2 heatmap; ``df``: truth, predicted, n, share (of the true class)."""
+    base = alt.Chart(df).encode(
+        x=alt.X("predicted:N", sort=["atypical", "normal"], title="predicted", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("truth:N", sort=["atypical", "normal"], title="truth"))
+    rect = base.mark_rect().encode(color=alt.Color("share:Q", scale=alt.Scale(domain=[0, 1], scheme="blues"),
+                                                   legend=None))
+    text = base.mark_text(fontSize=15).encode(
+        text="txt:N", color=alt.condition("datum.share > 0.55", alt.value("white"), alt.value("black")))
+    return (rect + text).transform_calculate(
+        txt="datum.n + ' (' + format(datum.share, '.0%') + ')'").properties(title=title, height=alt.Step(48))
+
+
+def reliability(df: pd.DataFrame) -> alt.Chart:
+    """Calibration: observed atypical fraction vs mean predicted probability per bin, plus y = x."""
+    ref = alt.Chart(pd.DataFrame({"a": [0.0, 1.0]})).mark_line(strokeDash=[4, 4], color="gray").encode(
+        x="a:Q", y="a:Q")
+    color = alt.Color("label:N", title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=360))
+    enc = dict(x=alt.X("mean_predicted:Q", title="mean predicted P(atypical)", scale=alt.Scale(domain=[0, 1])),
+               y=alt.Y("fraction_positive:Q", title="observed fraction atypical", scale=alt.Scale(domain=[0, 1])),
+               color=color)
+    line = alt.Chart(df).mark_line(point=True).encode(
+        **enc, tooltip=["label", alt.Tooltip("mean_predicted:Q", format=".2f"),
+                        alt.Tooltip("fraction_positive:Q", format=".2f"), "n:Q"])
+    return alt.layer(ref, line).properties(height=340)
+
+
+def kappa_heatmap(df: pd.DataFrame) -> alt.Chart:
+    """Cohen's κ of each rater (experts and models, rows) against each expert (columns)."""
+    base = alt.Chart(df).encode(
+        x=alt.X("expert:N", title="against expert", axis=alt.Axis(labelAngle=0, orient="top")),
+        y=alt.Y("rater:N", title=None, sort=alt.SortField("order"), axis=alt.Axis(labelLimit=360)))
+    rect = base.mark_rect().encode(color=alt.Color("kappa:Q", scale=alt.Scale(domain=[0, 1], scheme="greens"),
+                                                   title="κ"))
+    text = base.mark_text().encode(text=alt.Text("kappa:Q", format=".2f"),
+                                   color=alt.condition("datum.kappa > 0.6", alt.value("white"), alt.value("black")))
+    return (rect + text).properties(height=alt.Step(26))
+
+
+def scatter(df: pd.DataFrame, color: str, selectable: bool = True) -> alt.Chart:
+    """2-D embedding map; ``df``: x, y, patch_id, the colour column and tooltip fields."""
+    sel = alt.selection_interval(name="picked")
+    tooltip = [c for c in ("patch_id", "dataset", "label", "probability", "prediction", "correct") if c in df]
+    chart = alt.Chart(df).mark_circle(size=14, opacity=0.7).encode(
+        x=alt.X("x:Q", title="component 1", axis=alt.Axis(labels=False, ticks=False)),
+        y=alt.Y("y:Q", title="component 2", axis=alt.Axis(labels=False, ticks=False)),
+        color=alt.Color(f"{color}:N", title=color, legend=alt.Legend(orient="right")),
+        tooltip=tooltip).properties(height=560)
+    return chart.add_params(sel) if selectable else chart

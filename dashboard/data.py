@@ -1,0 +1,334 @@
+"""Every store read the dashboard makes, cached in one place.
+
+Cache keys are the store path plus a cheap *stamp* (sizes and mtimes of the store's files), so a
+new run, embedding set or import shows up on the next rerun without restarting the app, while an
+unchanged store is never read twice. Big immutable things (all PNG bytes, embedding matrices,
+the predictions table) live in ``st.cache_resource`` (shared, not copied); small frames in
+``st.cache_data``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from store import Store, paths
+
+THUMB_PX = 96
+VOTE_COLUMNS = [f"expert{k}_atypical" for k in range(1, 6)]
+PATCH_COLUMNS = ["patch_id", "dataset", "split", "label", "y", "slide", "n_experts", *VOTE_COLUMNS,
+                 "subtype_expert1", "subtype_expert2", "duplicate_group"]
+
+
+def store_root() -> str:
+    """The store this app shows: ``$MITOPROBE_STORE`` (set by ``mitoprobe dashboard``) or ./mitoprobe-store."""
+    return str(paths.store_root(None).resolve())
+
+
+def _entry_stamp(p: Path) -> tuple:
+    try:
+        s = p.stat()
+    except FileNotFoundError:
+        return (p.name, None)
+    return (p.name, s.st_size, s.st_mtime_ns)
+
+
+def stamp(root: str) -> tuple:
+    """A fingerprint that changes whenever anything the dashboard reads changes (a few stats)."""
+    r = Path(root)
+    out: list = [_entry_stamp(r / "patches.parquet")]
+    for sub in ("results/runs", "results/predictions"):
+        d = r / sub
+        out.append((sub, tuple(sorted(e.name for e in os.scandir(d) if e.name.startswith("part-")))
+                    if d.is_dir() else ()))
+    emb = r / "embeddings"
+    if emb.is_dir():
+        for d in sorted(emb.iterdir()):
+            out.append((d.name, _entry_stamp(d / "COMPLETE"), len(list(d.glob("part-*.parquet")))))
+    return tuple(out)
+
+
+# -- what is there -------------------------------------------------------------------------------
+def status(root: str) -> dict:
+    """Which parts of the store exist (uncached: a few stats)."""
+    st_ = Store(root)
+    sets = st_.features.sets()
+    return dict(root=root, patches=st_.has_patches(), sets=[s for s in sets if s.parts],
+                runs=bool(st_.results.parts("runs")), predictions=bool(st_.results.parts("predictions")))
+
+
+# -- patches and pixels --------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=4)
+def patches(root: str, stamp_: tuple) -> pd.DataFrame:
+    """Patch metadata (no pixels), indexed by nothing; ``votes`` is a short 'A N A' string."""
+    df = Store(root).patches()
+    for c in PATCH_COLUMNS:
+        if c not in df:
+            df[c] = pd.NA
+    df = df[PATCH_COLUMNS].copy()
+    df["votes"] = _votes(df)
+    return df
+
+
+def _votes(df: pd.DataFrame) -> pd.Series:
+    """Expert votes as text: 'A' atypical, 'N' normal, one letter per expert ('' when none)."""
+    letters = []
+    for c in VOTE_COLUMNS:
+        v = df[c]
+        letters.append(np.where(v.isna(), "", np.where(v.fillna(False).astype(bool), "A", "N")))
+    joined = [" ".join(x for x in row if x) for row in zip(*letters)]
+    return pd.Series(joined, index=df.index, dtype="string")
+
+
+@st.cache_resource(show_spinner="Reading patch images…", max_entries=2)
+def _all_pngs(root: str, stamp_: tuple) -> dict[str, bytes]:
+    return Store(root).images()
+
+
+@st.cache_resource(max_entries=2)
+def _thumb_memo(root: str, stamp_: tuple) -> dict[str, str]:
+    return {}
+
+
+def thumbnails(root: str, stamp_: tuple, patch_ids) -> list[str | None]:
+    """``data:`` URLs of small JPEG thumbnails (made once per patch, then memoised)."""
+    from PIL import Image
+
+    pngs, memo = _all_pngs(root, stamp_), _thumb_memo(root, stamp_)
+    out = []
+    for pid in patch_ids:
+        url = memo.get(pid)
+        if url is None and pid in pngs:
+            img = Image.open(io.BytesIO(pngs[pid])).convert("RGB").resize((THUMB_PX, THUMB_PX), Image.LANCZOS)
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=88)
+            url = memo[pid] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+        out.append(url)
+    return out
+
+
+def png(root: str, stamp_: tuple, patch_id: str) -> bytes | None:
+    return _all_pngs(root, stamp_).get(patch_id)
+
+
+# -- results -------------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=4)
+def runs(root: str, stamp_: tuple) -> pd.DataFrame:
+    """The runs table with a readable ``label`` per family (model · head · options)."""
+    df = Store(root).results.read("runs")
+    if df.empty:
+        return df
+    if "repeat" not in df:
+        df["repeat"] = 0
+    df["label"] = df.apply(family_label, axis=1)
+    return df
+
+
+def options_text(options) -> str:
+    """A run's options JSON as 'key=value, ...' (empty values left out)."""
+    try:
+        opts = json.loads(options) if isinstance(options, str) and options else {}
+    except ValueError:
+        return str(options)
+    if not isinstance(opts, dict):
+        return str(opts)
+    return ", ".join(f"{k}={v}" for k, v in sorted(opts.items()) if v not in (None, "", False))
+
+
+def family_label(row) -> str:
+    extra = options_text(row.get("options"))
+    parts = [str(row.get("model")), str(row.get("head"))] + ([extra] if extra else [])
+    fam = row.get("family")
+    if isinstance(fam, str) and fam and fam != "probe":
+        parts.append(fam)
+    return " · ".join(parts)
+
+
+@st.cache_resource(show_spinner="Reading predictions…", max_entries=2)
+def _predictions(root: str, stamp_: tuple) -> pd.DataFrame:
+    df = Store(root).results.read("predictions")
+    if not df.empty:
+        df = df.sort_values(["run_id", "test_set", "fold"], kind="mergesort").reset_index(drop=True)
+    return df
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def family_predictions(root: str, stamp_: tuple, family_id: str, fold: int, test_set: str | None = None
+                       ) -> pd.DataFrame:
+    """Predictions of one family at one fold (-1 = fold ensemble), joined with patch metadata."""
+    r = runs(root, stamp_)
+    ids = r.loc[(r["family_id"] == family_id) & (r["fold"] == fold), "run_id"].unique()
+    p = _predictions(root, stamp_)
+    if p.empty:
+        return p
+    sel = p[p["run_id"].isin(ids) & (p["fold"] == fold)]
+    if test_set is not None:
+        sel = sel[sel["test_set"] == test_set]
+    meta = patches(root, stamp_)
+    return sel.merge(meta, on="patch_id", how="left").reset_index(drop=True)
+
+
+def fold_choices(runs_: pd.DataFrame, family_id: str) -> list[int]:
+    """Folds stored for a family: the ensemble (-1) first when present, then 0..4."""
+    folds = sorted(int(f) for f in runs_.loc[runs_["family_id"] == family_id, "fold"].unique())
+    return ([-1] if -1 in folds else []) + [f for f in folds if f >= 0]
+
+
+def fold_name(fold: int) -> str:
+    return "fold ensemble" if fold == -1 else f"fold {fold}"
+
+
+@st.cache_data(show_spinner=False)
+def paper_results() -> pd.DataFrame:
+    """The paper's published rows (classifiers' copy when shipped, else ../shared/reference)."""
+    try:
+        from classifiers.results import paper_results as load  # the one loader, when classifiers has it
+    except ImportError:
+        load = None
+    if load is not None:
+        return load()
+    here = Path(__file__).resolve().parents[1]
+    for p in (here / "mitoprobe/data/paper_results.csv", here.parent / "shared/reference/paper_results.csv"):
+        if p.is_file():
+            return pd.read_csv(p)
+    return pd.DataFrame(columns=["family", "model", "dataset", "balanced_accuracy_mean", "balanced_accuracy_std",
+                                 "auroc_mean", "auroc_std", "source"])
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def leaderboard(root: str, stamp_: tuple) -> pd.DataFrame:
+    """One row per (family, test set) with mean ± std over folds and the ensemble's 95% CI,
+    followed by the paper's published rows (``source == 'paper'``)."""
+    return leaderboard_frame(runs(root, stamp_), paper_results())
+
+
+LEADERBOARD_COLUMNS = ["source", "model", "head", "options", "test_set", "n_folds",
+                       "balanced_accuracy_mean", "balanced_accuracy_std", "balanced_accuracy_ci_low",
+                       "balanced_accuracy_ci_high", "auroc_mean", "auroc_std", "auroc_ci_low", "auroc_ci_high",
+                       "ensemble_balanced_accuracy", "ensemble_auroc", "family_id", "label"]
+
+
+def leaderboard_frame(runs_: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Pure aggregation behind :func:`leaderboard` (metrics were computed by classifiers; here they
+    are only averaged over folds)."""
+    rows = []
+    if not runs_.empty:
+        folds = runs_[runs_["fold"] >= 0]
+        ens = runs_[runs_["fold"] == -1].drop_duplicates(["family_id", "test_set"], keep="last")
+        ens = ens.set_index(["family_id", "test_set"])
+        for (fid, ts), g in folds.groupby(["family_id", "test_set"], sort=False):
+            first = g.iloc[0]
+            row = dict(source="mitoprobe", model=first["model"], head=first["head"],
+                       options=options_text(first.get("options")),
+                       test_set=ts, n_folds=int(g["fold"].nunique()), family_id=fid, label=first["label"])
+            for m in ("balanced_accuracy", "auroc"):
+                row[f"{m}_mean"] = g[m].mean()
+                row[f"{m}_std"] = g[m].std(ddof=1) if len(g) > 1 else np.nan
+            e = ens.loc[(fid, ts)] if (fid, ts) in ens.index else None
+            for m in ("balanced_accuracy", "auroc"):
+                row[f"ensemble_{m}"] = e[m] if e is not None else np.nan
+                for b in ("low", "high"):
+                    col = f"{m}_ci_{b}"
+                    row[col] = e[col] if e is not None and col in e else np.nan
+            rows.append(row)
+    for _, p in paper.iterrows():
+        rows.append(dict(source="paper", model=p["model"], head=p["family"], options="", test_set=p["dataset"],
+                         n_folds=5, balanced_accuracy_mean=p["balanced_accuracy_mean"],
+                         balanced_accuracy_std=p["balanced_accuracy_std"], auroc_mean=p["auroc_mean"],
+                         auroc_std=p["auroc_std"], family_id=f"paper:{p['family']}:{p['model']}",
+                         label=f"paper · {p['model']} · {p['family']}"))
+    df = pd.DataFrame(rows)
+    for c in LEADERBOARD_COLUMNS:
+        if c not in df:
+            df[c] = np.nan
+    return df[LEADERBOARD_COLUMNS]
+
+
+# -- embeddings ----------------------------------------------------------------------------------
+def embedding_sets(root: str) -> list:
+    return [s for s in Store(root).features.sets() if s.parts]
+
+
+@st.cache_resource(show_spinner="Reading embeddings…", max_entries=8)
+def embedding_matrix(root: str, stamp_: tuple, recipe_id: str, output: str, view: str = "none"
+                     ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Keys (patch_id, view) and float32 vectors of one output, one view."""
+    fs = Store(root).features
+    eset = fs.get(recipe_id)
+    keys, X = fs.read(eset.name, recipe_id=recipe_id, outputs=[output], views=[view], allow_stale=True)
+    return keys, np.ascontiguousarray(X, dtype=np.float32)
+
+
+@st.cache_data(show_spinner="Projecting to 2-D…", max_entries=16)
+def projection(root: str, stamp_: tuple, recipe_id: str, output: str, method: str = "PCA") -> pd.DataFrame:
+    """2-D coordinates (x, y) per patch of one set's ``view == 'none'`` vectors."""
+    keys, X = embedding_matrix(root, stamp_, recipe_id, output)
+    if method == "UMAP":
+        import umap  # optional: only offered when installed
+
+        xy = umap.UMAP(n_components=2, random_state=0).fit_transform(X)
+    else:
+        from sklearn.decomposition import PCA
+
+        sd = X.std(axis=0)
+        Z = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)  # standardised: scale-free for handcrafted too
+        xy = PCA(n_components=2, random_state=0).fit_transform(Z)
+    return pd.DataFrame({"patch_id": keys["patch_id"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1]})
+
+
+def projection_methods() -> list[str]:
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        return ["PCA"]
+    return ["PCA", "UMAP"]
+
+
+@st.cache_data(show_spinner="Searching…", max_entries=256)
+def neighbours(root: str, stamp_: tuple, recipe_id: str, output: str, query: bytes, k: int) -> pd.DataFrame:
+    """The k nearest stored patches (LanceDB, cosine distance) to a float32 query vector."""
+    fs = Store(root).features
+    vec = np.frombuffer(query, dtype=np.float32)
+    return fs.search(fs.get(recipe_id), vec, output=output, k=k, view="none")
+
+
+# -- embedding an uploaded image -----------------------------------------------------------------
+@st.cache_resource(show_spinner="Loading the embedding model…", max_entries=2)
+def _model(name: str):
+    import embedder
+
+    return embedder.build(name)
+
+
+def embed_png(eset, output: str, png_bytes: bytes) -> np.ndarray:
+    """Embed one uploaded PNG with the set's own recipe, refusing when the current recipe would not
+    reproduce the stored vectors (a different recipe id). Raises ``MitoprobeError`` with the reason."""
+    import embedder
+    from embedder.transforms import decode_png
+    from store.errors import StoreError
+
+    source = (eset.provenance.get("weights") or {}).get("source")
+    if source == "local":
+        raise StoreError(f"set {eset.name} was embedded with a local weights file "
+                         f"({eset.provenance['weights'].get('file')}), which the dashboard cannot locate")
+    current = embedder.recipe_id_of(eset.name)
+    if current != eset.recipe_id:
+        raise StoreError(f"the set was made by recipe id {eset.recipe_id}, but {eset.name!r} is now "
+                         f"{current} (model, weights or library versions changed), so an uploaded image "
+                         f"would not be comparable; re-run `mitoprobe embed --model {eset.name}`")
+    model, transform = _model(eset.name)
+    x = transform(decode_png(png_bytes))
+    if model is None:  # handcrafted: the transform already yields the feature vector
+        return np.asarray(x, dtype=np.float32).ravel()
+    import torch
+
+    with torch.inference_mode():
+        out = model(torch.from_numpy(np.ascontiguousarray(x))[None])
+    return out[output][0].float().numpy().astype(np.float32)

@@ -1,0 +1,71 @@
+"""Start the dashboard: ``streamlit run dashboard/app.py`` in a subprocess, headless, on localhost.
+
+The store path travels as ``$MITOPROBE_STORE`` (the app resolves it like every other command).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from store import paths
+from store.errors import StoreError
+
+APP = Path(__file__).resolve().parent / "app.py"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _command(port: int, host: str) -> list[str]:
+    return [sys.executable, "-m", "streamlit", "run", str(APP),
+            "--server.port", str(port), "--server.address", host, "--server.headless", "true",
+            "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+            "--theme.base", "light"]
+
+
+def _env(store: str | Path | None) -> dict[str, str]:
+    env = dict(os.environ, MITOPROBE_STORE=str(paths.store_root(store).resolve()))
+    env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+    return env
+
+
+def serve(store: str | Path | None = None, port: int = 8501, host: str = "127.0.0.1") -> int:
+    """Run the app in the foreground until interrupted; returns streamlit's exit code."""
+    try:
+        return subprocess.call(_command(port, host), env=_env(store))
+    except KeyboardInterrupt:
+        return 0
+
+
+def start(store: str | Path | None = None, port: int | None = None, host: str = "127.0.0.1",
+          timeout: float = 60.0, log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the app in the background and wait until it answers; returns (process, base URL).
+
+    The caller stops it with ``proc.terminate()``. Used by the screenshot script and the tests."""
+    port = port or free_port(host)
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(_command(port, host), env=_env(store), stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StoreError(f"the dashboard exited at start (code {proc.returncode})"
+                             + (f"; see {log}" if log else ""))
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.terminate()
+    raise StoreError(f"the dashboard did not answer on {url} within {timeout:.0f} s")

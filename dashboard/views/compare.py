@@ -1,0 +1,112 @@
+"""Compare: chosen run families side by side across test sets, curves, confusion, calibration, experts."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from classifiers import metrics
+from dashboard import charts, data, ui
+
+ctx = ui.context()
+st.title("Compare")
+ui.require(ctx, "patches", "runs")
+
+runs = data.runs(ctx.root, ctx.stamp)
+board = data.leaderboard(ctx.root, ctx.stamp)
+fams = ui.family_options(runs)
+paper = board[board["source"] == "paper"]
+paper_labels = (paper.drop_duplicates("family_id").set_index("family_id")["label"].to_dict())
+paper_best = (paper[(paper["test_set"] == "AMi-Br-test") & (paper["head"] == "linear_probe")]
+              .sort_values("balanced_accuracy_mean", ascending=False)["family_id"].head(1).tolist())
+
+c1, c2 = st.columns([3, 2])
+chosen = c1.multiselect("Run families", list(fams), default=list(fams)[:3], format_func=fams.get,
+                        placeholder="choose run families")
+chosen_paper = c2.multiselect("Paper rows", list(paper_labels), default=paper_best, format_func=paper_labels.get,
+                              placeholder="none")
+if not chosen:
+    st.info("Choose at least one run family above.")
+    st.stop()
+
+st.subheader("Across the three test sets")
+st.caption("Mean ± std over the five fold models (paper rows: as published).")
+pts = board[board["family_id"].isin(chosen + chosen_paper)]
+a, b = st.columns(2)
+a.altair_chart(charts.metric_points(pts, "balanced_accuracy", "balanced accuracy"), width="stretch")
+b.altair_chart(charts.metric_points(pts, "auroc", "AUROC"), width="stretch")
+
+st.subheader("On one test set")
+c1, c2, c3 = st.columns([3, 2, 3])
+test_set = c1.radio("Test set", charts.TEST_SET_ORDER, horizontal=True)
+fold_opts = [-1, 0, 1, 2, 3, 4]
+fold = c2.selectbox("Predictions from", fold_opts, format_func=data.fold_name,
+                    help="The fold ensemble averages the five fold models' probabilities.")
+custom = c3.toggle("Custom threshold", help="Off: each family's own threshold, chosen on its validation folds.")
+threshold = c3.slider("Threshold", 0.0, 1.0, 0.5, 0.01, disabled=not custom)
+
+preds, missing = {}, []
+for fid in chosen:
+    p = data.family_predictions(ctx.root, ctx.stamp, fid, fold, test_set)
+    if len(p):
+        preds[fid] = p
+    else:
+        missing.append(fams[fid])
+if missing:
+    st.caption(f"No {data.fold_name(fold)} predictions on {test_set} for: " + "; ".join(missing))
+if not preds:
+    st.info(f"No stored predictions for these families on {test_set} ({data.fold_name(fold)}). "
+            "Pick another fold or run `mitoprobe probe` to store predictions.")
+    st.stop()
+
+roc, pr, rel = [], [], []
+for fid, p in preds.items():
+    y, s = p["y"].to_numpy(), p["probability"].to_numpy()
+    for frame, into in ((metrics.roc_points(y, s), roc), (metrics.pr_points(y, s), pr),
+                        (metrics.reliability_table(y, s), rel)):
+        into.append(frame.assign(label=fams[fid], order=np.arange(len(frame))))
+a, b = st.columns(2)
+a.markdown("**ROC**")
+a.altair_chart(charts.curves(pd.concat(roc), "fpr", "tpr", "false positive rate", "true positive rate", True),
+               width="stretch")
+b.markdown("**Precision–recall**")
+b.altair_chart(charts.curves(pd.concat(pr), "recall", "precision", "recall (sensitivity)", "precision", False),
+               width="stretch")
+
+st.markdown("**Confusion matrices**" + (f" at threshold {threshold:.2f}" if custom else " at each family's threshold"))
+cols = st.columns(min(len(preds), 4))
+for i, (fid, p) in enumerate(preds.items()):
+    thr = threshold if custom else float(p["threshold"].iloc[0])
+    cm = metrics.confusion_counts(p["y"].to_numpy(), metrics.predict(p["probability"].to_numpy(), thr))
+    cells = pd.DataFrame([dict(truth=t, predicted=q, n=cm[k]) for t, q, k in (
+        ("atypical", "atypical", "tp"), ("atypical", "normal", "fn"), ("normal", "atypical", "fp"),
+        ("normal", "normal", "tn"))])
+    cells["share"] = cells["n"] / cells.groupby("truth")["n"].transform("sum").clip(lower=1)
+    cols[i % len(cols)].altair_chart(charts.confusion(cells, f"{fams[fid][:48]} (t={thr:.2f})"), width="stretch")
+
+a, b = st.columns(2)
+a.markdown("**Reliability (calibration)**")
+a.altair_chart(charts.reliability(pd.concat(rel)), width="stretch")
+b.markdown("**Model vs experts** (Cohen's κ)")
+first = next(iter(preds.values()))
+experts = metrics.expert_columns(first)
+if not experts:
+    b.info(f"{test_set} has no individual expert votes; choose AMi-Br-test (3 experts) or AtNorM-MD (5).")
+else:
+    rows = []
+    names = [e.replace("_atypical", "") for e in experts]
+    for i, ei in enumerate(experts):
+        for ej, nj in zip(experts, names):
+            if ei != ej:
+                m = first[ei].notna() & first[ej].notna()
+                rows.append(dict(rater=names[i], expert=nj, order=i,
+                                 kappa=metrics.cohen_kappa(first.loc[m, ei].astype(int), first.loc[m, ej].astype(int))))
+    for k, (fid, p) in enumerate(preds.items()):
+        thr = threshold if custom else float(p["threshold"].iloc[0])
+        kap = metrics.kappa_vs_experts(metrics.predict(p["probability"].to_numpy(), thr), p)
+        rows += [dict(rater=fams[fid], expert=e, order=len(experts) + k, kappa=v) for e, v in kap.items()]
+    b.altair_chart(charts.kappa_heatmap(pd.DataFrame(rows)), width="stretch")
+    ref = metrics.expert_reference(first)
+    b.caption("Each expert against the majority of the other experts (the human reference):")
+    b.dataframe(ref, hide_index=True, width="stretch",
+                column_config={"balanced_accuracy": st.column_config.NumberColumn("BA", format="%.3f"),
+                               "kappa": st.column_config.NumberColumn("κ", format="%.3f")})

@@ -1,0 +1,54 @@
+"""Embedding map: a 2-D projection of one embedding set, coloured by label, dataset or a run's results."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, data, ui
+
+ctx = ui.context()
+st.title("Embedding map")
+st.caption("Each dot is one patch (original view). Drag a rectangle on the map to see the selected patches.")
+ui.require(ctx, "patches", "sets")
+
+meta = data.patches(ctx.root, ctx.stamp)
+runs = data.runs(ctx.root, ctx.stamp) if ctx.status["runs"] and ctx.status["predictions"] else pd.DataFrame()
+c1, c2, c3, c4 = st.columns([3, 1, 2, 3])
+eset, output = ui.pick_set(ctx, "map", container=c1)
+method = c2.selectbox("Projection", data.projection_methods(),
+                      help="PCA of the standardised vectors (UMAP when umap-learn is installed).")
+colour_opts = ["label", "dataset"] + (["prediction", "correct"] if not runs.empty else [])
+colour = c3.selectbox("Colour by", colour_opts, index=0)
+datasets = c4.multiselect("Datasets", sorted(meta["dataset"].unique()), placeholder="all datasets")
+
+xy = data.projection(ctx.root, ctx.stamp, eset.recipe_id, output, method)
+df = xy.merge(meta[["patch_id", "dataset", "split", "label", "votes"]], on="patch_id", how="left")
+if not runs.empty:
+    same = runs.loc[runs["recipe_id"] == eset.recipe_id, "family_id"].unique().tolist()
+    fid = ui.pick_family(runs, "map_family", "Predictions of (test sets only)", families=same)
+    pred = data.family_predictions(ctx.root, ctx.stamp, fid, data.fold_choices(runs, fid)[0])
+    df = df.merge(pred[["patch_id", "probability", "prediction"]], on="patch_id", how="left")
+    df["prediction"] = df["prediction"].map({1: "Atypical", 0: "Normal"}).fillna("not predicted")
+    has = df["prediction"] != "not predicted"
+    df["correct"] = np.where(~has, "not predicted", np.where(df["prediction"] == df["label"], "correct", "wrong"))
+if datasets:
+    df = df[df["dataset"].isin(datasets)]
+
+event = st.altair_chart(charts.scatter(df, colour), width="stretch", on_select="rerun", key="map_chart")
+sel = (event or {}).get("selection", {}).get("picked") if event else None
+picked = df
+if sel:
+    x0, x1 = sel.get("x", [-np.inf, np.inf])
+    y0, y1 = sel.get("y", [-np.inf, np.inf])
+    picked = df[df["x"].between(min(x0, x1), max(x0, x1)) & df["y"].between(min(y0, y1), max(y0, y1))]
+    st.markdown(f"**{len(picked)} patches selected**" + (" (showing 36)" if len(picked) > 36 else ""))
+else:
+    st.caption(f"{len(df)} patches. Showing 12 at random; select a region to see its patches.")
+    picked = df.sample(min(12, len(df)), random_state=0)
+show = picked.head(36)
+urls = data.thumbnails(ctx.root, ctx.stamp, show["patch_id"].tolist())
+for start in range(0, len(show), 12):
+    cols = st.columns(12)
+    for col, (_, r), url in zip(cols, show.iloc[start:start + 12].iterrows(), urls[start:start + 12]):
+        col.image(url, width="stretch")
+        col.caption(f"{r['label']}  \n{r['dataset']}")

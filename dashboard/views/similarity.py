@@ -1,0 +1,112 @@
+"""Similarity search: the k nearest stored mitoses to a patch (or an uploaded PNG), via LanceDB."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard import data, ui
+from store.errors import MitoprobeError
+
+ctx = ui.context()
+st.title("Similarity search")
+st.caption("Nearest neighbours by cosine distance in one embedding set (LanceDB), with labels, expert votes "
+           "and a run's predictions.")
+ui.require(ctx, "patches", "sets")
+
+meta = data.patches(ctx.root, ctx.stamp)
+c1, c2, c3 = st.columns([3, 2, 2])
+eset, output = ui.pick_set(ctx, "sim", container=c1)
+k = c2.slider("Neighbours (k)", 4, 48, 12, 4)
+runs = data.runs(ctx.root, ctx.stamp) if ctx.status["runs"] else pd.DataFrame()
+pred = pd.DataFrame(columns=["patch_id", "probability", "prediction"])
+if not runs.empty and ctx.status["predictions"]:
+    same = runs.loc[runs["recipe_id"] == eset.recipe_id, "family_id"].unique().tolist()
+    fid = ui.pick_family(runs, "sim_family", "Predictions of", families=same, container=c3)
+    fold = data.fold_choices(runs, fid)[0]
+    pred = data.family_predictions(ctx.root, ctx.stamp, fid, fold)[["patch_id", "probability", "prediction"]]
+else:
+    c3.caption("No predictions stored yet (`mitoprobe probe`).")
+
+keys, X = data.embedding_matrix(ctx.root, ctx.stamp, eset.recipe_id, output)
+row_of = pd.Series(np.arange(len(keys)), index=keys["patch_id"].to_numpy())
+
+mode = st.radio("Query", ["Stored patch", "Upload a PNG"], horizontal=True, label_visibility="collapsed")
+query_vec, query_id, query_png = None, None, None
+if mode == "Stored patch":
+    g1, g2, g3, g4 = st.columns([2, 2, 1, 3])
+    ds = g1.selectbox("Gallery: dataset", ["all", *sorted(meta["dataset"].unique())])
+    lab = g2.selectbox("Gallery: label", ["all", *sorted(meta["label"].unique())])
+    if g3.button("Shuffle", help="Show other patches in the gallery"):
+        st.session_state["sim_seed"] = st.session_state.get("sim_seed", 0) + 1
+    pool = meta[meta["patch_id"].isin(row_of.index)]
+    if ds != "all":
+        pool = pool[pool["dataset"] == ds]
+    if lab != "all":
+        pool = pool[pool["label"] == lab]
+    gallery = pool.sample(min(8, len(pool)), random_state=st.session_state.get("sim_seed", 0))
+    if "sim_query_id" not in st.session_state and len(gallery):
+        st.session_state["sim_query_id"] = gallery["patch_id"].iloc[0]
+    g4.text_input("Patch id", key="sim_query_id", help="Type a patch id, or pick one from the gallery below.")
+
+    def _pick(pid: str) -> None:
+        st.session_state["sim_query_id"] = pid
+
+    cols = st.columns(8)
+    for col, (_, r), url in zip(cols, gallery.iterrows(),
+                                data.thumbnails(ctx.root, ctx.stamp, gallery["patch_id"].tolist())):
+        col.image(url, width="stretch", caption=f"{r['label']} · {r['dataset']}")
+        col.button("Search", key=f"pick_{r['patch_id']}", on_click=_pick, args=(r["patch_id"],),
+                   width="stretch", type="primary" if r["patch_id"] == st.session_state.get("sim_query_id")
+                   else "secondary")
+    query_id = (st.session_state.get("sim_query_id") or "").strip()
+    if query_id not in row_of.index:
+        st.warning(f"Patch id {query_id!r} is not in set {eset.name}; pick one from the gallery.")
+        st.stop()
+    query_vec = X[row_of[query_id]]
+    query_png = data.png(ctx.root, ctx.stamp, query_id)
+else:
+    up = st.file_uploader("A 128×128 RGB PNG of a mitotic figure", type=["png"])
+    if up is None:
+        st.info(f"Upload a PNG; it will be embedded on the fly with the set's recipe ({eset.name}).")
+        st.stop()
+    query_png = up.getvalue()
+    try:
+        query_vec = data.embed_png(eset, output, query_png)
+    except (MitoprobeError, ImportError, OSError, ValueError) as exc:
+        st.error(f"Cannot embed the upload with {eset.name} here: {exc}")
+        st.caption("Similarity search over stored patches still works: choose 'Stored patch'.")
+        st.stop()
+
+hits = data.neighbours(ctx.root, ctx.stamp, eset.recipe_id, output, np.asarray(query_vec, np.float32).tobytes(),
+                       k + 1)
+hits = hits[hits["patch_id"] != query_id].head(k).reset_index(drop=True)
+hits = (hits.merge(meta, on="patch_id", how="left").merge(pred, on="patch_id", how="left"))
+hits.insert(0, "rank", np.arange(1, len(hits) + 1))
+hits["prediction"] = hits["prediction"].map({1: "Atypical", 0: "Normal"})
+
+q, res = st.columns([1, 5])
+q.markdown("**Query**")
+if query_png is not None:
+    q.image(query_png, width="stretch")
+res.markdown(f"**{len(hits)} nearest** in {eset.name} · {output}")
+if query_id:
+    m = meta.set_index("patch_id").loc[query_id]
+    q.caption(f"`{query_id}`  \n{m['label']} · {m['dataset']} {m['split']}  \nvotes: {m['votes'] or '–'}")
+    res.caption(f"{(hits['label'] == m['label']).mean():.0%} of the neighbours share the query's label.")
+else:
+    q.caption("uploaded image")
+thumbs = data.thumbnails(ctx.root, ctx.stamp, hits["patch_id"].tolist())
+per_row = 6
+for start in range(0, len(hits), per_row):
+    cols = res.columns(per_row)
+    for col, (_, h), url in zip(cols, hits.iloc[start:start + per_row].iterrows(), thumbs[start:start + per_row]):
+        col.image(url, width="stretch")
+        col.caption(f"#{h['rank']} · **{h['label']}**  \n{h['dataset']} · d={h['distance']:.3f}")
+
+st.dataframe(
+    ui.with_thumbnails(ctx, hits), hide_index=True, width="stretch", row_height=60,
+    column_order=["thumbnail", "rank", "distance", "label", "prediction", "probability", "dataset", "split",
+                  "votes", "subtype_expert1", "subtype_expert2", "patch_id"],
+    column_config={"thumbnail": ui.THUMB_COLUMN, "probability": ui.PROB_COLUMN,
+                   "distance": st.column_config.NumberColumn("distance", format="%.4f"),
+                   "votes": st.column_config.TextColumn("expert votes", help="A = atypical, N = normal")})

@@ -1,0 +1,63 @@
+"""Build a small store with everything the dashboard shows (imported by the dashboard tests).
+
+Real parts: the tiny synthetic benchmark from conftest, embedded with the real ``handcrafted``
+recipe (so uploads can be embedded on the fly). Synthetic parts: run and prediction rows in the
+classifiers' schema, with scores derived from the first feature, every metric computed by
+``classifiers.metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from conftest import make_benchmark
+from store import Store
+
+TEST_SETS = {"AMi-Br-test": ("AMi-Br", "test"), "AtNorM-Br": ("AtNorM-Br", "test"),
+             "AtNorM-MD": ("AtNorM-MD", "test")}
+FAMILIES = (("fam-logreg", "logreg", 1.2), ("fam-knn", "knn", 0.5))
+
+
+def build_dashboard_store(root: Path, n_per_class: int = 6, seed: int = 0) -> Store:
+    import embedder
+    from classifiers import metrics
+
+    bench = make_benchmark(root / "bench", n_per_class=n_per_class, seed=seed)
+    st = Store(root / "store")
+    st.import_dataset(bench, bench / "AMI-BR.csv")
+    embedder.embed(st, "handcrafted", progress=False, num_workers=0)
+    eset = st.features.sets()[0]
+    keys, X = st.features.read(eset.name)
+    x0 = pd.Series(X[:, 0], index=keys["patch_id"])
+    meta = st.patches().set_index("patch_id")
+    rng = np.random.default_rng(seed)
+    runs, preds = [], []
+    for family_id, head, strength in FAMILIES:
+        for fold in (-1, 0, 1, 2, 3, 4):
+            run_id = f"{family_id}-{fold}"
+            for ts, (ds, split) in TEST_SETS.items():
+                ids = meta.index[(meta["dataset"] == ds) & (meta["split"] == split)]
+                y = meta.loc[ids, "y"].to_numpy()
+                z = (x0[ids].to_numpy() - x0.mean()) / (x0.std() + 1e-9)
+                prob = 1 / (1 + np.exp(-(strength * (2 * y - 1) + z + rng.normal(0, 1, len(ids)))))
+                thr = 0.5
+                m = metrics.all_metrics(y, prob, thr)
+                ci = metrics.bootstrap_ci(y, prob, thr, n_boot=50)
+                runs.append(dict(
+                    run_id=run_id, family_id=family_id, family="probe", model=eset.name,
+                    recipe_id=eset.recipe_id, head=head, options=json.dumps({"views": "none"}),
+                    config_json="{}", code_version="test", seed=0, fold=fold, test_set=ts, n=len(y),
+                    n_pos=int(y.sum()), **m, balanced_accuracy_ci_low=ci["balanced_accuracy"][0],
+                    balanced_accuracy_ci_high=ci["balanced_accuracy"][1], auroc_ci_low=ci["auroc"][0],
+                    auroc_ci_high=ci["auroc"][1], threshold=thr, threshold_rule="youden",
+                    fit_seconds=0.1, predict_seconds=0.01, created_at=pd.Timestamp("2026-01-01"), repeat=0))
+                preds.append(pd.DataFrame(dict(run_id=run_id, patch_id=ids, fold=fold, test_set=ts,
+                                               probability=prob, threshold=thr,
+                                               prediction=metrics.predict(prob, thr))))
+    st.results.append("runs", pd.DataFrame(runs))
+    st.results.append("predictions", pd.concat(preds, ignore_index=True))
+    return st
