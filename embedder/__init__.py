@@ -21,8 +21,8 @@ OFFLINE_DEFAULTS: tuple[str, ...] = ("handcrafted", "resnet18.random")
 
 
 def build(recipe, weights=None, **kwargs):
-    """``(model, transform)`` for a recipe; see ``embedder.build.build`` (imports torch/timm)."""
-    from .build import build as _build
+    """``(model, transform)`` for a recipe; see ``embedder.factory.build`` (imports torch/timm)."""
+    from .factory import build as _build
 
     return _build(recipe, weights, **kwargs)
 

@@ -180,7 +180,7 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
     """
     import torch
 
-    from .build import build
+    from .factory import build
 
     st = store if isinstance(store, Store) else Store(store)
     recipe = get_recipe(model)

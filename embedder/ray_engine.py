@@ -22,7 +22,7 @@ class EmbedActor:
                  trust_pickle: bool = False, hf_token_env: str = "HF_TOKEN"):
         import torch
 
-        from .build import build
+        from .factory import build
         from .recipes import get_recipe
 
         if device == "cpu":

@@ -115,7 +115,11 @@ def _create(recipe: Recipe, weights, trust_pickle: bool, hf_token_env: str, over
     if weights is not None:
         model = timm.create_model(recipe.arch, pretrained=False, **kw)
         sd = load_state_dict(weights, trust_pickle)
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise StoreError(f"{weights}: does not fit {recipe.name} ({recipe.arch}): "
+                             f"{str(exc).splitlines()[1].strip() if chr(10) in str(exc) else exc}") from exc
         missing = [k for k in missing if not k.startswith("head.")]
         if missing or unexpected:
             raise StoreError(f"{weights}: does not fit {recipe.name} ({recipe.arch}): "

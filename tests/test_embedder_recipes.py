@@ -1,0 +1,115 @@
+"""Recipe registry: the paper's seven models as their cards specify, ids, transforms (no torch for ids)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import embedder
+from embedder.recipes import IMAGENET_MEAN, IMAGENET_STD, Recipe, get_recipe, list_recipes, register
+from embedder.transforms import Preprocess
+from store.errors import StoreError
+
+PAPER_SEVEN = ("virchow.hf", "virchow2.hf", "uni.hf", "uni2_h.hf", "hoptimus0.hf", "hoptimus1.hf", "gigapath.hf")
+# (cls dim, prefix tokens = CLS + registers) per architecture, from the model cards.
+EXPECTED = {"virchow": (1280, 1), "virchow2": (1280, 5), "uni": (1024, 1), "uni2_h": (1536, 9),
+            "hoptimus0": (1536, 5), "hoptimus1": (1536, 5), "gigapath": (1536, 1)}
+
+
+def test_registry_has_paper_models_twins_and_offline():
+    names = {r.name for r in list_recipes()}
+    for n in PAPER_SEVEN:
+        assert n in names and n.replace(".hf", ".random") in names
+    assert set(embedder.OFFLINE_DEFAULTS) <= names and "handcrafted" in embedder.OFFLINE_DEFAULTS
+    with pytest.raises(ValueError, match="already registered"):
+        register(get_recipe("uni.hf"))
+    with pytest.raises(StoreError, match="unknown embedder"):
+        get_recipe("no_such.model")
+
+
+def test_card_constants():
+    v2 = get_recipe("virchow2.hf")
+    kw = v2.model_kwargs
+    assert kw["mlp_layer"] == "SwiGLUPacked" and kw["act_layer"] == "SiLU" and kw["reg_tokens"] == 4
+    assert v2.output_dims == {"cls": 1280, "mean": 1280} and v2.paper_outputs == ("cls", "mean")
+    assert v2.hub_id == "paige-ai/Virchow2" and v2.mean == IMAGENET_MEAN and v2.std == IMAGENET_STD
+    u2 = get_recipe("uni2_h.hf").model_kwargs
+    assert {k: u2[k] for k in ("embed_dim", "depth", "num_heads", "reg_tokens", "no_embed_class", "init_values")} == \
+        dict(embed_dim=1536, depth=24, num_heads=24, reg_tokens=8, no_embed_class=True, init_values=1e-5)
+    assert u2["mlp_ratio"] == pytest.approx(2.66667 * 2)
+    uni = get_recipe("uni.hf")
+    assert uni.model_kwargs["dynamic_img_size"] is True and (uni.resize, uni.input_size) == (224, 224)
+    for n in ("hoptimus0.hf", "hoptimus1.hf"):
+        r = get_recipe(n)
+        assert r.mean == (0.707223, 0.578729, 0.703617) and r.std == (0.211883, 0.230117, 0.177517)
+    g = get_recipe("gigapath.hf")
+    assert (g.resize, g.input_size, g.interpolation) == (256, 224, "bicubic")
+
+
+@pytest.mark.parametrize("stem", sorted(EXPECTED))
+def test_real_architecture_dims_and_prefix_tokens(stem):
+    """Build the real architecture on the meta device (no memory, no weights): declared dims hold."""
+    import torch
+
+    r = get_recipe(f"{stem}.random")
+    with torch.device("meta"):
+        model, _ = embedder.build(r)
+    dim, prefix = EXPECTED[stem]
+    assert model.output_dims == r.output_dims == {"cls": dim, "mean": dim}
+    assert model.num_prefix_tokens == prefix
+    assert get_recipe(f"{stem}.hf").output_dims == r.output_dims
+
+
+def test_recipe_ids_stable_and_sensitive(tmp_path):
+    rid = embedder.recipe_id_of("virchow2.hf")
+    assert rid == embedder.recipe_id_of("virchow2.hf") and len(rid) == 16
+    assert rid != embedder.recipe_id_of("virchow2.random")
+    r = get_recipe("virchow2.hf")
+    native = dataclasses.replace(r, name="virchow2.native_test", placement="native")
+    assert embedder.recipe_id_of(native) != embedder.recipe_id_of(dataclasses.replace(native, placement="upsample"))
+    assert embedder.recipe_id_of(dataclasses.replace(r, note="other words")) == rid  # notes do not change vectors
+    w1, w2 = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    w1.write_bytes(b"one")
+    w2.write_bytes(b"two")
+    assert len({rid, embedder.recipe_id_of(r, w1), embedder.recipe_id_of(r, w2)}) == 3
+
+
+def test_import_and_recipe_id_do_not_import_torch():
+    code = ("import sys, embedder; rid = embedder.recipe_id_of('virchow2.hf'); embedder.list_recipes(); "
+            "print(rid, 'torch' in sys.modules, 'timm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [embedder.recipe_id_of("virchow2.hf"), "False", "False"]
+
+
+def _rgb(seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(128, 128, 3), dtype=np.uint8)
+
+
+def test_transform_geometry_and_normalisation():
+    from PIL import Image
+
+    rgb = _rgb()
+    up = Preprocess.from_recipe(get_recipe("virchow2.hf"))
+    assert up(rgb).shape == (3, 224, 224)
+    g = Preprocess.from_recipe(get_recipe("gigapath.hf"))
+    ref = np.asarray(Image.fromarray(rgb).resize((256, 256), Image.Resampling.BICUBIC))[16:240, 16:240]
+    assert np.array_equal(g.geometry(rgb), ref)
+    nat = Preprocess.from_recipe(dataclasses.replace(get_recipe("uni.hf"), placement="native"))
+    assert np.array_equal(nat.geometry(rgb)[48:176, 48:176], rgb)  # 1:1 pixels, centred
+    h = Preprocess.from_recipe(get_recipe("hoptimus0.hf"))
+    mean_img = np.broadcast_to((np.array(h.mean) * 255).round().astype(np.uint8), (128, 128, 3)).copy()
+    assert np.abs(h(mean_img)).max() < 0.02  # the recipe's mean colour normalises to ~0
+    cnn = Preprocess.from_recipe(get_recipe("resnet18.random"))
+    assert cnn.geometry(rgb).shape == (128, 128, 3) and np.array_equal(cnn.geometry(rgb), rgb)
+
+
+def test_recipe_validation():
+    with pytest.raises(ValueError):
+        Recipe(name="x.hf", family="x", arch="vit_tiny_patch16_224", weights="hf")  # no hub id
+    with pytest.raises(ValueError):
+        Recipe(name="x.random", family="x", arch="a", placement="sideways", outputs=(("vector", 3),),
+               paper_outputs=("vector",))
