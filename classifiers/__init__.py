@@ -1,0 +1,20 @@
+"""mitoprobe's classifiers: CPU heads on stored embeddings, under the AMi-Br paper's protocol.
+
+Never imports torch at module level (the paper-parity torch probe imports it inside ``fit``).
+
+Example::
+
+    from store import Store
+    from classifiers import sweep, leaderboard
+    sweep(Store(), "handcrafted", heads="all")
+    print(leaderboard(Store()))
+"""
+
+from .heads import DEFAULT_HEADS, HEADS, make_head
+from .metrics import POSITIVE
+from .protocol import TEST_SETS, load_protocol
+from .report import leaderboard, paper_results
+from .runner import sweep
+
+__all__ = ["DEFAULT_HEADS", "HEADS", "POSITIVE", "TEST_SETS", "leaderboard", "load_protocol", "make_head",
+           "paper_results", "sweep"]

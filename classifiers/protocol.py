@@ -1,0 +1,130 @@
+"""The paper's evaluation protocol, in one place.
+
+* Folds: ``StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=42)`` over the 2,894 AMi-Br
+  training patches **in the row order of amibr_train_split.csv**, stratified by ``final_label`` and
+  grouped by slide (exactly the call in the paper's scripts, so the folds are the paper's folds).
+  Computed once and persisted in the store (``folds.parquet``).
+* For fold k the model is fitted on the other four folds (``train``) and everything that is
+  *selected* (hyper-parameters, early-stopping epoch, decision threshold) is chosen on fold k
+  (``val``, the fold's held-out part: whole slides the model never saw). Test sets are only ever
+  predicted.
+* Three test sets, named as in the paper's CSV: ``AMi-Br-test``, ``AtNorM-Br``, ``AtNorM-MD``.
+
+Why this shape: selection code receives a :class:`FoldData`, which holds training-side rows only;
+test labels live in :class:`TestSet` objects that the fitting path never receives. A test permutes
+every test label and checks that all selected parameters and thresholds stay identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from store.errors import StoreError
+
+N_FOLDS = 5
+FOLD_SEED = 42
+TEST_SETS: dict[str, tuple[str, str]] = {  # paper name -> (dataset, split) in the patches table
+    "AMi-Br-test": ("AMi-Br", "test"),
+    "AtNorM-Br": ("AtNorM-Br", "test"),
+    "AtNorM-MD": ("AtNorM-MD", "test"),
+}
+FOLD_COLUMNS = ["patch_id", "train_row", "slide", "label", "y", "fold"]
+
+
+def train_patches(patches: pd.DataFrame) -> pd.DataFrame:
+    """The AMi-Br training patches in ``amibr_train_split.csv`` row order."""
+    tr = patches[(patches["dataset"] == "AMi-Br") & (patches["split"] == "train")]
+    if tr.empty or tr["train_row"].isna().any():
+        raise StoreError("the store's AMi-Br train patches lack train_row; re-run `mitoprobe data import`")
+    return tr.sort_values("train_row", kind="mergesort").reset_index(drop=True)
+
+
+def compute_folds(patches: pd.DataFrame, n_splits: int = N_FOLDS, random_state: int = FOLD_SEED) -> pd.DataFrame:
+    """One row per training patch with its held-out fold (0..n_splits-1)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    tr = train_patches(patches)
+    fold = np.full(len(tr), -1, dtype=np.int64)
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    # the paper stratifies on final_label strings ({'Atypical','Normal'}); same classes, same folds
+    for k, (_, held_out) in enumerate(cv.split(np.zeros(len(tr)), tr["label"].to_numpy(), tr["slide"].to_numpy())):
+        fold[held_out] = k
+    out = tr[["patch_id", "train_row", "slide", "label", "y"]].copy()
+    out["fold"] = fold
+    return out.reset_index(drop=True)
+
+
+def folds(store, create: bool = True) -> pd.DataFrame:
+    """The persisted folds; computed and written on first use. Refuses folds that no longer match
+    the stored patches (re-imported data)."""
+    stored = store.read_folds()
+    patches = store.patches(columns=["patch_id", "dataset", "split", "label", "y", "slide", "train_row"])
+    expected = compute_folds(patches)
+    if stored is not None:
+        same = (len(stored) == len(expected)
+                and (stored["patch_id"].to_numpy() == expected["patch_id"].to_numpy()).all()
+                and (stored["fold"].to_numpy() == expected["fold"].to_numpy()).all())
+        if not same:
+            raise StoreError(f"{store.folds_path} does not match the stored patches (data re-imported?); "
+                             "delete that file to recompute the folds")
+        return stored
+    if create:
+        store.write_folds(expected)
+    return expected
+
+
+@dataclass(frozen=True)
+class FoldData:
+    """Training-side rows of one outer fold: everything a selection step may look at."""
+
+    fold: int
+    train_idx: np.ndarray  # indices into the training patch table (4 folds)
+    val_idx: np.ndarray  # the held-out fold
+    y: np.ndarray  # labels of all training patches (0/1, 1 = atypical)
+    groups: np.ndarray  # slide per training patch
+
+
+@dataclass(frozen=True)
+class TestSet:
+    name: str
+    patch_ids: np.ndarray
+    y: np.ndarray
+    votes: pd.DataFrame  # expert<k>_atypical columns, aligned with patch_ids
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Folds + test sets for one store."""
+
+    train: pd.DataFrame  # FOLD_COLUMNS, CSV row order
+    tests: dict[str, TestSet]
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.train["fold"].max()) + 1
+
+    def fold_data(self, k: int) -> FoldData:
+        f = self.train["fold"].to_numpy()
+        return FoldData(fold=k, train_idx=np.flatnonzero(f != k), val_idx=np.flatnonzero(f == k),
+                        y=self.train["y"].to_numpy().astype(np.int64), groups=self.train["slide"].to_numpy())
+
+
+def load_protocol(store, test_sets: list[str] | None = None) -> Protocol:
+    """Folds (persisted on first use) and the named test sets (default: all three)."""
+    fo = folds(store)
+    patches = store.patches()
+    tests = {}
+    for name in test_sets or list(TEST_SETS):
+        if name not in TEST_SETS:
+            raise StoreError(f"unknown test set {name!r}; choose from {list(TEST_SETS)}")
+        ds, split = TEST_SETS[name]
+        sub = patches[(patches["dataset"] == ds) & (patches["split"] == split)].sort_values("patch_id")
+        if sub.empty:
+            continue
+        vote_cols = [c for c in sub.columns if c.startswith("expert") and c.endswith("_atypical")]
+        tests[name] = TestSet(name, sub["patch_id"].to_numpy(), sub["y"].to_numpy().astype(np.int64),
+                              sub[vote_cols].reset_index(drop=True))
+    return Protocol(train=fo, tests=tests)

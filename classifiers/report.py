@@ -1,0 +1,150 @@
+"""The leaderboard: our runs next to the paper's published numbers for the same family.
+
+Fold rows give mean ± std over the 5 fold models (the paper's way of reporting); the fold
+ensemble (``fold = -1``) is shown separately with its 95% bootstrap CI. For each
+(model, head, options) only the most recent family (code version) is shown; its repeats are pooled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+from . import metrics as M
+from .protocol import TEST_SETS
+
+# our recipe names -> the paper's model names (paper_results.csv)
+PAPER_MODEL_NAMES = {"virchow.hf": "Virchow", "virchow2.hf": "Virchow2", "hoptimus0.hf": "h-optimus-0",
+                     "hoptimus1.hf": "h-optimus-1", "gigapath.hf": "prov-gigapath", "uni.hf": "uni",
+                     "uni2_h.hf": "uni2-h"}
+PAPER_FAMILY = {"probe": "linear_probe", "finetune": "lora"}
+NUMERIC = ["n_folds", "balanced_accuracy_mean", "balanced_accuracy_std", "auroc_mean", "auroc_std",
+           "auprc_mean", "brier_mean", "ece_mean", "kappa_experts_mean",
+           "ensemble_balanced_accuracy", "ensemble_balanced_accuracy_ci_low", "ensemble_balanced_accuracy_ci_high",
+           "ensemble_auroc", "ensemble_auroc_ci_low", "ensemble_auroc_ci_high"]
+COLUMNS = ["source", "family", "model", "head", "pooling", "tta", "test_set", *NUMERIC]
+
+
+def paper_results() -> pd.DataFrame:
+    """The paper's published table (a copy shipped in the package, from DeepMicroscopy/AMi-Br_Benchmark)."""
+    text = resources.files("mitoprobe").joinpath("data/paper_results.csv").read_text()
+    return pd.read_csv(io.StringIO(text))
+
+
+def _latest_families(runs: pd.DataFrame) -> pd.DataFrame:
+    keys = ["family", "model", "head", "options"]
+    last = runs.groupby(keys + ["family_id"], dropna=False)["created_at"].max().reset_index()
+    keep = last.sort_values("created_at").groupby(keys, dropna=False).tail(1)["family_id"]
+    return runs[runs["family_id"].isin(set(keep))]
+
+
+def _ours(runs: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (fam, model, head, options, ts), g in runs.groupby(["family", "model", "head", "options", "test_set"]):
+        folds = g[g["fold"] >= 0]
+        ens = g[g["fold"] == -1]
+        opt = json.loads(options)
+        r = dict(source="mitoprobe", family=fam, model=model, head=head, pooling=opt.get("pooling"),
+                 tta=bool(opt.get("tta")), test_set=ts, n_folds=int(folds["fold"].nunique()))
+        for m in ("balanced_accuracy", "auroc"):
+            r[f"{m}_mean"] = folds[m].mean()
+            r[f"{m}_std"] = folds[m].std(ddof=1) if len(folds) > 1 else np.nan
+        for m in ("auprc", "brier", "ece", "kappa_experts_mean"):
+            r[m if m.endswith("_mean") else f"{m}_mean"] = folds[m].mean()
+        for m in ("balanced_accuracy", "auroc"):
+            r[f"ensemble_{m}"] = ens[m].mean() if len(ens) else np.nan
+            for s in ("low", "high"):
+                r[f"ensemble_{m}_ci_{s}"] = ens[f"{m}_ci_{s}"].mean() if len(ens) else np.nan
+        rows.append(r)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _paper(families: set[str], models: set[str]) -> pd.DataFrame:
+    ref = paper_results()
+    want = {PAPER_FAMILY.get(f, f) for f in families}
+    ref = ref[ref["family"].isin(want)]
+    named = {PAPER_MODEL_NAMES[m] for m in models if m in PAPER_MODEL_NAMES}
+    if named:  # the same models when we have them; otherwise every published row of the family
+        ref = ref[ref["model"].isin(named)]
+    out = pd.DataFrame(dict(source="paper", family=ref["family"], model=ref["model"], head="torch linear (paper)",
+                            pooling=None, tta=False, test_set=ref["dataset"], n_folds=5,
+                            balanced_accuracy_mean=ref["balanced_accuracy_mean"],
+                            balanced_accuracy_std=ref["balanced_accuracy_std"],
+                            auroc_mean=ref["auroc_mean"], auroc_std=ref["auroc_std"]))
+    return out.reindex(columns=COLUMNS)
+
+
+def leaderboard(store, model: str | None = None, family: str | None = None, with_paper: bool = True) -> pd.DataFrame:
+    """One row per (model, head, options, test set), best balanced accuracy first within a test set,
+    followed by the paper's rows for the same family."""
+    runs = store.results.read("runs")
+    if runs.empty:
+        ours = pd.DataFrame(columns=COLUMNS)
+    else:
+        if model:
+            runs = runs[runs["model"] == model]
+        if family:
+            runs = runs[runs["family"] == family]
+        ours = _ours(_latest_families(runs)) if len(runs) else pd.DataFrame(columns=COLUMNS)
+    parts = [ours]
+    if with_paper:
+        fams = set(ours["family"]) or {family or "probe"}
+        parts.append(_paper(fams, set(ours["model"])))
+    df = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else ours
+    order = {name: i for i, name in enumerate(TEST_SETS)}
+    df["_t"] = df["test_set"].map(order).fillna(len(order))
+    df["_s"] = (df["source"] != "mitoprobe").astype(int)
+    df = df.sort_values(["_t", "_s", "balanced_accuracy_mean"], ascending=[True, True, False])
+    return df.drop(columns=["_t", "_s"]).reset_index(drop=True)
+
+
+def human_reference(store) -> pd.DataFrame:
+    """Each expert against the others' majority, per test set that has votes (the human ceiling)."""
+    from .protocol import load_protocol
+
+    rows = []
+    for name, ts in load_protocol(store).tests.items():
+        ref = M.expert_reference(ts.votes)
+        if len(ref):
+            rows.append(ref.assign(test_set=name))
+    if not rows:
+        return pd.DataFrame(columns=["test_set", "expert", "n", "n_ties", "balanced_accuracy", "kappa"])
+    return pd.concat(rows, ignore_index=True)[["test_set", "expert", "n", "n_ties", "balanced_accuracy", "kappa"]]
+
+
+def _pm(mean, std) -> str:
+    if pd.isna(mean):
+        return ""
+    return f"{mean:.3f} ± {std:.3f}" if not pd.isna(std) else f"{mean:.3f}"
+
+
+def _ci(v, lo, hi) -> str:
+    return "" if pd.isna(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def format_board(df: pd.DataFrame) -> pd.DataFrame:
+    """Strings for the terminal/markdown: mean ± std over folds, ensemble with its 95% CI."""
+    return pd.DataFrame({
+        "test set": df["test_set"], "source": df["source"], "model": df["model"], "head": df["head"],
+        "pooling": df["pooling"].fillna("") + np.where(df["tta"].fillna(False).astype(bool), "+tta", ""),
+        "bal. acc. (folds)": [_pm(a, b) for a, b in zip(df["balanced_accuracy_mean"], df["balanced_accuracy_std"])],
+        "AUROC (folds)": [_pm(a, b) for a, b in zip(df["auroc_mean"], df["auroc_std"])],
+        "ensemble bal. acc. [95% CI]": [_ci(*r) for r in zip(df["ensemble_balanced_accuracy"],
+                                                              df["ensemble_balanced_accuracy_ci_low"],
+                                                              df["ensemble_balanced_accuracy_ci_high"])],
+        "ensemble AUROC [95% CI]": [_ci(*r) for r in zip(df["ensemble_auroc"], df["ensemble_auroc_ci_low"],
+                                                          df["ensemble_auroc_ci_high"])],
+        "κ experts": [("" if pd.isna(v) else f"{v:.3f}") for v in df["kappa_experts_mean"]],
+    })
+
+
+def best_per_test_set(df: pd.DataFrame) -> pd.DataFrame:
+    """Our best row per test set by mean balanced accuracy over folds."""
+    ours = df[df["source"] == "mitoprobe"]
+    if ours.empty:
+        return ours
+    return ours.loc[ours.groupby("test_set")["balanced_accuracy_mean"].idxmax()]

@@ -1,0 +1,80 @@
+"""The schema of the ``runs`` and ``predictions`` tables, and how rows get into them.
+
+``runs``: one row per run (model x head x options x fold x repeat) **and test set**; the 5 fold rows
+of one configuration share a ``family_id``; ``fold = -1`` is the fold ensemble (mean of the five
+fold models' probabilities). Agreement with the experts is stored in the same rows
+(``kappa_expert1..5``, NaN where a test set has no such expert) so one table answers everything.
+
+Re-running an identical configuration (same ``family_id``: model, recipe id, head, options,
+hyper-parameter grid, rules, code version) is **skipped**; ``repeat=True`` records it again as
+``repeat = previous + 1`` with ``seed = base seed + repeat``. Nothing is ever overwritten: each sweep
+appends new Parquet parts through ``store.results``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from store.hashing import config_hash
+
+from .metrics import CI_METRICS, METRICS
+
+FAMILY = "probe"
+RUN_KEYS = ["run_id", "family_id", "family", "model", "recipe_id", "head", "options", "config_json",
+            "code_version", "seed", "fold", "test_set", "repeat"]
+KAPPA_COLUMNS = [f"kappa_expert{k}" for k in range(1, 6)] + ["kappa_experts_mean"]
+RUN_COLUMNS = (RUN_KEYS + ["n", "n_pos", *METRICS]
+               + [f"{m}_ci_{s}" for m in CI_METRICS for s in ("low", "high")]
+               + ["threshold", "threshold_rule", "val_auroc", "val_balanced_accuracy", "n_train",
+                  *KAPPA_COLUMNS, "fit_seconds", "predict_seconds", "created_at"])
+PREDICTION_COLUMNS = ["run_id", "patch_id", "fold", "test_set", "probability", "threshold", "prediction"]
+
+
+def code_version() -> str:
+    """Package version + a digest of the classifiers' source: results from changed code never mix."""
+    try:
+        version = metadata.version("mitoprobe")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return f"{version}+{h.hexdigest()[:8]}"
+
+
+def family_id(config: dict) -> str:
+    """Hash of a configuration without fold, seed or repeat."""
+    return config_hash({k: v for k, v in config.items() if k not in ("fold", "seed", "repeat")})
+
+
+def run_id(fam: str, fold: int, repeat: int) -> str:
+    return config_hash({"family_id": fam, "fold": int(fold), "repeat": int(repeat)})
+
+
+def next_repeat(store, fam: str) -> int | None:
+    """None when the family has never run; otherwise the next repeat index."""
+    runs = store.results.read("runs")
+    if runs.empty or "family_id" not in runs:
+        return None
+    done = runs.loc[runs["family_id"] == fam, "repeat"]
+    return None if done.empty else int(done.max()) + 1
+
+
+def append(store, runs: list[dict], predictions: list[pd.DataFrame]) -> None:
+    """Append one family's rows (predictions first, so a run row never lacks its predictions)."""
+    if predictions:
+        preds = pd.concat(predictions, ignore_index=True)[PREDICTION_COLUMNS]
+        store.results.append("predictions", preds)
+    df = pd.DataFrame(runs)
+    for c in RUN_COLUMNS:
+        if c not in df:
+            df[c] = np.nan
+    df["created_at"] = pd.Timestamp(time.time(), unit="s", tz="UTC")
+    store.results.append("runs", df[RUN_COLUMNS])

@@ -1,0 +1,283 @@
+"""The probe sweep: for one embedding set, every head x 5 folds x 3 test sets, under the protocol.
+
+For each fold the head's grid is searched on the fold's held-out part (AUROC), the decision threshold
+is set by the head's rule on that same held-out part, and the fitted model only *predicts* the test
+sets. Test labels enter in :func:`_score` alone, after every choice is made and recorded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from store.errors import StoreError
+from store.hashing import canonical_json
+
+from . import metrics as M
+from . import results as R
+from .heads import DEFAULT_HEADS, HEADS, make_head, positive_proba
+from .protocol import FOLD_SEED, N_FOLDS, FoldData, Protocol, TestSet, load_protocol
+
+log = logging.getLogger(__name__)
+
+POOLINGS = {"all": None, "cls": ["cls"], "mean": ["mean"], "both": ["cls", "mean"], "vector": ["vector"]}
+SELECTION_RULE = "max AUROC on the fold's held-out part (whole slides; training data only)"
+THRESHOLD_RULES = {
+    "val_youden": "maximise balanced accuracy on the fold's held-out part (ensemble: on out-of-fold probabilities)",
+    "fixed_0.5": "fixed at 0.5 (the paper's)",
+}
+
+
+@dataclass
+class Features:
+    """Vectors of one set, indexed by patch: ``rows_of(patch_ids)`` gives rows and owners."""
+
+    name: str
+    recipe_id: str
+    keys: pd.DataFrame
+    X: np.ndarray
+    views: list[str]
+    _by_patch: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        codes, uniq = pd.factorize(self.keys["patch_id"])
+        order = np.argsort(codes, kind="mergesort")
+        bounds = np.searchsorted(codes[order], np.arange(len(uniq) + 1))
+        self._by_patch = {p: order[bounds[i]:bounds[i + 1]] for i, p in enumerate(uniq)}
+
+    def rows_of(self, patch_ids) -> tuple[np.ndarray, np.ndarray]:
+        """(row indices, index into ``patch_ids`` of each row) covering every view of each patch."""
+        rows, owner = [], []
+        missing = []
+        for i, p in enumerate(patch_ids):
+            r = self._by_patch.get(p)
+            if r is None:
+                missing.append(p)
+                continue
+            rows.append(r)
+            owner.append(np.full(len(r), i))
+        if missing:
+            raise StoreError(f"embedding set {self.name} lacks {len(missing)} patches (e.g. {missing[0]}); "
+                             f"run `mitoprobe embed --model {self.name}` to complete it")
+        return np.concatenate(rows), np.concatenate(owner)
+
+
+def resolve_recipe_id(model: str) -> str | None:
+    """The current recipe id from the embedder's registry, or None for sets it does not know."""
+    try:
+        import embedder
+
+        known = {r.name for r in embedder.list_recipes()}
+    except ImportError:
+        return None
+    if model not in known:
+        log.info("%s is not an embedder recipe; using its stored set as is", model)
+        return None
+    return embedder.recipe_id_of(model)
+
+
+def load_features(store, model: str, pooling: str = "all", tta: bool = False, recipe_id: str | None = None,
+                  allow_stale: bool = False) -> Features:
+    if pooling not in POOLINGS:
+        raise StoreError(f"unknown pooling {pooling!r}; choose from {list(POOLINGS)}")
+    recipe_id = recipe_id or resolve_recipe_id(model)
+    eset = store.features.resolve(model, recipe_id, allow_stale)
+    outputs = POOLINGS[pooling]
+    if outputs and any(o not in eset.outputs for o in outputs):
+        raise StoreError(f"set {model} has outputs {list(eset.outputs)}; pooling {pooling!r} needs {outputs}")
+    keys, X = store.features.read(model, eset.recipe_id, outputs=outputs, views=None if tta else ["none"],
+                                  allow_stale=True)
+    if len(keys) == 0:
+        raise StoreError(f"set {model} has no original-view ('none') vectors")
+    return Features(model, eset.recipe_id, keys, np.ascontiguousarray(X, dtype=np.float32),
+                    sorted(keys["view"].unique()))
+
+
+def _patch_mean(p_rows: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Average row probabilities over each patch's views (TTA); identity with one view."""
+    return np.bincount(owner, weights=p_rows, minlength=n) / np.bincount(owner, minlength=n)
+
+
+def _fit(head: str, params: dict, X, y, X_val, y_val):
+    est = make_head(head, **params)
+    if HEADS[head].uses_val:
+        est.fit(X, y, X_val=X_val, y_val=y_val)
+    else:
+        est.fit(X, y)
+    return est
+
+
+def _seeded_params(head: str, params: dict, seed: int) -> dict:
+    """``params`` plus ``random_state=seed`` when the head is stochastic and takes one."""
+    sig = inspect.signature(HEADS[head].factory).parameters
+    takes = "random_state" in sig or any(p.kind == p.VAR_KEYWORD for p in sig.values())
+    est = make_head(head)
+    last = est.steps[-1][1] if hasattr(est, "steps") else est
+    if takes and "random_state" in last.get_params(deep=False):
+        return {"random_state": seed, **params}
+    return dict(params)
+
+
+def fit_fold(head: str, params: dict, feats: Features, fd: FoldData, train_ids: np.ndarray) -> dict:
+    """Selection and fitting for one fold, from training-side data only (``fd``: no test labels).
+
+    Returns the fitted estimator, the chosen grid point, the held-out probabilities and threshold."""
+    spec = HEADS[head]
+    t0 = time.perf_counter()
+    tr_rows, tr_owner = feats.rows_of(train_ids[fd.train_idx])
+    va_rows, va_owner = feats.rows_of(train_ids[fd.val_idx])
+    y_tr = fd.y[fd.train_idx][tr_owner]
+    y_val_patch = fd.y[fd.val_idx]
+    X_tr, X_va = feats.X[tr_rows], feats.X[va_rows]
+    best = None
+    tried = []
+    for cand in spec.grid:
+        est = _fit(head, {**params, **cand}, X_tr, y_tr, X_va, y_val_patch[va_owner])
+        p_val = _patch_mean(positive_proba(est, X_va), va_owner, len(fd.val_idx))
+        score = M.auroc(y_val_patch, p_val)
+        tried.append({"params": cand, "val_auroc": score})
+        if best is None or score > best[0]:
+            best = (score, cand, est, p_val)
+    score, chosen, est, p_val = best
+    threshold = 0.5 if spec.threshold_rule == "fixed_0.5" else M.best_threshold(y_val_patch, p_val)
+    return dict(estimator=est, chosen=chosen, tried=tried, val_proba=p_val, threshold=float(threshold),
+                val_auroc=float(score),
+                val_balanced_accuracy=M.balanced_accuracy(y_val_patch, M.predict(p_val, threshold)),
+                n_train=int(len(fd.train_idx)), fit_seconds=time.perf_counter() - t0)
+
+
+def _predict(est, feats: Features, ts: TestSet) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    rows, owner = feats.rows_of(ts.patch_ids)
+    p = _patch_mean(positive_proba(est, feats.X[rows]), owner, len(ts.patch_ids))
+    return p, time.perf_counter() - t0
+
+
+def _score(ts: TestSet, proba: np.ndarray, threshold: float, n_boot: int, seed: int) -> dict:
+    """The only place test labels are read."""
+    row = dict(n=int(len(ts.y)), n_pos=int(ts.y.sum()), **M.all_metrics(ts.y, proba, threshold))
+    for m, (lo, hi) in M.bootstrap_ci(ts.y, proba, threshold, n_boot=n_boot, random_state=seed).items():
+        row[f"{m}_ci_low"], row[f"{m}_ci_high"] = lo, hi
+    kap = M.kappa_vs_experts(M.predict(proba, threshold), ts.votes)
+    for name, v in kap.items():
+        row[f"kappa_{name}"] = v
+    row["kappa_experts_mean"] = float(np.mean(list(kap.values()))) if kap else float("nan")
+    return row
+
+
+def _pred_frame(rid: str, ts: TestSet, fold: int, proba: np.ndarray, threshold: float) -> pd.DataFrame:
+    return pd.DataFrame(dict(run_id=rid, patch_id=ts.patch_ids, fold=fold, test_set=ts.name,
+                             probability=proba, threshold=threshold, prediction=M.predict(proba, threshold)))
+
+
+def run_family(store, feats: Features, proto: Protocol, head: str, options: dict, params: dict | None = None,
+               seed: int = 0, repeat: bool = False, n_boot: int = M.N_BOOTSTRAP, progress=None) -> pd.DataFrame | None:
+    """One head on one feature set: 5 fold models + the fold ensemble, scored on every test set,
+    appended to ``runs``/``predictions``. Returns the run rows (None when skipped as a duplicate)."""
+    spec = HEADS[head]
+    params = dict(params or {})
+    config = dict(family=R.FAMILY, model=feats.name, recipe_id=feats.recipe_id, head=head, options=options,
+                  params=params, grid=list(spec.grid), selection_rule=SELECTION_RULE,
+                  threshold_rule=spec.threshold_rule, code_version=R.code_version(),
+                  protocol=dict(n_folds=N_FOLDS, fold_seed=FOLD_SEED, test_sets=sorted(proto.tests)),
+                  n_boot=n_boot)
+    fam = R.family_id(config)
+    rep = R.next_repeat(store, fam)
+    if rep is not None and not repeat:
+        log.info("skipping %s/%s %s: already in runs (family %s); pass repeat=True to record a repeat",
+                 feats.name, head, options, fam)
+        return None
+    rep = rep or 0
+    run_seed = seed + rep
+    est_params = _seeded_params(head, params, run_seed)
+    train_ids = proto.train["patch_id"].to_numpy()
+    base = dict(family_id=fam, family=R.FAMILY, model=feats.name, recipe_id=feats.recipe_id, head=head,
+                options=canonical_json(options), code_version=config["code_version"], seed=run_seed,
+                repeat=rep, threshold_rule=spec.threshold_rule)
+    runs, preds = [], []
+    oof = np.full(len(train_ids), np.nan)
+    fold_probs: dict[str, list[np.ndarray]] = {name: [] for name in proto.tests}
+    for k in range(proto.n_folds):
+        fd = proto.fold_data(k)
+        fit = fit_fold(head, est_params, feats, fd, train_ids)
+        oof[fd.val_idx] = fit["val_proba"]
+        rid = R.run_id(fam, k, rep)
+        cfg = dict(config, fold=k, seed=run_seed, selected=fit["chosen"], tried=fit["tried"],
+                   estimator=_jsonable_params(fit["estimator"]))
+        for name, ts in proto.tests.items():
+            p, secs = _predict(fit["estimator"], feats, ts)
+            fold_probs[name].append(p)
+            runs.append(dict(base, run_id=rid, config_json=canonical_json(cfg), fold=k, test_set=name,
+                             threshold=fit["threshold"], val_auroc=fit["val_auroc"],
+                             val_balanced_accuracy=fit["val_balanced_accuracy"], n_train=fit["n_train"],
+                             fit_seconds=fit["fit_seconds"], predict_seconds=secs,
+                             **_score(ts, p, fit["threshold"], n_boot, run_seed)))
+            preds.append(_pred_frame(rid, ts, k, p, fit["threshold"]))
+        if progress is not None:
+            progress.update(1)
+    # fold ensemble: mean probability; threshold from the out-of-fold held-out probabilities
+    y_train = proto.train["y"].to_numpy().astype(np.int64)
+    thr = 0.5 if spec.threshold_rule == "fixed_0.5" else M.best_threshold(y_train, oof)
+    rid = R.run_id(fam, -1, rep)
+    cfg = dict(config, fold=-1, seed=run_seed, ensemble="mean of the fold models' probabilities")
+    for name, ts in proto.tests.items():
+        p = np.mean(fold_probs[name], axis=0)
+        runs.append(dict(base, run_id=rid, config_json=canonical_json(cfg), fold=-1, test_set=name, threshold=thr,
+                         val_auroc=M.auroc(y_train, oof),
+                         val_balanced_accuracy=M.balanced_accuracy(y_train, M.predict(oof, thr)),
+                         n_train=len(train_ids), fit_seconds=0.0, predict_seconds=0.0,
+                         **_score(ts, p, thr, n_boot, run_seed)))
+        preds.append(_pred_frame(rid, ts, -1, p, thr))
+    R.append(store, runs, preds)
+    return pd.DataFrame(runs)
+
+
+def _jsonable_params(est) -> dict:
+    return json.loads(canonical_json({k: v for k, v in est.get_params(deep=True).items()
+                                      if not hasattr(v, "get_params") and k != "steps"}))
+
+
+def sweep(store, model: str, heads=None, pooling: str = "all", tta: bool = False, seed: int = 0,
+          repeat: bool = False, recipe_id: str | None = None, allow_stale: bool = False,
+          n_boot: int = M.N_BOOTSTRAP, head_params: dict | None = None, show_progress: bool = True,
+          protocol: Protocol | None = None, n_threads: int | None = 1) -> pd.DataFrame:
+    """Run every head on one model's stored vectors; returns the new run rows (skipped heads absent).
+
+    ``n_threads`` caps BLAS/OpenMP threads (default 1: the heads' matrices are small, and on a shared
+    2-core machine extra threads mostly spin; None leaves the libraries' defaults)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(n_threads):
+        return _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_stale, n_boot,
+                      head_params, show_progress, protocol)
+
+
+def _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_stale, n_boot, head_params,
+           show_progress, protocol) -> pd.DataFrame:
+    from store.progress import progress
+
+    heads = list(DEFAULT_HEADS) if heads in (None, "all", ["all"]) else list(heads)
+    unknown = [h for h in heads if h not in HEADS]
+    if unknown:
+        raise StoreError(f"unknown head(s) {unknown}; choose from {sorted(HEADS)} or 'all'")
+    proto = protocol or load_protocol(store)
+    feats = load_features(store, model, pooling, tta, recipe_id, allow_stale)
+    options = dict(pooling=pooling, views=feats.views, tta=bool(tta))
+    out = []
+    with progress(total=len(heads) * proto.n_folds, desc=f"probe {model}", unit="fold",
+                  enabled=show_progress) as bar:
+        for head in heads:
+            bar.set_postfix_str(head)
+            rows = run_family(store, feats, proto, head, options, (head_params or {}).get(head), seed=seed,
+                              repeat=repeat, n_boot=n_boot, progress=bar)
+            if rows is None:
+                bar.update(proto.n_folds)
+            else:
+                out.append(rows)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=R.RUN_COLUMNS)
