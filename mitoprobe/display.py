@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import pandas as pd
 
 
@@ -28,6 +30,10 @@ def print_frame(df: pd.DataFrame, title: str | None = None, max_rows: int = 200,
                 cells.append("" if pd.isna(v) else floatfmt.format(v))
             elif isinstance(v, (bytes, bytearray)):
                 cells.append(f"<{len(v)} bytes>")
+            elif isinstance(v, (list, tuple)) or getattr(v, "ndim", 0) == 1:  # vectors from emb_* views
+                head = ", ".join(format(x, ".3g") if isinstance(x, numbers.Real) and not isinstance(x, numbers.Integral)
+                                 else str(x) for x in list(v)[:3])
+                cells.append(f"[{head}{', ...' if len(v) > 3 else ''}] ({len(v)})")
             else:
                 cells.append("" if v is None or (not isinstance(v, (list, tuple, dict)) and pd.isna(v)) else str(v))
         table.add_row(*cells)

@@ -131,10 +131,14 @@ def sql(query: str, store_path: Path | None, fmt: str, max_rows: int) -> None:
     from .errors import StoreError
     from .store import Store
 
+    st = Store(store_path)
     try:
-        df = Store(store_path).sql(query)
+        df = st.sql(query)
     except duckdb.Error as exc:
-        raise StoreError(f"query failed: {exc}") from exc
+        # DuckDB's message spans lines (LINE 1: ... ^); keep the gist on one line and list the views.
+        gist = " ".join(ln.strip() for ln in str(exc).split("\nLINE ")[0].splitlines() if ln.strip())
+        hint = "" if st.has_patches() else f" (no patches in {st.root}: run `mitoprobe data import` or pass --store)"
+        raise StoreError(f"query failed: {gist} | views: {', '.join(st.views())}{hint}") from exc
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
     elif fmt == "markdown":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,7 @@ class FeatureStore:
 
     # -- LanceDB ---------------------------------------------------------------------------
     def _lance(self):
+        os.environ.setdefault("LANCEDB_LOG", "error")  # not "No existing dataset ... will be created"
         import lancedb
 
         self.lance_dir.mkdir(parents=True, exist_ok=True)

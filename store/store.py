@@ -124,6 +124,14 @@ class Store:
                 con.execute(f"create view {table} as select * from read_parquet('{glob}', union_by_name=true)")
         return con
 
+    def views(self) -> list[str]:
+        """Names of the DuckDB views ``connect`` creates for this store."""
+        con = self.connect()
+        try:
+            return sorted(r[0] for r in con.execute("select table_name from information_schema.tables").fetchall())
+        finally:
+            con.close()
+
     def sql(self, query: str) -> pd.DataFrame:
         con = self.connect()
         try:
