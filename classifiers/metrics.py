@@ -232,55 +232,51 @@ def expert_reference(votes: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["expert", "n", "n_ties", "balanced_accuracy", "kappa"])
 
 
-# -- curves and tables for plots (the dashboard draws these; nothing here is a new metric) ----------
-def _ranked_counts(y: np.ndarray, s: np.ndarray):
-    """Cumulative TP/FP counts at each distinct score, highest score first; and those scores."""
+# -- plot tables (the dashboard draws these; computed here so curves and numbers agree) -------------
+def _cumulative(y, s):
     order = np.argsort(-s, kind="mergesort")
     ys, ss = y[order], s[order]
     last = np.r_[np.nonzero(np.diff(ss))[0], len(ss) - 1]
-    tp = np.cumsum(ys)[last].astype(np.float64)
-    return tp, (last + 1) - tp, ss[last]
+    tp = np.cumsum(ys)[last]
+    return ss[last], tp, (last + 1) - tp
 
 
 def roc_points(y_true, y_score) -> pd.DataFrame:
-    """ROC vertices (``fpr``, ``tpr``, ``threshold``): the origin, then one per distinct score
-    (predict atypical when score >= threshold). Empty when a class is absent."""
+    """ROC vertices (fpr, tpr, threshold), one per distinct score, from (0, 0); empty without both classes."""
     y, s = _arrays(y_true, y_score)
-    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
     if n_pos == 0 or n_neg == 0:
-        return pd.DataFrame(columns=["fpr", "tpr", "threshold"], dtype=float)
-    tp, fp, thr = _ranked_counts(y, s)
-    return pd.DataFrame({"fpr": np.r_[0.0, fp / n_neg], "tpr": np.r_[0.0, tp / n_pos], "threshold": np.r_[np.inf, thr]})
+        return pd.DataFrame(columns=["fpr", "tpr", "threshold"])
+    thr, tp, fp = _cumulative(y, s)
+    return pd.DataFrame(dict(fpr=np.r_[0.0, fp / n_neg], tpr=np.r_[0.0, tp / n_pos], threshold=np.r_[np.inf, thr]))
 
 
 def pr_points(y_true, y_score) -> pd.DataFrame:
-    """Precision-recall vertices (``recall``, ``precision``, ``threshold``), from recall 0
-    (precision 1, as sklearn) to recall 1. Empty when there is no positive."""
+    """Precision-recall vertices by increasing recall, from (recall 0, precision 1); the step
+    area ``sum(diff(recall) * precision[1:])`` is :func:`auprc`. Empty without both classes."""
     y, s = _arrays(y_true, y_score)
     n_pos = int(y.sum())
-    if n_pos == 0:
-        return pd.DataFrame(columns=["recall", "precision", "threshold"], dtype=float)
-    tp, fp, thr = _ranked_counts(y, s)
-    return pd.DataFrame({"recall": np.r_[0.0, tp / n_pos], "precision": np.r_[1.0, tp / (tp + fp)],
-                         "threshold": np.r_[np.inf, thr]})
+    if n_pos == 0 or n_pos == len(y):
+        return pd.DataFrame(columns=["recall", "precision", "threshold"])
+    thr, tp, fp = _cumulative(y, s)
+    return pd.DataFrame(dict(recall=np.r_[0.0, tp / n_pos], precision=np.r_[1.0, tp / (tp + fp)],
+                             threshold=np.r_[np.inf, thr]))
 
 
 def confusion_counts(y_true, y_pred) -> dict[str, int]:
-    """``tp``, ``fp``, ``tn``, ``fn`` with atypical as the positive class."""
     y, p = _arrays(y_true, y_pred)
-    pos, hit = y == POSITIVE, p == POSITIVE
-    return dict(tp=int((pos & hit).sum()), fp=int((~pos & hit).sum()), tn=int((~pos & ~hit).sum()),
-                fn=int((pos & ~hit).sum()))
+    p = p.astype(np.int64)
+    return dict(tp=int(((p == 1) & (y == 1)).sum()), fp=int(((p == 1) & (y == 0)).sum()),
+                tn=int(((p == 0) & (y == 0)).sum()), fn=int(((p == 0) & (y == 1)).sum()))
 
 
 def reliability_table(y_true, y_score, n_bins: int = ECE_BINS) -> pd.DataFrame:
-    """The reliability diagram behind :func:`ece` (same equal-width bins): per non-empty bin its
-    edges, ``n``, ``mean_predicted`` and observed ``fraction_positive``."""
+    """The non-empty bins behind :func:`ece`: bounds, n, mean predicted P(atypical), fraction atypical."""
     y, s = _arrays(y_true, y_score)
     idx = np.clip((s * n_bins).astype(np.int64), 0, n_bins - 1)
     n = np.bincount(idx, minlength=n_bins)
-    sum_p = np.bincount(idx, weights=s, minlength=n_bins)
-    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
-    keep = np.nonzero(n)[0]
-    return pd.DataFrame({"bin": keep, "lower": keep / n_bins, "upper": (keep + 1) / n_bins, "n": n[keep],
-                         "mean_predicted": sum_p[keep] / n[keep], "fraction_positive": sum_y[keep] / n[keep]})
+    keep = np.flatnonzero(n > 0)
+    mean_p = np.bincount(idx, weights=s, minlength=n_bins)[keep] / n[keep]
+    frac = np.bincount(idx, weights=y, minlength=n_bins)[keep] / n[keep]
+    return pd.DataFrame(dict(lower=keep / n_bins, upper=(keep + 1) / n_bins, n=n[keep],
+                             mean_predicted=mean_p, fraction_positive=frac))

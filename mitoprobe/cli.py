@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sql": ("store.cli:sql", "Run a DuckDB query over patches, embeddings, runs and predictions."),
     "embed": ("embedder.cli:embed", "Embed every patch with one model (incremental, resumable; --list shows recipes)."),
     "dashboard": ("dashboard.cli:dashboard", "Open the results dashboard (Streamlit, localhost)."),
+    "probe": ("classifiers.cli:probe", "Fit every head x 5 folds on a model's vectors; score the 3 test sets."),
+    "report": ("classifiers.cli:report", "Print the leaderboard with CIs and the paper's numbers beside it."),
+    "run": ("mitoprobe.main_job:run", "The main job: import, embed (offline defaults), probe, report."),
 }
 
 

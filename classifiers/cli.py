@@ -1,0 +1,89 @@
+"""``mitoprobe probe`` and ``mitoprobe report``: thin over ``classifiers.sweep`` / ``leaderboard``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from store.cli import STORE_OPTION
+
+
+def print_report(store, fmt: str = "table", model: str | None = None, family: str | None = None,
+                 with_paper: bool = True, human: bool = True) -> None:
+    """Print the leaderboard (and the experts' reference) in the chosen format."""
+    from mitoprobe.display import print_frame
+
+    from .report import format_board, human_reference, leaderboard
+
+    board = leaderboard(store, model=model, family=family, with_paper=with_paper)
+    if fmt == "csv":
+        click.echo(board.to_csv(index=False), nl=False)
+        return
+    pretty = format_board(board)
+    if fmt == "markdown":
+        click.echo(pretty.to_markdown(index=False))
+    else:
+        print_frame(pretty, title="leaderboard: mean ± std over 5 fold models; fold ensemble with 95% bootstrap CI")
+    if human:
+        ref = human_reference(store)
+        if len(ref):
+            if fmt == "markdown":
+                click.echo("\nHuman reference (each expert vs the others' majority, ties left out):\n")
+                click.echo(ref.to_markdown(index=False, floatfmt=".3f"))
+            else:
+                print_frame(ref, title="human reference: each expert vs the others' majority (ties left out)",
+                            floatfmt="{:.3f}")
+
+
+@click.command()
+@click.option("--model", "-m", required=True, help="Embedding set (recipe name), e.g. handcrafted.")
+@click.option("--head", "heads", default="all", show_default=True,
+              help="'all' (logreg,lgbm,knn,simpleshot,mlp) or a comma list; torch_linear = the paper's probe.")
+@click.option("--pooling", type=click.Choice(["all", "cls", "mean", "both", "vector"]), default="all",
+              show_default=True, help="Which stored outputs to use ('all': every output, concatenated).")
+@click.option("--tta", is_flag=True, help="Train on every stored view; average each patch's views at test time.")
+@click.option("--repeat", is_flag=True, help="Record an identical configuration again (default: skip it).")
+@click.option("--seed", default=0, show_default=True, help="Base seed of the stochastic heads.")
+@click.option("--allow-stale", is_flag=True, help="Use vectors made by an older recipe id (logged loudly).")
+@STORE_OPTION
+def probe(model: str, heads: str, pooling: str, tta: bool, repeat: bool, seed: int, allow_stale: bool,
+          store_path: Path | None) -> None:
+    """Fit every head x 5 folds on MODEL's stored vectors; score the 3 test sets; append to runs.
+
+    Hyper-parameters and thresholds are chosen on each fold's held-out slides only; an identical
+    configuration already in the store is skipped unless --repeat.
+
+    Example: mitoprobe probe --model handcrafted --head logreg,lgbm --tta
+    """
+    from store import Store
+
+    from .report import best_per_test_set, format_board, leaderboard
+    from .runner import sweep
+
+    st = Store(store_path)
+    head_list = None if heads == "all" else [h.strip() for h in heads.split(",") if h.strip()]
+    new = sweep(st, model, heads=head_list, pooling=pooling, tta=tta, seed=seed, repeat=repeat,
+                allow_stale=allow_stale)
+    click.echo(f"{new['run_id'].nunique() if len(new) else 0} new runs appended to {st.root / 'results/runs'}")
+    best = best_per_test_set(leaderboard(st, model=model, with_paper=False))
+    if len(best):
+        from mitoprobe.display import print_frame
+
+        print_frame(format_board(best), title=f"best head per test set for {model}")
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table", show_default=True)
+@click.option("--model", "-m", default=None, help="Only this model.")
+@click.option("--family", default=None, help="Only this family (probe, finetune).")
+@click.option("--no-paper", is_flag=True, help="Leave out the paper's published rows.")
+@STORE_OPTION
+def report(fmt: str, model: str | None, family: str | None, no_paper: bool, store_path: Path | None) -> None:
+    """Print the leaderboard: mean ± std over folds, the fold ensemble with 95% CI, the paper's rows.
+
+    Example: mitoprobe report --format markdown
+    """
+    from store import Store
+
+    print_report(Store(store_path), fmt, model, family, with_paper=not no_paper)
