@@ -8,23 +8,29 @@ import pandas as pd
 TEST_SET_ORDER = ["AMi-Br-test", "AtNorM-Br", "AtNorM-MD"]
 
 
-def metric_points(df: pd.DataFrame, metric: str, title: str) -> alt.Chart:
-    """Mean ± std per family across test sets (``df``: label, test_set, {metric}_mean, {metric}_std, source)."""
-    d = df.assign(lo=df[f"{metric}_mean"] - df[f"{metric}_std"].fillna(0),
-                  hi=df[f"{metric}_mean"] + df[f"{metric}_std"].fillna(0))
-    x = alt.X("test_set:N", sort=TEST_SET_ORDER, title=None, axis=alt.Axis(labelAngle=0))
-    off = alt.XOffset("label:N")
-    color = alt.Color("label:N", title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=400))
-    base = alt.Chart(d).encode(x=x, xOffset=off, color=color)
-    lo = float(d["lo"].min()) if len(d) else 0.5
-    y = alt.Y(f"{metric}_mean:Q", title=title, scale=alt.Scale(domain=[max(0.0, min(0.5, lo - 0.02)), 1.0]))
-    points = base.mark_point(filled=True, size=70).encode(
+def metric_points(df: pd.DataFrame, metrics: dict[str, str]) -> alt.FacetChart:
+    """Mean ± std per family across test sets, one panel per metric, one shared legend.
+
+    ``df``: label, test_set, source and ``{metric}_mean`` / ``{metric}_std`` for each metric in
+    ``metrics`` (column stem -> panel title)."""
+    long = pd.concat([df.assign(metric=title, mean=df[f"{m}_mean"], std=df[f"{m}_std"].fillna(0.0))
+                      for m, title in metrics.items()], ignore_index=True)
+    long = long.assign(lo=long["mean"] - long["std"], hi=long["mean"] + long["std"])
+    lo = float(long["lo"].min()) if len(long) else 0.5
+    base = alt.Chart().encode(
+        x=alt.X("test_set:N", sort=TEST_SET_ORDER, title=None, axis=alt.Axis(labelAngle=0)),
+        xOffset="label:N",
+        color=alt.Color("label:N", title=None, legend=alt.Legend(orient="right", labelLimit=340)))
+    y = alt.Y("mean:Q", title=None, scale=alt.Scale(domain=[max(0.0, min(0.5, lo - 0.02)), 1.0]))
+    points = base.mark_point(filled=True, size=80).encode(
         y=y, shape=alt.Shape("source:N", title=None, scale=alt.Scale(domain=["mitoprobe", "paper"],
                                                                       range=["circle", "diamond"])),
-        tooltip=["label", "test_set", alt.Tooltip(f"{metric}_mean:Q", format=".3f", title="mean"),
-                 alt.Tooltip(f"{metric}_std:Q", format=".3f", title="std")])
+        tooltip=["label", "test_set", "metric", alt.Tooltip("mean:Q", format=".3f"),
+                 alt.Tooltip("std:Q", format=".3f")])
     bars = base.mark_rule(strokeWidth=2).encode(y="lo:Q", y2="hi:Q")
-    return (bars + points).properties(height=320)
+    return alt.layer(bars, points, data=long).properties(width=330, height=280).facet(
+        column=alt.Column("metric:N", title=None, sort=list(metrics.values()),
+                          header=alt.Header(labelFontSize=14, labelFontWeight="bold")))
 
 
 def curves(df: pd.DataFrame, x: str, y: str, title_x: str, title_y: str, diagonal: bool) -> alt.Chart:
@@ -41,7 +47,7 @@ def curves(df: pd.DataFrame, x: str, y: str, title_x: str, title_y: str, diagona
     return alt.layer(*layers).properties(height=340)
 
 
-def confusion(df: pd.DataFrame, title: str) -> alt.Chart:
+def confusion(df: pd.DataFrame, title: str | list[str]) -> alt.Chart:
     """2×2 heatmap; ``df``: truth, predicted, n, share (of the true class)."""
     base = alt.Chart(df).encode(
         x=alt.X("predicted:N", sort=["atypical", "normal"], title="predicted", axis=alt.Axis(labelAngle=0)),
@@ -51,7 +57,8 @@ def confusion(df: pd.DataFrame, title: str) -> alt.Chart:
     text = base.mark_text(fontSize=15).encode(
         text="txt:N", color=alt.condition("datum.share > 0.55", alt.value("white"), alt.value("black")))
     return (rect + text).transform_calculate(
-        txt="datum.n + ' (' + format(datum.share, '.0%') + ')'").properties(title=title, height=alt.Step(48))
+        txt="datum.n + ' (' + format(datum.share, '.0%') + ')'").properties(
+        title=alt.TitleParams(title, fontSize=12, anchor="start"), height=alt.Step(48))
 
 
 def reliability(df: pd.DataFrame) -> alt.Chart:

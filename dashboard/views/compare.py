@@ -31,9 +31,8 @@ if not chosen:
 st.subheader("Across the three test sets")
 st.caption("Mean ± std over the five fold models (paper rows: as published).")
 pts = board[board["family_id"].isin(chosen + chosen_paper)]
-a, b = st.columns(2)
-a.altair_chart(charts.metric_points(pts, "balanced_accuracy", "balanced accuracy"), width="stretch")
-b.altair_chart(charts.metric_points(pts, "auroc", "AUROC"), width="stretch")
+st.altair_chart(charts.metric_points(pts, {"balanced_accuracy": "balanced accuracy", "auroc": "AUROC"}),
+                width="content")
 
 st.subheader("On one test set")
 c1, c2, c3 = st.columns([3, 2, 3])
@@ -81,7 +80,7 @@ for i, (fid, p) in enumerate(preds.items()):
         ("atypical", "atypical", "tp"), ("atypical", "normal", "fn"), ("normal", "atypical", "fp"),
         ("normal", "normal", "tn"))])
     cells["share"] = cells["n"] / cells.groupby("truth")["n"].transform("sum").clip(lower=1)
-    cols[i % len(cols)].altair_chart(charts.confusion(cells, f"{fams[fid][:48]} (t={thr:.2f})"), width="stretch")
+    cols[i % len(cols)].altair_chart(charts.confusion(cells, [fams[fid], f"threshold {thr:.2f}"]), width="stretch")
 
 a, b = st.columns(2)
 a.markdown("**Reliability (calibration)**")

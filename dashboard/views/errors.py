@@ -43,7 +43,7 @@ if wrong.empty:
 limit = st.slider("Rows", 10, 200, 40, 10)
 shown = ui.with_thumbnails(ctx, wrong.head(limit))
 st.dataframe(
-    shown, hide_index=True, width="stretch", row_height=72, height=min(74 * len(shown) + 40, 820),
+    shown, hide_index=True, width="stretch", row_height=72, height="auto" if len(shown) <= 10 else 800,
     column_order=["thumbnail", "error", "probability", "label", "votes", "subtype_expert1", "subtype_expert2",
                   "dataset", "slide", "duplicate_group", "patch_id"],
     column_config={"thumbnail": ui.THUMB_COLUMN, "probability": ui.PROB_COLUMN,

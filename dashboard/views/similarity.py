@@ -54,8 +54,9 @@ if mode == "Stored patch":
     cols = st.columns(8)
     for col, (_, r), url in zip(cols, gallery.iterrows(),
                                 data.thumbnails(ctx.root, ctx.stamp, gallery["patch_id"].tolist())):
-        col.image(url, width="stretch", caption=f"{r['label']} · {r['dataset']}")
+        col.image(url, width="stretch", caption=r["label"])
         col.button("Search", key=f"pick_{r['patch_id']}", on_click=_pick, args=(r["patch_id"],),
+                   help=f"{r['dataset']} {r['split']} · {r['patch_id']}",
                    width="stretch", type="primary" if r["patch_id"] == st.session_state.get("sim_query_id")
                    else "secondary")
     query_id = (st.session_state.get("sim_query_id") or "").strip()
