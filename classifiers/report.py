@@ -26,7 +26,7 @@ NUMERIC = ["n_folds", "balanced_accuracy_mean", "balanced_accuracy_std", "auroc_
            "auprc_mean", "brier_mean", "ece_mean", "kappa_experts_mean",
            "ensemble_balanced_accuracy", "ensemble_balanced_accuracy_ci_low", "ensemble_balanced_accuracy_ci_high",
            "ensemble_auroc", "ensemble_auroc_ci_low", "ensemble_auroc_ci_high"]
-COLUMNS = ["source", "family", "model", "head", "pooling", "tta", "test_set", *NUMERIC]
+COLUMNS = ["source", "family", "model", "head", "pooling", "tta", "test_set", *NUMERIC, "family_id"]
 
 
 def paper_results() -> pd.DataFrame:
@@ -49,7 +49,8 @@ def _ours(runs: pd.DataFrame) -> pd.DataFrame:
         ens = g[g["fold"] == -1]
         opt = json.loads(options)
         r = dict(source="mitoprobe", family=fam, model=model, head=head, pooling=opt.get("pooling"),
-                 tta=bool(opt.get("tta")), test_set=ts, n_folds=int(folds["fold"].nunique()))
+                 tta=bool(opt.get("tta")), test_set=ts, n_folds=int(folds["fold"].nunique()),
+                 family_id=g["family_id"].iloc[0])  # one per group after _latest_families (dashboard links)
         for m in ("balanced_accuracy", "auroc"):
             r[f"{m}_mean"] = folds[m].mean()
             r[f"{m}_std"] = folds[m].std(ddof=1) if len(folds) > 1 else np.nan

@@ -139,7 +139,7 @@ def options_text(options) -> str:
         return str(options)
     if not isinstance(opts, dict):
         return str(opts)
-    return ", ".join(f"{k}={v}" for k, v in sorted(opts.items()) if v not in (None, "", False))
+    return ", ".join(f"{k}={v}" for k, v in sorted(opts.items()) if v not in (None, "", False, "none"))
 
 
 def family_label(row) -> str:
@@ -185,70 +185,33 @@ def fold_name(fold: int) -> str:
     return "fold ensemble" if fold == -1 else f"fold {fold}"
 
 
-@st.cache_data(show_spinner=False)
-def paper_results() -> pd.DataFrame:
-    """The paper's published rows (classifiers' copy when shipped, else ../shared/reference)."""
-    try:
-        from classifiers.results import paper_results as load  # the one loader, when classifiers has it
-    except ImportError:
-        load = None
-    if load is not None:
-        return load()
-    here = Path(__file__).resolve().parents[1]
-    for p in (here / "mitoprobe/data/paper_results.csv", here.parent / "shared/reference/paper_results.csv"):
-        if p.is_file():
-            return pd.read_csv(p)
-    return pd.DataFrame(columns=["family", "model", "dataset", "balanced_accuracy_mean", "balanced_accuracy_std",
-                                 "auroc_mean", "auroc_std", "source"])
-
-
 @st.cache_data(show_spinner=False, max_entries=4)
 def leaderboard(root: str, stamp_: tuple) -> pd.DataFrame:
-    """One row per (family, test set) with mean ± std over folds and the ensemble's 95% CI,
-    followed by the paper's published rows (``source == 'paper'``)."""
-    return leaderboard_frame(runs(root, stamp_), paper_results())
+    """``classifiers.leaderboard`` (one row per latest family × test set: mean ± std over folds,
+    fold-ensemble 95% CI), with a readable ``label``, followed by every published row of the paper."""
+    import classifiers
+
+    st_ = Store(root)
+    ours = classifiers.leaderboard(st_, with_paper=False) if st_.results.parts("runs") else pd.DataFrame()
+    if not ours.empty:
+        labels = runs(root, stamp_).drop_duplicates("family_id").set_index("family_id")["label"]
+        ours["label"] = ours["family_id"].map(labels)
+    return pd.concat([ours, paper_rows(classifiers.paper_results())], ignore_index=True)
 
 
-LEADERBOARD_COLUMNS = ["source", "model", "head", "options", "test_set", "n_folds",
-                       "balanced_accuracy_mean", "balanced_accuracy_std", "balanced_accuracy_ci_low",
-                       "balanced_accuracy_ci_high", "auroc_mean", "auroc_std", "auroc_ci_low", "auroc_ci_high",
-                       "ensemble_balanced_accuracy", "ensemble_auroc", "family_id", "label"]
+PAPER_HEADS = {"linear_probe": "linear probe (paper)", "lora": "LoRA fine-tune (paper)",
+               "end_to_end": "end-to-end (paper)"}
 
 
-def leaderboard_frame(runs_: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """Pure aggregation behind :func:`leaderboard` (metrics were computed by classifiers; here they
-    are only averaged over folds)."""
-    rows = []
-    if not runs_.empty:
-        folds = runs_[runs_["fold"] >= 0]
-        ens = runs_[runs_["fold"] == -1].drop_duplicates(["family_id", "test_set"], keep="last")
-        ens = ens.set_index(["family_id", "test_set"])
-        for (fid, ts), g in folds.groupby(["family_id", "test_set"], sort=False):
-            first = g.iloc[0]
-            row = dict(source="mitoprobe", model=first["model"], head=first["head"],
-                       options=options_text(first.get("options")),
-                       test_set=ts, n_folds=int(g["fold"].nunique()), family_id=fid, label=first["label"])
-            for m in ("balanced_accuracy", "auroc"):
-                row[f"{m}_mean"] = g[m].mean()
-                row[f"{m}_std"] = g[m].std(ddof=1) if len(g) > 1 else np.nan
-            e = ens.loc[(fid, ts)] if (fid, ts) in ens.index else None
-            for m in ("balanced_accuracy", "auroc"):
-                row[f"ensemble_{m}"] = e[m] if e is not None else np.nan
-                for b in ("low", "high"):
-                    col = f"{m}_ci_{b}"
-                    row[col] = e[col] if e is not None and col in e else np.nan
-            rows.append(row)
-    for _, p in paper.iterrows():
-        rows.append(dict(source="paper", model=p["model"], head=p["family"], options="", test_set=p["dataset"],
-                         n_folds=5, balanced_accuracy_mean=p["balanced_accuracy_mean"],
-                         balanced_accuracy_std=p["balanced_accuracy_std"], auroc_mean=p["auroc_mean"],
-                         auroc_std=p["auroc_std"], family_id=f"paper:{p['family']}:{p['model']}",
-                         label=f"paper · {p['model']} · {p['family']}"))
-    df = pd.DataFrame(rows)
-    for c in LEADERBOARD_COLUMNS:
-        if c not in df:
-            df[c] = np.nan
-    return df[LEADERBOARD_COLUMNS]
+def paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
+    """The paper's published table in the leaderboard's columns (``source == 'paper'``)."""
+    return pd.DataFrame(dict(
+        source="paper", family=paper["family"], model=paper["model"],
+        head=paper["family"].map(PAPER_HEADS).fillna(paper["family"]), test_set=paper["dataset"], n_folds=5,
+        balanced_accuracy_mean=paper["balanced_accuracy_mean"], balanced_accuracy_std=paper["balanced_accuracy_std"],
+        auroc_mean=paper["auroc_mean"], auroc_std=paper["auroc_std"],
+        family_id="paper:" + paper["family"] + ":" + paper["model"],
+        label="paper · " + paper["model"] + " · " + paper["family"].map(PAPER_HEADS).fillna(paper["family"])))
 
 
 # -- embeddings ----------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Build a small store with everything the dashboard shows (imported by the dashboard tests).
 
 Real parts: the tiny synthetic benchmark from conftest, embedded with the real ``handcrafted``
-recipe (so uploads can be embedded on the fly). Synthetic parts: run and prediction rows in the
-classifiers' schema, with scores derived from the first feature, every metric computed by
-``classifiers.metrics``.
+recipe (so uploads can be embedded on the fly). Synthetic parts: run and prediction rows written by the
+classifiers' own writer (``classifiers.results.append``), with scores derived from the first feature
+and every metric computed by ``classifiers.metrics``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ FAMILIES = (("fam-logreg", "logreg", 1.2), ("fam-knn", "knn", 0.5), ("fam-oracle
 
 def build_dashboard_store(root: Path, n_per_class: int = 6, seed: int = 0) -> Store:
     import embedder
-    from classifiers import metrics
+    from classifiers import metrics, results
 
     bench = make_benchmark(root / "bench", n_per_class=n_per_class, seed=seed)
     st = Store(root / "store")
@@ -50,17 +50,20 @@ def build_dashboard_store(root: Path, n_per_class: int = 6, seed: int = 0) -> St
                 thr = 0.5
                 m = metrics.all_metrics(y, prob, thr)
                 ci = metrics.bootstrap_ci(y, prob, thr, n_boot=50)
+                kappa = metrics.kappa_vs_experts(metrics.predict(prob, thr), meta.loc[ids].reset_index())
                 runs.append(dict(
                     run_id=run_id, family_id=family_id, family="probe", model=eset.name,
-                    recipe_id=eset.recipe_id, head=head, options=json.dumps({"views": "none"}),
+                    recipe_id=eset.recipe_id, head=head,
+                    options=json.dumps({"pooling": "all", "views": "none", "tta": False}),
                     config_json="{}", code_version="test", seed=0, fold=fold, test_set=ts, n=len(y),
                     n_pos=int(y.sum()), **m, balanced_accuracy_ci_low=ci["balanced_accuracy"][0],
                     balanced_accuracy_ci_high=ci["balanced_accuracy"][1], auroc_ci_low=ci["auroc"][0],
                     auroc_ci_high=ci["auroc"][1], threshold=thr, threshold_rule="youden",
-                    fit_seconds=0.1, predict_seconds=0.01, created_at=pd.Timestamp("2026-01-01"), repeat=0))
+                    fit_seconds=0.1, predict_seconds=0.01, repeat=0,
+                    **{f"kappa_{e}": v for e, v in kappa.items()}, kappa_experts_mean=np.mean(list(kappa.values()))
+                    if kappa else np.nan))
                 preds.append(pd.DataFrame(dict(run_id=run_id, patch_id=ids, fold=fold, test_set=ts,
                                                probability=prob, threshold=thr,
                                                prediction=metrics.predict(prob, thr))))
-    st.results.append("runs", pd.DataFrame(runs))
-    st.results.append("predictions", pd.concat(preds, ignore_index=True))
+    results.append(st, runs, preds)
     return st

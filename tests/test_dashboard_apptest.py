@@ -71,7 +71,9 @@ def test_leaderboard(full_store, monkeypatch):
     folds = fam[fam["fold"] >= 0]
     assert row["balanced_accuracy_mean"] == pytest.approx(folds["balanced_accuracy"].mean())
     assert row["balanced_accuracy_std"] == pytest.approx(folds["balanced_accuracy"].std())
-    assert row["auroc_ci_low"] == pytest.approx(fam[fam["fold"] == -1]["auroc_ci_low"].iloc[0])
+    ens = fam[fam["fold"] == -1].iloc[0]
+    assert row["ensemble_auroc"] == pytest.approx(ens["auroc"])
+    assert row["ensemble_auroc_ci_low"] == pytest.approx(ens["auroc_ci_low"])
     assert row["n_folds"] == 5
     assert at.get("download_button")
     # filters: one test set, no paper rows
@@ -83,8 +85,8 @@ def test_leaderboard(full_store, monkeypatch):
 
 def test_compare(full_store, monkeypatch):
     at = open_page(full_store.root, "compare", monkeypatch)
-    # 2 metric plots, ROC, PR, one confusion matrix per family, reliability, kappa heatmap
-    assert len(at.get("vega_lite_chart")) == 5 + min(3, len(FAMILIES)) + 1
+    # metric panels, ROC, PR, one confusion matrix per chosen family (top 3), reliability, kappa heatmap
+    assert len(at.get("vega_lite_chart")) == 3 + min(3, len(FAMILIES)) + 2
     assert len(at.dataframe) == 1  # experts' own agreement (AMi-Br test has 3 experts)
     at.toggle[0].set_value(True).run()
     at.slider[0].set_value(0.9).run()

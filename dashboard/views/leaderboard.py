@@ -7,8 +7,8 @@ from dashboard import data, ui
 ctx = ui.context()
 st.title("Leaderboard")
 st.caption("Balanced accuracy and AUROC on the three test sets: mean ± std over the five CV fold models, "
-           "and the 95% bootstrap CI of the fold ensemble. Rows with source *paper* are the published numbers "
-           "(Banerjee, Bertram et al. 2025).")
+           "and the fold ensemble with its 95% bootstrap CI. Rows with source *paper* are the published "
+           "numbers (Banerjee, Bertram et al. 2025).")
 ui.require(ctx, "patches")
 
 board = data.leaderboard(ctx.root, ctx.stamp)
@@ -44,24 +44,29 @@ if not ours.empty:
 
 num = lambda title, help=None: st.column_config.NumberColumn(title, format="%.3f", help=help)  # noqa: E731
 st.dataframe(
-    view, hide_index=True, width="stretch", height=min(36 * (len(view) + 1) + 4, 640),
-    column_order=["source", "model", "head", "options", "test_set", "balanced_accuracy_mean",
-                  "balanced_accuracy_std", "balanced_accuracy_ci_low", "balanced_accuracy_ci_high", "auroc_mean",
-                  "auroc_std", "auroc_ci_low", "auroc_ci_high", "n_folds"],
+    view, hide_index=True, width="stretch", height=min(35 * (len(view) + 1) + 3, 640),
+    column_order=["source", "model", "head", "pooling", "tta", "test_set", "balanced_accuracy_mean",
+                  "balanced_accuracy_std", "auroc_mean", "auroc_std", "ensemble_balanced_accuracy",
+                  "ensemble_balanced_accuracy_ci_low", "ensemble_balanced_accuracy_ci_high", "ensemble_auroc",
+                  "ensemble_auroc_ci_low", "ensemble_auroc_ci_high", "kappa_experts_mean", "ece_mean", "n_folds"],
     column_config={
         "source": st.column_config.TextColumn("source", width="small"),
         "test_set": "test set",
-        "options": st.column_config.TextColumn("options", width="small"),
-        "balanced_accuracy_mean": num("BA mean", "balanced accuracy, mean over folds"),
-        "balanced_accuracy_std": num("BA std"),
-        "balanced_accuracy_ci_low": num("BA CI low", "95% bootstrap CI of the fold ensemble"),
-        "balanced_accuracy_ci_high": num("BA CI high"),
-        "auroc_mean": num("AUROC mean"),
-        "auroc_std": num("AUROC std"),
-        "auroc_ci_low": num("AUROC CI low"),
-        "auroc_ci_high": num("AUROC CI high"),
+        "tta": st.column_config.CheckboxColumn("TTA", width="small"),
+        "balanced_accuracy_mean": num("BA", "balanced accuracy, mean over the 5 fold models"),
+        "balanced_accuracy_std": num("± BA", "standard deviation over the 5 fold models"),
+        "auroc_mean": num("AUROC", "mean over the 5 fold models"),
+        "auroc_std": num("± AUROC"),
+        "ensemble_balanced_accuracy": num("ens. BA", "fold ensemble (mean probability of the 5 fold models)"),
+        "ensemble_balanced_accuracy_ci_low": num("BA 95% CI low", "bootstrap CI of the fold ensemble"),
+        "ensemble_balanced_accuracy_ci_high": num("BA 95% CI high"),
+        "ensemble_auroc": num("ens. AUROC"),
+        "ensemble_auroc_ci_low": num("AUROC 95% CI low"),
+        "ensemble_auroc_ci_high": num("AUROC 95% CI high"),
+        "kappa_experts_mean": num("κ experts", "Cohen's κ against each expert, averaged"),
+        "ece_mean": num("ECE", "expected calibration error"),
         "n_folds": st.column_config.NumberColumn("folds", width="small"),
     },
 )
-st.download_button("Download CSV", view.drop(columns=["label"]).to_csv(index=False).encode(),
+st.download_button("Download CSV", view.drop(columns=["label"], errors="ignore").to_csv(index=False).encode(),
                    file_name="mitoprobe_leaderboard.csv", mime="text/csv")
