@@ -182,4 +182,36 @@ def build(recipe: Recipe | str, weights: str | Path | None = None, *, trust_pick
     if recipe.arch == "handcrafted":
         return None, HandcraftedTransform()
     backbone = _create(recipe, weights, trust_pickle, hf_token_env, overrides)
+    adapt = getattr(recipe, "adapt_backbone", None)
+    if adapt is not None:  # fine-tuned recipes (embedder.finetune) put their checkpoint on the base
+        backbone = adapt(backbone)
     return FeatureModel(recipe, backbone), Preprocess.from_recipe(recipe)
+
+
+def preprocess(recipe: Recipe | str, mean=None, std=None) -> Preprocess:
+    """The recipe's input transform; fine-tuning may swap the normalisation (the paper's 0.5/0.5)."""
+    from dataclasses import replace
+
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    p = Preprocess.from_recipe(recipe)
+    return replace(p, mean=tuple(mean or p.mean), std=tuple(std or p.std))
+
+
+def train_transform(recipe: Recipe | str, mean=None, std=None, **augment):
+    """The fine-tuning training transform at the recipe's input size (``embedder.finetune.augment``)."""
+    from .finetune.augment import TrainTransform
+
+    return TrainTransform(preprocess(recipe, mean, std), **augment)
+
+
+def count_params(recipe: Recipe | str, overrides: dict | None = None) -> int:
+    """Parameter count of the recipe's architecture, built on the meta device (no memory, no weights)."""
+    import timm
+    import torch
+
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    if recipe.arch == "handcrafted":
+        return 0
+    with torch.device("meta"):
+        model = timm.create_model(recipe.arch, pretrained=False, **create_kwargs(recipe, overrides))
+    return sum(p.numel() for p in model.parameters())

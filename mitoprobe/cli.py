@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "store": ("store.cli:store_group", "Inspect the store: what is stored, counts and sizes."),
     "sql": ("store.cli:sql", "Run a DuckDB query over patches, embeddings, runs and predictions."),
     "embed": ("embedder.cli:embed", "Embed every patch with one model (incremental, resumable; --list shows recipes)."),
+    "finetune": ("embedder.finetune.cli:finetune", "LoRA / full fine-tuning per fold under the paper's protocol (resumable)."),
     "dashboard": ("dashboard.cli:dashboard", "Open the results dashboard (Streamlit, localhost)."),
     "probe": ("classifiers.cli:probe", "Fit every head x 5 folds on a model's vectors; score the 3 test sets."),
     "report": ("classifiers.cli:report", "Print the leaderboard with CIs and the paper's numbers beside it."),

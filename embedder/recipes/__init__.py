@@ -130,5 +130,6 @@ from . import uni  # noqa: E402,F401
 from . import hoptimus  # noqa: E402,F401
 from . import gigapath  # noqa: E402,F401
 from . import offline  # noqa: E402,F401
+from . import endtoend  # noqa: E402,F401
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Recipe", "get_recipe", "list_recipes", "register"]

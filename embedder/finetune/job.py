@@ -1,0 +1,225 @@
+"""``finetune()``: folds of one fine-tuning configuration, trained and written to the results tables.
+
+A run lives in ``<store>/finetune/<run_key>/`` (``run_key`` = hash of the config and the base
+recipe id), with ``config.json`` and one ``fold<k>/`` per fold (see ``train``). Re-running the same
+command skips finished folds, resumes an interrupted one from its last epoch, and appends each fold's
+rows (``family="finetune"``, ``head`` = the method) to ``runs``/``predictions`` once. When all five
+folds are done the fold ensemble (``fold = -1``, mean probability) is added, as for the probes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from store import Store
+from store.atomic import write_json
+from store.errors import StoreError
+from store.hashing import canonical_json, config_hash
+
+from .config import FinetuneConfig
+from .train import DONE_FILE, FoldData, Runtime, read_predictions, train_fold
+
+log = logging.getLogger(__name__)
+
+FAMILY = "finetune"
+CPU_PARAM_LIMIT = 30_000_000  # above this, CPU training needs --allow-cpu (ViT-S/ResNet-50 scale fits)
+THRESHOLD_RULES = {"fixed_0.5": "fixed at 0.5 (the paper's)",
+                   "val_youden": "maximise balanced accuracy on the fold's held-out part"}
+
+
+@dataclass
+class FinetuneSummary:
+    run_key: str
+    run_dir: Path
+    folds_done: list[int]
+    rows_appended: int
+    ensemble: bool
+    records: dict[int, dict]
+
+
+def code_version() -> str:
+    """Package version + a digest of this subpackage's source (results from changed code never mix)."""
+    try:
+        version = metadata.version("mitoprobe")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return f"{version}+ft{h.hexdigest()[:8]}"
+
+
+def run_key(cfg: FinetuneConfig, recipe_id: str) -> str:
+    return config_hash({"config": cfg.to_dict(), "recipe_id": recipe_id})
+
+
+def runs_root(st: Store) -> Path:
+    return st.root / "finetune"
+
+
+def parse_folds(spec: str | None, n_folds: int) -> list[int]:
+    """``None``/``"all"`` -> every fold; ``"0,1"`` -> those folds; ``"1..5"`` -> folds 0..4 (1-based range)."""
+    if spec in (None, "", "all"):
+        return list(range(n_folds))
+    if ".." in spec:
+        a, b = (int(s) for s in spec.split(".."))
+        out = list(range(a - 1, b))
+    else:
+        out = sorted({int(s) for s in spec.split(",")})
+    bad = [k for k in out if not 0 <= k < n_folds]
+    if bad or not out:
+        raise StoreError(f"--folds {spec!r}: folds are 0..{n_folds - 1} (or a 1-based range like 1..5)")
+    return out
+
+
+def check_device(device: str, recipe, overrides: dict | None, allow_cpu: bool) -> tuple[str, int]:
+    from embedder.factory import count_params
+    from embedder.job import resolve_device
+
+    dev = resolve_device(device)
+    n = count_params(recipe, overrides)
+    if dev == "cpu" and n > CPU_PARAM_LIMIT and not allow_cpu:
+        raise StoreError(f"{recipe.name} has {n / 1e6:.0f}M parameters and no GPU is visible: fine-tuning it on "
+                         f"CPU would take days. Run on a CUDA machine, or pass --allow-cpu to do it anyway "
+                         f"(models up to {CPU_PARAM_LIMIT / 1e6:.0f}M parameters run on CPU without it).")
+    return dev, n
+
+
+def fold_data(st: Store, proto, k: int, test_sets: list[str]) -> FoldData:
+    fd = proto.fold_data(k)
+    ids = proto.train["patch_id"].to_numpy()
+    tests = {name: proto.tests[name].patch_ids for name in test_sets}
+    need = list(ids) + [p for v in tests.values() for p in v]
+    return FoldData(fold=k, train_ids=ids[fd.train_idx], train_y=fd.y[fd.train_idx], val_ids=ids[fd.val_idx],
+                    val_y=fd.y[fd.val_idx], test_ids=tests, images=st.images(need))
+
+
+def _family(run_dir: Path) -> tuple[str, dict]:
+    from classifiers import results as R
+
+    conf = json.loads((run_dir / "config.json").read_text())
+    return R.family_id(conf), conf
+
+
+def _rows_for_fold(st, run_dir: Path, k: int, rec: dict, proto, n_boot: int, fold: int | None = None,
+                   proba: dict | None = None, threshold: float | None = None):
+    """Run rows + prediction frames of one fold (or of the ensemble with ``fold=-1``)."""
+    from classifiers import results as R
+    from classifiers.runner import _pred_frame, _score
+
+    fam, conf = _family(run_dir)
+    fold = k if fold is None else fold
+    rid = R.run_id(fam, fold, 0)
+    cfg = conf["config"]
+    base = dict(run_id=rid, family_id=fam, family=FAMILY, model=conf["model"], recipe_id=conf["recipe_id"],
+                head=conf["head"], options=canonical_json(conf["options"]),
+                config_json=canonical_json({**conf, **{k_: v for k_, v in rec.items() if k_ != "history"}, "fold": fold}),
+                code_version=conf["code_version"], seed=cfg["seed"], fold=fold, repeat=0,
+                threshold_rule=cfg["threshold"], val_auroc=rec["val_auroc"],
+                val_balanced_accuracy=rec["val_balanced_accuracy"], n_train=rec["n_train"],
+                fit_seconds=rec.get("fit_seconds", 0.0), predict_seconds=rec.get("predict_seconds", 0.0))
+    thr = rec["threshold"] if threshold is None else threshold
+    if proba is None:
+        preds = read_predictions(run_dir / f"fold{k}")
+        proba = {name: preds.loc[preds["split"] == name, "probability"].to_numpy() for name in proto.tests}
+    runs, frames = [], []
+    for name, ts in proto.tests.items():
+        p = proba[name]
+        if len(p) != len(ts.patch_ids):
+            raise StoreError(f"{run_dir}: fold {k} has {len(p)} {name} predictions, the store {len(ts.patch_ids)}")
+        runs.append(dict(base, test_set=name, **_score(ts, p, thr, n_boot, int(cfg["seed"]))))
+        frames.append(_pred_frame(rid, ts, fold, p, thr))
+    return runs, frames
+
+
+def _appended(st: Store) -> set[str]:
+    runs = st.results.read("runs", columns=["run_id"]) if st.results.parts("runs") else pd.DataFrame()
+    return set(runs["run_id"]) if len(runs) else set()
+
+
+def _ensemble(run_dir: Path, proto, records: dict[int, dict], cfg: FinetuneConfig):
+    """Mean test probability over the five fold models; threshold from out-of-fold held-out probabilities."""
+    from classifiers import metrics as M
+
+    oof = np.full(len(proto.train), np.nan)
+    pos = {p: i for i, p in enumerate(proto.train["patch_id"])}
+    proba: dict[str, list] = {name: [] for name in proto.tests}
+    for k in sorted(records):
+        preds = read_predictions(run_dir / f"fold{k}")
+        val = preds[preds["split"] == "val"]
+        oof[[pos[p] for p in val["patch_id"]]] = val["probability"].to_numpy()
+        for name in proto.tests:
+            proba[name].append(preds.loc[preds["split"] == name, "probability"].to_numpy())
+    y = proto.train["y"].to_numpy().astype(np.int64)
+    thr = M.best_threshold(y, oof) if cfg.threshold == "val_youden" else 0.5
+    rec = dict(val_auroc=M.auroc(y, oof), val_balanced_accuracy=M.balanced_accuracy(y, M.predict(oof, thr)),
+               n_train=len(y), threshold=thr, ensemble="mean of the fold models' probabilities")
+    return rec, {name: np.mean(v, axis=0) for name, v in proba.items()}, thr
+
+
+def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str | list[int] | None = None, *,
+             device: str = "auto", allow_cpu: bool = False, out: str | Path | None = None,
+             num_workers: int = 0, progress: bool = True, weights: str | Path | None = None,
+             overrides: dict | None = None, n_boot: int | None = None, hf_token_env: str = "HF_TOKEN",
+             eval_batch_size: int | None = None, on_epoch=None) -> FinetuneSummary:
+    """Train the requested folds of ``cfg`` (skipping finished ones) and append their result rows.
+
+    ``overrides`` replaces the recipe's timm kwargs (tests: tiny stand-ins); it enters the run key.
+    """
+    import embedder
+    from classifiers import metrics as M
+    from classifiers import results as R
+    from classifiers.protocol import FOLD_SEED, N_FOLDS, load_protocol
+
+    st = store if isinstance(store, Store) else Store(store)
+    recipe = embedder.get_recipe(cfg.model)
+    dev, n_params = check_device(device, recipe, overrides, allow_cpu)
+    rid = embedder.recipe_id_of(recipe, weights)
+    key = run_key(cfg, rid if not overrides else config_hash({"recipe_id": rid, "overrides": overrides}))
+    run_dir = Path(out) if out else runs_root(st) / key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    proto = load_protocol(st)
+    conf_path = run_dir / "config.json"
+    if conf_path.is_file():
+        stored = json.loads(conf_path.read_text())
+        if stored["run_key"] != key:
+            raise StoreError(f"{run_dir} holds run {stored['run_key']}, not {key} (another configuration); "
+                             "choose another --out")
+    else:
+        write_json(dict(run_key=key, family=FAMILY, model=cfg.model, recipe_id=rid, head=cfg.method,
+                        options=dict(cfg.options(), tta=cfg.tta != "none"), config=cfg.to_dict(),
+                        overrides=overrides, weights=str(weights) if weights else None,
+                        threshold_rule=THRESHOLD_RULES[cfg.threshold], code_version=code_version(),
+                        protocol=dict(n_folds=N_FOLDS, fold_seed=FOLD_SEED, test_sets=sorted(proto.tests)),
+                        n_params=n_params), conf_path)
+    want = folds if isinstance(folds, list) else parse_folds(folds, proto.n_folds)
+    rt = Runtime(device=dev, num_workers=num_workers, progress=progress, weights=str(weights) if weights else None,
+                 overrides=overrides, hf_token_env=hf_token_env, on_epoch=on_epoch,
+                 eval_batch_size=eval_batch_size or (256 if dev.startswith("cuda") else 32))
+    nb = M.N_BOOTSTRAP if n_boot is None else n_boot
+    fam, _ = _family(run_dir)
+    appended = 0
+    for k in want:
+        rec = train_fold(cfg, fold_data(st, proto, k, list(proto.tests)), run_dir / f"fold{k}", rt)
+        if R.run_id(fam, k, 0) not in _appended(st):
+            runs, frames = _rows_for_fold(st, run_dir, k, rec, proto, nb)
+            R.append(st, runs, frames)
+            appended += len(runs)
+    records = {k: json.loads((run_dir / f"fold{k}" / DONE_FILE).read_text())
+               for k in range(proto.n_folds) if (run_dir / f"fold{k}" / DONE_FILE).is_file()}
+    ensemble = len(records) == proto.n_folds
+    if ensemble and R.run_id(fam, -1, 0) not in _appended(st):
+        rec, proba, thr = _ensemble(run_dir, proto, records, cfg)
+        runs, frames = _rows_for_fold(st, run_dir, -1, rec, proto, nb, fold=-1, proba=proba, threshold=thr)
+        R.append(st, runs, frames)
+        appended += len(runs)
+    return FinetuneSummary(key, run_dir, sorted(records), appended, ensemble, records)

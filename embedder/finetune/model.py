@@ -1,0 +1,126 @@
+"""The fine-tuned classifier: an embedder backbone (``embedder.build``) + a 1-logit linear head.
+
+Features are the recipe's pooled output the paper's heads read: the final-norm CLS token for ViTs
+(the LoRA scripts take ``outputs[:, 0]`` of the timm head), the global pool for CNNs and Swin.
+LoRA wraps ``qkv``/``proj``/``fc1``/``fc2`` with peft adapters and freezes every other backbone
+weight; checkpoints then hold the adapters and the head only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from store.errors import StoreError
+
+from .config import FinetuneConfig
+
+HEAD_PREFIX = "head."
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def feature_output(recipe) -> str:
+    return "cls" if recipe.is_vit else next(iter(recipe.output_dims))
+
+
+def make_classifier(features, output: str):
+    """``features``: an ``embedder.factory.FeatureModel``; returns an ``nn.Module`` (B, 3, S, S) -> (B,) logits."""
+    torch = _torch()
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = features.backbone
+            self.head = torch.nn.Linear(features.output_dims[output], 1)
+            self._features, self._output = features, output
+
+        def embed(self, x):
+            return self._features(x)[self._output]
+
+        def forward(self, x):
+            return self.head(self.embed(x).float()).squeeze(-1)
+
+    return Classifier()
+
+
+def lora_config(cfg: FinetuneConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), bias="none")
+
+
+def add_lora(backbone, cfg: FinetuneConfig):
+    """Inject peft LoRA adapters into ``backbone`` in place and freeze everything else in it."""
+    from peft import inject_adapter_in_model
+
+    backbone = inject_adapter_in_model(lora_config(cfg), backbone)
+    n = 0
+    for name, p in backbone.named_parameters():
+        p.requires_grad_("lora_" in name)
+        n += "lora_" in name
+    if n == 0:
+        raise StoreError(f"LoRA targets {list(cfg.lora_targets)} match no module of {cfg.model}")
+    return backbone
+
+
+def build_classifier(cfg: FinetuneConfig, weights=None, overrides: dict | None = None, *,
+                     hf_token_env: str = "HF_TOKEN", trust_pickle: bool = False):
+    """The untrained classifier for ``cfg`` (base weights per the recipe) and its recipe."""
+    import embedder
+
+    torch = _torch()
+    recipe = embedder.get_recipe(cfg.model)
+    if recipe.arch == "handcrafted":
+        raise StoreError("handcrafted features have no network to fine-tune")
+    features, _ = embedder.build(recipe, weights, overrides=overrides, hf_token_env=hf_token_env,
+                                 trust_pickle=trust_pickle)
+    if cfg.method == "lora":
+        add_lora(features.backbone, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # the head's initial weights
+        model = make_classifier(features, feature_output(recipe))
+    return model, recipe
+
+
+def trainable_state(model, method: str) -> dict:
+    """What a checkpoint holds: adapters + head (LoRA) or every tensor incl. buffers (full)."""
+    sd = model.state_dict()
+    if method == "full":
+        return {k: v.detach().contiguous() for k, v in sd.items()}
+    keep = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().contiguous() for k, v in sd.items() if k in keep}
+
+
+def parameter_counts(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return dict(total=total, trainable=trainable)
+
+
+def save_weights(model, method: str, path: Path) -> None:
+    """Atomic safetensors write of ``trainable_state``."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".tmp-{path.name}")
+    save_file({k: v.cpu() for k, v in trainable_state(model, method).items()}, str(tmp))
+    tmp.replace(path)
+
+
+def load_weights(model, method: str, path: Path) -> None:
+    """Load a checkpoint written by ``save_weights``; every stored tensor must find its place."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(path), device="cpu")
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    absent = [k for k in trainable_state(model, method) if k not in sd]
+    if absent:
+        raise StoreError(f"{path}: lacks trained tensors {absent[:5]}")
+    if unexpected:
+        raise StoreError(f"{path}: tensors {unexpected[:5]} do not fit this model")
+    if method == "full" and missing:
+        raise StoreError(f"{path}: lacks {missing[:5]}")

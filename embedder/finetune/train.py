@@ -1,0 +1,286 @@
+"""Training one fold: resumable epoch loop, early stopping, checkpoints, predictions.
+
+Fold ``k`` trains on the other four folds and selects on fold ``k`` (early stopping, learning-rate
+schedule, optional threshold); test sets are only predicted, once, with the selected checkpoint.
+
+Files in ``<run>/fold<k>/``:
+
+* ``last-e<N>.safetensors`` + ``state.pt`` after every epoch: trainable weights (adapters + head for
+  LoRA), then optimizer, scheduler and early-stopping state (``torch.load(weights_only=True)``);
+  ``state.pt`` names the weights file it belongs to, so a kill between the two writes resumes from
+  the previous epoch, never from a mismatched pair.
+* ``best-e<N>.safetensors`` while training; renamed ``model.safetensors`` when the fold is done.
+* ``predictions.parquet`` (held-out and test probabilities) and ``DONE.json`` (what was selected,
+  checkpoint sha256, timings). ``DONE.json`` marks the fold complete; the resumable state is removed.
+
+Every epoch reseeds from (seed, fold, epoch) inside ``torch.random.fork_rng``, so a resumed fold
+draws exactly the samples and augmentations an uninterrupted one would (no global state is left
+seeded); the torch RNG state is still stored in ``state.pt`` for the record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from store.atomic import write_json
+from store.errors import StoreError
+from store.hashing import config_hash, file_sha256
+from store.progress import progress as progress_bar
+
+from ..views import apply_view_torch
+from .config import TTAS, FinetuneConfig
+from .data import eval_loader, train_loader
+from .model import build_classifier, load_weights, parameter_counts, save_weights
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+DONE_FILE = "DONE.json"
+MODEL_FILE = "model.safetensors"
+PREDICTIONS_FILE = "predictions.parquet"
+
+
+@dataclass
+class FoldData:
+    """Everything a fold trains and predicts on (PNG bytes + labels); test labels are not here."""
+
+    fold: int
+    train_ids: np.ndarray
+    train_y: np.ndarray
+    val_ids: np.ndarray
+    val_y: np.ndarray
+    test_ids: dict[str, np.ndarray]
+    images: dict[str, bytes] = field(repr=False)
+
+
+@dataclass
+class Runtime:
+    """How to run (not what): never enters a hash."""
+
+    device: str = "cpu"
+    num_workers: int = 0
+    eval_batch_size: int = 64
+    progress: bool = True
+    weights: str | None = None
+    overrides: dict | None = None
+    hf_token_env: str = "HF_TOKEN"
+    on_epoch: Callable[[int], None] | None = None  # called after each saved epoch (tests simulate kills)
+
+
+def epoch_seed(seed: int, fold: int, epoch: int) -> int:
+    return int(config_hash({"seed": seed, "fold": fold, "epoch": epoch}), 16) % (2**31 - 1)
+
+
+def _amp(device: str):
+    import torch
+
+    on_gpu = device.startswith("cuda")
+    return torch.autocast("cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=on_gpu)
+
+
+def loss_fn(cfg: FinetuneConfig, y_train: np.ndarray):
+    """BCE (paper), class-weighted BCE (positives weighted n_neg / n_pos) or focal loss on logits."""
+    import torch
+    import torch.nn.functional as F
+
+    n_pos = max(int(y_train.sum()), 1)
+    pos_weight = torch.tensor((len(y_train) - n_pos) / n_pos)
+
+    def fn(logits, y):
+        if cfg.loss == "bce":
+            return F.binary_cross_entropy_with_logits(logits, y)
+        if cfg.loss == "weighted_bce":
+            return F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight.to(logits.device))
+        ce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        p_t = torch.exp(-ce)
+        alpha = torch.where(y > 0.5, 1 - 1 / (1 + pos_weight), 1 / (1 + pos_weight)).to(logits.device)
+        return (alpha * (1 - p_t) ** cfg.focal_gamma * ce).mean()
+
+    return fn
+
+
+def predict_proba(model, pngs: list[bytes], transform, views: tuple[str, ...], rt: Runtime) -> np.ndarray:
+    """P(atypical) per patch; with several views, the mean over views (rotation TTA)."""
+    import torch
+
+    model.eval()
+    out = []
+    loader = eval_loader(pngs, transform, rt.eval_batch_size, rt.num_workers, rt.device.startswith("cuda"))
+    with torch.inference_mode(), _amp(rt.device):
+        for x, _ in loader:
+            x = x.to(rt.device, non_blocking=True)
+            p = torch.stack([torch.sigmoid(model(apply_view_torch(x, v)).float()) for v in views]).mean(0)
+            out.append(p.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _ba(y, p, threshold=0.5) -> float:
+    from classifiers import metrics as M
+
+    return M.balanced_accuracy(y, M.predict(p, threshold))
+
+
+def _save_epoch(model, cfg, fold_dir: Path, state: dict) -> None:
+    import torch
+
+    name = f"last-e{state['epoch']}.safetensors"
+    save_weights(model, cfg.method, fold_dir / name)
+    state = dict(state, weights_file=name, rng=torch.get_rng_state())
+    tmp = fold_dir / f".tmp-{STATE_FILE}"
+    torch.save(state, tmp)
+    tmp.replace(fold_dir / STATE_FILE)
+    for f in fold_dir.glob("last-e*.safetensors"):
+        if f.name != name:
+            f.unlink()
+    for f in fold_dir.glob("best-e*.safetensors"):
+        if f.name != state.get("best_file"):
+            f.unlink()
+
+
+def _load_state(fold_dir: Path) -> dict | None:
+    import torch
+
+    p = fold_dir / STATE_FILE
+    if not p.is_file():
+        return None
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    if not (fold_dir / state["weights_file"]).is_file():
+        raise StoreError(f"{p} names {state['weights_file']}, which is missing; delete {fold_dir} to restart the fold")
+    return state
+
+
+def train_fold(cfg: FinetuneConfig, data: FoldData, fold_dir: Path, rt: Runtime) -> dict:
+    """Train (or resume, or just read) fold ``data.fold``; returns its DONE record."""
+    import torch
+
+    import embedder.factory as factory
+
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    done = fold_dir / DONE_FILE
+    if done.is_file():
+        return json.loads(done.read_text())
+    k = data.fold
+    model, recipe = build_classifier(cfg, rt.weights, rt.overrides, hf_token_env=rt.hf_token_env)
+    model.to(rt.device)
+    mean, std = cfg.mean_std()
+    tf_train = factory.train_transform(recipe, mean, std, crop_scale=cfg.crop_scale, hflip=cfg.hflip,
+                                       color_jitter=cfg.color_jitter, rotate_degrees=cfg.rotate_degrees,
+                                       dihedral=cfg.dihedral, hed=cfg.hed)
+    tf_eval = factory.preprocess(recipe, mean, std)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.lr_factor,
+                                                       patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    st = dict(epoch=0, best_score=0.0, best_epoch=-1, best_file=None, bad_epochs=0, stopped=False,
+              history=[], train_seconds=0.0, train_images=0)
+    saved = _load_state(fold_dir)
+    if saved is not None:
+        load_weights(model, cfg.method, fold_dir / saved["weights_file"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        st.update({k_: saved[k_] for k_ in st})
+        log.info("fold %d: resuming after epoch %d (best %.4f at epoch %d)", k, st["epoch"], st["best_score"],
+                 st["best_epoch"])
+    counts = parameter_counts(model)
+    train_pngs = [data.images[p] for p in data.train_ids]
+    val_pngs = [data.images[p] for p in data.val_ids]
+    crit = loss_fn(cfg, data.train_y)
+    steps_per_epoch = -(-len(train_pngs) // cfg.batch_size)
+    if cfg.max_steps:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
+    devices = [torch.cuda.current_device()] if rt.device.startswith("cuda") else []
+    while st["epoch"] < cfg.max_epochs and not st["stopped"]:
+        epoch = st["epoch"]
+        with torch.random.fork_rng(devices=devices):
+            seed = epoch_seed(cfg.seed, k, epoch)
+            torch.manual_seed(seed)
+            loader = train_loader(train_pngs, data.train_y, tf_train, cfg.batch_size, cfg.sampler, seed,
+                                  rt.num_workers, rt.device.startswith("cuda"))
+            model.train()
+            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            with progress_bar(total=steps_per_epoch * cfg.batch_size, desc=f"fold {k} epoch {epoch + 1}",
+                              unit="img", enabled=rt.progress) as bar:
+                for step, (x, y) in enumerate(loader):
+                    if step >= steps_per_epoch:
+                        break
+                    x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+                    with _amp(rt.device):
+                        logits = model(x)
+                    loss = crit(logits.float(), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    seen += len(y)
+                    loss_sum += float(loss.detach()) * len(y)
+                    bar.update(len(y))
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            if rt.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            secs = time.perf_counter() - t0
+        p_val = predict_proba(model, val_pngs, tf_eval, ("none",), rt)
+        score = _ba(data.val_y, p_val)
+        improved = score > st["best_score"]  # the paper's rule: strictly better balanced accuracy
+        if improved:
+            st.update(best_score=score, best_epoch=epoch, bad_epochs=0, best_file=f"best-e{epoch + 1}.safetensors")
+            save_weights(model, cfg.method, fold_dir / st["best_file"])
+        else:
+            st["bad_epochs"] += 1
+            st["stopped"] = st["bad_epochs"] >= cfg.early_stop
+        if not st["stopped"]:
+            sched.step(score)
+        st["history"].append(dict(epoch=epoch + 1, train_loss=loss_sum / max(seen, 1), val_balanced_accuracy=score,
+                                  lr=float(opt.param_groups[0]["lr"]), images_per_s=seen / secs if secs else 0.0))
+        st.update(epoch=epoch + 1, train_seconds=st["train_seconds"] + secs, train_images=st["train_images"] + seen)
+        _save_epoch(model, cfg, fold_dir, dict(st, optimizer=opt.state_dict(), scheduler=sched.state_dict()))
+        log.info("fold %d epoch %d: loss %.4f, val balanced accuracy %.4f%s", k, epoch + 1,
+                 loss_sum / max(seen, 1), score, " (best)" if improved else "")
+        if rt.on_epoch is not None:
+            rt.on_epoch(epoch + 1)
+    return _finish(cfg, data, fold_dir, model, tf_eval, st, counts, rt)
+
+
+def _finish(cfg, data: FoldData, fold_dir: Path, model, tf_eval, st: dict, counts: dict, rt: Runtime) -> dict:
+    """Select the best checkpoint, predict held-out + tests, write DONE (the fold's commit point)."""
+    from classifiers import metrics as M
+
+    # never improved on 0 (NaN scores): keep the last epoch
+    best = fold_dir / (st["best_file"] or f"last-e{st['epoch']}.safetensors")
+    load_weights(model, cfg.method, best)
+    best.replace(fold_dir / MODEL_FILE)
+    views = TTAS[cfg.tta]
+    t0 = time.perf_counter()
+    p_val = predict_proba(model, [data.images[p] for p in data.val_ids], tf_eval, views, rt)
+    threshold = M.best_threshold(data.val_y, p_val) if cfg.threshold == "val_youden" else 0.5
+    frames = [pd.DataFrame(dict(split="val", patch_id=data.val_ids, probability=p_val))]
+    for name, ids in data.test_ids.items():
+        p = predict_proba(model, [data.images[i] for i in ids], tf_eval, views, rt)
+        frames.append(pd.DataFrame(dict(split=name, patch_id=ids, probability=p)))
+    predict_seconds = time.perf_counter() - t0
+    preds = pd.concat(frames, ignore_index=True)
+    tmp = fold_dir / f".tmp-{PREDICTIONS_FILE}"
+    preds.to_parquet(tmp, index=False)
+    tmp.replace(fold_dir / PREDICTIONS_FILE)
+    record = dict(fold=data.fold, best_epoch=st["best_epoch"] + 1, epochs=st["epoch"],
+                  early_stopped=bool(st["stopped"]), threshold=float(threshold),
+                  val_balanced_accuracy=M.balanced_accuracy(data.val_y, M.predict(p_val, threshold)),
+                  val_auroc=M.auroc(data.val_y, p_val), n_train=int(len(data.train_ids)),
+                  checkpoint=MODEL_FILE, checkpoint_sha256=file_sha256(fold_dir / MODEL_FILE),
+                  parameters=counts, fit_seconds=st["train_seconds"], predict_seconds=predict_seconds,
+                  images_per_s=st["train_images"] / st["train_seconds"] if st["train_seconds"] else 0.0,
+                  device=rt.device, history=st["history"])
+    write_json(record, fold_dir / DONE_FILE)
+    for f in list(fold_dir.glob("last-e*.safetensors")) + [fold_dir / STATE_FILE]:
+        f.unlink(missing_ok=True)
+    return record
+
+
+def read_predictions(fold_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(fold_dir / PREDICTIONS_FILE)
