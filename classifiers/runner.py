@@ -44,6 +44,8 @@ class Features:
     X: np.ndarray
     views: list[str]
     _by_patch: dict = field(default_factory=dict, repr=False)
+    # fine-tuned sets (embedder.finetune): the one fold whose split they may be probed under
+    only_fold: int | None = None
 
     def __post_init__(self):
         codes, uniq = pd.factorize(self.keys["patch_id"])
@@ -96,7 +98,15 @@ def load_features(store, model: str, pooling: str = "all", tta: bool = False, re
     if len(keys) == 0:
         raise StoreError(f"set {model} has no original-view ('none') vectors")
     return Features(model, eset.recipe_id, keys, np.ascontiguousarray(X, dtype=np.float32),
-                    sorted(keys["view"].unique()))
+                    sorted(keys["view"].unique()),
+                    only_fold=_finetune_fold(eset.provenance))
+
+
+def _finetune_fold(provenance: dict) -> int | None:
+    """Vectors from fold k's fine-tuned checkpoint were trained on the other folds' patches: they may
+    only be probed under fold k's split (None: any fold)."""
+    k = (provenance.get("recipe") or {}).get("finetune_fold")
+    return None if k is None or int(k) < 0 else int(k)
 
 
 def _patch_mean(p_rows: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
@@ -129,6 +139,9 @@ def fit_fold(head: str, params: dict, feats: Features, fd: FoldData, train_ids: 
 
     Returns the fitted estimator, the chosen grid point, the held-out probabilities and threshold."""
     spec = HEADS[head]
+    if feats.only_fold is not None and fd.fold != feats.only_fold:
+        raise StoreError(f"{feats.name} comes from fold {feats.only_fold}'s fine-tuned checkpoint; probing it under "
+                         f"fold {fd.fold} would validate on patches its backbone was trained on (leakage)")
     t0 = time.perf_counter()
     tr_rows, tr_owner = feats.rows_of(train_ids[fd.train_idx])
     va_rows, va_owner = feats.rows_of(train_ids[fd.val_idx])
@@ -204,6 +217,8 @@ def run_family(store, feats: Features, proto: Protocol, head: str, options: dict
     oof = np.full(len(train_ids), np.nan)
     fold_probs: dict[str, list[np.ndarray]] = {name: [] for name in proto.tests}
     for k in range(proto.n_folds):
+        if feats.only_fold is not None and k != feats.only_fold:
+            continue
         fd = proto.fold_data(k)
         fit = fit_fold(head, est_params, feats, fd, train_ids)
         oof[fd.val_idx] = fit["val_proba"]
@@ -221,19 +236,20 @@ def run_family(store, feats: Features, proto: Protocol, head: str, options: dict
             preds.append(_pred_frame(rid, ts, k, p, fit["threshold"]))
         if progress is not None:
             progress.update(1)
-    # fold ensemble: mean probability; threshold from the out-of-fold held-out probabilities
-    y_train = proto.train["y"].to_numpy().astype(np.int64)
-    thr = 0.5 if spec.threshold_rule == "fixed_0.5" else M.best_threshold(y_train, oof)
-    rid = R.run_id(fam, -1, rep)
-    cfg = dict(config, fold=-1, seed=run_seed, ensemble="mean of the fold models' probabilities")
-    for name, ts in proto.tests.items():
-        p = np.mean(fold_probs[name], axis=0)
-        runs.append(dict(base, run_id=rid, config_json=canonical_json(cfg), fold=-1, test_set=name, threshold=thr,
-                         val_auroc=M.auroc(y_train, oof),
-                         val_balanced_accuracy=M.balanced_accuracy(y_train, M.predict(oof, thr)),
-                         n_train=len(train_ids), fit_seconds=0.0, predict_seconds=0.0,
-                         **_score(ts, p, thr, n_boot, run_seed)))
-        preds.append(_pred_frame(rid, ts, -1, p, thr))
+    if feats.only_fold is None:  # a fold-k fine-tuned set has no fold ensemble
+        # fold ensemble: mean probability; threshold from the out-of-fold held-out probabilities
+        y_train = proto.train["y"].to_numpy().astype(np.int64)
+        thr = 0.5 if spec.threshold_rule == "fixed_0.5" else M.best_threshold(y_train, oof)
+        rid = R.run_id(fam, -1, rep)
+        cfg = dict(config, fold=-1, seed=run_seed, ensemble="mean of the fold models' probabilities")
+        for name, ts in proto.tests.items():
+            p = np.mean(fold_probs[name], axis=0)
+            runs.append(dict(base, run_id=rid, config_json=canonical_json(cfg), fold=-1, test_set=name, threshold=thr,
+                             val_auroc=M.auroc(y_train, oof),
+                             val_balanced_accuracy=M.balanced_accuracy(y_train, M.predict(oof, thr)),
+                             n_train=len(train_ids), fit_seconds=0.0, predict_seconds=0.0,
+                             **_score(ts, p, thr, n_boot, run_seed)))
+            preds.append(_pred_frame(rid, ts, -1, p, thr))
     R.append(store, runs, preds)
     return pd.DataFrame(runs)
 

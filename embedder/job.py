@@ -183,7 +183,14 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
     from .factory import build
 
     st = store if isinstance(store, Store) else Store(store)
-    recipe = get_recipe(model)
+    if model.startswith("ft:") or model.startswith("ft-"):  # a fine-tuned fold checkpoint of this store
+        from .finetune.registry import finetuned_recipe
+
+        recipe = finetuned_recipe(st, model)
+        if engine == "ray":
+            raise StoreError("fine-tuned embedders run with --engine local (Ray actors cannot see them)")
+    else:
+        recipe = get_recipe(model)
     vnames = view_names(views)
     if engine not in ("local", "ray"):
         raise StoreError(f"unknown engine {engine!r}; use local or ray")
