@@ -20,8 +20,10 @@ from .protocol import TEST_SETS
 # our recipe names -> the paper's model names (paper_results.csv)
 PAPER_MODEL_NAMES = {"virchow.hf": "Virchow", "virchow2.hf": "Virchow2", "hoptimus0.hf": "h-optimus-0",
                      "hoptimus1.hf": "h-optimus-1", "gigapath.hf": "prov-gigapath", "uni.hf": "uni",
-                     "uni2_h.hf": "uni2-h"}
+                     "uni2_h.hf": "uni2-h", "efficientnetv2_m.random": "efficientnetv2_m",
+                     "swin_base.hf": "swin_base_patch4_window7_224", "vit_large.hf": "vit_large_patch16_224"}
 PAPER_FAMILY = {"probe": "linear_probe", "finetune": "lora"}
+PAPER_HEAD = {"lora": "lora (paper)", "end_to_end": "full (paper)"}  # else the probes' torch linear head
 NUMERIC = ["n_folds", "balanced_accuracy_mean", "balanced_accuracy_std", "auroc_mean", "auroc_std",
            "auprc_mean", "brier_mean", "ece_mean", "kappa_experts_mean",
            "ensemble_balanced_accuracy", "ensemble_balanced_accuracy_ci_low", "ensemble_balanced_accuracy_ci_high",
@@ -66,12 +68,13 @@ def _ours(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _paper(families: set[str], models: set[str]) -> pd.DataFrame:
     ref = paper_results()
-    want = {PAPER_FAMILY.get(f, f) for f in families}
+    want = {PAPER_FAMILY.get(f, f) for f in families} | ({"end_to_end"} if "finetune" in families else set())
     ref = ref[ref["family"].isin(want)]
     named = {PAPER_MODEL_NAMES[m] for m in models if m in PAPER_MODEL_NAMES}
     if named:  # the same models when we have them; otherwise every published row of the family
         ref = ref[ref["model"].isin(named)]
-    out = pd.DataFrame(dict(source="paper", family=ref["family"], model=ref["model"], head="torch linear (paper)",
+    out = pd.DataFrame(dict(source="paper", family=ref["family"], model=ref["model"],
+                            head=ref["family"].map(PAPER_HEAD).fillna("torch linear (paper)"),
                             pooling=None, tta=False, test_set=ref["dataset"], n_folds=5,
                             balanced_accuracy_mean=ref["balanced_accuracy_mean"],
                             balanced_accuracy_std=ref["balanced_accuracy_std"],
