@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -243,13 +243,13 @@ class SimpleShot(_BinaryHead):
 class LGBMHead(_BinaryHead):
     """LightGBM, class-balanced, early-stopped on the validation rows (the fold's held-out part).
 
-    Made fast on 1,000-3,000-d inputs (measured, benchmarks/probe_sweep.py): 5% of the columns per
-    tree, 15-bin histograms whose edges come from 1,000 sampled rows (binning 2,560 columns is
+    Made fast on 1,000-3,000-d inputs (measured, benchmarks/probe_sweep.py): ~128 columns per
+    tree (``colsample_bytree=None``: 5% of 2,560), 15-bin histograms whose edges come from 1,000 sampled rows (binning 2,560 columns is
     most of the cost), early stopping, and ONE thread: on a busy 2-core machine OpenMP spin-waiting
     made 2 threads 30x slower. ``make_head("lgbm", pca=64)`` adds a PCA step."""
 
     def __init__(self, n_estimators=300, learning_rate=0.1, num_leaves=7, min_child_samples=20,
-                 colsample_bytree=0.05, subsample=0.8, max_bin=15, reg_lambda=1.0, early_stopping_rounds=20,
+                 colsample_bytree=None, subsample=0.8, max_bin=15, reg_lambda=1.0, early_stopping_rounds=20,
                  bin_sample=1000, n_jobs=1, random_state=0):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -271,9 +271,11 @@ class LGBMHead(_BinaryHead):
         if X_val is None and len(y01) >= 20:
             tr, va = _holdout(y01, self.random_state)
             X, y01, X_val, y_val = X[tr], y01[tr], X[va], y01[va]
+        # default: ~128 columns per tree (5% of 2,560), all of them for small inputs
+        colsample = self.colsample_bytree or min(1.0, 128 / X.shape[1])
         self.booster_ = lgb.LGBMClassifier(
             n_estimators=self.n_estimators, learning_rate=self.learning_rate, num_leaves=self.num_leaves,
-            min_child_samples=self.min_child_samples, colsample_bytree=self.colsample_bytree,
+            min_child_samples=self.min_child_samples, colsample_bytree=colsample,
             subsample=self.subsample, subsample_freq=1 if self.subsample < 1 else 0, max_bin=self.max_bin,
             reg_lambda=self.reg_lambda, class_weight="balanced", n_jobs=self.n_jobs,
             bin_construct_sample_cnt=self.bin_sample,
@@ -314,6 +316,29 @@ class BalancedMLP(_BinaryHead):
 
     def _scores(self, X):
         return self.mlp_.predict_proba(X)[:, 1]
+
+
+class ReducePCA(TransformerMixin, BaseEstimator):
+    """Randomized PCA to at most ``n_components``; passes inputs through when they are already that
+    small (so one head definition serves 16-d tests and 2,560-d embeddings)."""
+
+    def __init__(self, n_components=64, iterated_power=2, random_state=0):
+        self.n_components = n_components
+        self.iterated_power = iterated_power
+        self.random_state = random_state
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X, dtype=np.float32)
+        self.pca_ = None
+        if X.shape[1] > self.n_components and X.shape[0] > self.n_components:
+            self.pca_ = PCA(n_components=self.n_components, svd_solver="randomized",
+                            iterated_power=self.iterated_power, random_state=self.random_state).fit(X)
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, "pca_")
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        return X if self.pca_ is None else self.pca_.transform(X).astype(np.float32)
 
 
 class ValPipeline(Pipeline):
@@ -360,7 +385,7 @@ def _torch_linear(**params):
 
 
 def _lgbm(pca=0, **params):
-    steps = [("pca", PCA(n_components=pca, random_state=0))] if pca else []
+    steps = [("pca", ReducePCA(n_components=pca))] if pca else []
     return ValPipeline(steps + [("clf", LGBMHead(**params))])
 
 
@@ -375,7 +400,7 @@ def _simpleshot(**params):
 def _mlp(pca=64, **params):
     steps = [("scale", StandardScaler())]
     if pca:  # a cheap randomized PCA first: the MLP then trains on 64-d inputs in ~1 s
-        steps.append(("pca", PCA(n_components=pca, svd_solver="randomized", iterated_power=2, random_state=0)))
+        steps.append(("pca", ReducePCA(n_components=pca)))
     return ValPipeline(steps + [("clf", BalancedMLP(**params))])
 
 
