@@ -196,7 +196,7 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
                              "choose another --out")
     else:
         write_json(dict(run_key=key, family=FAMILY, model=cfg.model, recipe_id=rid, head=cfg.method,
-                        options=dict(cfg.options(), tta=cfg.tta != "none"), config=cfg.to_dict(),
+                        options=cfg.options(), config=cfg.to_dict(),
                         overrides=overrides, weights=str(weights) if weights else None,
                         threshold_rule=THRESHOLD_RULES[cfg.threshold], code_version=code_version(),
                         protocol=dict(n_folds=N_FOLDS, fold_seed=FOLD_SEED, test_sets=sorted(proto.tests)),

@@ -79,10 +79,10 @@ def build_classifier(cfg: FinetuneConfig, weights=None, overrides: dict | None =
         raise StoreError("handcrafted features have no network to fine-tune")
     features, _ = embedder.build(recipe, weights, overrides=overrides, hf_token_env=hf_token_env,
                                  trust_pickle=trust_pickle)
-    if cfg.method == "lora":
-        add_lora(features.backbone, cfg)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)  # the head's initial weights
+        torch.manual_seed(cfg.seed)  # the adapters' and the head's initial weights
+        if cfg.method == "lora":
+            add_lora(features.backbone, cfg)
         model = make_classifier(features, feature_output(recipe))
     return model, recipe
 

@@ -1,0 +1,199 @@
+"""Fine-tuning on CPU with a tiny random-weight ViT (32 px) through the recipe machinery:
+one fold end to end into the results tables and the report, frozen base + trainable adapters,
+resume after a kill, checkpoint reload, fine-tuned embedders and their fold restriction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import make_benchmark
+from embedder.finetune import FinetuneConfig, finetune, parse_folds
+from embedder.finetune.job import check_device
+from embedder.finetune.model import build_classifier, load_weights, parameter_counts
+from embedder.finetune.train import DONE_FILE, MODEL_FILE, STATE_FILE, Runtime, predict_proba
+from embedder.recipes import Recipe, get_recipe, register
+from store import Store
+from store.errors import StoreError
+
+TINY = "vit_ft_test.random"
+FAST = dict(max_epochs=2, max_steps=2, batch_size=4)
+
+
+def _tiny_recipe() -> Recipe:
+    try:
+        return get_recipe(TINY)
+    except StoreError:
+        return register(Recipe(
+            name=TINY, family="test", arch="vit_tiny_patch16_224",
+            kwargs=(("img_size", 32), ("patch_size", 8), ("embed_dim", 32), ("depth", 2), ("num_heads", 2),
+                    ("num_classes", 0)),
+            input_size=32, resize=32, outputs=(("cls", 32), ("mean", 32)), note="tiny test ViT"))
+
+
+_tiny_recipe()  # registered at import: every test here builds it
+
+@pytest.fixture(scope="module")
+def ft_store(tmp_path_factory) -> Store:
+    """A small benchmark whose AMi-Br train part spans 6 slides (the 5-fold split needs >= 5)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ft")
+    bench = make_benchmark(root, n_per_class=10)
+    tr = pd.read_csv(bench / "amibr_train_split.csv", index_col=0)
+    tr["slide"] = [f"s{u % 6}.tiff" for u in tr["uid"]]
+    tr.to_csv(bench / "amibr_train_split.csv")
+    st = Store(root / "store")
+    st.import_dataset(bench, bench / "AMI-BR.csv")
+    return st
+
+
+@pytest.fixture(scope="module")
+def lora_run(ft_store):
+    return finetune(ft_store, FinetuneConfig.paper(TINY, "lora", **FAST), folds="0", progress=False, n_boot=10)
+
+
+def test_config_defaults_are_the_papers():
+    c = FinetuneConfig.paper("virchow2.hf", "lora")
+    assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_targets) == (8, 16, 0.3, ("qkv", "proj", "fc1", "fc2"))
+    assert (c.lr, c.weight_decay, c.batch_size, c.max_epochs, c.early_stop) == (5e-5, 1e-5, 8, 100, 10)
+    assert (c.lr_factor, c.lr_patience, c.loss, c.sampler, c.norm) == (0.5, 3, "bce", "weighted", "paper")
+    assert c.crop_scale == (0.8, 1.0) and c.color_jitter == (0.2, 0.2, 0.2, 0.1) and c.options() == {}
+    full = FinetuneConfig.paper("swin_base.hf", "full")
+    assert (full.lr, full.early_stop, full.norm) == (1e-4, 15, "recipe") and full.options() == {}
+    assert FinetuneConfig.paper(TINY, "lora", loss="focal", tta="rot4").options() == {"loss": "focal", "tta": "rot4"}
+    assert parse_folds("1..5", 5) == [0, 1, 2, 3, 4] and parse_folds("0,3", 5) == [0, 3]
+    with pytest.raises(StoreError):
+        parse_folds("7", 5)
+    with pytest.raises(StoreError):
+        FinetuneConfig.paper(TINY, "lora", loss="mse")
+
+
+def test_lora_freezes_base_and_trains_adapters_and_head():
+    model, _ = build_classifier(FinetuneConfig.paper(TINY, "lora"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert {"head.weight", "head.bias"} <= trainable
+    # every targeted layer got adapters: qkv/proj/fc1/fc2 in both blocks, plus patch_embed.proj
+    wrapped = {n.split(".lora_A")[0] for n in trainable if ".lora_A." in n}
+    assert {f"backbone.blocks.{b}.{m}" for b in (0, 1) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")} <= wrapped
+    counts = parameter_counts(model)
+    r = 8
+    # LoRA adds r * (in + out) per Linear: qkv 32->96, proj 32->32, fc1 32->128, fc2 128->32
+    per_block = r * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))
+    patch_embed = r * 3 * 8 * 8 + 32 * r  # conv LoRA: A (r, 3, 8, 8), B (32, r, 1, 1)
+    assert counts["trainable"] == 2 * per_block + patch_embed + 33
+    assert counts["total"] - counts["trainable"] == sum(
+        p.numel() for n, p in model.named_parameters() if "lora_" not in n and not n.startswith("head."))
+    full, _ = build_classifier(FinetuneConfig.paper(TINY, "full"))
+    c = parameter_counts(full)
+    lora_params = counts["trainable"] - 33
+    assert c["trainable"] == c["total"] == counts["total"] - lora_params
+
+
+def test_one_fold_end_to_end_into_results_and_report(ft_store, lora_run):
+    from classifiers.report import leaderboard
+
+    assert lora_run.folds_done == [0] and not lora_run.ensemble and lora_run.rows_appended == 3
+    runs = ft_store.results.read("runs")
+    mine = runs[runs["family"] == "finetune"]
+    assert set(mine["test_set"]) == {"AMi-Br-test", "AtNorM-Br", "AtNorM-MD"}
+    assert (mine["head"] == "lora").all() and (mine["fold"] == 0).all() and (mine["model"] == TINY).all()
+    assert mine["auroc"].between(0, 1).all() and mine["balanced_accuracy"].between(0, 1).all()
+    cfg = json.loads(mine["config_json"].iloc[0])
+    assert cfg["config"]["lora_r"] == 8 and cfg["checkpoint_sha256"] and cfg["epochs"] == 2
+    preds = ft_store.results.read("predictions")
+    assert set(mine["run_id"]) <= set(preds["run_id"])
+    board = leaderboard(ft_store)
+    ours = board[(board["source"] == "mitoprobe") & (board["model"] == TINY)]
+    assert len(ours) == 3 and (ours["head"] == "lora").all()
+    assert {"lora", "end_to_end"} <= set(board.loc[board["source"] == "paper", "family"])
+    # the same command again: nothing trained, nothing appended
+    again = finetune(ft_store, FinetuneConfig.paper(TINY, "lora", **FAST), folds="0", progress=False, n_boot=10)
+    assert again.rows_appended == 0 and len(ft_store.results.read("runs")) == len(runs)
+    fold_dir = lora_run.run_dir / "fold0"
+    assert (fold_dir / MODEL_FILE).is_file() and not (fold_dir / STATE_FILE).exists()
+    assert not list(fold_dir.glob("last-e*")) and not list(fold_dir.glob("best-e*"))
+
+
+def test_checkpoint_holds_adapters_and_head_and_reproduces_predictions(ft_store, lora_run):
+    from safetensors.torch import load_file
+
+    from embedder.factory import preprocess
+
+    fold_dir = lora_run.run_dir / "fold0"
+    sd = load_file(str(fold_dir / MODEL_FILE))
+    assert sd and all("lora_" in k or k.startswith("head.") for k in sd)
+    cfg = FinetuneConfig.paper(TINY, "lora", **FAST)
+    model, recipe = build_classifier(cfg)
+    preds = pd.read_parquet(fold_dir / "predictions.parquet")
+    test = preds[preds["split"] == "AtNorM-Br"]
+    images = ft_store.images(list(test["patch_id"]))
+    tf = preprocess(recipe, *cfg.mean_std())
+    before = predict_proba(model, [images[p] for p in test["patch_id"]], tf, ("none",), Runtime(progress=False))
+    load_weights(model, "lora", fold_dir / MODEL_FILE)
+    after = predict_proba(model, [images[p] for p in test["patch_id"]], tf, ("none",), Runtime(progress=False))
+    np.testing.assert_allclose(after, test["probability"].to_numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(before, after)  # the trained adapters/head change the output
+
+
+def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(ft_store, tmp_path):
+    cfg = FinetuneConfig.paper(TINY, "lora", max_epochs=3, max_steps=2, batch_size=4, seed=3)
+
+    class Kill(Exception):
+        pass
+
+    def kill_after_first(epoch):
+        if epoch == 1:
+            raise Kill
+
+    with pytest.raises(Kill):
+        finetune(ft_store, cfg, folds="1", progress=False, n_boot=10, out=tmp_path / "a", on_epoch=kill_after_first)
+    state = torch.load(tmp_path / "a" / "fold1" / STATE_FILE, weights_only=True)
+    assert state["epoch"] == 1 and len(state["history"]) == 1 and "optimizer" in state and "scheduler" in state
+    seen = []
+    resumed = finetune(ft_store, cfg, folds="1", progress=False, n_boot=10, out=tmp_path / "a", on_epoch=seen.append)
+    assert seen == [2, 3]  # continued after the saved epoch, did not restart
+    straight = finetune(ft_store, cfg, folds="1", progress=False, n_boot=10, out=tmp_path / "b")
+    h1, h2 = resumed.records[1]["history"], straight.records[1]["history"]
+    assert [e["epoch"] for e in h1] == [1, 2, 3]
+    np.testing.assert_allclose([e["train_loss"] for e in h1], [e["train_loss"] for e in h2], rtol=1e-5)
+    assert resumed.records[1]["checkpoint_sha256"] == straight.records[1]["checkpoint_sha256"]
+
+
+def test_full_finetune_and_cpu_guard(ft_store, tmp_path):
+    with pytest.raises(StoreError, match="--allow-cpu"):
+        check_device("cpu", get_recipe("virchow2.random"), None, allow_cpu=False)
+    assert check_device("cpu", get_recipe(TINY), None, allow_cpu=False)[0] == "cpu"
+    cfg = FinetuneConfig.paper(TINY, "full", max_epochs=1, max_steps=1, batch_size=4, dihedral=True, hed=0.05,
+                               loss="focal", sampler="shuffle", tta="rot4", threshold="val_youden")
+    s = finetune(ft_store, cfg, folds="2", progress=False, n_boot=10, out=tmp_path / "full")
+    rec = s.records[2]
+    assert rec["parameters"]["trainable"] == rec["parameters"]["total"]
+    runs = ft_store.results.read("runs")
+    row = runs[(runs["head"] == "full") & (runs["fold"] == 2)].iloc[0]
+    assert json.loads(row["options"]) == {"dihedral": True, "hed": 0.05, "loss": "focal", "sampler": "shuffle",
+                                          "tta": "rot4", "threshold": "val_youden", "batch_size": 4,
+                                          "max_epochs": 1, "max_steps": 1}
+
+
+def test_finetuned_fold_as_embedder_is_probed_under_its_fold_only(ft_store, lora_run):
+    import embedder
+    from classifiers.protocol import load_protocol
+    from classifiers.runner import fit_fold, load_features, sweep
+
+    key = lora_run.run_key[:8]
+    s = embedder.embed(ft_store, f"ft:{key}/fold0", device="cpu", num_workers=0, progress=False)
+    sha = json.loads((lora_run.run_dir / "fold0" / DONE_FILE).read_text())["checkpoint_sha256"]
+    assert s.name == f"ft-{key}-fold0.{sha[:8]}" and s.rows_written == len(ft_store.patches(columns=["patch_id"]))
+    base_id = embedder.recipe_id_of(TINY)
+    assert s.recipe_id != base_id
+    rows = sweep(ft_store, s.name, heads=["logreg"], n_boot=10, show_progress=False)
+    assert set(rows["fold"]) == {0}  # fold 0 only, and no fold ensemble
+    feats = load_features(ft_store, s.name)
+    proto = load_protocol(ft_store)
+    with pytest.raises(StoreError, match="leakage"):
+        fit_fold("logreg", {}, feats, proto.fold_data(1), proto.train["patch_id"].to_numpy())
