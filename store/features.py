@@ -253,7 +253,7 @@ class FeatureStore:
         indexed = any(output in ix.columns for ix in tbl.list_indices())
         params = ann_params(n, eset.outputs[output]) if indexed and n >= ANN_MIN_ROWS else None
         q = (tbl.search(np.asarray(query, dtype=np.float32), vector_column_name=output)
-             .distance_type("cosine").where(f"view = '{view}'", prefilter=True)
+             .distance_type("cosine").where(f"view = '{view.replace(chr(39), chr(39) * 2)}'", prefilter=True)
              .select([*KEY_COLUMNS, "_distance"]).limit(k))
         return apply_search_params(q, params).to_pandas().rename(columns={"_distance": "distance"})
 
