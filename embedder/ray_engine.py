@@ -3,7 +3,8 @@ over the patches still to do; the driver writes every chunk through the same sto
 resumability and the no-duplicate guarantee are the local engine's.
 
 On a multi-node cluster: ``ray start --head`` / ``ray start --address=...`` on the nodes, put the
-store on storage every node can read (actors read ``patches.parquet`` themselves), then
+store where the driver runs (it streams the PNG bytes of the patches still to do through Ray's
+object store to the actors), then
 ``RAY_ADDRESS=auto mitoprobe embed --model NAME --engine ray --store /shared/store``.
 One actor per GPU is started (``num_gpus=1`` each) when CUDA is used.
 """
@@ -11,6 +12,7 @@ One actor per GPU is started (``num_gpus=1`` each) when CUDA is used.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from .job import CHUNK_ROWS, Prepare, autocast_dtype, batch_rows
 
@@ -61,9 +63,13 @@ def run_ray(st, recipe, todo, views, device, batch_size, writer, *, weights=None
     if num_actors is None:
         res = ray.cluster_resources()
         num_actors = max(1, int(res.get("GPU", 0)) if gpus else min(4, int(res.get("CPU", 1))))
-    todo_set = set(todo)
-    ds = ray.data.read_parquet(str(st.patches_path), columns=["patch_id", "png"])
-    ds = ds.filter(lambda row: row["patch_id"] in todo_set)
+    # The driver reads only the rows still to do (PNG bytes, ~32 kB each) into the object store;
+    # the actors are then the only stage that needs cluster resources.
+    images = st.images(todo)
+    table = pa.table({"patch_id": pa.array(todo, pa.string()), "png": pa.array([images[p] for p in todo], pa.binary())})
+    blocks = max(1, min(len(todo) // max(1, batch_size), 4 * num_actors))
+    bounds = [i * len(todo) // blocks for i in range(blocks + 1)]
+    ds = ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
     ds = ds.map_batches(
         EmbedActor, batch_size=batch_size, batch_format="numpy",
         fn_constructor_kwargs=dict(recipe_name=recipe.name, views=tuple(views), device=device,
