@@ -30,12 +30,13 @@ def print_frame(df: pd.DataFrame, title: str | None = None, max_rows: int = 200,
                 cells.append("" if pd.isna(v) else floatfmt.format(v))
             elif isinstance(v, (bytes, bytearray)):
                 cells.append(f"<{len(v)} bytes>")
-            elif isinstance(v, (list, tuple)) or getattr(v, "ndim", 0) == 1:  # vectors from emb_* views
+            elif (isinstance(v, (list, tuple)) or getattr(v, "ndim", 0) == 1) and len(v) > 8:  # emb_* vectors
                 head = ", ".join(format(x, ".3g") if isinstance(x, numbers.Real) and not isinstance(x, numbers.Integral)
                                  else str(x) for x in list(v)[:3])
-                cells.append(f"[{head}{', ...' if len(v) > 3 else ''}] ({len(v)})")
+                cells.append(f"[{head}, ...] ({len(v)})")
             else:
-                cells.append("" if v is None or (not isinstance(v, (list, tuple, dict)) and pd.isna(v)) else str(v))
+                is_seq = isinstance(v, (list, tuple, dict)) or getattr(v, "ndim", 0) > 0
+                cells.append("" if v is None or (not is_seq and pd.isna(v)) else str(v))
         table.add_row(*cells)
     console = Console(width=200 if not Console().is_terminal else None)
     console.print(table)

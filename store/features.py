@@ -4,7 +4,7 @@ Layout under ``<store>/embeddings/<recipe_id>/``::
 
     recipe.json          provenance: name, recipe id, recipe config, weights, library versions,
                          output names and dimensions
-    part-00000.parquet   patch_id, view, one fixed-size-list column per output (e.g. cls, mean)
+    part-*.parquet       patch_id, view, one fixed-size-list column per output (e.g. cls, mean)
     COMPLETE             written once every patch x view is in (carries the row count)
 
 Parts are written atomically one chunk at a time, so a killed job loses at most the chunk in
@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -99,14 +100,20 @@ class EmbeddingWriter:
                 raise StoreError(f"set {self.eset.name}: output {out} has {arr.shape[0]} rows for {len(keys)} keys")
             cols[out] = _vector_column(arr[keep], dim, f"set {self.eset.name} output {out}")
         table = pa.table(cols)
-        write_parquet(table, self.eset.path / f"part-{self._next_part:05d}.parquet")
+        # A random suffix: two jobs writing the same set never overwrite each other's parts.
+        write_parquet(table, self.eset.path / f"part-{self._next_part:05d}-{uuid.uuid4().hex[:8]}.parquet")
         self._next_part += 1
         self._done.update(k for k, m in zip(keys, keep) if m)
         return int(keep.sum())
 
     def finalize(self, expected_rows: int | None = None) -> EmbeddingSet:
         """Mark the set complete (if every expected row is in) and build its LanceDB table."""
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in self.eset.parts)
+        self._done = self.fs._stored_keys(self.eset)  # re-read: another job may have added parts
         n = len(self._done)
+        if rows != n:
+            raise StoreError(f"set {self.eset.name} ({self.eset.path}): {rows} rows but {n} distinct (patch_id, view) "
+                             "keys; two jobs wrote it at once. Delete the folder and run the job again")
         if expected_rows is not None and n < expected_rows:
             raise StoreError(f"set {self.eset.name}: {n} of {expected_rows} rows stored; run the job again to resume")
         self.fs.build_lance(self.eset)

@@ -201,3 +201,13 @@ def test_finalize_refuses_incomplete_set(tiny_store):
     with pytest.raises(StoreError, match="1 of 5 rows stored; run the job again to resume"):
         w.finalize(expected_rows=5)
     assert not tiny_store.features.get("r1").complete
+
+
+def test_two_writers_never_overwrite_and_duplicates_are_caught(tiny_store):
+    ids = tiny_store.patches()["patch_id"].tolist()[:4]
+    a, b = open_writer(tiny_store), open_writer(tiny_store)  # two jobs on the same set at once
+    a.write_chunk(ids[:2], ["none"] * 2, vectors(2))
+    b.write_chunk(ids, ["none"] * 4, vectors(4, seed=1))
+    assert len(tiny_store.features.get("r1").parts) == 2
+    with pytest.raises(StoreError, match="6 rows but 4 distinct .* two jobs wrote it at once"):
+        b.finalize()
