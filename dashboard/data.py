@@ -14,6 +14,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -40,34 +41,51 @@ def _entry_stamp(p: Path) -> tuple:
     return (p.name, s.st_size, s.st_mtime_ns)
 
 
-def stamp(root: str) -> tuple:
-    """A fingerprint that changes whenever anything the dashboard reads changes (a few stats)."""
+class Stamp(NamedTuple):
+    """Fingerprints of the store's three parts, kept apart so that (say) an embedding job adding
+    parts never evicts the cached patches or results."""
+
+    patches: tuple
+    results: tuple
+    sets: tuple  # ((recipe_id, fingerprint), ...)
+
+    def set(self, recipe_id: str) -> tuple:
+        return dict(self.sets).get(recipe_id, ())
+
+
+def stamp(root: str) -> Stamp:
+    """What the dashboard reads, fingerprinted with a few stats (cheap enough for every rerun)."""
     r = Path(root)
-    out: list = [_entry_stamp(r / "patches.parquet")]
+    res = []
     for sub in ("results/runs", "results/predictions"):
         d = r / sub
-        out.append((sub, tuple(sorted(e.name for e in os.scandir(d) if e.name.startswith("part-")))
-                    if d.is_dir() else ()))
+        res.append(tuple(sorted(e.name for e in os.scandir(d) if e.name.startswith("part-"))) if d.is_dir() else ())
+    sets = []
     emb = r / "embeddings"
     if emb.is_dir():
         for d in sorted(emb.iterdir()):
-            out.append((d.name, _entry_stamp(d / "COMPLETE"), len(list(d.glob("part-*.parquet")))))
-    return tuple(out)
+            sets.append((d.name, (_entry_stamp(d / "COMPLETE"), len(list(d.glob("part-*.parquet"))))))
+    return Stamp(_entry_stamp(r / "patches.parquet"), tuple(res), tuple(sets))
 
 
 # -- what is there -------------------------------------------------------------------------------
 def status(root: str) -> dict:
-    """Which parts of the store exist (uncached: a few stats)."""
+    """Which parts of the store exist (uncached: a few stats; deliberately not ``results.parts``,
+    which also sweeps ``.tmp-*`` files and so could race a job that is appending right now)."""
     st_ = Store(root)
-    sets = st_.features.sets()
-    return dict(root=root, patches=st_.has_patches(), sets=[s for s in sets if s.parts],
-                runs=bool(st_.results.parts("runs")), predictions=bool(st_.results.parts("predictions")))
+    has = lambda t: any(st_.results.table_dir(t).glob("part-*.parquet"))  # noqa: E731
+    return dict(root=root, patches=st_.has_patches(), sets=[s for s in st_.features.sets() if s.parts],
+                runs=has("runs"), predictions=has("predictions"))
 
 
 # -- patches and pixels --------------------------------------------------------------------------
+def patches(root: str, stamp_: Stamp) -> pd.DataFrame:
+    """Patch metadata (no pixels); ``votes`` is a short 'A N A' string."""
+    return _patches(root, stamp_.patches)
+
+
 @st.cache_data(show_spinner=False, max_entries=4)
-def patches(root: str, stamp_: tuple) -> pd.DataFrame:
-    """Patch metadata (no pixels), indexed by nothing; ``votes`` is a short 'A N A' string."""
+def _patches(root: str, key: tuple) -> pd.DataFrame:
     df = Store(root).patches()
     for c in PATCH_COLUMNS:
         if c not in df:
@@ -88,20 +106,20 @@ def _votes(df: pd.DataFrame) -> pd.Series:
 
 
 @st.cache_resource(show_spinner="Reading patch images…", max_entries=2)
-def _all_pngs(root: str, stamp_: tuple) -> dict[str, bytes]:
+def _all_pngs(root: str, key: tuple) -> dict[str, bytes]:
     return Store(root).images()
 
 
 @st.cache_resource(max_entries=2)
-def _thumb_memo(root: str, stamp_: tuple) -> dict[str, str]:
+def _thumb_memo(root: str, key: tuple) -> dict[str, str]:
     return {}
 
 
-def thumbnails(root: str, stamp_: tuple, patch_ids) -> list[str | None]:
+def thumbnails(root: str, stamp_: Stamp, patch_ids) -> list[str | None]:
     """``data:`` URLs of small JPEG thumbnails (made once per patch, then memoised)."""
     from PIL import Image
 
-    pngs, memo = _all_pngs(root, stamp_), _thumb_memo(root, stamp_)
+    pngs, memo = _all_pngs(root, stamp_.patches), _thumb_memo(root, stamp_.patches)
     out = []
     for pid in patch_ids:
         url = memo.get(pid)
@@ -114,14 +132,18 @@ def thumbnails(root: str, stamp_: tuple, patch_ids) -> list[str | None]:
     return out
 
 
-def png(root: str, stamp_: tuple, patch_id: str) -> bytes | None:
-    return _all_pngs(root, stamp_).get(patch_id)
+def png(root: str, stamp_: Stamp, patch_id: str) -> bytes | None:
+    return _all_pngs(root, stamp_.patches).get(patch_id)
 
 
 # -- results -------------------------------------------------------------------------------------
-@st.cache_data(show_spinner=False, max_entries=4)
-def runs(root: str, stamp_: tuple) -> pd.DataFrame:
+def runs(root: str, stamp_: Stamp) -> pd.DataFrame:
     """The runs table with a readable ``label`` per family (model · head · options)."""
+    return _runs(root, stamp_.results)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _runs(root: str, key: tuple) -> pd.DataFrame:
     df = Store(root).results.read("runs")
     if df.empty:
         return df
@@ -152,26 +174,31 @@ def family_label(row) -> str:
 
 
 @st.cache_resource(show_spinner="Reading predictions…", max_entries=2)
-def _predictions(root: str, stamp_: tuple) -> pd.DataFrame:
+def _predictions(root: str, key: tuple) -> pd.DataFrame:
     df = Store(root).results.read("predictions")
     if not df.empty:
         df = df.sort_values(["run_id", "test_set", "fold"], kind="mergesort").reset_index(drop=True)
     return df
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def family_predictions(root: str, stamp_: tuple, family_id: str, fold: int, test_set: str | None = None
+def family_predictions(root: str, stamp_: Stamp, family_id: str, fold: int, test_set: str | None = None
                        ) -> pd.DataFrame:
     """Predictions of one family at one fold (-1 = fold ensemble), joined with patch metadata."""
-    r = runs(root, stamp_)
+    return _family_predictions(root, stamp_.results, stamp_.patches, family_id, fold, test_set)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _family_predictions(root: str, rkey: tuple, pkey: tuple, family_id: str, fold: int, test_set: str | None
+                        ) -> pd.DataFrame:
+    r = _runs(root, rkey)
     ids = r.loc[(r["family_id"] == family_id) & (r["fold"] == fold), "run_id"].unique()
-    p = _predictions(root, stamp_)
+    p = _predictions(root, rkey)
     if p.empty:
         return p
     sel = p[p["run_id"].isin(ids) & (p["fold"] == fold)]
     if test_set is not None:
         sel = sel[sel["test_set"] == test_set]
-    meta = patches(root, stamp_)
+    meta = _patches(root, pkey)
     return sel.merge(meta, on="patch_id", how="left").reset_index(drop=True)
 
 
@@ -185,16 +212,20 @@ def fold_name(fold: int) -> str:
     return "fold ensemble" if fold == -1 else f"fold {fold}"
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def leaderboard(root: str, stamp_: tuple) -> pd.DataFrame:
+def leaderboard(root: str, stamp_: Stamp) -> pd.DataFrame:
     """``classifiers.leaderboard`` (one row per latest family × test set: mean ± std over folds,
     fold-ensemble 95% CI), with a readable ``label``, followed by every published row of the paper."""
+    return _leaderboard(root, stamp_.results)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _leaderboard(root: str, key: tuple) -> pd.DataFrame:
     import classifiers
 
     st_ = Store(root)
-    ours = classifiers.leaderboard(st_, with_paper=False) if st_.results.parts("runs") else pd.DataFrame()
+    ours = classifiers.leaderboard(st_, with_paper=False) if status(root)["runs"] else pd.DataFrame()
     if not ours.empty:
-        labels = runs(root, stamp_).drop_duplicates("family_id").set_index("family_id")["label"]
+        labels = _runs(root, key).drop_duplicates("family_id").set_index("family_id")["label"]
         ours["label"] = ours["family_id"].map(labels)
     return pd.concat([ours, paper_rows(classifiers.paper_results())], ignore_index=True)
 
@@ -219,20 +250,29 @@ def embedding_sets(root: str) -> list:
     return [s for s in Store(root).features.sets() if s.parts]
 
 
-@st.cache_resource(show_spinner="Reading embeddings…", max_entries=8)
-def embedding_matrix(root: str, stamp_: tuple, recipe_id: str, output: str, view: str = "none"
+def embedding_matrix(root: str, stamp_: Stamp, recipe_id: str, output: str, view: str = "none"
                      ) -> tuple[pd.DataFrame, np.ndarray]:
     """Keys (patch_id, view) and float32 vectors of one output, one view."""
+    return _embedding_matrix(root, stamp_.set(recipe_id), recipe_id, output, view)
+
+
+@st.cache_resource(show_spinner="Reading embeddings…", max_entries=8)
+def _embedding_matrix(root: str, key: tuple, recipe_id: str, output: str, view: str
+                      ) -> tuple[pd.DataFrame, np.ndarray]:
     fs = Store(root).features
     eset = fs.get(recipe_id)
     keys, X = fs.read(eset.name, recipe_id=recipe_id, outputs=[output], views=[view], allow_stale=True)
     return keys, np.ascontiguousarray(X, dtype=np.float32)
 
 
-@st.cache_data(show_spinner="Projecting to 2-D…", max_entries=16)
-def projection(root: str, stamp_: tuple, recipe_id: str, output: str, method: str = "PCA") -> pd.DataFrame:
+def projection(root: str, stamp_: Stamp, recipe_id: str, output: str, method: str = "PCA") -> pd.DataFrame:
     """2-D coordinates (x, y) per patch of one set's ``view == 'none'`` vectors."""
-    keys, X = embedding_matrix(root, stamp_, recipe_id, output)
+    return _projection(root, stamp_.set(recipe_id), recipe_id, output, method)
+
+
+@st.cache_data(show_spinner="Projecting to 2-D…", max_entries=16)
+def _projection(root: str, key: tuple, recipe_id: str, output: str, method: str) -> pd.DataFrame:
+    keys, X = _embedding_matrix(root, key, recipe_id, output, "none")
     if method == "UMAP":
         import umap  # optional: only offered when installed
 
@@ -254,9 +294,13 @@ def projection_methods() -> list[str]:
     return ["PCA", "UMAP"]
 
 
-@st.cache_data(show_spinner="Searching…", max_entries=256)
-def neighbours(root: str, stamp_: tuple, recipe_id: str, output: str, query: bytes, k: int) -> pd.DataFrame:
+def neighbours(root: str, stamp_: Stamp, recipe_id: str, output: str, query: bytes, k: int) -> pd.DataFrame:
     """The k nearest stored patches (LanceDB, cosine distance) to a float32 query vector."""
+    return _neighbours(root, stamp_.set(recipe_id), recipe_id, output, query, k)
+
+
+@st.cache_data(show_spinner="Searching…", max_entries=256)
+def _neighbours(root: str, key: tuple, recipe_id: str, output: str, query: bytes, k: int) -> pd.DataFrame:
     fs = Store(root).features
     vec = np.frombuffer(query, dtype=np.float32)
     return fs.search(fs.get(recipe_id), vec, output=output, k=k, view="none")
