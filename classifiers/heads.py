@@ -40,7 +40,8 @@ def _check_binary(estimator, X, y, reset=True):
         raise ValueError(f"Unknown label type: {kind}; heads are binary classifiers")
     classes = np.unique(y)
     if len(classes) > 2:
-        raise ValueError(f"heads are binary classifiers; got {len(classes)} classes")
+        raise ValueError(f"Only binary classification is supported; got {len(classes)} classes "
+                         "(atypical vs normal)")
     if len(classes) < 2:
         raise ValueError("Classifier can't train when only one class is present.")
     return X, y, classes
@@ -83,7 +84,8 @@ class _BinaryHead(ClassifierMixin, BaseEstimator):
         return np.column_stack([1 - p, p])
 
     def predict(self, X):
-        return self.classes_[(self.predict_proba(X)[:, 1] >= 0.5).astype(int)]
+        p = self.predict_proba(X)[:, 1]
+        return self.classes_[(p >= 0.5).astype(int)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -312,6 +314,7 @@ class BalancedMLP(_BinaryHead):
                                   learning_rate_init=self.learning_rate_init, max_iter=self.max_iter,
                                   early_stopping=early, n_iter_no_change=10, random_state=self.random_state)
         self.mlp_.fit(X, y01, sample_weight=_balanced_weights(y01))
+        self.n_iter_ = self.mlp_.n_iter_
         return self
 
     def _scores(self, X):
@@ -328,7 +331,7 @@ class ReducePCA(TransformerMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y=None):
-        X = validate_data(self, X, dtype=np.float32)
+        X = validate_data(self, X, dtype=[np.float64, np.float32])
         self.pca_ = None
         if X.shape[1] > self.n_components and X.shape[0] > self.n_components:
             self.pca_ = PCA(n_components=self.n_components, svd_solver="randomized",
@@ -337,8 +340,13 @@ class ReducePCA(TransformerMixin, BaseEstimator):
 
     def transform(self, X):
         check_is_fitted(self, "pca_")
-        X = validate_data(self, X, reset=False, dtype=np.float32)
-        return X if self.pca_ is None else self.pca_.transform(X).astype(np.float32)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return X if self.pca_ is None else self.pca_.transform(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
 
 
 class ValPipeline(Pipeline):
