@@ -19,15 +19,17 @@ def metric_points(df: pd.DataFrame, metrics: dict[str, str]) -> alt.FacetChart:
     lo = float(long["lo"].min()) if len(long) else 0.5
     base = alt.Chart().encode(
         x=alt.X("test_set:N", sort=TEST_SET_ORDER, title=None, axis=alt.Axis(labelAngle=0)),
-        xOffset="label:N",
+        xOffset=alt.XOffset("label:N"),
         color=alt.Color("label:N", title=None, legend=alt.Legend(orient="right", labelLimit=340)))
-    y = alt.Y("mean:Q", title=None, scale=alt.Scale(domain=[max(0.0, min(0.5, lo - 0.02)), 1.0]))
+    scale = alt.Scale(domain=[max(0.0, min(0.5, lo - 0.02)), 1.0], zero=False)
+    y = alt.Y("mean:Q", title=None, scale=scale)
     points = base.mark_point(filled=True, size=80).encode(
         y=y, shape=alt.Shape("source:N", title=None, scale=alt.Scale(domain=["mitoprobe", "paper"],
                                                                       range=["circle", "diamond"])),
-        tooltip=["label", "test_set", "metric", alt.Tooltip("mean:Q", format=".3f"),
+        tooltip=[alt.Tooltip("label:N"), alt.Tooltip("test_set:N"), alt.Tooltip("metric:N"),
+                 alt.Tooltip("mean:Q", format=".3f"),
                  alt.Tooltip("std:Q", format=".3f")])
-    bars = base.mark_rule(strokeWidth=2).encode(y="lo:Q", y2="hi:Q")
+    bars = base.mark_rule(strokeWidth=2).encode(y=alt.Y("lo:Q", scale=scale), y2=alt.Y2("hi:Q"))
     return alt.layer(bars, points, data=long).properties(width=330, height=280).facet(
         column=alt.Column("metric:N", title=None, sort=list(metrics.values()),
                           header=alt.Header(labelFontSize=14, labelFontWeight="bold")))
@@ -43,57 +45,79 @@ def curves(df: pd.DataFrame, x: str, y: str, title_x: str, title_y: str, diagona
     layers = [line]
     if diagonal:
         ref = pd.DataFrame({"a": [0.0, 1.0], "b": [0.0, 1.0]})
-        layers.insert(0, alt.Chart(ref).mark_line(strokeDash=[4, 4], color="gray").encode(x="a:Q", y="b:Q"))
+        layers.insert(0, alt.Chart(ref).mark_line(strokeDash=[4, 4], color="gray").encode(x=alt.X("a:Q"),
+                                                                                           y=alt.Y("b:Q")))
     return alt.layer(*layers).properties(height=340)
 
 
-def confusion(df: pd.DataFrame, title: str | list[str]) -> alt.Chart:
-    """2×2 heatmap; ``df``: truth, predicted, n, share (of the true class)."""
-    base = alt.Chart(df).encode(
+def confusions(df: pd.DataFrame, columns: int = 3) -> alt.FacetChart:
+    """2×2 heatmaps, one panel per ``panel``; ``df``: panel, truth, predicted, n, share (of the true class).
+
+    One faceted chart rather than one chart per family: each Altair chart costs Streamlit a spec
+    conversion, so fewer charts render faster."""
+    d = df.assign(txt=[f"{n} ({s:.0%})" for n, s in zip(df["n"], df["share"])],
+                  ink=["white" if s > 0.55 else "black" for s in df["share"]])
+    base = alt.Chart().encode(
         x=alt.X("predicted:N", sort=["atypical", "normal"], title="predicted", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("truth:N", sort=["atypical", "normal"], title="truth"))
     rect = base.mark_rect().encode(color=alt.Color("share:Q", scale=alt.Scale(domain=[0, 1], scheme="blues"),
                                                    legend=None))
-    text = base.mark_text(fontSize=15).encode(
-        text="txt:N", color=alt.condition("datum.share > 0.55", alt.value("white"), alt.value("black")))
-    return (rect + text).transform_calculate(
-        txt="datum.n + ' (' + format(datum.share, '.0%') + ')'").properties(
-        title=alt.TitleParams(title, fontSize=12, anchor="start"), height=alt.Step(48))
+    text = base.mark_text(fontSize=14).encode(text=alt.Text("txt:N"), color=alt.Color("ink:N", scale=None))
+    return alt.layer(rect, text, data=d).properties(width=230, height=alt.Step(44)).facet(
+        facet=alt.Facet("panel:N", title=None, sort=list(dict.fromkeys(d["panel"])),
+                        header=alt.Header(labelLimit=300, labelFontSize=12, labelAnchor="start")),
+        columns=columns)
 
 
 def reliability(df: pd.DataFrame) -> alt.Chart:
     """Calibration: observed atypical fraction vs mean predicted probability per bin, plus y = x."""
     ref = alt.Chart(pd.DataFrame({"a": [0.0, 1.0]})).mark_line(strokeDash=[4, 4], color="gray").encode(
-        x="a:Q", y="a:Q")
+        x=alt.X("a:Q"), y=alt.Y("a:Q"))
     color = alt.Color("label:N", title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=360))
     enc = dict(x=alt.X("mean_predicted:Q", title="mean predicted P(atypical)", scale=alt.Scale(domain=[0, 1])),
                y=alt.Y("fraction_positive:Q", title="observed fraction atypical", scale=alt.Scale(domain=[0, 1])),
                color=color)
     line = alt.Chart(df).mark_line(point=True).encode(
-        **enc, tooltip=["label", alt.Tooltip("mean_predicted:Q", format=".2f"),
-                        alt.Tooltip("fraction_positive:Q", format=".2f"), "n:Q"])
+        **enc, tooltip=[alt.Tooltip("label:N"), alt.Tooltip("mean_predicted:Q", format=".2f"),
+                        alt.Tooltip("fraction_positive:Q", format=".2f"), alt.Tooltip("n:Q")])
     return alt.layer(ref, line).properties(height=340)
 
 
 def kappa_heatmap(df: pd.DataFrame) -> alt.Chart:
     """Cohen's κ of each rater (experts and models, rows) against each expert (columns)."""
-    base = alt.Chart(df).encode(
+    base = alt.Chart().encode(
         x=alt.X("expert:N", title="against expert", axis=alt.Axis(labelAngle=0, orient="top")),
         y=alt.Y("rater:N", title=None, sort=alt.SortField("order"), axis=alt.Axis(labelLimit=360)))
     rect = base.mark_rect().encode(color=alt.Color("kappa:Q", scale=alt.Scale(domain=[0, 1], scheme="greens"),
                                                    title="κ"))
-    text = base.mark_text().encode(text=alt.Text("kappa:Q", format=".2f"),
-                                   color=alt.condition("datum.kappa > 0.6", alt.value("white"), alt.value("black")))
-    return (rect + text).properties(height=alt.Step(26))
+    text = base.mark_text().encode(text=alt.Text("kappa:Q", format=".2f"), color=alt.Color("ink:N", scale=None))
+    return alt.layer(rect, text, data=df.assign(ink=["white" if k > 0.6 else "black" for k in df["kappa"]])
+                     ).properties(height=alt.Step(26))
+
+
+COLOURS = {  # fixed colours where the categories are known: atypical / wrong stand out in red
+    "label": (["Atypical", "Normal"], ["#d62728", "#9ecae1"]),
+    "prediction": (["Atypical", "Normal", "not predicted"], ["#d62728", "#9ecae1", "#e0e0e0"]),
+    "correct": (["wrong", "correct", "not predicted"], ["#d62728", "#74c476", "#e0e0e0"]),
+}
 
 
 def scatter(df: pd.DataFrame, color: str, selectable: bool = True) -> alt.Chart:
-    """2-D embedding map; ``df``: x, y, patch_id, the colour column and tooltip fields."""
+    """2-D embedding map; ``df``: x, y, patch_id, the colour column and tooltip fields. Rare
+    categories (atypical, wrong) are drawn last so they stay visible."""
     sel = alt.selection_interval(name="picked")
-    tooltip = [c for c in ("patch_id", "dataset", "label", "probability", "prediction", "correct") if c in df]
+    if color in COLOURS:
+        domain, colours = COLOURS[color]
+        scale = alt.Scale(domain=domain, range=colours)
+        rank = {v: len(domain) - i for i, v in enumerate(domain)}
+        df = df.assign(_z=df[color].map(rank).fillna(0)).sort_values("_z", kind="mergesort").drop(columns="_z")
+    else:
+        scale = alt.Scale(scheme="tableau10")
+    tooltip = [alt.Tooltip(f"{c}:{'Q' if c == 'probability' else 'N'}")
+               for c in ("patch_id", "dataset", "label", "probability", "prediction", "correct") if c in df]
     chart = alt.Chart(df).mark_circle(size=14, opacity=0.7).encode(
         x=alt.X("x:Q", title="component 1", axis=alt.Axis(labels=False, ticks=False)),
         y=alt.Y("y:Q", title="component 2", axis=alt.Axis(labels=False, ticks=False)),
-        color=alt.Color(f"{color}:N", title=color, legend=alt.Legend(orient="right")),
+        color=alt.Color(f"{color}:N", title=color, scale=scale, legend=alt.Legend(orient="right")),
         tooltip=tooltip).properties(height=560)
     return chart.add_params(sel) if selectable else chart

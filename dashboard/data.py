@@ -161,7 +161,11 @@ def options_text(options) -> str:
         return str(options)
     if not isinstance(opts, dict):
         return str(opts)
-    return ", ".join(f"{k}={v}" for k, v in sorted(opts.items()) if v not in (None, "", False, "none"))
+    def text(v):
+        return "+".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    return ", ".join(f"{k}={text(v)}" for k, v in sorted(opts.items())
+                     if v not in (None, "", False, "none", ["none"], ("none",)))
 
 
 def family_label(row) -> str:

@@ -16,7 +16,7 @@ board = data.leaderboard(ctx.root, ctx.stamp)
 fams = ui.family_options(runs)
 paper = board[board["source"] == "paper"]
 paper_labels = (paper.drop_duplicates("family_id").set_index("family_id")["label"].to_dict())
-paper_best = (paper[(paper["test_set"] == "AMi-Br-test") & (paper["head"] == "linear_probe")]
+paper_best = (paper[(paper["test_set"] == "AMi-Br-test") & (paper["family"] == "linear_probe")]
               .sort_values("balanced_accuracy_mean", ascending=False)["family_id"].head(1).tolist())
 
 c1, c2 = st.columns([3, 2])
@@ -72,15 +72,16 @@ b.altair_chart(charts.curves(pd.concat(pr), "recall", "precision", "recall (sens
                width="stretch")
 
 st.markdown("**Confusion matrices**" + (f" at threshold {threshold:.2f}" if custom else " at each family's threshold"))
-cols = st.columns(min(len(preds), 4))
-for i, (fid, p) in enumerate(preds.items()):
+cells = []
+for fid, p in preds.items():
     thr = threshold if custom else float(p["threshold"].iloc[0])
     cm = metrics.confusion_counts(p["y"].to_numpy(), metrics.predict(p["probability"].to_numpy(), thr))
-    cells = pd.DataFrame([dict(truth=t, predicted=q, n=cm[k]) for t, q, k in (
-        ("atypical", "atypical", "tp"), ("atypical", "normal", "fn"), ("normal", "atypical", "fp"),
-        ("normal", "normal", "tn"))])
-    cells["share"] = cells["n"] / cells.groupby("truth")["n"].transform("sum").clip(lower=1)
-    cols[i % len(cols)].altair_chart(charts.confusion(cells, [fams[fid], f"threshold {thr:.2f}"]), width="stretch")
+    for truth, predicted, k in (("atypical", "atypical", "tp"), ("atypical", "normal", "fn"),
+                                ("normal", "atypical", "fp"), ("normal", "normal", "tn")):
+        cells.append(dict(panel=f"{fams[fid]} (t={thr:.2f})", truth=truth, predicted=predicted, n=cm[k]))
+cells = pd.DataFrame(cells)
+cells["share"] = cells["n"] / cells.groupby(["panel", "truth"])["n"].transform("sum").clip(lower=1)
+st.altair_chart(charts.confusions(cells), width="content")
 
 a, b = st.columns(2)
 a.markdown("**Reliability (calibration)**")
