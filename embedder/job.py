@@ -104,8 +104,10 @@ def default_batch_size(recipe: Recipe, device: str) -> int:
     return 256 if device.startswith("cuda") else 32
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(recipe: Recipe | None = None) -> int:
+    """Decode workers: cores - 1 beside a model; every core for handcrafted (all its work is in them)."""
+    n = os.cpu_count() or 2
+    return max(1, min(8, n if recipe is not None and recipe.arch == "handcrafted" else n - 1))
 
 
 class _Dataset:
@@ -209,7 +211,7 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
     written = 0
     if todo:
         bs = batch_size or default_batch_size(recipe, dev)
-        nw = default_workers() if num_workers is None else num_workers
+        nw = default_workers(recipe) if num_workers is None else num_workers
         if engine == "ray":
             from .ray_engine import run_ray
 
