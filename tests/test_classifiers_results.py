@@ -1,0 +1,102 @@
+"""Results are data: the schema, append-only parts, skip-or-repeat, and the CLI over them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from classifiers_synth import synthetic_store
+from click.testing import CliRunner
+
+from classifiers.report import best_per_test_set, leaderboard
+from classifiers.results import PREDICTION_COLUMNS, RUN_COLUMNS
+from classifiers.runner import sweep
+from mitoprobe.cli import cli
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return synthetic_store(tmp_path_factory.mktemp("synth-results"))
+
+
+def _snapshot(store):
+    return {p: p.read_bytes() for t in ("runs", "predictions") for p in store.results.parts(t)}
+
+
+def test_schema_skip_repeat_and_append_only(synth):
+    rows = sweep(synth, "synth", heads=["simpleshot", "logreg"], n_boot=100, show_progress=False)
+    runs = synth.results.read("runs")
+    assert list(runs.columns) == RUN_COLUMNS
+    assert len(runs) == 2 * 6 * 3  # heads x (5 folds + ensemble) x test sets
+    assert sorted(runs["fold"].unique()) == [-1, 0, 1, 2, 3, 4]
+    assert set(runs["test_set"]) == {"AMi-Br-test", "AtNorM-Br", "AtNorM-MD"}
+    assert runs.groupby("head")["family_id"].nunique().eq(1).all()
+    assert runs.groupby("run_id")["test_set"].nunique().eq(3).all()  # one run = 3 test-set rows
+    cfg = json.loads(runs.loc[runs["head"] == "logreg", "config_json"].iloc[0])
+    assert cfg["selected"]["C"] in (1e-3, 1e-2, 1e-1) and "held-out" in cfg["selection_rule"]
+    # expert agreement only where experts voted (AMi-Br: 3, AtNorM-MD: 5, AtNorM-Br: none)
+    k = runs[runs["fold"] == 0].set_index(["head", "test_set"])
+    assert k.loc[("logreg", "AtNorM-MD"), "kappa_expert5"] == k.loc[("logreg", "AtNorM-MD"), "kappa_expert5"]
+    assert np.isnan(k.loc[("logreg", "AMi-Br-test"), "kappa_expert4"])
+    assert np.isnan(k.loc[("logreg", "AtNorM-Br"), "kappa_experts_mean"])
+    assert (runs["balanced_accuracy_ci_low"] <= runs["balanced_accuracy"]).all()
+    preds = synth.results.read("predictions")
+    assert list(preds.columns) == PREDICTION_COLUMNS
+    assert len(preds) == 2 * 6 * 3 * 120
+    assert set(preds["run_id"]) == set(runs["run_id"])
+
+    before = _snapshot(synth)
+    assert sweep(synth, "synth", heads=["simpleshot", "logreg"], n_boot=100, show_progress=False).empty  # skipped
+    assert _snapshot(synth) == before
+
+    again = sweep(synth, "synth", heads=["simpleshot"], n_boot=100, repeat=True, show_progress=False)
+    assert set(again["repeat"]) == {1} and set(again["seed"]) == {1}
+    after = _snapshot(synth)
+    assert all(after[p] == b for p, b in before.items())  # old parts untouched
+    assert len(after) == len(before) + 2
+    runs2 = synth.results.read("runs")
+    assert len(runs2) == len(runs) + 18 and runs2["run_id"].nunique() == runs["run_id"].nunique() + 6
+
+
+def test_leaderboard_and_cli(synth):
+    sweep(synth, "synth", heads=["simpleshot"], n_boot=100, show_progress=False)
+    board = leaderboard(synth)
+    ours = board[board["source"] == "mitoprobe"]
+    assert set(ours["test_set"]) == {"AMi-Br-test", "AtNorM-Br", "AtNorM-MD"}
+    assert (ours["n_folds"] == 5).all() and ours["ensemble_auroc_ci_low"].notna().all()
+    paper = board[board["source"] == "paper"]
+    assert len(paper) == 21 and set(paper["family"]) == {"linear_probe"}  # 7 models x 3 test sets
+    assert len(best_per_test_set(board)) == 3
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["report", "--store", str(synth.root), "--format", "markdown"])
+    assert res.exit_code == 0, res.output
+    assert "| AtNorM-MD" in res.output and "torch linear (paper)" in res.output and "Human reference" in res.output
+    res = runner.invoke(cli, ["report", "--store", str(synth.root), "--format", "csv", "--no-paper"])
+    assert res.exit_code == 0 and res.output.splitlines()[0].startswith("source,family,model,head")
+    res = runner.invoke(cli, ["probe", "--store", str(synth.root), "--model", "synth", "--head", "knn"])
+    assert res.exit_code == 0, res.output
+    assert "new runs appended" in res.output
+    res = runner.invoke(cli, ["probe", "--store", str(synth.root), "--model", "synth", "--head", "nope"])
+    assert res.exit_code != 0
+
+
+def test_main_job_with_a_stub_embedder(synth, monkeypatch):
+    """`mitoprobe run` wires import -> embed -> probe -> report (embedding stubbed: the real
+    embedder is tested in its own package)."""
+    import embedder
+
+    from mitoprobe.main_job import run_main_job
+
+    calls = []
+
+    def fake_embed(store, model, views="none", **kw):
+        calls.append((model, views))
+        return embedder.EmbedSummary(name=model, recipe_id="x", rows_written=0, rows_total=0, seconds=0.0,
+                                     patches_per_s=0.0)
+
+    monkeypatch.setattr(embedder, "embed", fake_embed)
+    timings = run_main_job(synth.root, models=("synth",), heads=["simpleshot"])
+    assert calls == [("synth", "none")]
+    assert set(timings) == {"import", "embed synth", "probe synth"}
