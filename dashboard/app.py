@@ -17,7 +17,7 @@ PAGES = [
     st.Page(HERE / "views/errors.py", title="Errors", icon=":material/error:", url_path="errors"),
 ]
 
-st.set_page_config(page_title="mitoprobe", page_icon=":material/biotech:", layout="wide")
+st.set_page_config(page_title="mitoprobe", layout="wide")  # no page_icon: material icons would be fetched online
 page = st.navigation(PAGES)
 with st.sidebar:
     st.markdown("**mitoprobe** · atypical vs normal mitoses")

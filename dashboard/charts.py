@@ -6,6 +6,9 @@ import altair as alt
 import pandas as pd
 
 TEST_SET_ORDER = ["AMi-Br-test", "AtNorM-Br", "AtNorM-MD"]
+# Text colour as data ("black"/"white"): an identity scale, since Streamlit's chart theming breaks
+# on ``scale=None`` and ``alt.condition`` costs a schema round trip per chart.
+INK = alt.Color("ink:N", scale=alt.Scale(domain=["black", "white"], range=["black", "white"]), legend=None)
 
 
 def metric_points(df: pd.DataFrame, metrics: dict[str, str]) -> alt.FacetChart:
@@ -62,7 +65,7 @@ def confusions(df: pd.DataFrame, columns: int = 3) -> alt.FacetChart:
         y=alt.Y("truth:N", sort=["atypical", "normal"], title="truth"))
     rect = base.mark_rect().encode(color=alt.Color("share:Q", scale=alt.Scale(domain=[0, 1], scheme="blues"),
                                                    legend=None))
-    text = base.mark_text(fontSize=14).encode(text=alt.Text("txt:N"), color=alt.Color("ink:N", scale=None))
+    text = base.mark_text(fontSize=14).encode(text=alt.Text("txt:N"), color=INK)
     return alt.layer(rect, text, data=d).properties(width=230, height=alt.Step(44)).facet(
         facet=alt.Facet("panel:N", title=None, sort=list(dict.fromkeys(d["panel"])),
                         header=alt.Header(labelLimit=300, labelFontSize=12, labelAnchor="start")),
@@ -90,7 +93,7 @@ def kappa_heatmap(df: pd.DataFrame) -> alt.Chart:
         y=alt.Y("rater:N", title=None, sort=alt.SortField("order"), axis=alt.Axis(labelLimit=360)))
     rect = base.mark_rect().encode(color=alt.Color("kappa:Q", scale=alt.Scale(domain=[0, 1], scheme="greens"),
                                                    title="κ"))
-    text = base.mark_text().encode(text=alt.Text("kappa:Q", format=".2f"), color=alt.Color("ink:N", scale=None))
+    text = base.mark_text().encode(text=alt.Text("kappa:Q", format=".2f"), color=INK)
     return alt.layer(rect, text, data=df.assign(ink=["white" if k > 0.6 else "black" for k in df["kappa"]])
                      ).properties(height=alt.Step(26))
 

@@ -246,7 +246,7 @@ def paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
         balanced_accuracy_mean=paper["balanced_accuracy_mean"], balanced_accuracy_std=paper["balanced_accuracy_std"],
         auroc_mean=paper["auroc_mean"], auroc_std=paper["auroc_std"],
         family_id="paper:" + paper["family"] + ":" + paper["model"],
-        label="paper · " + paper["model"] + " · " + paper["family"].map(PAPER_HEADS).fillna(paper["family"])))
+        label="paper · " + paper["model"] + " · " + paper["family"].str.replace("_", " ")))
 
 
 # -- embeddings ----------------------------------------------------------------------------------

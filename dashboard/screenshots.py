@@ -55,6 +55,7 @@ class PageShot:
     path: Path | None = None
     first_s: float = float("nan")
     warm_s: list[float] = field(default_factory=list)
+    nav_s: list[float] = field(default_factory=list)
     exceptions: list[str] = field(default_factory=list)
     charts: int = 0
 
@@ -78,6 +79,15 @@ def driver(width: int = WIDTH, height: int = 1200):
     return webdriver.Chrome(service=service, options=opts)
 
 
+def _js_errors(drv) -> list[str]:
+    """Uncaught JavaScript errors since the last call (e.g. a chart spec Vega cannot draw)."""
+    try:
+        logs = drv.get_log("browser")
+    except Exception:  # noqa: BLE001 - not every driver exposes logs
+        return []
+    return [e["message"] for e in logs if e.get("level") == "SEVERE" and e.get("source") == "javascript"]
+
+
 def _wait_rendered(drv, title: str, timeout: float) -> tuple[float, dict]:
     """Seconds from navigation start until the page was rendered and then stayed stable."""
     t0 = time.perf_counter()
@@ -98,8 +108,10 @@ def _wait_rendered(drv, title: str, timeout: float) -> tuple[float, dict]:
 
 
 def capture(base_url: str, out_dir: Path, pages: dict[str, str] | None = None, warm_loads: int = 2,
-            timeout: float = 90.0, width: int = WIDTH, max_height: int = 4000) -> list[PageShot]:
-    """Load each page once cold and ``warm_loads`` more times, then screenshot the whole page."""
+            nav_rounds: int = 2, timeout: float = 90.0, width: int = WIDTH, max_height: int = 4000
+            ) -> list[PageShot]:
+    """Load each page by URL once cold and ``warm_loads`` more times, screenshot the whole page,
+    then time ``nav_rounds`` rounds of switching pages through the sidebar."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shots = []
@@ -115,15 +127,33 @@ def capture(base_url: str, out_dir: Path, pages: dict[str, str] | None = None, w
                     shot.warm_s.append(secs)
                 else:
                     shot.first_s = secs
-            shot.exceptions, shot.charts = state["exceptions"], state["charts"]
+            shot.exceptions, shot.charts = state["exceptions"] + _js_errors(drv), state["charts"]
             drv.set_window_size(width, min(max_height, max(900, state["height"] + 120)))
             _wait_rendered(drv, title, timeout)
             shot.path = out_dir / f"{shot.page}.png"
             drv.save_screenshot(str(shot.path))
             shots.append(shot)
+        _navigate(drv, shots, nav_rounds, timeout, width)
     finally:
         drv.quit()
     return shots
+
+
+def _navigate(drv, shots: list[PageShot], rounds: int, timeout: float, width: int) -> None:
+    """Switch pages with the sidebar links, as a user does once the app is open (no reload)."""
+    from selenium.webdriver.common.by import By
+
+    drv.set_window_size(width, 1200)
+    for _ in range(rounds):
+        for shot in shots:
+            links = [a for a in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]')
+                     if a.text.strip().endswith(shot.title)]  # the icon is a ligature: its name precedes
+            if not links:
+                raise RuntimeError(f"no sidebar link titled {shot.title!r}")
+            links[0].click()
+            secs, state = _wait_rendered(drv, shot.title, timeout)
+            shot.nav_s.append(secs)
+            shot.exceptions += state["exceptions"] + _js_errors(drv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(10)
-    print(f"{'page':<12} {'first load s':>12} {'warm loads s':>18}  screenshot")
+    print(f"{'page':<12} {'first load s':>12} {'URL reloads s':>14} {'sidebar switch s':>17}  screenshot")
     for s in shots:
         warm = ", ".join(f"{w:.2f}" for w in s.warm_s)
-        print(f"{s.page:<12} {s.first_s:>12.2f} {warm:>18}  {s.path}" + (f"  EXCEPTION: {s.exceptions}"
-                                                                         if s.exceptions else ""))
+        nav = ", ".join(f"{w:.2f}" for w in s.nav_s)
+        print(f"{s.page:<12} {s.first_s:>12.2f} {warm:>14} {nav:>17}  {s.path}"
+              + (f"  ERRORS: {s.exceptions}" if s.exceptions else ""))
     return 1 if any(s.exceptions for s in shots) else 0
 
 
