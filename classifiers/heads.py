@@ -413,9 +413,9 @@ def _mlp(pca=64, **params):
 
 
 HEADS: dict[str, HeadSpec] = {
-    "logreg": HeadSpec(_logreg, grid=tuple({"C": c} for c in (1e-3, 1e-2, 1e-1))),
+    "logreg": HeadSpec(_logreg, grid=tuple({"C": c} for c in (1e-4, 1e-3, 1e-2, 1e-1))),
     "lgbm": HeadSpec(_lgbm, uses_val=True),
-    "knn": HeadSpec(_knn, grid=tuple({"n_neighbors": k} for k in (5, 15, 45))),
+    "knn": HeadSpec(_knn, grid=tuple({"n_neighbors": k} for k in (5, 15, 45, 135))),
     "simpleshot": HeadSpec(_simpleshot),
     "mlp": HeadSpec(_mlp),
     "torch_linear": HeadSpec(_torch_linear, threshold_rule="fixed_0.5", uses_val=True),
