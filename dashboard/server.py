@@ -6,6 +6,7 @@ The store path travels as ``$MITOPROBE_STORE`` (the app resolves it like every o
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,11 +41,19 @@ def _env(store: str | Path | None) -> dict[str, str]:
 
 
 def serve(store: str | Path | None = None, port: int = 8501, host: str = "127.0.0.1") -> int:
-    """Run the app in the foreground until interrupted; returns streamlit's exit code."""
+    """Run the app in the foreground until interrupted; returns streamlit's exit code.
+
+    SIGTERM to this process stops the server too (Ctrl-C reaches both through the terminal)."""
+    proc = subprocess.Popen(_command(port, host), env=_env(store))
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     try:
-        return subprocess.call(_command(port, host), env=_env(store))
+        return proc.wait()
     except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(10)
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def start(store: str | Path | None = None, port: int | None = None, host: str = "127.0.0.1",

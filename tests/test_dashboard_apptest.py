@@ -85,17 +85,24 @@ def test_leaderboard(full_store, monkeypatch):
 
 def test_compare(full_store, monkeypatch):
     at = open_page(full_store.root, "compare", monkeypatch)
-    # metric panels, ROC, PR, confusion matrices (one faceted chart), reliability, kappa heatmap
-    assert len(at.get("vega_lite_chart")) == 6
-    assert len(at.dataframe) == 1  # experts' own agreement (AMi-Br test has 3 experts)
+    charts_ = lambda: at.get("vega_lite_chart")  # noqa: E731
+    assert len(charts_()) == 3  # metric panels, ROC, PR
+    show = at.get("segmented_control")[0]
+    show.set_value("Confusion & calibration").run()
+    assert not at.exception and len(charts_()) == 3  # metric panels, confusion matrices, reliability
     at.toggle[0].set_value(True).run()
     at.slider[0].set_value(0.9).run()
-    assert not at.exception
+    assert not at.exception and any("threshold 0.90" in m.value for m in at.markdown)
+    at.get("segmented_control")[0].set_value("Model vs experts").run()
+    assert not at.exception and len(charts_()) == 2  # metric panels, kappa heatmap
+    ref = at.dataframe[0].value  # each expert vs the others' majority (AMi-Br test: 3 experts)
+    assert list(ref["expert"]) == ["expert1", "expert2", "expert3"]
     at.radio[0].set_value("AtNorM-Br").run()
     assert not at.exception
     assert any("no individual expert votes" in i.value for i in at.info)
+    at.get("segmented_control")[0].set_value("ROC & PR").run()
     at.selectbox[0].set_value(3).run()  # a single fold's predictions
-    assert not at.exception and len(at.get("vega_lite_chart")) == 5  # no expert votes on AtNorM-Br
+    assert not at.exception and len(charts_()) == 3
 
 
 def test_similarity_gallery_pick(full_store, monkeypatch):

@@ -58,4 +58,4 @@ def test_every_page_renders_in_chromium(tmp_path):
         assert img.std() > 10, f"{s.page}: the screenshot is nearly blank"
         shutil.copy(s.path, keep / s.path.name)
     charts = {s.page: s.charts for s in shots}
-    assert charts["compare"] == 6 and charts["map"] == 1
+    assert charts["compare"] == 3 and charts["map"] == 1

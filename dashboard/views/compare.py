@@ -57,41 +57,53 @@ if not preds:
             "Pick another fold or run `mitoprobe probe` to store predictions.")
     st.stop()
 
-roc, pr, rel = [], [], []
-for fid, p in preds.items():
-    y, s = p["y"].to_numpy(), p["probability"].to_numpy()
-    for frame, into in ((metrics.roc_points(y, s), roc), (metrics.pr_points(y, s), pr),
-                        (metrics.reliability_table(y, s), rel)):
-        into.append(frame.assign(label=fams[fid], order=np.arange(len(frame))))
-a, b = st.columns(2)
-a.markdown("**ROC**")
-a.altair_chart(charts.curves(pd.concat(roc), "fpr", "tpr", "false positive rate", "true positive rate", True),
-               width="stretch")
-b.markdown("**Precision–recall**")
-b.altair_chart(charts.curves(pd.concat(pr), "recall", "precision", "recall (sensitivity)", "precision", False),
-               width="stretch")
+SECTIONS = ["ROC & PR", "Confusion & calibration", "Model vs experts"]
+section = st.segmented_control("Show", SECTIONS, default=SECTIONS[0], key="cmp_section") or SECTIONS[0]
 
-st.markdown("**Confusion matrices**" + (f" at threshold {threshold:.2f}" if custom else " at each family's threshold"))
-cells = []
-for fid, p in preds.items():
-    thr = threshold if custom else float(p["threshold"].iloc[0])
-    cm = metrics.confusion_counts(p["y"].to_numpy(), metrics.predict(p["probability"].to_numpy(), thr))
-    for truth, predicted, k in (("atypical", "atypical", "tp"), ("atypical", "normal", "fn"),
-                                ("normal", "atypical", "fp"), ("normal", "normal", "tn")):
-        cells.append(dict(panel=f"{fams[fid]} (t={thr:.2f})", truth=truth, predicted=predicted, n=cm[k]))
-cells = pd.DataFrame(cells)
-cells["share"] = cells["n"] / cells.groupby(["panel", "truth"])["n"].transform("sum").clip(lower=1)
-st.altair_chart(charts.confusions(cells), width="content")
 
-a, b = st.columns(2)
-a.markdown("**Reliability (calibration)**")
-a.altair_chart(charts.reliability(pd.concat(rel)), width="stretch")
-b.markdown("**Model vs experts** (Cohen's κ)")
-first = next(iter(preds.values()))
-experts = metrics.expert_columns(first)
-if not experts:
-    b.info(f"{test_set} has no individual expert votes; choose AMi-Br-test (3 experts) or AtNorM-MD (5).")
+def _threshold(p) -> float:
+    return threshold if custom else float(p["threshold"].iloc[0])
+
+
+if section == "ROC & PR":
+    roc, pr = [], []
+    for fid, p in preds.items():
+        y, s = p["y"].to_numpy(), p["probability"].to_numpy()
+        roc.append(metrics.roc_points(y, s).pipe(lambda f: f.assign(label=fams[fid], order=np.arange(len(f)))))
+        pr.append(metrics.pr_points(y, s).pipe(lambda f: f.assign(label=fams[fid], order=np.arange(len(f)))))
+    a, b = st.columns(2)
+    a.markdown("**ROC**")
+    a.altair_chart(charts.curves(pd.concat(roc), "fpr", "tpr", "false positive rate", "true positive rate", True),
+                   width="stretch")
+    b.markdown("**Precision–recall**")
+    b.altair_chart(charts.curves(pd.concat(pr), "recall", "precision", "recall (sensitivity)", "precision", False),
+                   width="stretch")
+
+elif section == "Confusion & calibration":
+    st.markdown("**Confusion matrices**" + (f" at threshold {threshold:.2f}" if custom
+                                            else " at each family's threshold"))
+    cells, rel = [], []
+    for fid, p in preds.items():
+        thr = _threshold(p)
+        y, s = p["y"].to_numpy(), p["probability"].to_numpy()
+        cm = metrics.confusion_counts(y, metrics.predict(s, thr))
+        for truth, predicted, k in (("atypical", "atypical", "tp"), ("atypical", "normal", "fn"),
+                                    ("normal", "atypical", "fp"), ("normal", "normal", "tn")):
+            cells.append(dict(panel=f"{fams[fid]} (t={thr:.2f})", truth=truth, predicted=predicted, n=cm[k]))
+        rel.append(metrics.reliability_table(y, s).assign(label=fams[fid]))
+    cells = pd.DataFrame(cells)
+    cells["share"] = cells["n"] / cells.groupby(["panel", "truth"])["n"].transform("sum").clip(lower=1)
+    st.altair_chart(charts.confusions(cells), width="content")
+    a, _ = st.columns(2)
+    a.markdown("**Reliability (calibration)**")
+    a.altair_chart(charts.reliability(pd.concat(rel)), width="stretch")
+
 else:
+    first = next(iter(preds.values()))
+    experts = metrics.expert_columns(first)
+    if not experts:
+        st.info(f"{test_set} has no individual expert votes; choose AMi-Br-test (3 experts) or AtNorM-MD (5).")
+        st.stop()
     rows = []
     names = [e.replace("_atypical", "") for e in experts]
     for i, ei in enumerate(experts):
@@ -101,12 +113,12 @@ else:
                 rows.append(dict(rater=names[i], expert=nj, order=i,
                                  kappa=metrics.cohen_kappa(first.loc[m, ei].astype(int), first.loc[m, ej].astype(int))))
     for k, (fid, p) in enumerate(preds.items()):
-        thr = threshold if custom else float(p["threshold"].iloc[0])
-        kap = metrics.kappa_vs_experts(metrics.predict(p["probability"].to_numpy(), thr), p)
+        kap = metrics.kappa_vs_experts(metrics.predict(p["probability"].to_numpy(), _threshold(p)), p)
         rows += [dict(rater=fams[fid], expert=e, order=len(experts) + k, kappa=v) for e, v in kap.items()]
-    b.altair_chart(charts.kappa_heatmap(pd.DataFrame(rows)), width="stretch")
-    ref = metrics.expert_reference(first)
-    b.caption("Each expert against the majority of the other experts (the human reference):")
-    b.dataframe(ref, hide_index=True, width="stretch",
+    a, b = st.columns(2)
+    a.markdown("**Cohen's κ** of each expert and each model (rows) against each expert (columns)")
+    a.altair_chart(charts.kappa_heatmap(pd.DataFrame(rows)), width="stretch")
+    b.markdown("**The human reference:** each expert against the majority of the other experts")
+    b.dataframe(metrics.expert_reference(first), hide_index=True, width="stretch",
                 column_config={"balanced_accuracy": st.column_config.NumberColumn("BA", format="%.3f"),
                                "kappa": st.column_config.NumberColumn("κ", format="%.3f")})
