@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from importlib import resources
 
 import numpy as np
@@ -44,8 +45,18 @@ def _latest_families(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["family_id"].isin(set(keep))]
 
 
+_FOLD_SET = re.compile(r"-fold\d+\.[0-9a-f]{8}")
+
+
+def pooled_model_name(model: str) -> str:
+    """Fine-tuned fold sets (``ft-<run>-fold<k>.<sha8>``, each probed under its own fold only) pool into
+    one row ``ft-<run>-folds``, so the report shows the mean over the five fold models like any other."""
+    return _FOLD_SET.sub("-folds", model)
+
+
 def _ours(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
+    runs = runs.assign(model=runs["model"].map(pooled_model_name))
     for (fam, model, head, options, ts), g in runs.groupby(["family", "model", "head", "options", "test_set"]):
         folds = g[g["fold"] >= 0]
         ens = g[g["fold"] == -1]

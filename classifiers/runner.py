@@ -86,6 +86,10 @@ def resolve_recipe_id(model: str) -> str | None:
 
 def load_features(store, model: str, pooling: str = "all", tta: bool = False, recipe_id: str | None = None,
                   allow_stale: bool = False) -> Features:
+    """One set's vectors; ``"a+b"`` concatenates sets ``a`` and ``b`` per (patch, view) (e.g. a fine-tuned
+    fold's vectors with the handcrafted features; ``pooling`` applies to each part that has the outputs)."""
+    if "+" in model:
+        return _concat_features(store, model, pooling, tta, allow_stale)
     if pooling not in POOLINGS:
         raise StoreError(f"unknown pooling {pooling!r}; choose from {list(POOLINGS)}")
     recipe_id = recipe_id or resolve_recipe_id(model)
@@ -100,6 +104,26 @@ def load_features(store, model: str, pooling: str = "all", tta: bool = False, re
     return Features(model, eset.recipe_id, keys, np.ascontiguousarray(X, dtype=np.float32),
                     sorted(keys["view"].unique()),
                     only_fold=_finetune_fold(eset.provenance))
+
+
+def _concat_features(store, model: str, pooling: str, tta: bool, allow_stale: bool) -> Features:
+    from store.hashing import config_hash
+
+    parts = [load_features(store, name, pooling if pooling in ("all", "vector") else "all", tta,
+                           allow_stale=allow_stale) for name in model.split("+")]
+    folds = {f.only_fold for f in parts} - {None}
+    if len(folds) > 1:
+        raise StoreError(f"{model}: parts come from different fine-tuned folds {sorted(folds)}")
+    keys = parts[0].keys[["patch_id", "view"]].reset_index(drop=True)
+    blocks = [parts[0].X]
+    for f in parts[1:]:
+        idx = pd.MultiIndex.from_frame(f.keys[["patch_id", "view"]]).get_indexer(pd.MultiIndex.from_frame(keys))
+        if (idx < 0).any():
+            raise StoreError(f"{model}: {f.name} lacks {(idx < 0).sum()} of {parts[0].name}'s (patch, view) rows")
+        blocks.append(f.X[idx])
+    rid = config_hash({"concat": [f.recipe_id for f in parts]})
+    return Features(model, rid, keys, np.ascontiguousarray(np.hstack(blocks), dtype=np.float32),
+                    sorted(keys["view"].unique()), only_fold=folds.pop() if folds else None)
 
 
 def _finetune_fold(provenance: dict) -> int | None:

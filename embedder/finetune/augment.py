@@ -2,7 +2,8 @@
 
 Made by ``embedder.factory.train_transform`` from the recipe's evaluation ``Preprocess`` (input size
 and normalisation come from there). Order: RandomResizedCrop(S, scale) on the 128 px patch (the
-paper's LoRA scripts crop the raw patch, which upsamples it to 224) -> horizontal flip -> optional
+paper's LoRA scripts crop the raw patch, which upsamples it to 224), or with ``crop_from="view"`` on
+the recipe's evaluation view (e.g. its centre crop, so training sees what inference sees) -> horizontal flip -> optional
 dihedral (vertical flip + 90-degree turns) -> optional small rotation -> ColorJitter -> optional HED
 stain jitter -> normalise. Randomness comes from torch's global generator (seeded per DataLoader
 worker, and per epoch by the trainer), so a seeded run is reproducible.
@@ -40,8 +41,9 @@ class TrainTransform:
     """Picklable (DataLoader workers) training transform; see the module docstring."""
 
     def __init__(self, preprocess, crop_scale=(0.8, 1.0), hflip=True, color_jitter=(0.2, 0.2, 0.2, 0.1),
-                 rotate_degrees=0.0, dihedral=False, hed=0.0):
+                 rotate_degrees=0.0, dihedral=False, hed=0.0, crop_from="patch"):
         self.preprocess = preprocess
+        self.crop_from = crop_from
         self.crop_scale = tuple(crop_scale)
         self.hflip = hflip
         self.color_jitter = tuple(color_jitter) if color_jitter else None
@@ -74,6 +76,8 @@ class TrainTransform:
 
         if self._ops is None:
             self._ops = self._build()
+        if self.crop_from == "view":
+            rgb = self.preprocess.geometry(rgb)
         x = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1)  # (3, H, W) uint8
         x = self._ops(x)
         if self.dihedral:

@@ -32,6 +32,8 @@ def _list_runs(store_path) -> None:
 
 @click.command("finetune")
 @click.option("--model", "-m", default=None, help="Backbone recipe (see `mitoprobe embed --list`), e.g. virchow2.hf.")
+@click.option("--preset", type=click.Choice(["offline"]), default=None,
+              help="Named settings instead of the paper's; offline = a small CNN from scratch on CPU (model optional).")
 @click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True,
               help="lora: peft adapters + head (the paper's foundation models); full: every weight (its end-to-end baselines).")
 @click.option("--folds", default=None, help="Folds to train: 0,1 (0-based) or 1..5 (1-based range). Default: all five.")
@@ -51,10 +53,18 @@ def _list_runs(store_path) -> None:
               help="Decision threshold: 0.5 (paper) or the best balanced accuracy on the fold's held-out part.")
 @click.option("--norm", type=click.Choice(["paper", "recipe"]), default=None,
               help="Input normalisation: paper = mean = std = 0.5 (LoRA default); recipe = the model's own (full default).")
+@click.option("--schedule", type=click.Choice(["plateau", "cosine"]), default=None,
+              help="Learning-rate schedule: plateau (paper) or per-step cosine after a warm-up epoch.")
+@click.option("--select-on", type=click.Choice(["balanced_accuracy", "auroc"]), default=None,
+              help="Held-out score that selects the checkpoint (paper: balanced accuracy at 0.5).")
+@click.option("--ema", type=float, default=None, help="Evaluate an EMA of the weights with this decay (e.g. 0.998).")
+@click.option("--mixup", type=float, default=None, help="Mixup Beta(a, a) of training batches (e.g. 0.2).")
 @click.option("--seed", type=int, default=None, help="Seed of sampling, augmentation, dropout and the head.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--allow-cpu", is_flag=True, help="Fine-tune a large model (> 30M parameters) on CPU anyway.")
 @click.option("--num-workers", type=int, default=0, show_default=True, help="PNG-decoding DataLoader workers.")
+@click.option("--threads", type=int, default=None,
+              help="Torch CPU threads (default: torch's). On a shared CPU, 1 thread + 1 worker is often fastest.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Run folder (default: <store>/finetune/<run key>).")
 @click.option("--weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
@@ -64,26 +74,38 @@ def _list_runs(store_path) -> None:
               help="Afterwards, print the embedder name of each finished fold (embed it with `mitoprobe embed --model`).")
 @click.option("--list", "list_", is_flag=True, help="List the fine-tuning runs in the store and their finished folds.")
 @STORE_OPTION
-def finetune(model, method, folds, epochs, max_steps, lr, batch_size, loss, sampler, dihedral, hed, tta,
-             threshold, norm, seed, device, allow_cpu, num_workers, out, weights, hf_token_env,
-             register_embedder, list_, store_path) -> None:
+def finetune(model, preset, method, folds, epochs, max_steps, lr, batch_size, loss, sampler, dihedral, hed, tta,
+             threshold, norm, schedule, select_on, ema, mixup, seed, device, allow_cpu, num_workers, threads, out,
+             weights, hf_token_env, register_embedder, list_, store_path) -> None:
     """Fine-tune MODEL (LoRA or fully) per fold and add its rows to the leaderboard (resumable).
 
     Paper settings by default; every other option is recorded in the run's config and options.
 
     Example: mitoprobe finetune --model virchow2.hf --method lora --folds 0
+    Example (no downloads, CPU): mitoprobe finetune --preset offline
     """
     if list_:
         _list_runs(store_path)
         return
-    if model is None:
-        raise click.UsageError("pass --model NAME (or --list)")
+    if model is None and preset is None:
+        raise click.UsageError("pass --model NAME or --preset offline (or --list)")
     from .config import FinetuneConfig
     from .job import finetune as run
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
     if sampler is None and loss in ("weighted_bce", "focal"):
         sampler = "shuffle"
-    cfg = FinetuneConfig.paper(model, method, max_epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
+    opts = dict(schedule=schedule, select_on=select_on, ema=ema, mixup=mixup)
+    if preset:
+        cfg = FinetuneConfig.preset(preset, model=model, max_epochs=epochs, max_steps=max_steps, lr=lr,
+                                    batch_size=batch_size, loss=loss, sampler=sampler, dihedral=dihedral, hed=hed,
+                                    tta=tta, threshold=threshold, norm=norm, seed=seed, **opts)
+    else:
+        cfg = FinetuneConfig.paper(model, method, **opts, max_epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
                                loss=loss, sampler=sampler, dihedral=dihedral, hed=hed, tta=tta, threshold=threshold,
                                norm=norm, seed=seed)
     s = run(store_path, cfg, folds, device=device, allow_cpu=allow_cpu, out=out, num_workers=num_workers,

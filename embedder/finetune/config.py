@@ -8,6 +8,9 @@ balanced accuracy, <= 100 epochs, RandomResizedCrop(224, 0.8-1) + hflip + ColorJ
 0.1), mean = std = 0.5. Full fine-tuning (``End-to-End_DL_Baselines/*``) differs in lr 1e-4, early
 stop 15, an extra RandomRotation(10) and the model's own (ImageNet) normalisation.
 Every field enters the run's hash; ``options()`` lists what differs from the paper (shown in reports).
+
+``PRESETS`` name tuned configurations beyond the paper's (``FinetuneConfig.preset``): ``offline`` is
+the from-scratch small CNN that trains all five folds on a 2-core CPU in about half an hour.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ NORMS = ("paper", "recipe")  # paper: mean = std = 0.5; recipe: the embedder rec
 TTAS = {"none": ("none",), "rot4": ("none", "rot90", "rot180", "rot270"),
         "d8": ("none", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270")}
 THRESHOLDS = ("fixed_0.5", "val_youden")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("plateau", "cosine")  # cosine: per step, one warm-up epoch, down to min_lr at max_epochs
+SELECT_ON = ("balanced_accuracy", "auroc")  # held-out score that picks the checkpoint (early stopping too)
+CROP_FROM = ("patch", "view")  # RandomResizedCrop on the raw 128 px patch (paper) or on the recipe's view
+# Fields added after schema 1: left out of ``to_dict`` at their defaults, so older runs keep their keys.
+_LATER_FIELDS = ("optimizer", "schedule", "select_on", "ema", "mixup", "crop_from", "cpu_bf16")
 # Full fine-tuning: what the paper's end-to-end scripts change relative to its LoRA scripts.
 FULL_PAPER = dict(lr=1e-4, early_stop=15, rotate_degrees=10.0, norm="recipe")
 
@@ -56,16 +65,26 @@ class FinetuneConfig:
     norm: str = "paper"
     tta: str = "none"
     threshold: str = "fixed_0.5"
+    optimizer: str = "adam"
+    schedule: str = "plateau"
+    select_on: str = "balanced_accuracy"
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); EMA weights are evaluated
+    mixup: float = 0.0  # Beta(a, a) mixup of training batches (0 = off)
+    crop_from: str = "patch"
+    cpu_bf16: bool = False  # bf16 autocast + channels-last on CPU as well (GPU always uses bf16 autocast)
     seed: int = 0
     schema_version: int = 1
 
     def __post_init__(self) -> None:
         for name, allowed in (("method", METHODS), ("loss", LOSSES), ("sampler", SAMPLERS), ("norm", NORMS),
-                              ("tta", tuple(TTAS)), ("threshold", THRESHOLDS)):
+                              ("tta", tuple(TTAS)), ("threshold", THRESHOLDS), ("optimizer", OPTIMIZERS),
+                              ("schedule", SCHEDULES), ("select_on", SELECT_ON), ("crop_from", CROP_FROM)):
             if getattr(self, name) not in allowed:
                 raise StoreError(f"finetune {name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.max_steps < 0:
             raise StoreError("finetune needs batch_size >= 1, max_epochs >= 1 and max_steps >= 0")
+        if not 0 <= self.ema < 1 or self.mixup < 0:
+            raise StoreError("finetune needs 0 <= ema < 1 and mixup >= 0")
 
     @classmethod
     def paper(cls, model: str, method: str = "lora", **overrides) -> "FinetuneConfig":
@@ -74,8 +93,19 @@ class FinetuneConfig:
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(model=model, method=method, **base)
 
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "FinetuneConfig":
+        """A named configuration (``PRESETS``), then ``overrides`` (None values are ignored)."""
+        if name not in PRESETS:
+            raise StoreError(f"unknown finetune preset {name!r}; choose from {sorted(PRESETS)}")
+        base = dict(PRESETS[name])
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.paper(**base)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        ref = FinetuneConfig(model=self.model)
+        return {k: v for k, v in d.items() if k not in _LATER_FIELDS or v != getattr(ref, k)}
 
     def options(self) -> dict:
         """Fields that differ from the paper's configuration for this method (the report's 'options')."""
@@ -89,3 +119,14 @@ class FinetuneConfig:
 
     def with_(self, **kw) -> "FinetuneConfig":
         return replace(self, **kw)
+
+
+# The offline preset (issue 7): a slim ResNet-18 from scratch on the centre of the patch, for CPUs.
+# Every choice here was measured on fold 0's held-out part first (README, "Offline accuracy").
+PRESETS: dict[str, dict] = {
+    "offline": dict(model="offline_cnn.random", method="full", lr=2e-3, weight_decay=0.05, optimizer="adamw",
+                    schedule="cosine", batch_size=64, max_epochs=12, early_stop=100, select_on="auroc",
+                    loss="weighted_bce", sampler="shuffle", crop_from="view", crop_scale=(0.7, 1.0),
+                    rotate_degrees=0.0, dihedral=True, hed=0.05, color_jitter=(0.2, 0.2, 0.1, 0.02),
+                    ema=0.0, tta="d8", threshold="val_youden", cpu_bf16=True),
+}

@@ -79,11 +79,65 @@ def epoch_seed(seed: int, fold: int, epoch: int) -> int:
     return int(config_hash({"seed": seed, "fold": fold, "epoch": epoch}), 16) % (2**31 - 1)
 
 
-def _amp(device: str):
+def _amp(device: str, cpu_bf16: bool = False):
     import torch
 
     on_gpu = device.startswith("cuda")
-    return torch.autocast("cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=on_gpu)
+    return torch.autocast("cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=on_gpu or cpu_bf16)
+
+
+def lr_schedule(cfg: FinetuneConfig, opt, steps_per_epoch: int):
+    """ReduceLROnPlateau on the held-out score (paper; stepped per epoch) or per-step cosine decay
+    to ``min_lr`` at ``max_epochs`` after one linear warm-up epoch (stepped per optimizer step)."""
+    import math
+
+    import torch
+
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.lr_factor,
+                                                          patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    warm, total, floor = steps_per_epoch, max(cfg.max_epochs * steps_per_epoch, steps_per_epoch + 1), cfg.min_lr / cfg.lr
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / (total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def make_optimizer(cfg: FinetuneConfig, params):
+    import torch
+
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_ema(cfg: FinetuneConfig, model):
+    """An exponential moving average of every weight and buffer (None when ``cfg.ema`` is 0)."""
+    if not cfg.ema:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+
+
+def mix(x, y, alpha: float):
+    """Mixup of a batch with a permutation of itself (labels become soft); torch's global RNG."""
+    import torch
+
+    lam = torch.distributions.Beta(alpha, alpha).sample().item()
+    perm = torch.randperm(len(y))
+    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+
+
+def selection_score(cfg: FinetuneConfig, y_val: np.ndarray, p_val: np.ndarray) -> float:
+    """The held-out score that selects the checkpoint: the paper's balanced accuracy at 0.5, or AUROC
+    (threshold-free, steadier under class imbalance). Held-out labels only; test sets never enter."""
+    from classifiers import metrics as M
+
+    return M.auroc(y_val, p_val) if cfg.select_on == "auroc" else _ba(y_val, p_val)
 
 
 def loss_fn(cfg: FinetuneConfig, y_train: np.ndarray):
@@ -107,14 +161,15 @@ def loss_fn(cfg: FinetuneConfig, y_train: np.ndarray):
     return fn
 
 
-def predict_proba(model, pngs: list[bytes], transform, views: tuple[str, ...], rt: Runtime) -> np.ndarray:
+def predict_proba(model, pngs: list[bytes], transform, views: tuple[str, ...], rt: Runtime,
+                  cpu_bf16: bool = False) -> np.ndarray:
     """P(atypical) per patch; with several views, the mean over views (rotation TTA)."""
     import torch
 
     model.eval()
     out = []
     loader = eval_loader(pngs, transform, rt.eval_batch_size, rt.num_workers, rt.device.startswith("cuda"))
-    with torch.inference_mode(), _amp(rt.device):
+    with torch.inference_mode(), _amp(rt.device, cpu_bf16):
         for x, _ in loader:
             x = x.to(rt.device, non_blocking=True)
             p = torch.stack([torch.sigmoid(model(apply_view_torch(x, v)).float()) for v in views]).mean(0)
@@ -173,12 +228,19 @@ def train_fold(cfg: FinetuneConfig, data: FoldData, fold_dir: Path, rt: Runtime)
     mean, std = cfg.mean_std()
     tf_train = factory.train_transform(recipe, mean, std, crop_scale=cfg.crop_scale, hflip=cfg.hflip,
                                        color_jitter=cfg.color_jitter, rotate_degrees=cfg.rotate_degrees,
-                                       dihedral=cfg.dihedral, hed=cfg.hed)
+                                       dihedral=cfg.dihedral, hed=cfg.hed, crop_from=cfg.crop_from)
     tf_eval = factory.preprocess(recipe, mean, std)
+    channels_last = cfg.cpu_bf16 and not rt.device.startswith("cuda") and not recipe.is_vit
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.lr_factor,
-                                                       patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    opt = make_optimizer(cfg, params)
+    steps_per_epoch = -(-len(data.train_ids) // cfg.batch_size)
+    if cfg.max_steps:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
+    sched = lr_schedule(cfg, opt, steps_per_epoch)
+    ema = make_ema(cfg, model)
+    scored = model if ema is None else ema.module  # the weights that are evaluated, selected and saved
     st = dict(epoch=0, best_score=0.0, best_epoch=-1, best_file=None, bad_epochs=0, stopped=False,
               history=[], train_seconds=0.0, train_images=0)
     saved = _load_state(fold_dir)
@@ -186,6 +248,8 @@ def train_fold(cfg: FinetuneConfig, data: FoldData, fold_dir: Path, rt: Runtime)
         load_weights(model, cfg.method, fold_dir / saved["weights_file"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         st.update({k_: saved[k_] for k_ in st})
         log.info("fold %d: resuming after epoch %d (best %.4f at epoch %d)", k, st["epoch"], st["best_score"],
                  st["best_epoch"])
@@ -193,9 +257,6 @@ def train_fold(cfg: FinetuneConfig, data: FoldData, fold_dir: Path, rt: Runtime)
     train_pngs = [data.images[p] for p in data.train_ids]
     val_pngs = [data.images[p] for p in data.val_ids]
     crit = loss_fn(cfg, data.train_y)
-    steps_per_epoch = -(-len(train_pngs) // cfg.batch_size)
-    if cfg.max_steps:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
     devices = [torch.cuda.current_device()] if rt.device.startswith("cuda") else []
     while st["epoch"] < cfg.max_epochs and not st["stopped"]:
         epoch = st["epoch"]
@@ -212,12 +273,20 @@ def train_fold(cfg: FinetuneConfig, data: FoldData, fold_dir: Path, rt: Runtime)
                     if step >= steps_per_epoch:
                         break
                     x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-                    with _amp(rt.device):
+                    if cfg.mixup:
+                        x, y = mix(x, y, cfg.mixup)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with _amp(rt.device, cfg.cpu_bf16):
                         logits = model(x)
                     loss = crit(logits.float(), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    if cfg.schedule == "cosine":
+                        sched.step()
+                    if ema is not None:
+                        ema.update_parameters(model)
                     seen += len(y)
                     loss_sum += float(loss.detach()) * len(y)
                     bar.update(len(y))
@@ -225,26 +294,28 @@ def train_fold(cfg: FinetuneConfig, data: FoldData, fold_dir: Path, rt: Runtime)
             if rt.device.startswith("cuda"):
                 torch.cuda.synchronize()
             secs = time.perf_counter() - t0
-        p_val = predict_proba(model, val_pngs, tf_eval, ("none",), rt)
-        score = _ba(data.val_y, p_val)
-        improved = score > st["best_score"]  # the paper's rule: strictly better balanced accuracy
+        p_val = predict_proba(scored, val_pngs, tf_eval, ("none",), rt, cfg.cpu_bf16)
+        score = selection_score(cfg, data.val_y, p_val)
+        improved = score > st["best_score"]  # the paper's rule: strictly better held-out score
         if improved:
             st.update(best_score=score, best_epoch=epoch, bad_epochs=0, best_file=f"best-e{epoch + 1}.safetensors")
-            save_weights(model, cfg.method, fold_dir / st["best_file"])
+            save_weights(scored, cfg.method, fold_dir / st["best_file"])
         else:
             st["bad_epochs"] += 1
             st["stopped"] = st["bad_epochs"] >= cfg.early_stop
-        if not st["stopped"]:
+        if not st["stopped"] and cfg.schedule == "plateau":
             sched.step(score)
-        st["history"].append(dict(epoch=epoch + 1, train_loss=loss_sum / max(seen, 1), val_balanced_accuracy=score,
+        st["history"].append(dict(epoch=epoch + 1, train_loss=loss_sum / max(seen, 1), val_score=score,
+                                  val_balanced_accuracy=_ba(data.val_y, p_val),
                                   lr=float(opt.param_groups[0]["lr"]), images_per_s=seen / secs if secs else 0.0))
         st.update(epoch=epoch + 1, train_seconds=st["train_seconds"] + secs, train_images=st["train_images"] + seen)
-        _save_epoch(model, cfg, fold_dir, dict(st, optimizer=opt.state_dict(), scheduler=sched.state_dict()))
-        log.info("fold %d epoch %d: loss %.4f, val balanced accuracy %.4f%s", k, epoch + 1,
-                 loss_sum / max(seen, 1), score, " (best)" if improved else "")
+        extra = {} if ema is None else dict(ema=ema.state_dict())
+        _save_epoch(model, cfg, fold_dir, dict(st, optimizer=opt.state_dict(), scheduler=sched.state_dict(), **extra))
+        log.info("fold %d epoch %d: loss %.4f, held-out %s %.4f%s", k, epoch + 1, loss_sum / max(seen, 1),
+                 cfg.select_on, score, " (best)" if improved else "")
         if rt.on_epoch is not None:
             rt.on_epoch(epoch + 1)
-    return _finish(cfg, data, fold_dir, model, tf_eval, st, counts, rt)
+    return _finish(cfg, data, fold_dir, scored, tf_eval, st, counts, rt)
 
 
 def _finish(cfg, data: FoldData, fold_dir: Path, model, tf_eval, st: dict, counts: dict, rt: Runtime) -> dict:
@@ -257,11 +328,11 @@ def _finish(cfg, data: FoldData, fold_dir: Path, model, tf_eval, st: dict, count
     best.replace(fold_dir / MODEL_FILE)
     views = TTAS[cfg.tta]
     t0 = time.perf_counter()
-    p_val = predict_proba(model, [data.images[p] for p in data.val_ids], tf_eval, views, rt)
+    p_val = predict_proba(model, [data.images[p] for p in data.val_ids], tf_eval, views, rt, cfg.cpu_bf16)
     threshold = M.best_threshold(data.val_y, p_val) if cfg.threshold == "val_youden" else 0.5
     frames = [pd.DataFrame(dict(split="val", patch_id=data.val_ids, probability=p_val))]
     for name, ids in data.test_ids.items():
-        p = predict_proba(model, [data.images[i] for i in ids], tf_eval, views, rt)
+        p = predict_proba(model, [data.images[i] for i in ids], tf_eval, views, rt, cfg.cpu_bf16)
         frames.append(pd.DataFrame(dict(split=name, patch_id=ids, probability=p)))
     predict_seconds = time.perf_counter() - t0
     preds = pd.concat(frames, ignore_index=True)

@@ -24,3 +24,13 @@ register(Recipe(
     name="vit_small.random", family="offline", arch="vit_small_patch16_224", kwargs=(("num_classes", 0),),
     weights="random", precision="bf16", outputs=(("cls", 384), ("mean", 384)),
     note="random-weight ViT-S/16 control, 128 -> 224 upsample"))
+
+# The offline fine-tuning preset's backbone (``mitoprobe finetune --preset offline``): a ResNet-18 at
+# half width (2.8 M parameters) on the patch's centre (the mitosis is centred): resize 128 -> 96 px,
+# centre crop 80 px (a 107 px field of view). Small enough to train from scratch on a CPU.
+register(Recipe(
+    name="offline_cnn.random", family="offline", arch="resnet18",
+    kwargs=(("channels", (32, 64, 128, 256)), ("num_classes", 0), ("stem_width", 32)),
+    weights="random", input_size=80, resize=96, interpolation="bilinear", placement="upsample",
+    outputs=(("vector", 256),), paper_outputs=("vector",),
+    note="half-width ResNet-18, random init, 107 px centre at 80 px: the offline preset's backbone"))

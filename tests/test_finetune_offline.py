@@ -1,0 +1,130 @@
+"""The offline preset (a small CNN trained from scratch on CPU): it builds, trains a few steps through
+``finetune()``, and none of its selection steps (checkpoint, threshold, ensemble) reads a test label."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import make_benchmark
+from embedder.finetune import FinetuneConfig, finetune
+from embedder.finetune.model import build_classifier, parameter_counts
+from embedder.finetune.train import DONE_FILE, PREDICTIONS_FILE
+from store import Store
+from store.errors import StoreError
+
+# Two epochs of two steps each: enough to exercise the schedule, selection, TTA and threshold.
+FAST = dict(max_epochs=2, max_steps=2, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """A tiny benchmark whose AMi-Br train part spans 6 slides (the 5-fold split needs >= 5)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("offline")
+    bench = make_benchmark(root, n_per_class=10)
+    tr = pd.read_csv(bench / "amibr_train_split.csv", index_col=0)
+    tr["slide"] = [f"s{u % 6}.tiff" for u in tr["uid"]]
+    tr.to_csv(bench / "amibr_train_split.csv")
+    st = Store(root / "store")
+    st.import_dataset(bench, bench / "AMI-BR.csv")
+    return st
+
+
+def _store_copy(st: Store, tmp_path, name: str) -> Store:
+    return Store(shutil.copytree(st.root, tmp_path / name))
+
+
+def test_offline_preset_is_a_small_cnn_with_its_settings():
+    cfg = FinetuneConfig.preset("offline")
+    assert cfg.model == "offline_cnn.random" and cfg.method == "full"
+    assert (cfg.dihedral, cfg.tta, cfg.threshold, cfg.crop_from, cfg.schedule) == (True, "d8", "val_youden", "view",
+                                                                                    "cosine")
+    assert cfg.options()["schedule"] == "cosine" and "model" not in cfg.options()
+    assert FinetuneConfig.preset("offline", max_epochs=3, ema=None).max_epochs == 3
+    model, recipe = build_classifier(cfg)
+    assert parameter_counts(model)["total"] < 5_000_000
+    x = torch.zeros(2, 3, recipe.input_size, recipe.input_size)
+    assert model(x).shape == (2,)
+    with pytest.raises(StoreError):
+        FinetuneConfig.preset("nope")
+    # fields added later are left out of the hash at their defaults: older runs keep their keys
+    assert "ema" not in FinetuneConfig.paper("virchow2.hf").to_dict() and "ema" in cfg.with_(ema=0.9).to_dict()
+
+
+def test_offline_preset_trains_on_the_tiny_store(bench, tmp_path):
+    st = _store_copy(bench, tmp_path, "train")
+    cfg = FinetuneConfig.preset("offline", **FAST, ema=0.9, mixup=0.2)
+    s = finetune(st, cfg, folds="0", progress=False, n_boot=10)
+    rec = s.records[0]
+    assert s.folds_done == [0] and rec["epochs"] == 2 and len(rec["history"]) == 2
+    assert 0.0 < rec["threshold"] < 1.0 or rec["threshold"] in (0.0, 1.0)
+    lrs = [h["lr"] for h in rec["history"]]
+    assert lrs[1] < lrs[0] <= cfg.lr  # cosine decay after the warm-up epoch
+    runs = st.results.read("runs")
+    assert set(runs["head"]) == {"full"} and set(runs["fold"]) == {0}
+    assert json.loads(runs["options"].iloc[0])["crop_from"] == "view"
+
+
+def test_no_finetune_selection_step_reads_a_test_label(bench, tmp_path, monkeypatch):
+    """Permute every test label: the selected checkpoint, threshold and every held-out/test probability
+    stay identical (fold and ensemble), while the test metrics move (so labels were really changed)."""
+    import classifiers.protocol as protocol
+
+    real_load = protocol.load_protocol
+
+    def runs_of(st: Store, poison: bool):
+        def load(store, test_sets=None):
+            proto = real_load(store, test_sets)
+            if not poison:
+                return proto
+            rng = np.random.default_rng(0)
+            return replace(proto, tests={name: replace(ts, y=rng.permutation(ts.y)) for name, ts in proto.tests.items()})
+
+        monkeypatch.setattr(protocol, "load_protocol", load)
+        cfg = FinetuneConfig.preset("offline", max_epochs=2, max_steps=1, batch_size=8, tta="rot4", cpu_bf16=False)
+        s = finetune(st, cfg, progress=False, n_boot=10)  # all five folds, so the ensemble's threshold is made too
+        done = [json.loads((s.run_dir / f"fold{k}" / DONE_FILE).read_text()) for k in range(5)]
+        sel = [(d["best_epoch"], d["threshold"], d["checkpoint_sha256"]) for d in done]
+        preds = pd.concat([pd.read_parquet(s.run_dir / f"fold{k}" / PREDICTIONS_FILE) for k in range(5)])
+        runs = st.results.read("runs").sort_values(["fold", "test_set"])
+        return sel, preds["probability"].to_numpy(), runs
+
+    sel_a, p_a, runs_a = runs_of(_store_copy(bench, tmp_path, "clean"), False)
+    sel_b, p_b, runs_b = runs_of(_store_copy(bench, tmp_path, "poisoned"), True)
+    assert sel_a == sel_b
+    np.testing.assert_array_equal(p_a, p_b)
+    np.testing.assert_array_equal(runs_a["threshold"].to_numpy(), runs_b["threshold"].to_numpy())
+    assert -1 in set(runs_a["fold"])  # the fold ensemble's threshold was checked as well
+    assert not np.allclose(runs_a["balanced_accuracy"].to_numpy(), runs_b["balanced_accuracy"].to_numpy())
+
+
+def test_run_full_offline_probes_fold_vectors_alone_and_with_handcrafted(bench, tmp_path):
+    """`mitoprobe run --full`'s offline stage on one fold: the fold's checkpoint becomes an embedder whose
+    vectors are probed under fold 0 only, alone and concatenated with the handcrafted features, and the
+    report pools fold sets into one ``ft-<run>-folds`` row."""
+    import embedder
+    from classifiers.report import leaderboard
+    from classifiers.runner import load_features
+    from mitoprobe.main_job import run_offline_full
+
+    st = _store_copy(bench, tmp_path, "full")
+    embedder.embed(st, "handcrafted", device="cpu", num_workers=0, progress=False)
+    timings = run_offline_full(st.root, folds="0", heads=("logreg",), num_workers=0)
+    assert set(timings) == {"finetune offline (5 folds)", "embed fold checkpoints", "probe fold checkpoints"}
+    runs = st.results.read("runs")
+    probed = runs[runs["family"] == "probe"]
+    names = set(probed["model"])
+    assert len(names) == 2 and any(n.endswith("+handcrafted") for n in names)
+    assert set(probed["fold"]) == {0}  # fold-0 vectors: fold 0 only, no ensemble
+    both = load_features(st, next(n for n in names if n.endswith("+handcrafted")))
+    alone = load_features(st, next(n for n in names if not n.endswith("+handcrafted")))
+    assert both.X.shape[1] == alone.X.shape[1] + 57 and both.only_fold == 0
+    board = leaderboard(st, with_paper=False)
+    assert any(m.startswith("ft-") and "-folds" in m for m in board["model"])
