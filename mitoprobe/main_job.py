@@ -49,9 +49,9 @@ FULL_HEADS = ("logreg", "lgbm")  # the probes on the fine-tuned folds' vectors (
 
 
 def run_offline_full(store_path: Path | None = None, folds: str | None = None, heads=FULL_HEADS,
-                     num_workers: int = 1) -> dict[str, float]:
-    """The offline preset: fine-tune 5 folds, embed with each fold's checkpoint, probe. Returns seconds
-    per stage. Needs the handcrafted set (``run_main_job`` makes it first)."""
+                     num_workers: int = 1, config=None) -> dict[str, float]:
+    """The offline preset (or ``config``): fine-tune 5 folds, embed with each fold's checkpoint, probe.
+    Returns seconds per stage. Needs the handcrafted set (``run_main_job`` makes it first)."""
     from classifiers.runner import sweep
     from embedder.finetune import FinetuneConfig, finetune
     from store import Store
@@ -61,7 +61,7 @@ def run_offline_full(store_path: Path | None = None, folds: str | None = None, h
     timings: dict[str, float] = {}
     st = Store(store_path)
     t = time.perf_counter()
-    s = finetune(st, FinetuneConfig.preset("offline"), folds, num_workers=num_workers)
+    s = finetune(st, config or FinetuneConfig.preset("offline"), folds, num_workers=num_workers)
     timings["finetune offline (5 folds)"] = time.perf_counter() - t
     click.echo(f"fine-tuned run {s.run_key[:8]}: folds {s.folds_done}")
     t = time.perf_counter()

@@ -44,7 +44,7 @@ def _store_copy(st: Store, tmp_path, name: str) -> Store:
 def test_offline_preset_is_a_small_cnn_with_its_settings():
     cfg = FinetuneConfig.preset("offline")
     assert cfg.model == "offline_cnn.random" and cfg.method == "full"
-    assert (cfg.dihedral, cfg.tta, cfg.threshold, cfg.crop_from, cfg.schedule) == (True, "d8", "val_youden", "view",
+    assert (cfg.dihedral, cfg.tta, cfg.threshold, cfg.crop_from, cfg.schedule) == (True, "rot4", "val_youden", "view",
                                                                                     "cosine")
     assert cfg.options()["schedule"] == "cosine" and "model" not in cfg.options()
     assert FinetuneConfig.preset("offline", max_epochs=3, ema=None).max_epochs == 3
@@ -116,7 +116,8 @@ def test_run_full_offline_probes_fold_vectors_alone_and_with_handcrafted(bench, 
 
     st = _store_copy(bench, tmp_path, "full")
     embedder.embed(st, "handcrafted", device="cpu", num_workers=0, progress=False)
-    timings = run_offline_full(st.root, folds="0", heads=("logreg",), num_workers=0)
+    cfg = FinetuneConfig.preset("offline", max_epochs=2, max_steps=1, batch_size=8)
+    timings = run_offline_full(st.root, folds="0", heads=("logreg",), num_workers=0, config=cfg)
     assert set(timings) == {"finetune offline (5 folds)", "embed fold checkpoints", "probe fold checkpoints"}
     runs = st.results.read("runs")
     probed = runs[runs["family"] == "probe"]
