@@ -140,7 +140,8 @@ def main() -> None:
     print(f"vectors           {args.n:,} x {args.dim} (float32, clustered: {args.clusters} clusters, "
           f"latent dim {args.latent_dim}, spread {args.spread}, noise {args.noise}, cosine)")
     print(f"index             {params}")
-    print(f"write / index     {t_write:.0f} s / {t_index:.0f} s")
+    print("write / index     " + ("reused from --dir" if args.reuse and t_index != t_index
+                                   else f"{t_write:.0f} s / {t_index:.0f} s"))
     print(f"queries           {args.queries} (single-threaded client, warm cache)")
     print(f"latency p50 / p95 {np.percentile(lat, 50):.2f} ms / {np.percentile(lat, 95):.2f} ms")
     print(f"recall@{K}         {hits / (K * args.queries):.3f}")
