@@ -13,15 +13,13 @@ appends new Parquet parts through ``store.results``.
 
 from __future__ import annotations
 
-import hashlib
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from store.hashing import config_hash
+from store.hashing import config_hash, source_version
 
 from .metrics import CI_METRICS, METRICS
 
@@ -38,15 +36,7 @@ PREDICTION_COLUMNS = ["run_id", "patch_id", "fold", "test_set", "probability", "
 
 def code_version() -> str:
     """Package version + a digest of the classifiers' source: results from changed code never mix."""
-    try:
-        version = metadata.version("mitoprobe")
-    except metadata.PackageNotFoundError:
-        version = "0+unknown"
-    h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return f"{version}+{h.hexdigest()[:8]}"
+    return source_version(Path(__file__).parent)
 
 
 def family_id(config: dict) -> str:

@@ -23,11 +23,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def register(name: str, target: str, summary: str) -> None:
-    """Add a lazily loaded command (used by packages that provide their own CLI module)."""
-    COMMANDS[name] = (target, summary)
-
-
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -81,13 +82,26 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
 
 
-def sweep_tmp(folder: str | Path) -> int:
-    """Remove leftovers of interrupted writes; returns how many were removed."""
+STALE_TMP_SECONDS = 3600.0
+
+
+def sweep_tmp(folder: str | Path, older_than_s: float = STALE_TMP_SECONDS) -> int:
+    """Remove leftovers of interrupted writes; returns how many were removed.
+
+    Only writers call this, and only for leftovers older than ``older_than_s``: a younger
+    ``.tmp-*`` may belong to another process writing right now.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     n = 0
+    cutoff = time.time() - older_than_s
     for p in folder.glob(f"{TMP_PREFIX}*"):
+        try:
+            if p.stat().st_mtime > cutoff:
+                continue
+        except FileNotFoundError:
+            continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         n += 1
     return n

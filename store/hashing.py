@@ -39,3 +39,21 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def source_version(package_dir: str | Path, tag: str = "") -> str:
+    """Installed mitoprobe version + a digest of one package's ``*.py`` sources.
+
+    Result rows carry it, so results from changed code are never mixed with older ones.
+    """
+    from importlib import metadata
+
+    try:
+        version = metadata.version("mitoprobe")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    h = hashlib.sha256()
+    for f in sorted(Path(package_dir).glob("*.py")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return f"{version}+{tag}{h.hexdigest()[:8]}"

@@ -32,11 +32,11 @@ class ResultTables:
         if t.num_rows == 0:
             return None
         name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+        sweep_tmp(self.table_dir(table))
         return write_parquet(t, self.table_dir(table) / name)
 
     def parts(self, table: str) -> list[Path]:
         d = self.table_dir(table)
-        sweep_tmp(d)
         return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
 
     def read(self, table: str, columns: list[str] | None = None) -> pd.DataFrame:

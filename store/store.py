@@ -56,12 +56,12 @@ class Store:
         scan: ImportScan = scan_benchmark(data_dir, amibr_csv, progress=progress)
         new = pa.Table.from_pandas(scan.patches, preserve_index=False)
         counts = summarize_counts(scan.patches)
+        sweep_tmp(self.root)
         if self.has_patches():
             old = pq.read_table(self.patches_path)
             if old.schema.equals(new.schema) and old.equals(new):
                 return ImportOutcome(False, counts, scan.notes, self.patches_path)
         self.root.mkdir(parents=True, exist_ok=True)
-        sweep_tmp(self.root)
         write_parquet(new, self.patches_path, row_group_size=1024)
         return ImportOutcome(True, counts, scan.notes, self.patches_path)
 

@@ -25,7 +25,7 @@ def _snapshot(store):
 
 
 def test_schema_skip_repeat_and_append_only(synth):
-    rows = sweep(synth, "synth", heads=["simpleshot", "logreg"], n_boot=100, show_progress=False)
+    sweep(synth, "synth", heads=["simpleshot", "logreg"], n_boot=100, show_progress=False)
     runs = synth.results.read("runs")
     assert list(runs.columns) == RUN_COLUMNS
     assert len(runs) == 2 * 6 * 3  # heads x (5 folds + ensemble) x test sets

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import embedder
-from embedder.recipes import get_recipe
 from store.errors import StoreError
 
 TINY = dict(depth=1, embed_dim=48, num_heads=2)

@@ -4,9 +4,11 @@ vectors, and resumable embedding writers."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import duckdb
@@ -69,8 +71,13 @@ def test_crash_between_write_and_rename_keeps_previous_state(tiny_store, tmp_pat
     assert tiny_store.patches_path.read_bytes() == before  # ... and the real one untouched
     assert len(tiny_store.patches()) == 36
     assert tiny_store.sql("select count(*) n from patches")["n"][0] == 36
-    # A later import sweeps the leftover and succeeds.
+    # A later import succeeds; it leaves a young temp file alone (it may be another writer's) ...
     assert tiny_store.import_dataset(other, other / "AMI-BR.csv").changed
+    assert list(tiny_store.root.glob(f"{TMP_PREFIX}*")) == leftovers
+    # ... and sweeps it once it is old enough to be a crash leftover.
+    old = time.time() - 2 * 3600
+    os.utime(leftovers[0], (old, old))
+    assert not tiny_store.import_dataset(other, other / "AMI-BR.csv").changed
     assert not list(tiny_store.root.glob(f"{TMP_PREFIX}*"))
 
 

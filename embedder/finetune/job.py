@@ -9,11 +9,9 @@ folds are done the fold ensemble (``fold = -1``, mean probability) is added, as 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ import pandas as pd
 from store import Store
 from store.atomic import write_json
 from store.errors import StoreError
-from store.hashing import canonical_json, config_hash
+from store.hashing import canonical_json, config_hash, source_version
 
 from .config import FinetuneConfig
 from .train import DONE_FILE, FoldData, Runtime, read_predictions, train_fold
@@ -47,15 +45,7 @@ class FinetuneSummary:
 
 def code_version() -> str:
     """Package version + a digest of this subpackage's source (results from changed code never mix)."""
-    try:
-        version = metadata.version("mitoprobe")
-    except metadata.PackageNotFoundError:
-        version = "0+unknown"
-    h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return f"{version}+ft{h.hexdigest()[:8]}"
+    return source_version(Path(__file__).parent, tag="ft")
 
 
 def run_key(cfg: FinetuneConfig, recipe_id: str) -> str:
