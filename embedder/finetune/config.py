@@ -125,7 +125,7 @@ class FinetuneConfig:
 # Every choice here was measured on fold 0's held-out part first (README, "Offline accuracy").
 PRESETS: dict[str, dict] = {
     "offline": dict(model="offline_cnn.random", method="full", lr=2e-3, weight_decay=0.05, optimizer="adamw",
-                    schedule="cosine", batch_size=64, max_epochs=10, early_stop=100, select_on="auroc",
+                    schedule="cosine", batch_size=64, max_epochs=16, early_stop=100, select_on="auroc",
                     loss="weighted_bce", sampler="shuffle", crop_from="view", crop_scale=(0.7, 1.0),
                     rotate_degrees=0.0, dihedral=True, hed=0.05, color_jitter=(0.2, 0.2, 0.1, 0.02),
                     tta="rot4", threshold="val_youden", cpu_bf16=True),
