@@ -84,7 +84,7 @@ def run_offline_full(store_path: Path | None = None, folds: str | None = None, h
               help="d8: embed 8 dihedral views and probe with test-time augmentation (8x the embedding time).")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table", show_default=True)
 @click.option("--full", is_flag=True,
-              help="Also the offline preset end to end: a small CNN fine-tuned from scratch on 5 folds (about 14 min "
+              help="Also the offline preset end to end: a small CNN fine-tuned from scratch on 5 folds (about 17 min "
                    "on 2 idle CPU cores), its fold checkpoints as embedders, probes alone and + handcrafted.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's; 1 on a busy machine).")
 @STORE_OPTION
