@@ -52,11 +52,10 @@ def run_offline_full(store_path: Path | None = None, folds: str | None = None, h
                      num_workers: int = 1, config=None) -> dict[str, float]:
     """The offline preset (or ``config``): fine-tune 5 folds, embed with each fold's checkpoint, probe.
     Returns seconds per stage. Needs the handcrafted set (``run_main_job`` makes it first)."""
+    import embedder
     from classifiers.runner import sweep
     from embedder.finetune import FinetuneConfig, finetune
     from store import Store
-
-    import embedder
 
     timings: dict[str, float] = {}
     st = Store(store_path)

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import make_benchmark
+
 from embedder.finetune import FinetuneConfig, finetune
 from embedder.finetune.model import build_classifier, parameter_counts
 from embedder.finetune.train import DONE_FILE, PREDICTIONS_FILE
@@ -79,7 +79,7 @@ def test_offline_preset_trains_on_the_tiny_store(bench, tmp_path):
 def test_no_finetune_selection_step_reads_a_test_label(bench, tmp_path, monkeypatch):
     """Permute every test label: the selected checkpoint, threshold and every held-out/test probability
     stay identical (fold and ensemble), while the test metrics move (so labels were really changed)."""
-    import classifiers.protocol as protocol
+    from classifiers import protocol
 
     real_load = protocol.load_protocol
 
