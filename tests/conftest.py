@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,31 @@ def tiny_store(tmp_path, tiny_benchmark) -> Store:
     st = Store(tmp_path / "store")
     st.import_dataset(tiny_benchmark, tiny_benchmark / "AMI-BR.csv")
     return st
+
+
+def make_six_slide_store(root: Path) -> Store:
+    """A tiny benchmark store whose AMi-Br train part spans 6 slides (the 5-fold split needs >= 5)."""
+    bench = make_benchmark(root, n_per_class=10)
+    tr = pd.read_csv(bench / "amibr_train_split.csv", index_col=0)
+    tr["slide"] = [f"s{u % 6}.tiff" for u in tr["uid"]]
+    tr.to_csv(bench / "amibr_train_split.csv")
+    st = Store(root / "store")
+    st.import_dataset(bench, bench / "AMI-BR.csv")
+    return st
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run ``mitoprobe ARGS`` through ``main()`` (its MitoprobeError -> exit 2 mapping included)."""
+    from mitoprobe.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mitoprobe", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out + out.err
 
 
 def copy_benchmark(src: Path, dst: Path) -> Path:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_benchmark
+from conftest import make_six_slide_store
 from embedder.finetune import FinetuneConfig, finetune, parse_folds
 from embedder.finetune.job import check_device
 from embedder.finetune.model import build_classifier, load_weights, parameter_counts
@@ -39,16 +39,8 @@ _tiny_recipe()  # registered at import: every test here builds it
 
 @pytest.fixture(scope="module")
 def ft_store(tmp_path_factory) -> Store:
-    """A small benchmark whose AMi-Br train part spans 6 slides (the 5-fold split needs >= 5)."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("ft")
-    bench = make_benchmark(root, n_per_class=10)
-    tr = pd.read_csv(bench / "amibr_train_split.csv", index_col=0)
-    tr["slide"] = [f"s{u % 6}.tiff" for u in tr["uid"]]
-    tr.to_csv(bench / "amibr_train_split.csv")
-    st = Store(root / "store")
-    st.import_dataset(bench, bench / "AMI-BR.csv")
-    return st
+    return make_six_slide_store(tmp_path_factory.mktemp("ft"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_benchmark
+from conftest import make_six_slide_store
 
 from embedder.finetune import FinetuneConfig, finetune
 from embedder.finetune.model import build_classifier, parameter_counts
@@ -25,16 +25,8 @@ FAST = dict(max_epochs=2, max_steps=2, batch_size=8)
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    """A tiny benchmark whose AMi-Br train part spans 6 slides (the 5-fold split needs >= 5)."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("offline")
-    bench = make_benchmark(root, n_per_class=10)
-    tr = pd.read_csv(bench / "amibr_train_split.csv", index_col=0)
-    tr["slide"] = [f"s{u % 6}.tiff" for u in tr["uid"]]
-    tr.to_csv(bench / "amibr_train_split.csv")
-    st = Store(root / "store")
-    st.import_dataset(bench, bench / "AMI-BR.csv")
-    return st
+    return make_six_slide_store(tmp_path_factory.mktemp("offline"))
 
 
 def _store_copy(st: Store, tmp_path, name: str) -> Store:

@@ -13,25 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_benchmark, png_bytes
+from conftest import make_benchmark, png_bytes, run_cli
 from PIL import Image
 
-from mitoprobe.cli import main
 from store import Store
 
 PNG_FIX = "replace it with a 128x128 8-bit RGB PNG or remove it"
 
 
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run ``mitoprobe ARGS`` through ``main()`` (its MitoprobeError -> exit 2 mapping included)."""
-    monkeypatch.setattr(sys, "argv", ["mitoprobe", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
