@@ -28,12 +28,12 @@ def bench(st, model_name: str, method: str, steps: int, warmup: int, device: str
     import numpy as np
     import torch
 
-    import embedder.factory as factory
     from classifiers.protocol import load_protocol
-    from embedder.finetune import FinetuneConfig
-    from embedder.finetune.data import train_loader
-    from embedder.finetune.model import build_classifier, parameter_counts
-    from embedder.finetune.train import _amp, loss_fn
+    from finetune import FinetuneConfig
+    from finetune.augment import train_transform
+    from finetune.data import train_loader
+    from finetune.model import build_classifier, parameter_counts
+    from finetune.train import _amp, loss_fn
 
     cfg = FinetuneConfig.paper(model_name, method, batch_size=batch_size)
     proto = load_protocol(st)
@@ -49,8 +49,8 @@ def bench(st, model_name: str, method: str, steps: int, warmup: int, device: str
         recipe = replace(recipe, input_size=input_size, resize=input_size)
     model.to(device)
     mean, std = cfg.mean_std()
-    tf = factory.train_transform(recipe, mean, std, crop_scale=cfg.crop_scale, hflip=cfg.hflip,
-                                 color_jitter=cfg.color_jitter, rotate_degrees=cfg.rotate_degrees)
+    tf = train_transform(recipe, mean, std, crop_scale=cfg.crop_scale, hflip=cfg.hflip,
+                         color_jitter=cfg.color_jitter, rotate_degrees=cfg.rotate_degrees)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                            weight_decay=cfg.weight_decay)
     crit = loss_fn(cfg, y)

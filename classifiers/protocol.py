@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from store.errors import StoreError
+from store.errors import ProtocolError, StoreError
 
 N_FOLDS = 5
 FOLD_SEED = 42
@@ -119,7 +119,7 @@ def load_protocol(store, test_sets: list[str] | None = None) -> Protocol:
     tests = {}
     for name in test_sets or list(TEST_SETS):
         if name not in TEST_SETS:
-            raise StoreError(f"unknown test set {name!r}; choose from {list(TEST_SETS)}")
+            raise ProtocolError(f"unknown test set {name!r}; choose from {list(TEST_SETS)}")
         ds, split = TEST_SETS[name]
         sub = patches[(patches["dataset"] == ds) & (patches["split"] == split)].sort_values("patch_id")
         if sub.empty:

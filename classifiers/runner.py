@@ -2,7 +2,7 @@
 
 For each fold the head's grid is searched on the fold's held-out part (AUROC), the decision threshold
 is set by the head's rule on that same held-out part, and the fitted model only *predicts* the test
-sets. Test labels enter in :func:`_score` alone, after every choice is made and recorded.
+sets. Test labels enter in ``scoring.score_test_set`` alone, after every choice is made and recorded.
 """
 
 from __future__ import annotations
@@ -15,23 +15,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
-from store.errors import StoreError
-from store.hashing import canonical_json
+import embedder
+from store.errors import ProtocolError, StoreError
+from store.hashing import canonical_json, config_hash
+from store.progress import progress
 
 from . import metrics as M
-from . import results as R
+from . import runs as R
 from .heads import DEFAULT_HEADS, HEADS, make_head, positive_proba
 from .protocol import FOLD_SEED, N_FOLDS, FoldData, Protocol, TestSet, load_protocol
+from .scoring import ENSEMBLE_RULE, decision_threshold, fold_ensemble, prediction_frame, score_test_set
 
 log = logging.getLogger(__name__)
 
 POOLINGS = {"all": None, "cls": ["cls"], "mean": ["mean"], "both": ["cls", "mean"], "vector": ["vector"]}
 SELECTION_RULE = "max AUROC on the fold's held-out part (whole slides; training data only)"
-THRESHOLD_RULES = {
-    "val_youden": "maximise balanced accuracy on the fold's held-out part (ensemble: on out-of-fold probabilities)",
-    "fixed_0.5": "fixed at 0.5 (the paper's)",
-}
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Features:
     X: np.ndarray
     views: list[str]
     _by_patch: dict = field(default_factory=dict, repr=False)
-    # fine-tuned sets (embedder.finetune): the one fold whose split they may be probed under
+    # fine-tuned sets (finetune's fold checkpoints): the one fold whose split they may be probed under
     only_fold: int | None = None
 
     def __post_init__(self):
@@ -70,18 +70,10 @@ class Features:
         return np.concatenate(rows), np.concatenate(owner)
 
 
-def resolve_recipe_id(model: str) -> str | None:
-    """The current recipe id from the embedder's registry, or None for sets it does not know."""
-    try:
-        import embedder
-
-        known = {r.name for r in embedder.list_recipes()}
-    except ImportError:
-        return None
-    if model not in known:
-        log.info("%s is not an embedder recipe; using its stored set as is", model)
-        return None
-    return embedder.recipe_id_of(model)
+def current_recipe_id(store, model: str) -> str:
+    """The recipe id ``model`` has now, from the embedder's registry or a registered resolver (fine-tuned
+    folds). Mandatory: a name nothing resolves raises RecipeError, never "use the newest stored set"."""
+    return embedder.recipe_id_of(model, store_root=store.root)
 
 
 def load_features(store, model: str, pooling: str = "all", tta: bool = False, recipe_id: str | None = None,
@@ -91,12 +83,12 @@ def load_features(store, model: str, pooling: str = "all", tta: bool = False, re
     if "+" in model:
         return _concat_features(store, model, pooling, tta, allow_stale)
     if pooling not in POOLINGS:
-        raise StoreError(f"unknown pooling {pooling!r}; choose from {list(POOLINGS)}")
-    recipe_id = recipe_id or resolve_recipe_id(model)
+        raise ProtocolError(f"unknown pooling {pooling!r}; choose from {list(POOLINGS)}")
+    recipe_id = recipe_id or current_recipe_id(store, model)
     eset = store.features.resolve(model, recipe_id, allow_stale)
     outputs = POOLINGS[pooling]
     if outputs and any(o not in eset.outputs for o in outputs):
-        raise StoreError(f"set {model} has outputs {list(eset.outputs)}; pooling {pooling!r} needs {outputs}")
+        raise ProtocolError(f"set {model} has outputs {list(eset.outputs)}; pooling {pooling!r} needs {outputs}")
     keys, X = store.features.read(model, eset.recipe_id, outputs=outputs, views=None if tta else ["none"],
                                   allow_stale=True)
     if len(keys) == 0:
@@ -107,13 +99,11 @@ def load_features(store, model: str, pooling: str = "all", tta: bool = False, re
 
 
 def _concat_features(store, model: str, pooling: str, tta: bool, allow_stale: bool) -> Features:
-    from store.hashing import config_hash
-
     parts = [load_features(store, name, pooling if pooling in ("all", "vector") else "all", tta,
                            allow_stale=allow_stale) for name in model.split("+")]
     folds = {f.only_fold for f in parts} - {None}
     if len(folds) > 1:
-        raise StoreError(f"{model}: parts come from different fine-tuned folds {sorted(folds)}")
+        raise ProtocolError(f"{model}: parts come from different fine-tuned folds {sorted(folds)}")
     keys = parts[0].keys[["patch_id", "view"]].reset_index(drop=True)
     blocks = [parts[0].X]
     for f in parts[1:]:
@@ -164,7 +154,7 @@ def fit_fold(head: str, params: dict, feats: Features, fd: FoldData, train_ids: 
     Returns the fitted estimator, the chosen grid point, the held-out probabilities and threshold."""
     spec = HEADS[head]
     if feats.only_fold is not None and fd.fold != feats.only_fold:
-        raise StoreError(f"{feats.name} comes from fold {feats.only_fold}'s fine-tuned checkpoint; probing it under "
+        raise ProtocolError(f"{feats.name} comes from fold {feats.only_fold}'s fine-tuned checkpoint; probing it under "
                          f"fold {fd.fold} would validate on patches its backbone was trained on (leakage)")
     t0 = time.perf_counter()
     tr_rows, tr_owner = feats.rows_of(train_ids[fd.train_idx])
@@ -182,7 +172,7 @@ def fit_fold(head: str, params: dict, feats: Features, fd: FoldData, train_ids: 
         if best is None or score > best[0]:
             best = (score, cand, est, p_val)
     score, chosen, est, p_val = best
-    threshold = 0.5 if spec.threshold_rule == "fixed_0.5" else M.best_threshold(y_val_patch, p_val)
+    threshold = decision_threshold(spec.threshold_rule, y_val_patch, p_val)
     return dict(estimator=est, chosen=chosen, tried=tried, val_proba=p_val, threshold=float(threshold),
                 val_auroc=float(score),
                 val_balanced_accuracy=M.balanced_accuracy(y_val_patch, M.predict(p_val, threshold)),
@@ -194,23 +184,6 @@ def _predict(est, feats: Features, ts: TestSet) -> tuple[np.ndarray, float]:
     rows, owner = feats.rows_of(ts.patch_ids)
     p = _patch_mean(positive_proba(est, feats.X[rows]), owner, len(ts.patch_ids))
     return p, time.perf_counter() - t0
-
-
-def _score(ts: TestSet, proba: np.ndarray, threshold: float, n_boot: int, seed: int) -> dict:
-    """The only place test labels are read."""
-    row = dict(n=int(len(ts.y)), n_pos=int(ts.y.sum()), **M.all_metrics(ts.y, proba, threshold))
-    for m, (lo, hi) in M.bootstrap_ci(ts.y, proba, threshold, n_boot=n_boot, random_state=seed).items():
-        row[f"{m}_ci_low"], row[f"{m}_ci_high"] = lo, hi
-    kap = M.kappa_vs_experts(M.predict(proba, threshold), ts.votes)
-    for name, v in kap.items():
-        row[f"kappa_{name}"] = v
-    row["kappa_experts_mean"] = float(np.mean(list(kap.values()))) if kap else float("nan")
-    return row
-
-
-def _pred_frame(rid: str, ts: TestSet, fold: int, proba: np.ndarray, threshold: float) -> pd.DataFrame:
-    return pd.DataFrame(dict(run_id=rid, patch_id=ts.patch_ids, fold=fold, test_set=ts.name,
-                             probability=proba, threshold=threshold, prediction=M.predict(proba, threshold)))
 
 
 def run_family(store, feats: Features, proto: Protocol, head: str, options: dict, params: dict | None = None,
@@ -256,24 +229,22 @@ def run_family(store, feats: Features, proto: Protocol, head: str, options: dict
                              threshold=fit["threshold"], val_auroc=fit["val_auroc"],
                              val_balanced_accuracy=fit["val_balanced_accuracy"], n_train=fit["n_train"],
                              fit_seconds=fit["fit_seconds"], predict_seconds=secs,
-                             **_score(ts, p, fit["threshold"], n_boot, run_seed)))
-            preds.append(_pred_frame(rid, ts, k, p, fit["threshold"]))
+                             **score_test_set(ts, p, fit["threshold"], n_boot, run_seed)))
+            preds.append(prediction_frame(rid, ts, k, p, fit["threshold"]))
         if progress is not None:
             progress.update(1)
     if feats.only_fold is None:  # a fold-k fine-tuned set has no fold ensemble
-        # fold ensemble: mean probability; threshold from the out-of-fold held-out probabilities
-        y_train = proto.train["y"].to_numpy().astype(np.int64)
-        thr = 0.5 if spec.threshold_rule == "fixed_0.5" else M.best_threshold(y_train, oof)
+        ens = fold_ensemble(proto.train["y"].to_numpy(), oof, fold_probs, spec.threshold_rule)
         rid = R.run_id(fam, -1, rep)
-        cfg = dict(config, fold=-1, seed=run_seed, ensemble="mean of the fold models' probabilities")
+        cfg = dict(config, fold=-1, seed=run_seed, ensemble=ENSEMBLE_RULE)
         for name, ts in proto.tests.items():
-            p = np.mean(fold_probs[name], axis=0)
-            runs.append(dict(base, run_id=rid, config_json=canonical_json(cfg), fold=-1, test_set=name, threshold=thr,
-                             val_auroc=M.auroc(y_train, oof),
-                             val_balanced_accuracy=M.balanced_accuracy(y_train, M.predict(oof, thr)),
-                             n_train=len(train_ids), fit_seconds=0.0, predict_seconds=0.0,
-                             **_score(ts, p, thr, n_boot, run_seed)))
-            preds.append(_pred_frame(rid, ts, -1, p, thr))
+            p = ens.proba[name]
+            runs.append(dict(base, run_id=rid, config_json=canonical_json(cfg), fold=-1, test_set=name,
+                             threshold=ens.threshold, val_auroc=ens.val_auroc,
+                             val_balanced_accuracy=ens.val_balanced_accuracy, n_train=ens.n_train,
+                             fit_seconds=0.0, predict_seconds=0.0,
+                             **score_test_set(ts, p, ens.threshold, n_boot, run_seed)))
+            preds.append(prediction_frame(rid, ts, -1, p, ens.threshold))
     R.append(store, runs, preds)
     return pd.DataFrame(runs)
 
@@ -291,8 +262,6 @@ def sweep(store, model: str, heads=None, pooling: str = "all", tta: bool = False
 
     ``n_threads`` caps BLAS/OpenMP threads (default 1: the heads' matrices are small, and on a shared
     2-core machine extra threads mostly spin; None leaves the libraries' defaults)."""
-    from threadpoolctl import threadpool_limits
-
     with threadpool_limits(n_threads):
         return _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_stale, n_boot,
                       head_params, show_progress, protocol)
@@ -300,12 +269,10 @@ def sweep(store, model: str, heads=None, pooling: str = "all", tta: bool = False
 
 def _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_stale, n_boot, head_params,
            show_progress, protocol) -> pd.DataFrame:
-    from store.progress import progress
-
     heads = list(DEFAULT_HEADS) if heads in (None, "all", ["all"]) else list(heads)
     unknown = [h for h in heads if h not in HEADS]
     if unknown:
-        raise StoreError(f"unknown head(s) {unknown}; choose from {sorted(HEADS)} or 'all'")
+        raise ProtocolError(f"unknown head(s) {unknown}; choose from {sorted(HEADS)} or 'all'")
     proto = protocol or load_protocol(store)
     feats = load_features(store, model, pooling, tta, recipe_id, allow_stale)
     options = dict(pooling=pooling, views=feats.views, tta=bool(tta))

@@ -1,6 +1,7 @@
 """``build(recipe) -> (model, transform)``: the only caller of ``timm.create_model`` and the only
-place transforms are made. The embedding job, the Ray actors, the benchmark, the tests and the
-later fine-tuning job all go through here.
+place evaluation transforms are made. The embedding job, the Ray actors, the benchmark, the tests and
+the fine-tuning job (``finetune``, which wraps ``preprocess`` in its training augmentation) all go
+through here.
 
 Weights, in order: a local file (``weights=PATH``: safetensors; ``.pt/.pth/.bin`` via
 ``torch.load(weights_only=True)``; arbitrary pickles only with ``trust_pickle=True``), else the
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from store.errors import StoreError
+from store.errors import RecipeError, WeightsError
 
 from .handcrafted import handcrafted_features
-from .recipes import Recipe, get_recipe
+from .recipes import Recipe, resolve_recipe
 from .transforms import Preprocess
 
 SAFE_SUFFIXES = (".safetensors",)
@@ -40,7 +42,7 @@ def _layer(name: str):
         return getattr(torch.nn, name)
     if hasattr(layers, name):
         return getattr(layers, name)
-    raise StoreError(f"unknown layer {name!r} in recipe kwargs")
+    raise RecipeError(f"unknown layer {name!r} in recipe kwargs")
 
 
 def create_kwargs(recipe: Recipe, overrides: dict | None = None) -> dict[str, Any]:
@@ -69,8 +71,8 @@ def _hf_token(env_name: str):
                 os.environ["HF_TOKEN"] = old
 
 
-def _unavailable(recipe: Recipe, why: str, env_name: str) -> StoreError:
-    return StoreError(
+def _unavailable(recipe: Recipe, why: str, env_name: str) -> WeightsError:
+    return WeightsError(
         f"weights for {recipe.name} (hf-hub:{recipe.hub_id}) are unavailable: {why}. Two ways out: "
         f"accept the model's terms on huggingface.co and set ${env_name} to a read token, or pass "
         f"--weights PATH to a local copy of the weights (.safetensors; .pt/.bin are loaded with "
@@ -83,7 +85,7 @@ def load_state_dict(path: str | Path, trust_pickle: bool = False) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise StoreError(f"weights file {p} not found")
+        raise WeightsError(f"weights file {p} not found")
     if p.suffix in SAFE_SUFFIXES:
         from safetensors.torch import load_file
 
@@ -93,17 +95,17 @@ def load_state_dict(path: str | Path, trust_pickle: bool = False) -> dict:
             sd = torch.load(p, map_location="cpu", weights_only=not trust_pickle)
         except Exception as exc:  # UnpicklingError and friends: the file holds more than tensors
             if trust_pickle:
-                raise StoreError(f"{p}: cannot load ({exc})") from exc
-            raise StoreError(f"{p}: refusing to unpickle arbitrary objects (torch.load weights_only=True "
+                raise WeightsError(f"{p}: cannot load ({exc})") from exc
+            raise WeightsError(f"{p}: refusing to unpickle arbitrary objects (torch.load weights_only=True "
                              f"failed: {type(exc).__name__}). Convert it to .safetensors, or pass "
                              "--trust-pickle if you trust whoever made this file.") from exc
     else:
-        raise StoreError(f"{p}: unknown weights format {p.suffix!r}; use .safetensors (or .pt/.bin state dicts)")
+        raise WeightsError(f"{p}: unknown weights format {p.suffix!r}; use .safetensors (or .pt/.bin state dicts)")
     for key in ("state_dict", "model", "teacher"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict):
-        raise StoreError(f"{p}: expected a state dict, found {type(sd).__name__}")
+        raise WeightsError(f"{p}: expected a state dict, found {type(sd).__name__}")
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
@@ -118,11 +120,11 @@ def _create(recipe: Recipe, weights, trust_pickle: bool, hf_token_env: str, over
         try:
             missing, unexpected = model.load_state_dict(sd, strict=False)
         except RuntimeError as exc:  # shape mismatches
-            raise StoreError(f"{weights}: does not fit {recipe.name} ({recipe.arch}): "
+            raise WeightsError(f"{weights}: does not fit {recipe.name} ({recipe.arch}): "
                              f"{str(exc).splitlines()[1].strip() if chr(10) in str(exc) else exc}") from exc
         missing = [k for k in missing if not k.startswith("head.")]
         if missing or unexpected:
-            raise StoreError(f"{weights}: does not fit {recipe.name} ({recipe.arch}): "
+            raise WeightsError(f"{weights}: does not fit {recipe.name} ({recipe.arch}): "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model
     if recipe.weights == "hf":
@@ -178,30 +180,21 @@ def build(recipe: Recipe | str, weights: str | Path | None = None, *, trust_pick
     transform already yields the (57,) feature vector and ``model`` is None.
     ``overrides`` replaces create_model kwargs (tests build tiny stand-ins of the real architectures).
     """
-    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    recipe = resolve_recipe(recipe) if isinstance(recipe, str) else recipe
     if recipe.arch == "handcrafted":
         return None, HandcraftedTransform()
     backbone = _create(recipe, weights, trust_pickle, hf_token_env, overrides)
     adapt = getattr(recipe, "adapt_backbone", None)
-    if adapt is not None:  # fine-tuned recipes (embedder.finetune) put their checkpoint on the base
+    if adapt is not None:  # resolved recipes (e.g. finetune's fold checkpoints) put their weights on the base
         backbone = adapt(backbone)
     return FeatureModel(recipe, backbone), Preprocess.from_recipe(recipe)
 
 
 def preprocess(recipe: Recipe | str, mean=None, std=None) -> Preprocess:
     """The recipe's input transform; fine-tuning may swap the normalisation (the paper's 0.5/0.5)."""
-    from dataclasses import replace
-
-    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    recipe = resolve_recipe(recipe) if isinstance(recipe, str) else recipe
     p = Preprocess.from_recipe(recipe)
     return replace(p, mean=tuple(mean or p.mean), std=tuple(std or p.std))
-
-
-def train_transform(recipe: Recipe | str, mean=None, std=None, **augment):
-    """The fine-tuning training transform at the recipe's input size (``embedder.finetune.augment``)."""
-    from .finetune.augment import TrainTransform
-
-    return TrainTransform(preprocess(recipe, mean, std), **augment)
 
 
 def count_params(recipe: Recipe | str, overrides: dict | None = None) -> int:
@@ -209,7 +202,7 @@ def count_params(recipe: Recipe | str, overrides: dict | None = None) -> int:
     import timm
     import torch
 
-    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    recipe = resolve_recipe(recipe) if isinstance(recipe, str) else recipe
     if recipe.arch == "handcrafted":
         return 0
     with torch.device("meta"):

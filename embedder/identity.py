@@ -10,10 +10,10 @@ import importlib.metadata
 from functools import lru_cache
 from pathlib import Path
 
-from store.errors import StoreError
+from store.errors import WeightsError
 from store.hashing import config_hash, file_sha256
 
-from .recipes import Recipe, get_recipe
+from .recipes import Recipe, resolve_recipe
 
 # Bump when embedding code changes vectors without any recipe field changing.
 EMBEDDER_VERSION = 1
@@ -44,7 +44,7 @@ def weights_identity(recipe: Recipe, weights: str | Path | None = None) -> dict:
     if weights is not None:
         p = Path(weights)
         if not p.is_file():
-            raise StoreError(f"weights file {p} not found")
+            raise WeightsError(f"weights file {p} not found")
         st = p.stat()
         return {"source": "local", "file": p.name, "sha256": _file_identity(str(p.resolve()), st.st_size,
                                                                            st.st_mtime_ns)}
@@ -60,7 +60,16 @@ def identity_of(recipe: Recipe, weights: str | Path | None = None) -> dict:
             "package_versions": package_versions(recipe), "embedder_version": EMBEDDER_VERSION}
 
 
-def recipe_id_of(name: str | Recipe, weights: str | Path | None = None) -> str:
-    """The current recipe id of embedder ``name`` (pass ``weights`` when a local file was used)."""
-    recipe = name if isinstance(name, Recipe) else get_recipe(name)
+def recipe_id_of(name: str | Recipe, weights: str | Path | None = None, store_root: Path | None = None) -> str:
+    """The current recipe id of embedder ``name`` (pass ``weights`` when a local file was used).
+
+    Names outside the registry go through the registered resolvers (``store_root``: the store whose
+    fine-tuned runs they may name); an unresolvable name raises RecipeError."""
+    recipe = name if isinstance(name, Recipe) else resolve_recipe(name, store_root)
     return config_hash(identity_of(recipe, weights))
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """Hash of the recipe fields alone (no weights identity, no library versions): what the golden
+    file ``tests/golden/recipe_hashes.json`` pins, so an accidental recipe change shows in review."""
+    return config_hash(recipe.identity())

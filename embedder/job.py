@@ -18,18 +18,17 @@ from typing import Callable
 import numpy as np
 
 from store import Store
-from store.errors import StoreError
+from store.errors import ConfigError
 from store.progress import progress as progress_bar
 
+from .batches import CHUNK_ROWS, Prepare, autocast_dtype, batch_rows
+from .dihedral import view_names
+from .factory import build
 from .identity import identity_of, recipe_id_of
-from .recipes import Recipe, get_recipe
-from .transforms import decode_png
-from .views import apply_view_np, apply_view_torch, view_names
+from .ray_engine import run_ray
+from .recipes import Recipe, list_recipes, resolve_recipe
 
 log = logging.getLogger(__name__)
-
-CHUNK_ROWS = 1024  # rows committed per Parquet part (what a kill can lose at most)
-
 
 @dataclass
 class EmbedSummary:
@@ -49,53 +48,8 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise StoreError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     return device
-
-
-def autocast_dtype(recipe: Recipe, device: str):
-    """bf16/fp16 autocast on GPU per the recipe; fp32 on CPU (vectors are stored fp32 either way)."""
-    import torch
-
-    if not device.startswith("cuda") or recipe.precision == "fp32":
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[recipe.precision]
-
-
-class Prepare:
-    """Worker-side: PNG bytes -> model input (neural) or per-view feature rows (handcrafted)."""
-
-    def __init__(self, transform, views: tuple[str, ...], pixel_views: bool):
-        self.transform, self.views, self.pixel_views = transform, views, pixel_views
-
-    def __call__(self, png: bytes) -> np.ndarray:
-        rgb = decode_png(png)
-        if self.pixel_views:  # (V, d): views applied to the pixels, then the features
-            return np.stack([self.transform(apply_view_np(rgb, v)) for v in self.views])
-        return self.transform(rgb)
-
-
-def forward_views(model, x, views: tuple[str, ...], device: str, dtype) -> dict[str, np.ndarray]:
-    """(B, 3, S, S) batch -> {output: (V*B, d) float32}, rows view-major (all patches for view 0, ...)."""
-    import torch
-
-    outs: dict[str, list] = {}
-    x = x.to(device, non_blocking=True)
-    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
-        for v in views:
-            for k, t in model(apply_view_torch(x, v)).items():
-                outs.setdefault(k, []).append(t.float())
-    return {k: torch.cat(ts).cpu().numpy() for k, ts in outs.items()}
-
-
-def batch_rows(model, prepared, patch_ids, views, device, dtype):
-    """Keys and vectors for one prepared batch (shared by the local and the Ray engine)."""
-    if model is None:  # handcrafted: prepared is (B, V, d)
-        arr = np.asarray(prepared, np.float32)
-        keys = [(p, v) for j, v in enumerate(views) for p in patch_ids]
-        return keys, {"vector": np.concatenate([arr[:, j] for j in range(len(views))])}
-    keys = [(p, v) for v in views for p in patch_ids]
-    return keys, forward_views(model, prepared, views, device, dtype)
 
 
 def default_batch_size(recipe: Recipe, device: str) -> int:
@@ -182,20 +136,14 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
     """
     import torch
 
-    from .factory import build
-
     st = store if isinstance(store, Store) else Store(store)
-    if model.startswith("ft:") or model.startswith("ft-"):  # a fine-tuned fold checkpoint of this store
-        from .finetune.registry import finetuned_recipe
-
-        recipe = finetuned_recipe(st, model)
-        if engine == "ray":
-            raise StoreError("fine-tuned embedders run with --engine local (Ray actors cannot see them)")
-    else:
-        recipe = get_recipe(model)
+    recipe = resolve_recipe(model, st.root)  # a registered recipe, or a resolver's (e.g. a fine-tuned fold)
     vnames = view_names(views)
     if engine not in ("local", "ray"):
-        raise StoreError(f"unknown engine {engine!r}; use local or ray")
+        raise ConfigError(f"unknown engine {engine!r}; use local or ray")
+    if engine == "ray" and recipe.name not in {r.name for r in list_recipes()}:
+        raise ConfigError(f"{model} is resolved inside this store (not a built-in recipe), which Ray actors on "
+                          "other processes cannot see: use --engine local")
     dev = resolve_device(device)
     rid = recipe_id_of(recipe, weights)
     all_ids = st.patches(columns=["patch_id"])["patch_id"].tolist()
@@ -213,8 +161,6 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
         bs = batch_size or default_batch_size(recipe, dev)
         nw = default_workers(recipe) if num_workers is None else num_workers
         if engine == "ray":
-            from .ray_engine import run_ray
-
             written = run_ray(st, recipe, todo, vnames, dev, bs, writer, weights=weights,
                               trust_pickle=trust_pickle, hf_token_env=hf_token_env, progress=progress,
                               on_chunk=on_chunk, chunk_rows=chunk_rows)

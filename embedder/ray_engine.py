@@ -14,7 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from .job import CHUNK_ROWS, Prepare, autocast_dtype, batch_rows
+from store.progress import progress as progress_bar
+
+from .batches import CHUNK_ROWS, Prepare, autocast_dtype, batch_rows
+from .factory import build
+from .recipes import get_recipe
 
 
 class EmbedActor:
@@ -23,9 +27,6 @@ class EmbedActor:
     def __init__(self, recipe_name: str, views: tuple[str, ...], device: str, weights=None,
                  trust_pickle: bool = False, hf_token_env: str = "HF_TOKEN"):
         import torch
-
-        from .factory import build
-        from .recipes import get_recipe
 
         if device == "cpu":
             torch.set_num_threads(1)
@@ -54,8 +55,6 @@ def run_ray(st, recipe, todo, views, device, batch_size, writer, *, weights=None
             hf_token_env="HF_TOKEN", progress=True, on_chunk=None, chunk_rows: int = CHUNK_ROWS,
             num_actors: int | None = None) -> int:
     import ray
-
-    from store.progress import progress as progress_bar
 
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)

@@ -1,5 +1,9 @@
-"""The ``mitoprobe`` command: a thin root group that loads each package's commands lazily,
-so ``mitoprobe --help`` is instant and never imports torch."""
+"""The ``mitoprobe`` command: a thin root group that loads each command module (``mitoprobe.commands``)
+lazily, so ``mitoprobe --help`` is instant and never imports torch.
+
+Errors: every :class:`store.errors.MitoprobeError` (bad data, a damaged or incomplete store, an unknown
+recipe, unavailable weights, a request the protocol forbids, ...) prints one ``error:`` line and exits
+2; anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -9,17 +13,21 @@ import sys
 
 import click
 
+from store.errors import MitoprobeError
+
 # name -> ("module:attribute", one-line purpose shown by --help without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("store.cli:data", "Import the AMi-Br benchmark into the store (or download it)."),
-    "store": ("store.cli:store_group", "Inspect the store: what is stored, counts and sizes."),
-    "sql": ("store.cli:sql", "Run a DuckDB query over patches, embeddings, runs and predictions."),
-    "embed": ("embedder.cli:embed", "Embed every patch with one model (incremental, resumable; --list shows recipes)."),
-    "finetune": ("embedder.finetune.cli:finetune", "LoRA / full fine-tuning per fold under the paper's protocol (resumable)."),
-    "dashboard": ("dashboard.cli:dashboard", "Open the results dashboard (Streamlit, localhost)."),
-    "probe": ("classifiers.cli:probe", "Fit every head x 5 folds on a model's vectors; score the 3 test sets."),
-    "report": ("classifiers.cli:report", "Print the leaderboard with CIs and the paper's numbers beside it."),
-    "run": ("mitoprobe.main_job:run", "The main job: import, embed (offline defaults), probe, report."),
+    "data": ("mitoprobe.commands.data:data", "Import the AMi-Br benchmark into the store (or download it)."),
+    "store": ("mitoprobe.commands.store:store_group", "Inspect the store: what is stored, counts and sizes."),
+    "sql": ("mitoprobe.commands.store:sql", "Run a DuckDB query over patches, embeddings, runs and predictions."),
+    "embed": ("mitoprobe.commands.embed:embed",
+              "Embed every patch with one model (incremental, resumable; --list shows recipes)."),
+    "finetune": ("mitoprobe.commands.finetune:finetune_cmd",
+                 "LoRA / full fine-tuning per fold under the paper's protocol (resumable)."),
+    "dashboard": ("mitoprobe.commands.dashboard:dashboard_cmd", "Open the results dashboard (Streamlit, localhost)."),
+    "probe": ("mitoprobe.commands.probe:probe", "Fit every head x 5 folds on a model's vectors; score the 3 test sets."),
+    "report": ("mitoprobe.commands.probe:report", "Print the leaderboard with CIs and the paper's numbers beside it."),
+    "run": ("mitoprobe.commands.run:run", "The main job: import, embed (offline defaults), probe, report."),
 }
 
 
@@ -54,8 +62,6 @@ def cli(verbose: int) -> None:
 
 
 def main() -> None:
-    from store.errors import MitoprobeError
-
     try:
         cli.main(standalone_mode=False)
     except MitoprobeError as exc:

@@ -1,10 +1,13 @@
-"""Terminal output helpers shared by every command (rich tables, human sizes)."""
+"""Terminal output shared by every command: rich tables, human sizes, the leaderboard."""
 
 from __future__ import annotations
 
 import numbers
 
+import click
 import pandas as pd
+
+from classifiers.report import format_board, human_reference, leaderboard
 
 
 def human_bytes(n: int | float) -> str:
@@ -42,3 +45,26 @@ def print_frame(df: pd.DataFrame, title: str | None = None, max_rows: int = 200,
     console.print(table)
     if len(df) > max_rows:
         console.print(f"... {len(df) - max_rows} more rows")
+
+
+def print_report(store, fmt: str = "table", model: str | None = None, family: str | None = None,
+                 with_paper: bool = True, human: bool = True) -> None:
+    """Print the leaderboard (and the experts' reference) as a table, markdown or CSV."""
+    board = leaderboard(store, model=model, family=family, with_paper=with_paper)
+    if fmt == "csv":
+        click.echo(board.to_csv(index=False), nl=False)
+        return
+    pretty = format_board(board)
+    if fmt == "markdown":
+        click.echo(pretty.to_markdown(index=False))
+    else:
+        print_frame(pretty, title="leaderboard: mean ± std over 5 fold models; fold ensemble with 95% bootstrap CI")
+    if human:
+        ref = human_reference(store)
+        if len(ref):
+            if fmt == "markdown":
+                click.echo("\nHuman reference (each expert vs the others' majority, ties left out):\n")
+                click.echo(ref.to_markdown(index=False, floatfmt=".3f"))
+            else:
+                print_frame(ref, title="human reference: each expert vs the others' majority (ties left out)",
+                            floatfmt="{:.3f}")

@@ -1,8 +1,25 @@
-"""Exceptions raised by the store. Each message names the offending file/row and the fix."""
+"""mitoprobe's one error hierarchy (a leaf module: it imports nothing of the project).
+
+Every error a user can fix derives from :class:`MitoprobeError`; its message names the offending
+file, row, recipe or option and what to do. The CLI prints such an error as one line and exits 2.
+Any other exception is a bug and keeps its traceback.
+
+Which one to raise:
+
+* :class:`DataError` - bad input data (an image, a CSV row); nothing in the store was changed.
+* :class:`StoreError` - the store lacks something, or a write would break one of its invariants.
+* :class:`StaleFeaturesError` - stored vectors were made by another recipe id than the current one.
+* :class:`RecipeError` - an unknown or invalid embedder recipe, layer, view set or engine.
+* :class:`WeightsError` - model weights are missing, unreadable, unsafe to load or do not fit.
+* :class:`ConfigError` - an option value that cannot work (device, engine, batch size, folds).
+* :class:`ProtocolError` - a request the evaluation protocol forbids or cannot serve (unknown head,
+  test set or pooling; a fine-tuned fold's vectors under another fold; a bad fold spec).
+* :class:`FinetuneError` - a fine-tuning run that cannot start or resume as asked.
+"""
 
 
 class MitoprobeError(Exception):
-    """Base class: the CLI prints these as one clean error line and exits non-zero."""
+    """Base class: the CLI prints these as one clean error line and exits 2."""
 
 
 class DataError(MitoprobeError):
@@ -15,3 +32,23 @@ class StoreError(MitoprobeError):
 
 class StaleFeaturesError(StoreError):
     """Stored vectors were made by a recipe that no longer matches the current one."""
+
+
+class RecipeError(MitoprobeError):
+    """An embedder recipe (or a name that should resolve to one) is unknown or invalid."""
+
+
+class WeightsError(RecipeError):
+    """Weights for a recipe are unavailable, unsafe to load, or do not fit its architecture."""
+
+
+class ConfigError(MitoprobeError):
+    """An option value that cannot work on this machine or with this store."""
+
+
+class ProtocolError(MitoprobeError):
+    """The evaluation protocol cannot serve the request as asked."""
+
+
+class FinetuneError(MitoprobeError):
+    """A fine-tuning run cannot start or resume as asked."""

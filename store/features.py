@@ -149,25 +149,30 @@ class FeatureStore:
                 return s
         raise StoreError(f"no embedding set with recipe id {recipe_id}; run `mitoprobe embed` first")
 
-    def resolve(self, name: str, recipe_id: str | None = None, allow_stale: bool = False) -> EmbeddingSet:
-        """The set for recipe ``name``; refuse one made by a different recipe id (stale)."""
+    def resolve(self, name: str, recipe_id: str, allow_stale: bool = False) -> EmbeddingSet:
+        """The set of recipe ``name`` made by ``recipe_id`` (the id the recipe has *now*, from the
+        embedder's registry). A set made by another id is stale and refused, unless ``allow_stale``,
+        which takes the newest such set with a loud warning. There is no "newest set" default: the
+        caller must know the current id."""
+        if not recipe_id:
+            raise StoreError(f"reading {name!r} needs its current recipe id (embedder.recipe_id_of); "
+                             "refusing to guess which stored set is meant")
         named = [s for s in self.sets() if s.name == name]
-        if recipe_id is not None:
-            for s in named:
-                if s.recipe_id == recipe_id:
-                    return s
-            if named and not allow_stale:
-                ids = ", ".join(s.recipe_id for s in named)
-                raise StaleFeaturesError(
-                    f"STALE FEATURES: embeddings stored for {name!r} were made by recipe id(s) {ids}, "
-                    f"but the current recipe id is {recipe_id} (model, weights, transform or library "
-                    f"versions changed). Re-run `mitoprobe embed --model {name}`, or pass "
-                    "--allow-stale to use the old vectors anyway.")
+        for s in named:
+            if s.recipe_id == recipe_id:
+                return s
         if not named:
             raise StoreError(f"no embeddings stored for {name!r}; run `mitoprobe embed --model {name}` first")
-        if recipe_id is not None:
-            log.warning("USING STALE FEATURES for %s: stored %s, current %s", name, named[-1].recipe_id, recipe_id)
-        return max(named, key=lambda s: s.provenance.get("created", 0))
+        if not allow_stale:
+            ids = ", ".join(s.recipe_id for s in named)
+            raise StaleFeaturesError(
+                f"STALE FEATURES: embeddings stored for {name!r} were made by recipe id(s) {ids}, "
+                f"but the current recipe id is {recipe_id} (model, weights, transform or library "
+                f"versions changed). Re-run `mitoprobe embed --model {name}`, or pass "
+                "--allow-stale to use the old vectors anyway.")
+        newest = max(named, key=lambda s: s.provenance.get("created", 0))
+        log.warning("USING STALE FEATURES for %s: stored %s, current %s", name, newest.recipe_id, recipe_id)
+        return newest
 
     # -- writing ---------------------------------------------------------------------------
     def writer(self, recipe_id: str, name: str, outputs: dict[str, int], provenance: dict) -> EmbeddingWriter:
@@ -200,7 +205,7 @@ class FeatureStore:
             raise StoreError(f"set {eset.name} ({eset.recipe_id}) has no vectors yet")
         return pa.concat_tables(pq.read_table(p, columns=list(columns) if columns else None) for p in parts)
 
-    def read(self, name: str, recipe_id: str | None = None, outputs: Sequence[str] | None = None,
+    def read(self, name: str, recipe_id: str, outputs: Sequence[str] | None = None,
              views: Sequence[str] | None = None, allow_stale: bool = False) -> tuple[pd.DataFrame, np.ndarray]:
         """Keys frame (patch_id, view) and the matrix of the chosen outputs concatenated.
 

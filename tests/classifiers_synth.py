@@ -8,7 +8,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import embedder
+from embedder.recipes import Recipe
 from store import Store
+from store.errors import RecipeError
 
 TEST_DATASETS = (("AMi-Br", "test", 3), ("AtNorM-Br", "test", 0), ("AtNorM-MD", "test", 5))
 
@@ -37,6 +40,19 @@ def synthetic_patches(n_train: int = 300, n_test: int = 120, n_slides: int = 15,
     return df
 
 
+def synthetic_recipe(name: str, dim: int) -> Recipe:
+    """A registered recipe for a synthetic set: readers resolve the set's current recipe id through the
+    registry like any other (no name-only fallback exists), so the synthetic vectors need one too."""
+    recipe = Recipe(name=name, family="test", arch="synthetic", weights="none",
+                    outputs=(("cls", dim // 2), ("mean", dim - dim // 2)), note="synthetic test vectors")
+    try:
+        known = embedder.get_recipe(name)
+    except RecipeError:
+        return embedder.register(recipe)
+    assert known == recipe, f"synthetic recipe {name!r} registered with other outputs; use another name"
+    return known
+
+
 def synthetic_store(root, dim: int = 32, signal: float = 1.5, views=("none",), seed: int = 0,
                     name: str = "synth") -> Store:
     """A store holding synthetic patches (no pixels) and one embedding set ``name``."""
@@ -47,7 +63,8 @@ def synthetic_store(root, dim: int = 32, signal: float = 1.5, views=("none",), s
     rng = np.random.default_rng(seed + 1)
     base = rng.normal(size=(len(patches), dim)).astype(np.float32)
     base[patches["y"].to_numpy() == 1, : dim // 4] += signal
-    w = st.features.writer(f"{name}-recipe-0001", name, {"cls": dim // 2, "mean": dim - dim // 2}, {"synthetic": True})
+    recipe = synthetic_recipe(name, dim)
+    w = st.features.writer(embedder.recipe_id_of(recipe), name, recipe.output_dims, {"synthetic": True})
     for v in views:
         X = base + 0.2 * rng.normal(size=base.shape).astype(np.float32)
         w.write_chunk(patches["patch_id"], [v] * len(patches), {"cls": X[:, : dim // 2], "mean": X[:, dim // 2:]})

@@ -2,7 +2,7 @@
 
 Real parts: the tiny synthetic benchmark from conftest, embedded with the real ``handcrafted``
 recipe (so uploads can be embedded on the fly). Synthetic parts: run and prediction rows written by the
-classifiers' own writer (``classifiers.results.append``), with scores derived from the first feature
+classifiers' own writer (``classifiers.runs.append``), with scores derived from the first feature
 and every metric computed by ``classifiers.metrics``.
 """
 
@@ -24,14 +24,15 @@ FAMILIES = (("fam-logreg", "logreg", 1.2), ("fam-knn", "knn", 0.5), ("fam-oracle
 
 def build_dashboard_store(root: Path, n_per_class: int = 6, seed: int = 0) -> Store:
     import embedder
-    from classifiers import metrics, results
+    from classifiers import metrics
+    from classifiers import runs as run_rows
 
     bench = make_benchmark(root / "bench", n_per_class=n_per_class, seed=seed)
     st = Store(root / "store")
     st.import_dataset(bench, bench / "AMI-BR.csv")
     embedder.embed(st, "handcrafted", progress=False, num_workers=0)
     eset = st.features.sets()[0]
-    keys, X = st.features.read(eset.name)
+    keys, X = st.features.read(eset.name, eset.recipe_id)
     x0 = pd.Series(X[:, 0], index=keys["patch_id"])
     meta = st.patches().set_index("patch_id")
     rng = np.random.default_rng(seed)
@@ -65,5 +66,5 @@ def build_dashboard_store(root: Path, n_per_class: int = 6, seed: int = 0) -> St
                 preds.append(pd.DataFrame(dict(run_id=run_id, patch_id=ids, fold=fold, test_set=ts,
                                                probability=prob, threshold=thr,
                                                prediction=metrics.predict(prob, thr))))
-    results.append(st, runs, preds)
+    run_rows.append(st, runs, preds)
     return st

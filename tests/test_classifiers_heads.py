@@ -91,15 +91,15 @@ def test_pooling_and_tta_options(tmp_path):
 
     from classifiers.runner import load_features, sweep
 
-    st = synthetic_store(tmp_path / "s", dim=16, views=("none", "rot90", "flip"))
-    assert load_features(st, "synth", "cls").X.shape == (len(st.patches()), 8)
-    assert load_features(st, "synth", "both").X.shape[1] == 16
-    tta = load_features(st, "synth", "all", tta=True)
+    st = synthetic_store(tmp_path / "s", dim=16, views=("none", "rot90", "flip"), name="synth16")
+    assert load_features(st, "synth16", "cls").X.shape == (len(st.patches()), 8)
+    assert load_features(st, "synth16", "both").X.shape[1] == 16
+    tta = load_features(st, "synth16", "all", tta=True)
     assert tta.views == ["flip", "none", "rot90"] and len(tta.X) == 3 * len(st.patches())
-    rows = sweep(st, "synth", heads=["simpleshot"], pooling="cls", tta=True, n_boot=20, show_progress=False)
+    rows = sweep(st, "synth16", heads=["simpleshot"], pooling="cls", tta=True, n_boot=20, show_progress=False)
     assert '"tta":true' in rows["options"].iloc[0] and '"pooling":"cls"' in rows["options"].iloc[0]
     preds = st.results.read("predictions")
     # one averaged probability per test patch and fold, not one per view
     assert not preds.duplicated(["run_id", "test_set", "patch_id"]).any()
     with pytest.raises(Exception, match="pooling"):
-        load_features(st, "synth", "vector")
+        load_features(st, "synth16", "vector")

@@ -10,7 +10,7 @@ from classifiers_synth import synthetic_store
 from click.testing import CliRunner
 
 from classifiers.report import best_per_test_set, leaderboard
-from classifiers.results import PREDICTION_COLUMNS, RUN_COLUMNS
+from classifiers.runs import PREDICTION_COLUMNS, RUN_COLUMNS
 from classifiers.runner import sweep
 from mitoprobe.cli import cli
 

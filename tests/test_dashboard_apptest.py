@@ -13,10 +13,11 @@ from streamlit.testing.v1 import AppTest
 from dashboard import APP
 from dashboard_store import FAMILIES, build_dashboard_store
 
-PAGES = {"leaderboard": None, "compare": "views/compare.py", "similarity": "views/similarity.py",
-         "map": "views/embedding_map.py", "errors": "views/errors.py"}
-TITLES = {"leaderboard": "Leaderboard", "compare": "Compare", "similarity": "Similarity search",
-          "map": "Embedding map", "errors": "Errors"}
+from dashboard.navigation import PAGES as PAGE_SPECS
+
+# page key (as the tests name them) -> the page script relative to app.py (None: the default page)
+PAGES = {(p.key or "leaderboard"): (None if not p.key else f"app_pages/{p.script}") for p in PAGE_SPECS}
+TITLES = {(p.key or "leaderboard"): p.title for p in PAGE_SPECS}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import embedder
-from store.errors import StoreError
+from store.errors import WeightsError
 
 TINY = dict(depth=1, embed_dim=48, num_heads=2)
 STEMS = ("virchow", "virchow2", "uni", "uni2_h", "hoptimus0", "hoptimus1", "gigapath")
@@ -84,7 +84,7 @@ def test_local_weights_round_trip(tmp_path):
     wrong, _ = embedder.build("virchow2.random", overrides=TINY)
     bad = tmp_path / "wrong.safetensors"
     save_file({k: v.contiguous() for k, v in wrong.backbone.state_dict().items()}, str(bad))
-    with pytest.raises(StoreError, match="does not fit"):
+    with pytest.raises(WeightsError, match="does not fit"):
         embedder.build("uni.hf", weights=bad, overrides=TINY)
 
 
@@ -92,13 +92,13 @@ def test_pickle_refused_unless_trusted(tmp_path):
     model, _ = embedder.build("uni.random", overrides=TINY)
     p = tmp_path / "ckpt.pt"
     torch.save({"state_dict": model.backbone.state_dict(), "extra": types.SimpleNamespace(epoch=3)}, p)
-    with pytest.raises(StoreError, match="refusing to unpickle"):
+    with pytest.raises(WeightsError, match="refusing to unpickle"):
         embedder.build("uni.hf", weights=p, overrides=TINY)
     trusted, _ = embedder.build("uni.hf", weights=p, trust_pickle=True, overrides=TINY)
     assert trusted.output_dims == {"cls": 48, "mean": 48}
     odd = tmp_path / "weights.npz"
     odd.write_bytes(b"x")
-    with pytest.raises(StoreError, match="unknown weights format"):
+    with pytest.raises(WeightsError, match="unknown weights format"):
         embedder.build("uni.hf", weights=odd, overrides=TINY)
 
 
@@ -108,4 +108,4 @@ def test_unavailable_hub_weights_name_both_ways_out():
     code = ("import embedder\ntry:\n    embedder.build('virchow2.hf', hf_token_env='MY_TOKEN_VAR')\n"
             "except Exception as e:\n    print(type(e).__name__, e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
-    assert out.startswith("StoreError") and "$MY_TOKEN_VAR" in out and "--weights PATH" in out
+    assert out.startswith("WeightsError") and "$MY_TOKEN_VAR" in out and "--weights PATH" in out

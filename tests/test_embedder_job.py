@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import embedder
 from embedder.recipes import Recipe, get_recipe, register
 from embedder.transforms import decode_png
-from embedder.views import VIEWS_D8, apply_view_np
+from embedder.dihedral import VIEWS_D8, apply_view_np
 
 TINY_VIT = "tiny_vit.test_random"
 try:

@@ -12,7 +12,7 @@ import pytest
 import embedder
 from embedder.recipes import IMAGENET_MEAN, IMAGENET_STD, Recipe, get_recipe, list_recipes, register
 from embedder.transforms import Preprocess
-from store.errors import StoreError
+from store.errors import RecipeError
 
 PAPER_SEVEN = ("virchow.hf", "virchow2.hf", "uni.hf", "uni2_h.hf", "hoptimus0.hf", "hoptimus1.hf", "gigapath.hf")
 # (cls dim, prefix tokens = CLS + registers) per architecture, from the model cards.
@@ -27,7 +27,7 @@ def test_registry_has_paper_models_twins_and_offline():
     assert set(embedder.OFFLINE_DEFAULTS) <= names and "handcrafted" in embedder.OFFLINE_DEFAULTS
     with pytest.raises(ValueError, match="already registered"):
         register(get_recipe("uni.hf"))
-    with pytest.raises(StoreError, match="unknown embedder"):
+    with pytest.raises(RecipeError, match="unknown embedder"):
         get_recipe("no_such.model")
 
 

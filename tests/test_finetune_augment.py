@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from embedder.factory import preprocess, train_transform
-from embedder.finetune.augment import hed_jitter
+from embedder.factory import preprocess
+from finetune.augment import hed_jitter, train_transform
 
 
 def _rgb(seed=0):

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from conftest import make_six_slide_store
-from embedder.finetune import FinetuneConfig, finetune, parse_folds
-from embedder.finetune.job import check_device
-from embedder.finetune.model import build_classifier, load_weights, parameter_counts
-from embedder.finetune.train import DONE_FILE, MODEL_FILE, STATE_FILE, Runtime, predict_proba
+from finetune import FinetuneConfig, finetune, parse_folds
+from finetune.job import check_device
+from finetune.model import build_classifier, load_weights, parameter_counts
+from finetune.train import DONE_FILE, MODEL_FILE, STATE_FILE, Runtime, predict_proba
 from embedder.recipes import Recipe, get_recipe, register
 from store import Store
-from store.errors import StoreError
+from store.errors import FinetuneError, ProtocolError, RecipeError
 
 TINY = "vit_ft_test.random"
 FAST = dict(max_epochs=2, max_steps=2, batch_size=4)
@@ -27,7 +27,7 @@ FAST = dict(max_epochs=2, max_steps=2, batch_size=4)
 def _tiny_recipe() -> Recipe:
     try:
         return get_recipe(TINY)
-    except StoreError:
+    except RecipeError:
         return register(Recipe(
             name=TINY, family="test", arch="vit_tiny_patch16_224",
             kwargs=(("img_size", 32), ("patch_size", 8), ("embed_dim", 32), ("depth", 2), ("num_heads", 2),
@@ -58,9 +58,9 @@ def test_config_defaults_are_the_papers():
     assert (full.lr, full.early_stop, full.norm) == (1e-4, 15, "recipe") and full.options() == {}
     assert FinetuneConfig.paper(TINY, "lora", loss="focal", tta="rot4").options() == {"loss": "focal", "tta": "rot4"}
     assert parse_folds("1..5", 5) == [0, 1, 2, 3, 4] and parse_folds("0,3", 5) == [0, 3]
-    with pytest.raises(StoreError):
+    with pytest.raises(FinetuneError):
         parse_folds("7", 5)
-    with pytest.raises(StoreError):
+    with pytest.raises(FinetuneError):
         FinetuneConfig.paper(TINY, "lora", loss="mse")
 
 
@@ -157,7 +157,7 @@ def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(ft_store, t
 
 
 def test_full_finetune_and_cpu_guard(ft_store, tmp_path):
-    with pytest.raises(StoreError, match="--allow-cpu"):
+    with pytest.raises(FinetuneError, match="--allow-cpu"):
         check_device("cpu", get_recipe("virchow2.random"), None, allow_cpu=False)
     assert check_device("cpu", get_recipe(TINY), None, allow_cpu=False)[0] == "cpu"
     cfg = FinetuneConfig.paper(TINY, "full", max_epochs=1, max_steps=1, batch_size=4, dihedral=True, hed=0.05,
@@ -187,5 +187,5 @@ def test_finetuned_fold_as_embedder_is_probed_under_its_fold_only(ft_store, lora
     assert set(rows["fold"]) == {0}  # fold 0 only, and no fold ensemble
     feats = load_features(ft_store, s.name)
     proto = load_protocol(ft_store)
-    with pytest.raises(StoreError, match="leakage"):
+    with pytest.raises(ProtocolError, match="leakage"):
         fit_fold("logreg", {}, feats, proto.fold_data(1), proto.train["patch_id"].to_numpy())

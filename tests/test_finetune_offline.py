@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import make_six_slide_store
 
-from embedder.finetune import FinetuneConfig, finetune
-from embedder.finetune.model import build_classifier, parameter_counts
-from embedder.finetune.train import DONE_FILE, PREDICTIONS_FILE
+from finetune import FinetuneConfig, finetune
+from finetune.model import build_classifier, parameter_counts
+from finetune.train import DONE_FILE, PREDICTIONS_FILE
 from store import Store
-from store.errors import StoreError
+from store.errors import FinetuneError
 
 # Two epochs of two steps each: enough to exercise the schedule, selection, TTA and threshold.
 FAST = dict(max_epochs=2, max_steps=2, batch_size=8)
@@ -44,7 +44,7 @@ def test_offline_preset_is_a_small_cnn_with_its_settings():
     assert parameter_counts(model)["total"] < 5_000_000
     x = torch.zeros(2, 3, recipe.input_size, recipe.input_size)
     assert model(x).shape == (2,)
-    with pytest.raises(StoreError):
+    with pytest.raises(FinetuneError):
         FinetuneConfig.preset("nope")
     # fields added later are left out of the hash at their defaults: older runs keep their keys
     assert "ema" not in FinetuneConfig.paper("virchow2.hf").to_dict() and "ema" in cfg.with_(ema=0.9).to_dict()
@@ -71,9 +71,9 @@ def test_offline_preset_trains_on_the_tiny_store(bench, tmp_path):
 def test_no_finetune_selection_step_reads_a_test_label(bench, tmp_path, monkeypatch):
     """Permute every test label: the selected checkpoint, threshold and every held-out/test probability
     stay identical (fold and ensemble), while the test metrics move (so labels were really changed)."""
-    from classifiers import protocol
+    from finetune import job as finetune_job
 
-    real_load = protocol.load_protocol
+    real_load = finetune_job.load_protocol
 
     def runs_of(st: Store, poison: bool):
         def load(store, test_sets=None):
@@ -83,7 +83,7 @@ def test_no_finetune_selection_step_reads_a_test_label(bench, tmp_path, monkeypa
             rng = np.random.default_rng(0)
             return replace(proto, tests={name: replace(ts, y=rng.permutation(ts.y)) for name, ts in proto.tests.items()})
 
-        monkeypatch.setattr(protocol, "load_protocol", load)
+        monkeypatch.setattr(finetune_job, "load_protocol", load)  # the name the job calls
         cfg = FinetuneConfig.preset("offline", max_epochs=2, max_steps=1, batch_size=8, tta="rot4", cpu_bf16=False)
         s = finetune(st, cfg, progress=False, n_boot=10)  # all five folds, so the ensemble's threshold is made too
         done = [json.loads((s.run_dir / f"fold{k}" / DONE_FILE).read_text()) for k in range(5)]

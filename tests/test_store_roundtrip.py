@@ -77,7 +77,7 @@ def test_embeddings_pyarrow_duckdb_lancedb_equal(filled):
     keys, X = st.features.read("toy", "abc123")
     ours = _sorted(keys.assign(cls=list(X[:, :16]), mean=list(X[:, 16:])))
     np.testing.assert_array_equal(_matrix(ours["cls"]), _matrix(want["cls"]))
-    keys, X = st.features.read("toy", outputs=["mean"], views=["hflip"])
+    keys, X = st.features.read("toy", "abc123", outputs=["mean"], views=["hflip"])
     assert set(keys["view"]) == {"hflip"} and X.shape == (len(want) // 2, 8)
     # The provenance is plain JSON next to the vectors.
     assert (eset.path / "recipe.json").is_file() and eset.provenance["model"] == "toy"

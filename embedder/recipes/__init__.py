@@ -10,9 +10,10 @@ architecture, seeded random weights). Torch-free: listing recipes never imports 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
-from store.errors import StoreError
+from store.errors import RecipeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,11 +104,58 @@ def register(recipe: Recipe) -> Recipe:
 
 
 def get_recipe(name: str) -> Recipe:
+    """A registered recipe by name (built-in or registered earlier in this process)."""
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise StoreError(f"unknown embedder {name!r}; `mitoprobe embed --list` shows the recipes "
-                         f"({', '.join(sorted(_REGISTRY))})") from None
+        raise RecipeError(f"unknown embedder {name!r}; `mitoprobe embed --list` shows the recipes "
+                          f"({', '.join(sorted(_REGISTRY))})") from None
+
+
+# -- resolvers: names that higher layers turn into recipes ------------------------------------------
+# A resolver maps a name this registry does not hold (e.g. ``ft:<run>/fold<k>``, a fine-tuned fold
+# checkpoint inside a store) to a Recipe, or returns None for names it does not own. Higher layers
+# register theirs (``finetune`` does on import); the ``mitoprobe.recipe_resolvers`` entry point makes
+# them discoverable in a fresh process that never imported that layer. The registry never imports them.
+Resolver = Callable[[str, Path | None], Recipe | None]
+RESOLVER_ENTRY_POINT = "mitoprobe.recipe_resolvers"
+_RESOLVERS: dict[str, Resolver] = {}
+_entry_points_loaded = False
+
+
+def register_resolver(key: str, resolver: Resolver) -> Resolver:
+    """Add (or replace, under the same ``key``) a resolver for names outside the registry."""
+    _RESOLVERS[key] = resolver
+    return resolver
+
+
+def _load_entry_point_resolvers() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=RESOLVER_ENTRY_POINT):
+        if ep.name not in _RESOLVERS:
+            register_resolver(ep.name, ep.load())
+
+
+def resolve_recipe(name: str, store_root: Path | None = None) -> Recipe:
+    """The recipe called ``name``: a registered one, else the first registered resolver's answer.
+
+    ``store_root`` lets store-bound resolvers (fine-tuned checkpoints) look inside that store.
+    Raises RecipeError naming what to do when nothing resolves the name (never a fallback)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    _load_entry_point_resolvers()
+    for resolver in _RESOLVERS.values():
+        recipe = resolver(name, store_root)
+        if recipe is not None:
+            return recipe
+    raise RecipeError(f"unknown embedder {name!r}: neither a recipe (`mitoprobe embed --list`) nor a name any "
+                      f"resolver knows ({', '.join(sorted(_RESOLVERS)) or 'none registered'}); fine-tuned folds "
+                      "are named ft:<run>/fold<k> (`mitoprobe finetune --list`)")
 
 
 def list_recipes(family: str | None = None) -> list[Recipe]:
@@ -132,4 +180,5 @@ from . import gigapath  # noqa: E402,F401
 from . import offline  # noqa: E402,F401
 from . import endtoend  # noqa: E402,F401
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Recipe", "get_recipe", "list_recipes", "register"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Recipe", "get_recipe", "list_recipes", "register",
+           "register_resolver", "resolve_recipe"]

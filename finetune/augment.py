@@ -1,6 +1,6 @@
 """Training augmentation: (H, W, 3) uint8 patch -> normalised (3, S, S) float32 tensor.
 
-Made by ``embedder.factory.train_transform`` from the recipe's evaluation ``Preprocess`` (input size
+Made by :func:`train_transform` from the recipe's evaluation ``Preprocess`` (``embedder.factory.preprocess``; input size
 and normalisation come from there). Order: RandomResizedCrop(S, scale) on the 128 px patch (the
 paper's LoRA scripts crop the raw patch, which upsamples it to 224), or with ``crop_from="view"`` on
 the recipe's evaluation view (e.g. its centre crop, so training sees what inference sees) -> horizontal flip -> optional
@@ -12,6 +12,8 @@ worker, and per epoch by the trainer), so a seeded run is reproducible.
 from __future__ import annotations
 
 import numpy as np
+
+from embedder.factory import preprocess
 
 # Ruifrok & Johnston's H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB), as scikit-image uses.
 _RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
@@ -89,3 +91,8 @@ class TrainTransform:
         mean = torch.tensor(self.preprocess.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.preprocess.std, dtype=torch.float32).view(3, 1, 1)
         return ((x - mean) / std).contiguous()
+
+
+def train_transform(recipe, mean=None, std=None, **augment) -> TrainTransform:
+    """The fine-tuning training transform at the recipe's input size, normalised by ``mean``/``std``."""
+    return TrainTransform(preprocess(recipe, mean, std), **augment)

@@ -18,11 +18,21 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from embedder.recipes import Recipe, get_recipe, register
 from store import Store
-from store.errors import StoreError
+from store.errors import RecipeError, WeightsError
+from store.hashing import file_sha256
 
-from ..recipes import Recipe, get_recipe, register
+from .config import FinetuneConfig
+from .model import add_lora
 from .train import DONE_FILE, MODEL_FILE
+
+FINETUNE_DIR = "finetune"  # <store>/finetune/<run_key>/: one folder per fine-tuning run
+
+
+def runs_root(st: Store) -> Path:
+    return st.root / FINETUNE_DIR
+
 
 _ALIAS = re.compile(r"^ft:(?P<run>[0-9a-f]{4,})/fold(?P<fold>\d+)$")
 _NAME = re.compile(r"^ft-(?P<run>[0-9a-f]{8})-fold(?P<fold>\d+)\.(?P<sha>[0-9a-f]{8})$")
@@ -49,16 +59,11 @@ class FinetunedRecipe(Recipe):
         """Put the checkpoint's backbone tensors (LoRA adapters, or all weights) on ``backbone``."""
         from safetensors.torch import load_file
 
-        from store.hashing import file_sha256
-
-        from .config import FinetuneConfig
-        from .model import add_lora
-
         path = Path(self.checkpoint)
         if not path.is_file():
-            raise StoreError(f"{self.name}: checkpoint {path} is missing")
+            raise WeightsError(f"{self.name}: checkpoint {path} is missing")
         if file_sha256(path) != self.checkpoint_sha256:
-            raise StoreError(f"{self.name}: {path} changed since it was registered (sha256 differs)")
+            raise WeightsError(f"{self.name}: {path} changed since it was registered (sha256 differs)")
         if self.method == "lora":
             r, alpha, dropout, targets = self.lora
             add_lora(backbone, FinetuneConfig(model=self.base, lora_r=r, lora_alpha=alpha, lora_dropout=dropout,
@@ -66,18 +71,16 @@ class FinetunedRecipe(Recipe):
         sd = {k.removeprefix("backbone."): v for k, v in load_file(str(path)).items() if k.startswith("backbone.")}
         missing, unexpected = backbone.load_state_dict(sd, strict=False)
         if unexpected or (self.method == "full" and missing):
-            raise StoreError(f"{path}: does not fit {self.base} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise WeightsError(f"{path}: does not fit {self.base} (missing {missing[:3]}, unexpected {unexpected[:3]})")
         return backbone.eval()
 
 
 def _find_run(st: Store, run: str) -> Path:
-    from .job import runs_root
-
     root = runs_root(st)
     hits = sorted(d for d in root.glob(f"{run}*") if (d / "config.json").is_file()) if root.is_dir() else []
     if len(hits) != 1:
         what = "no" if not hits else "several"
-        raise StoreError(f"{what} fine-tuning runs under {root} match {run!r}; `mitoprobe finetune --list` shows them")
+        raise RecipeError(f"{what} fine-tuning runs under {root} match {run!r}; `mitoprobe finetune --list` shows them")
     return hits[0]
 
 
@@ -86,17 +89,17 @@ def finetuned_recipe(store: Store | str | Path | None, name: str, run_dir: str |
     st = store if isinstance(store, Store) else Store(store)
     m = _ALIAS.match(name) or _NAME.match(name)
     if m is None:
-        raise StoreError(f"{name!r} is not a fine-tuned embedder; use ft:<run>/fold<k> (e.g. ft:1a2b3c4d/fold0)")
+        raise RecipeError(f"{name!r} is not a fine-tuned embedder; use ft:<run>/fold<k> (e.g. ft:1a2b3c4d/fold0)")
     rd = Path(run_dir) if run_dir else _find_run(st, m["run"])
     k = int(m["fold"])
     done = rd / f"fold{k}" / DONE_FILE
     if not done.is_file():
-        raise StoreError(f"fold {k} of run {rd.name} is not finished ({done} missing); train it first")
+        raise RecipeError(f"fold {k} of run {rd.name} is not finished ({done} missing); train it first")
     rec = json.loads(done.read_text())
     conf = json.loads((rd / "config.json").read_text())
     sha = rec["checkpoint_sha256"]
     if "sha" in m.groupdict() and m["sha"] and not sha.startswith(m["sha"]):
-        raise StoreError(f"{name}: the checkpoint of fold {k} is now {sha[:8]}; embed ft:{m['run']}/fold{k}")
+        raise RecipeError(f"{name}: the checkpoint of fold {k} is now {sha[:8]}; embed ft:{m['run']}/fold{k}")
     cfg = conf["config"]
     base = get_recipe(cfg["model"])
     kw = dict(base.model_kwargs, **(conf.get("overrides") or {}))
@@ -112,7 +115,17 @@ def finetuned_recipe(store: Store | str | Path | None, name: str, run_dir: str |
                              checkpoint_sha256=sha, checkpoint=str(rd / f"fold{k}" / MODEL_FILE))
     try:
         known = get_recipe(canonical)
-    except StoreError:
+    except RecipeError:
         return register(recipe)
     return known if known == recipe else recipe
 
+
+
+def is_finetuned_name(name: str) -> bool:
+    """``ft:<run>/fold<k>`` or a canonical ``ft-<run8>-fold<k>.<sha8>``."""
+    return bool(_ALIAS.match(name) or _NAME.match(name))
+
+
+def resolve_finetuned(name: str, store_root: Path | None = None) -> Recipe | None:
+    """The embedder registry's resolver for fine-tuned fold checkpoints (None for other names)."""
+    return finetuned_recipe(store_root, name) if is_finetuned_name(name) else None

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from store.cli import STORE_OPTION
+import dashboard
+
+from .options import STORE_OPTION
 
 
 @click.command("dashboard")
@@ -14,7 +16,7 @@ from store.cli import STORE_OPTION
 @click.option("--port", type=int, default=8501, show_default=True, help="Port to serve on.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind (localhost by default; 0.0.0.0 exposes it on the network).")
-def dashboard(store_path: Path | None, port: int, host: str) -> None:
+def dashboard_cmd(store_path: Path | None, port: int, host: str) -> None:
     """Open the results dashboard (leaderboard, compare, similarity search, embedding map, errors).
 
     Serves a Streamlit app at http://HOST:PORT until Ctrl-C; it only reads the store, so it can run
@@ -22,7 +24,5 @@ def dashboard(store_path: Path | None, port: int, host: str) -> None:
 
     Example: mitoprobe dashboard --store mitoprobe-store --port 8501
     """
-    from . import serve
-
     click.echo(f"mitoprobe dashboard: http://{host}:{port}  (Ctrl-C to stop)")
-    raise SystemExit(serve(store_path, port=port, host=host))
+    raise SystemExit(dashboard.serve(store_path, port=port, host=host))

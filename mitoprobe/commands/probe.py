@@ -6,34 +6,12 @@ from pathlib import Path
 
 import click
 
-from store.cli import STORE_OPTION
+from classifiers.report import best_per_test_set, format_board, leaderboard
+from classifiers.runner import sweep
+from mitoprobe.display import print_frame, print_report
+from store import Store
 
-
-def print_report(store, fmt: str = "table", model: str | None = None, family: str | None = None,
-                 with_paper: bool = True, human: bool = True) -> None:
-    """Print the leaderboard (and the experts' reference) in the chosen format."""
-    from mitoprobe.display import print_frame
-
-    from .report import format_board, human_reference, leaderboard
-
-    board = leaderboard(store, model=model, family=family, with_paper=with_paper)
-    if fmt == "csv":
-        click.echo(board.to_csv(index=False), nl=False)
-        return
-    pretty = format_board(board)
-    if fmt == "markdown":
-        click.echo(pretty.to_markdown(index=False))
-    else:
-        print_frame(pretty, title="leaderboard: mean ± std over 5 fold models; fold ensemble with 95% bootstrap CI")
-    if human:
-        ref = human_reference(store)
-        if len(ref):
-            if fmt == "markdown":
-                click.echo("\nHuman reference (each expert vs the others' majority, ties left out):\n")
-                click.echo(ref.to_markdown(index=False, floatfmt=".3f"))
-            else:
-                print_frame(ref, title="human reference: each expert vs the others' majority (ties left out)",
-                            floatfmt="{:.3f}")
+from .options import STORE_OPTION
 
 
 @click.command()
@@ -56,11 +34,6 @@ def probe(model: str, heads: str, pooling: str, tta: bool, repeat: bool, seed: i
 
     Example: mitoprobe probe --model handcrafted --head logreg,lgbm --tta
     """
-    from store import Store
-
-    from .report import best_per_test_set, format_board, leaderboard
-    from .runner import sweep
-
     st = Store(store_path)
     head_list = None if heads == "all" else [h.strip() for h in heads.split(",") if h.strip()]
     new = sweep(st, model, heads=head_list, pooling=pooling, tta=tta, seed=seed, repeat=repeat,
@@ -68,8 +41,6 @@ def probe(model: str, heads: str, pooling: str, tta: bool, repeat: bool, seed: i
     click.echo(f"{new['run_id'].nunique() if len(new) else 0} new runs appended to {st.root / 'results/runs'}")
     best = best_per_test_set(leaderboard(st, model=model, with_paper=False))
     if len(best):
-        from mitoprobe.display import print_frame
-
         print_frame(format_board(best), title=f"best head per test set for {model}")
 
 
@@ -84,6 +55,4 @@ def report(fmt: str, model: str | None, family: str | None, no_paper: bool, stor
 
     Example: mitoprobe report --format markdown
     """
-    from store import Store
-
     print_report(Store(store_path), fmt, model, family, with_paper=not no_paper)

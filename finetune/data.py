@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..transforms import decode_png
+from embedder.transforms import decode_png
 
 
 class PatchDataset:

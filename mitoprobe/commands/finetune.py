@@ -7,17 +7,17 @@ from pathlib import Path
 
 import click
 
-from store.cli import STORE_OPTION
+import pandas as pd
+
+from finetune import FinetuneConfig, finetuned_recipe, runs_root
+from finetune import finetune as run_finetune
+from mitoprobe.display import print_frame
+from store import Store
+
+from .options import STORE_OPTION
 
 
 def _list_runs(store_path) -> None:
-    import pandas as pd
-
-    from mitoprobe.display import print_frame
-    from store import Store
-
-    from .job import runs_root
-
     rows = []
     root = runs_root(Store(store_path))
     for d in sorted(root.glob("*/config.json")) if root.is_dir() else []:
@@ -74,7 +74,7 @@ def _list_runs(store_path) -> None:
               help="Afterwards, print the embedder name of each finished fold (embed it with `mitoprobe embed --model`).")
 @click.option("--list", "list_", is_flag=True, help="List the fine-tuning runs in the store and their finished folds.")
 @STORE_OPTION
-def finetune(model, preset, method, folds, epochs, max_steps, lr, batch_size, loss, sampler, dihedral, hed, tta,
+def finetune_cmd(model, preset, method, folds, epochs, max_steps, lr, batch_size, loss, sampler, dihedral, hed, tta,
              threshold, norm, schedule, select_on, ema, mixup, seed, device, allow_cpu, num_workers, threads, out,
              weights, hf_token_env, register_embedder, list_, store_path) -> None:
     """Fine-tune MODEL (LoRA or fully) per fold and add its rows to the leaderboard (resumable).
@@ -89,9 +89,6 @@ def finetune(model, preset, method, folds, epochs, max_steps, lr, batch_size, lo
         return
     if model is None and preset is None:
         raise click.UsageError("pass --model NAME or --preset offline (or --list)")
-    from .config import FinetuneConfig
-    from .job import finetune as run
-
     if threads:
         import torch
 
@@ -108,7 +105,7 @@ def finetune(model, preset, method, folds, epochs, max_steps, lr, batch_size, lo
         cfg = FinetuneConfig.paper(model, method, **opts, max_epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
                                loss=loss, sampler=sampler, dihedral=dihedral, hed=hed, tta=tta, threshold=threshold,
                                norm=norm, seed=seed)
-    s = run(store_path, cfg, folds, device=device, allow_cpu=allow_cpu, out=out, num_workers=num_workers,
+    s = run_finetune(store_path, cfg, folds, device=device, allow_cpu=allow_cpu, out=out, num_workers=num_workers,
             weights=weights, hf_token_env=hf_token_env)
     for k, rec in sorted(s.records.items()):
         click.echo(f"fold {k}: best epoch {rec['best_epoch']}/{rec['epochs']}, held-out balanced accuracy "
@@ -117,8 +114,6 @@ def finetune(model, preset, method, folds, epochs, max_steps, lr, batch_size, lo
     click.echo(f"run {s.run_key[:8]} in {s.run_dir}: folds done {s.folds_done}, {s.rows_appended} result rows added"
                + (" (with the fold ensemble)" if s.ensemble else "") + "; see `mitoprobe report`")
     if register_embedder:
-        from .registry import finetuned_recipe
-
         for k in s.folds_done:
             r = finetuned_recipe(store_path, f"ft:{s.run_key[:8]}/fold{k}", run_dir=s.run_dir)
             click.echo(f"embedder {r.name} (fold {k} only): mitoprobe embed --model ft:{s.run_key[:8]}/fold{k}")

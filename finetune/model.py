@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from store.errors import StoreError
+import embedder
+from store.atomic import atomic_write
+from store.errors import FinetuneError, WeightsError
 
 from .config import FinetuneConfig
 
@@ -64,19 +66,17 @@ def add_lora(backbone, cfg: FinetuneConfig):
         p.requires_grad_("lora_" in name)
         n += "lora_" in name
     if n == 0:
-        raise StoreError(f"LoRA targets {list(cfg.lora_targets)} match no module of {cfg.model}")
+        raise FinetuneError(f"LoRA targets {list(cfg.lora_targets)} match no module of {cfg.model}")
     return backbone
 
 
 def build_classifier(cfg: FinetuneConfig, weights=None, overrides: dict | None = None, *,
                      hf_token_env: str = "HF_TOKEN", trust_pickle: bool = False):
     """The untrained classifier for ``cfg`` (base weights per the recipe) and its recipe."""
-    import embedder
-
     torch = _torch()
     recipe = embedder.get_recipe(cfg.model)
     if recipe.arch == "handcrafted":
-        raise StoreError("handcrafted features have no network to fine-tune")
+        raise FinetuneError("handcrafted features have no network to fine-tune")
     features, _ = embedder.build(recipe, weights, overrides=overrides, hf_token_env=hf_token_env,
                                  trust_pickle=trust_pickle)
     with torch.random.fork_rng(devices=[]):
@@ -106,9 +106,8 @@ def save_weights(model, method: str, path: Path) -> None:
     """Atomic safetensors write of ``trainable_state``."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".tmp-{path.name}")
-    save_file({k: v.cpu() for k, v in trainable_state(model, method).items()}, str(tmp))
-    tmp.replace(path)
+    tensors = {k: v.cpu() for k, v in trainable_state(model, method).items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def load_weights(model, method: str, path: Path) -> None:
@@ -119,8 +118,8 @@ def load_weights(model, method: str, path: Path) -> None:
     missing, unexpected = model.load_state_dict(sd, strict=False)
     absent = [k for k in trainable_state(model, method) if k not in sd]
     if absent:
-        raise StoreError(f"{path}: lacks trained tensors {absent[:5]}")
+        raise WeightsError(f"{path}: lacks trained tensors {absent[:5]}")
     if unexpected:
-        raise StoreError(f"{path}: tensors {unexpected[:5]} do not fit this model")
+        raise WeightsError(f"{path}: tensors {unexpected[:5]} do not fit this model")
     if method == "full" and missing:
-        raise StoreError(f"{path}: lacks {missing[:5]}")
+        raise WeightsError(f"{path}: lacks {missing[:5]}")

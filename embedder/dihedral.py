@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from store.errors import RecipeError
+
 VIEWS_NONE = ("none",)
 VIEWS_D8 = ("none", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270")
 VIEW_SETS = {"none": VIEWS_NONE, "d8": VIEWS_D8}
 
 
 def view_names(views: str | tuple[str, ...]) -> tuple[str, ...]:
-    from store.errors import StoreError
-
     if isinstance(views, str):
         if views not in VIEW_SETS:
-            raise StoreError(f"unknown view set {views!r}; use one of {sorted(VIEW_SETS)}")
+            raise RecipeError(f"unknown view set {views!r}; use one of {sorted(VIEW_SETS)}")
         return VIEW_SETS[views]
     bad = [v for v in views if v not in VIEWS_D8]
     if bad:
-        raise StoreError(f"unknown views {bad}; known: {VIEWS_D8}")
+        raise RecipeError(f"unknown views {bad}; known: {VIEWS_D8}")
     return tuple(views)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from store.errors import StoreError
+from store.errors import FinetuneError
 
 METHODS = ("lora", "full")
 LOSSES = ("bce", "weighted_bce", "focal")
@@ -80,11 +80,11 @@ class FinetuneConfig:
                               ("tta", tuple(TTAS)), ("threshold", THRESHOLDS), ("optimizer", OPTIMIZERS),
                               ("schedule", SCHEDULES), ("select_on", SELECT_ON), ("crop_from", CROP_FROM)):
             if getattr(self, name) not in allowed:
-                raise StoreError(f"finetune {name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
+                raise FinetuneError(f"finetune {name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.max_steps < 0:
-            raise StoreError("finetune needs batch_size >= 1, max_epochs >= 1 and max_steps >= 0")
+            raise FinetuneError("finetune needs batch_size >= 1, max_epochs >= 1 and max_steps >= 0")
         if not 0 <= self.ema < 1 or self.mixup < 0:
-            raise StoreError("finetune needs 0 <= ema < 1 and mixup >= 0")
+            raise FinetuneError("finetune needs 0 <= ema < 1 and mixup >= 0")
 
     @classmethod
     def paper(cls, model: str, method: str = "lora", **overrides) -> "FinetuneConfig":
@@ -97,7 +97,7 @@ class FinetuneConfig:
     def preset(cls, name: str, **overrides) -> "FinetuneConfig":
         """A named configuration (``PRESETS``), then ``overrides`` (None values are ignored)."""
         if name not in PRESETS:
-            raise StoreError(f"unknown finetune preset {name!r}; choose from {sorted(PRESETS)}")
+            raise FinetuneError(f"unknown finetune preset {name!r}; choose from {sorted(PRESETS)}")
         base = dict(PRESETS[name])
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls.paper(**base)

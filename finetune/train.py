@@ -30,12 +30,16 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from store.atomic import write_json
-from store.errors import StoreError
+from store.atomic import atomic_write, write_json
+from store.errors import FinetuneError
 from store.hashing import config_hash, file_sha256
 from store.progress import progress as progress_bar
 
-from ..views import apply_view_torch
+from classifiers import metrics as M
+from embedder.dihedral import apply_view_torch
+from embedder.factory import preprocess
+
+from .augment import train_transform
 from .config import TTAS, FinetuneConfig
 from .data import eval_loader, train_loader
 from .model import build_classifier, load_weights, parameter_counts, save_weights
@@ -49,8 +53,9 @@ PREDICTIONS_FILE = "predictions.parquet"
 
 
 @dataclass
-class FoldData:
-    """Everything a fold trains and predicts on (PNG bytes + labels); test labels are not here."""
+class FoldImages:
+    """One fold's patches as pixels (PNG bytes + training labels): the image-side counterpart of
+    ``classifiers.protocol.FoldData`` (which holds indices). Test labels are not here."""
 
     fold: int
     train_ids: np.ndarray
@@ -135,7 +140,6 @@ def mix(x, y, alpha: float):
 def selection_score(cfg: FinetuneConfig, y_val: np.ndarray, p_val: np.ndarray) -> float:
     """The held-out score that selects the checkpoint: the paper's balanced accuracy at 0.5, or AUROC
     (threshold-free, steadier under class imbalance). Held-out labels only; test sets never enter."""
-    from classifiers import metrics as M
 
     return M.auroc(y_val, p_val) if cfg.select_on == "auroc" else _ba(y_val, p_val)
 
@@ -178,7 +182,6 @@ def predict_proba(model, pngs: list[bytes], transform, views: tuple[str, ...], r
 
 
 def _ba(y, p, threshold=0.5) -> float:
-    from classifiers import metrics as M
 
     return M.balanced_accuracy(y, M.predict(p, threshold))
 
@@ -189,9 +192,7 @@ def _save_epoch(model, cfg, fold_dir: Path, state: dict) -> None:
     name = f"last-e{state['epoch']}.safetensors"
     save_weights(model, cfg.method, fold_dir / name)
     state = dict(state, weights_file=name, rng=torch.get_rng_state())
-    tmp = fold_dir / f".tmp-{STATE_FILE}"
-    torch.save(state, tmp)
-    tmp.replace(fold_dir / STATE_FILE)
+    atomic_write(fold_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
     for f in fold_dir.glob("last-e*.safetensors"):
         if f.name != name:
             f.unlink()
@@ -208,15 +209,13 @@ def _load_state(fold_dir: Path) -> dict | None:
         return None
     state = torch.load(p, map_location="cpu", weights_only=True)
     if not (fold_dir / state["weights_file"]).is_file():
-        raise StoreError(f"{p} names {state['weights_file']}, which is missing; delete {fold_dir} to restart the fold")
+        raise FinetuneError(f"{p} names {state['weights_file']}, which is missing; delete {fold_dir} to restart the fold")
     return state
 
 
-def train_fold(cfg: FinetuneConfig, data: FoldData, fold_dir: Path, rt: Runtime) -> dict:
+def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtime) -> dict:
     """Train (or resume, or just read) fold ``data.fold``; returns its DONE record."""
     import torch
-
-    import embedder.factory as factory
 
     fold_dir.mkdir(parents=True, exist_ok=True)
     done = fold_dir / DONE_FILE
@@ -226,10 +225,10 @@ def train_fold(cfg: FinetuneConfig, data: FoldData, fold_dir: Path, rt: Runtime)
     model, recipe = build_classifier(cfg, rt.weights, rt.overrides, hf_token_env=rt.hf_token_env)
     model.to(rt.device)
     mean, std = cfg.mean_std()
-    tf_train = factory.train_transform(recipe, mean, std, crop_scale=cfg.crop_scale, hflip=cfg.hflip,
-                                       color_jitter=cfg.color_jitter, rotate_degrees=cfg.rotate_degrees,
-                                       dihedral=cfg.dihedral, hed=cfg.hed, crop_from=cfg.crop_from)
-    tf_eval = factory.preprocess(recipe, mean, std)
+    tf_train = train_transform(recipe, mean, std, crop_scale=cfg.crop_scale, hflip=cfg.hflip,
+                               color_jitter=cfg.color_jitter, rotate_degrees=cfg.rotate_degrees,
+                               dihedral=cfg.dihedral, hed=cfg.hed, crop_from=cfg.crop_from)
+    tf_eval = preprocess(recipe, mean, std)
     channels_last = cfg.cpu_bf16 and not rt.device.startswith("cuda") and not recipe.is_vit
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -318,9 +317,8 @@ def train_fold(cfg: FinetuneConfig, data: FoldData, fold_dir: Path, rt: Runtime)
     return _finish(cfg, data, fold_dir, scored, tf_eval, st, counts, rt)
 
 
-def _finish(cfg, data: FoldData, fold_dir: Path, model, tf_eval, st: dict, counts: dict, rt: Runtime) -> dict:
+def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, counts: dict, rt: Runtime) -> dict:
     """Select the best checkpoint, predict held-out + tests, write DONE (the fold's commit point)."""
-    from classifiers import metrics as M
 
     # never improved on 0 (NaN scores): keep the last epoch
     best = fold_dir / (st["best_file"] or f"last-e{st['epoch']}.safetensors")
@@ -336,9 +334,7 @@ def _finish(cfg, data: FoldData, fold_dir: Path, model, tf_eval, st: dict, count
         frames.append(pd.DataFrame(dict(split=name, patch_id=ids, probability=p)))
     predict_seconds = time.perf_counter() - t0
     preds = pd.concat(frames, ignore_index=True)
-    tmp = fold_dir / f".tmp-{PREDICTIONS_FILE}"
-    preds.to_parquet(tmp, index=False)
-    tmp.replace(fold_dir / PREDICTIONS_FILE)
+    atomic_write(fold_dir / PREDICTIONS_FILE, lambda tmp: preds.to_parquet(tmp, index=False))
     record = dict(fold=data.fold, best_epoch=st["best_epoch"] + 1, epochs=st["epoch"],
                   early_stopped=bool(st["stopped"]), threshold=float(threshold),
                   val_balanced_accuracy=M.balanced_accuracy(data.val_y, M.predict(p_val, threshold)),

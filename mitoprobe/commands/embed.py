@@ -6,20 +6,20 @@ from pathlib import Path
 
 import click
 
-from store.cli import STORE_OPTION
+import pandas as pd
+
+import embedder
+from mitoprobe.display import print_frame
+
+from .options import STORE_OPTION
 
 
 def _print_recipes() -> None:
-    from mitoprobe.display import print_frame
-    import pandas as pd
-
-    from .recipes import list_recipes
-
     rows = [dict(name=r.name, weights=r.weights if r.weights != "hf" else f"hf-hub:{r.hub_id}",
                  arch=r.arch, outputs=" + ".join(f"{k}:{d}" for k, d in r.outputs),
                  paper=" ⊕ ".join(r.paper_outputs),
                  input=f"128→{r.resize} {r.interpolation}, crop {r.input_size}" if r.placement == "upsample"
-                 else f"native 128 px on {r.input_size}", note=r.note) for r in list_recipes()]
+                 else f"native 128 px on {r.input_size}", note=r.note) for r in embedder.list_recipes()]
     print_frame(pd.DataFrame(rows), title="embedders")
 
 
@@ -50,9 +50,7 @@ def embed(model, list_, views, device, batch_size, num_workers, engine, weights,
         if model is None and not list_:
             raise click.UsageError("pass --model NAME (one of the recipes above)")
         return
-    from . import embed as run_embed
-
-    s = run_embed(store_path, model, views=views, device=device, batch_size=batch_size, engine=engine,
+    s = embedder.embed(store_path, model, views=views, device=device, batch_size=batch_size, engine=engine,
                   num_workers=num_workers, weights=weights, trust_pickle=trust_pickle, hf_token_env=hf_token_env)
     if s.rows_written == 0:
         click.echo(f"{s.name}: nothing to do, all {s.rows_total} rows stored (recipe id {s.recipe_id})")

@@ -17,20 +17,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import embedder
+from classifiers import metrics as M
+from classifiers import runs as R
+from classifiers.protocol import FOLD_SEED, N_FOLDS, Protocol, load_protocol
+from classifiers.scoring import (ENSEMBLE_RULE, THRESHOLD_RULES, Ensemble, fold_ensemble, prediction_frame,
+                                 score_test_set)
+from embedder.factory import count_params
+from embedder.job import resolve_device
 from store import Store
 from store.atomic import write_json
-from store.errors import StoreError
+from store.errors import FinetuneError, StoreError
 from store.hashing import canonical_json, config_hash, source_version
 
 from .config import FinetuneConfig
-from .train import DONE_FILE, FoldData, Runtime, read_predictions, train_fold
+from .registry import runs_root
+from .train import DONE_FILE, FoldImages, Runtime, read_predictions, train_fold
 
 log = logging.getLogger(__name__)
 
 FAMILY = "finetune"
 CPU_PARAM_LIMIT = 30_000_000  # above this, CPU training needs --allow-cpu (ViT-S/ResNet-50 scale fits)
-THRESHOLD_RULES = {"fixed_0.5": "fixed at 0.5 (the paper's)",
-                   "val_youden": "maximise balanced accuracy on the fold's held-out part"}
 
 
 @dataclass
@@ -52,10 +59,6 @@ def run_key(cfg: FinetuneConfig, recipe_id: str) -> str:
     return config_hash({"config": cfg.to_dict(), "recipe_id": recipe_id})
 
 
-def runs_root(st: Store) -> Path:
-    return st.root / "finetune"
-
-
 def parse_folds(spec: str | None, n_folds: int) -> list[int]:
     """``None``/``"all"`` -> every fold; ``"0,1"`` -> those folds; ``"1..5"`` -> folds 0..4 (1-based range)."""
     if spec in (None, "", "all"):
@@ -67,47 +70,39 @@ def parse_folds(spec: str | None, n_folds: int) -> list[int]:
         out = sorted({int(s) for s in spec.split(",")})
     bad = [k for k in out if not 0 <= k < n_folds]
     if bad or not out:
-        raise StoreError(f"--folds {spec!r}: folds are 0..{n_folds - 1} (or a 1-based range like 1..5)")
+        raise FinetuneError(f"--folds {spec!r}: folds are 0..{n_folds - 1} (or a 1-based range like 1..5)")
     return out
 
 
 def check_device(device: str, recipe, overrides: dict | None, allow_cpu: bool) -> tuple[str, int]:
-    from embedder.factory import count_params
-    from embedder.job import resolve_device
-
     dev = resolve_device(device)
     n = count_params(recipe, overrides)
     if dev == "cpu" and n > CPU_PARAM_LIMIT and not allow_cpu:
-        raise StoreError(f"{recipe.name} has {n / 1e6:.0f}M parameters and no GPU is visible: fine-tuning it on "
+        raise FinetuneError(f"{recipe.name} has {n / 1e6:.0f}M parameters and no GPU is visible: fine-tuning it on "
                          f"CPU would take days. Run on a CUDA machine, or pass --allow-cpu to do it anyway "
                          f"(models up to {CPU_PARAM_LIMIT / 1e6:.0f}M parameters run on CPU without it).")
     return dev, n
 
 
-def fold_data(st: Store, proto, k: int, test_sets: list[str]) -> FoldData:
+def fold_images(st: Store, proto: Protocol, k: int, test_sets: list[str]) -> FoldImages:
+    """Fold ``k`` of the protocol as pixels: the training side with labels, the test sets without."""
     fd = proto.fold_data(k)
     ids = proto.train["patch_id"].to_numpy()
     tests = {name: proto.tests[name].patch_ids for name in test_sets}
     need = list(ids) + [p for v in tests.values() for p in v]
-    return FoldData(fold=k, train_ids=ids[fd.train_idx], train_y=fd.y[fd.train_idx], val_ids=ids[fd.val_idx],
+    return FoldImages(fold=k, train_ids=ids[fd.train_idx], train_y=fd.y[fd.train_idx], val_ids=ids[fd.val_idx],
                     val_y=fd.y[fd.val_idx], test_ids=tests, images=st.images(need))
 
 
 def _family(run_dir: Path) -> tuple[str, dict]:
-    from classifiers import results as R
-
     conf = json.loads((run_dir / "config.json").read_text())
     return R.family_id(conf), conf
 
 
-def _rows_for_fold(st, run_dir: Path, k: int, rec: dict, proto, n_boot: int, fold: int | None = None,
-                   proba: dict | None = None, threshold: float | None = None):
-    """Run rows + prediction frames of one fold (or of the ensemble with ``fold=-1``)."""
-    from classifiers import results as R
-    from classifiers.runner import _pred_frame, _score
-
+def _rows(run_dir: Path, fold: int, rec: dict, proto: Protocol, proba: dict[str, np.ndarray], threshold: float,
+          n_boot: int):
+    """Run rows + prediction frames of one fold (or of the fold ensemble with ``fold=-1``)."""
     fam, conf = _family(run_dir)
-    fold = k if fold is None else fold
     rid = R.run_id(fam, fold, 0)
     cfg = conf["config"]
     base = dict(run_id=rid, family_id=fam, family=FAMILY, model=conf["model"], recipe_id=conf["recipe_id"],
@@ -117,18 +112,19 @@ def _rows_for_fold(st, run_dir: Path, k: int, rec: dict, proto, n_boot: int, fol
                 threshold_rule=cfg["threshold"], val_auroc=rec["val_auroc"],
                 val_balanced_accuracy=rec["val_balanced_accuracy"], n_train=rec["n_train"],
                 fit_seconds=rec.get("fit_seconds", 0.0), predict_seconds=rec.get("predict_seconds", 0.0))
-    thr = rec["threshold"] if threshold is None else threshold
-    if proba is None:
-        preds = read_predictions(run_dir / f"fold{k}")
-        proba = {name: preds.loc[preds["split"] == name, "probability"].to_numpy() for name in proto.tests}
     runs, frames = [], []
     for name, ts in proto.tests.items():
         p = proba[name]
         if len(p) != len(ts.patch_ids):
-            raise StoreError(f"{run_dir}: fold {k} has {len(p)} {name} predictions, the store {len(ts.patch_ids)}")
-        runs.append(dict(base, test_set=name, **_score(ts, p, thr, n_boot, int(cfg["seed"]))))
-        frames.append(_pred_frame(rid, ts, fold, p, thr))
+            raise StoreError(f"{run_dir}: fold {fold} has {len(p)} {name} predictions, the store {len(ts.patch_ids)}")
+        runs.append(dict(base, test_set=name, **score_test_set(ts, p, threshold, n_boot, int(cfg["seed"]))))
+        frames.append(prediction_frame(rid, ts, fold, p, threshold))
     return runs, frames
+
+
+def _fold_test_proba(run_dir: Path, k: int, proto: Protocol) -> dict[str, np.ndarray]:
+    preds = read_predictions(run_dir / f"fold{k}")
+    return {name: preds.loc[preds["split"] == name, "probability"].to_numpy() for name in proto.tests}
 
 
 def _appended(st: Store) -> set[str]:
@@ -136,10 +132,8 @@ def _appended(st: Store) -> set[str]:
     return set(runs["run_id"]) if len(runs) else set()
 
 
-def _ensemble(run_dir: Path, proto, records: dict[int, dict], cfg: FinetuneConfig):
-    """Mean test probability over the five fold models; threshold from out-of-fold held-out probabilities."""
-    from classifiers import metrics as M
-
+def _ensemble(run_dir: Path, proto: Protocol, records: dict[int, dict], cfg: FinetuneConfig) -> Ensemble:
+    """The fold ensemble from the stored fold predictions (``classifiers.scoring.fold_ensemble``)."""
     oof = np.full(len(proto.train), np.nan)
     pos = {p: i for i, p in enumerate(proto.train["patch_id"])}
     proba: dict[str, list] = {name: [] for name in proto.tests}
@@ -147,13 +141,9 @@ def _ensemble(run_dir: Path, proto, records: dict[int, dict], cfg: FinetuneConfi
         preds = read_predictions(run_dir / f"fold{k}")
         val = preds[preds["split"] == "val"]
         oof[[pos[p] for p in val["patch_id"]]] = val["probability"].to_numpy()
-        for name in proto.tests:
-            proba[name].append(preds.loc[preds["split"] == name, "probability"].to_numpy())
-    y = proto.train["y"].to_numpy().astype(np.int64)
-    thr = M.best_threshold(y, oof) if cfg.threshold == "val_youden" else 0.5
-    rec = dict(val_auroc=M.auroc(y, oof), val_balanced_accuracy=M.balanced_accuracy(y, M.predict(oof, thr)),
-               n_train=len(y), threshold=thr, ensemble="mean of the fold models' probabilities")
-    return rec, {name: np.mean(v, axis=0) for name, v in proba.items()}, thr
+        for name, p in _fold_test_proba(run_dir, k, proto).items():
+            proba[name].append(p)
+    return fold_ensemble(proto.train["y"].to_numpy(), oof, proba, cfg.threshold)
 
 
 def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str | list[int] | None = None, *,
@@ -165,11 +155,6 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
 
     ``overrides`` replaces the recipe's timm kwargs (tests: tiny stand-ins); it enters the run key.
     """
-    import embedder
-    from classifiers import metrics as M
-    from classifiers import results as R
-    from classifiers.protocol import FOLD_SEED, N_FOLDS, load_protocol
-
     st = store if isinstance(store, Store) else Store(store)
     recipe = embedder.get_recipe(cfg.model)
     dev, n_params = check_device(device, recipe, overrides, allow_cpu)
@@ -182,7 +167,7 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
     if conf_path.is_file():
         stored = json.loads(conf_path.read_text())
         if stored["run_key"] != key:
-            raise StoreError(f"{run_dir} holds run {stored['run_key']}, not {key} (another configuration); "
+            raise FinetuneError(f"{run_dir} holds run {stored['run_key']}, not {key} (another configuration); "
                              "choose another --out")
     else:
         write_json(dict(run_key=key, family=FAMILY, model=cfg.model, recipe_id=rid, head=cfg.method,
@@ -199,17 +184,19 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
     fam, _ = _family(run_dir)
     appended = 0
     for k in want:
-        rec = train_fold(cfg, fold_data(st, proto, k, list(proto.tests)), run_dir / f"fold{k}", rt)
+        rec = train_fold(cfg, fold_images(st, proto, k, list(proto.tests)), run_dir / f"fold{k}", rt)
         if R.run_id(fam, k, 0) not in _appended(st):
-            runs, frames = _rows_for_fold(st, run_dir, k, rec, proto, nb)
+            runs, frames = _rows(run_dir, k, rec, proto, _fold_test_proba(run_dir, k, proto), rec["threshold"], nb)
             R.append(st, runs, frames)
             appended += len(runs)
     records = {k: json.loads((run_dir / f"fold{k}" / DONE_FILE).read_text())
                for k in range(proto.n_folds) if (run_dir / f"fold{k}" / DONE_FILE).is_file()}
     ensemble = len(records) == proto.n_folds
     if ensemble and R.run_id(fam, -1, 0) not in _appended(st):
-        rec, proba, thr = _ensemble(run_dir, proto, records, cfg)
-        runs, frames = _rows_for_fold(st, run_dir, -1, rec, proto, nb, fold=-1, proba=proba, threshold=thr)
+        ens = _ensemble(run_dir, proto, records, cfg)
+        rec = dict(val_auroc=ens.val_auroc, val_balanced_accuracy=ens.val_balanced_accuracy, n_train=ens.n_train,
+                   threshold=ens.threshold, ensemble=ENSEMBLE_RULE)
+        runs, frames = _rows(run_dir, -1, rec, proto, ens.proba, ens.threshold, nb)
         R.append(st, runs, frames)
         appended += len(runs)
     return FinetuneSummary(key, run_dir, sorted(records), appended, ensemble, records)

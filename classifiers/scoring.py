@@ -1,0 +1,80 @@
+"""Scoring under the protocol, in one public place: everyone who scores a test set or builds a fold
+ensemble (the probe runner, the fine-tuning job) goes through here, so a number means the same
+thing on every row of ``runs``.
+
+* :func:`decision_threshold` - a rule name -> the threshold, from held-out (training-side) data only.
+* :func:`fold_ensemble` - the mean of the fold models' test probabilities, its threshold chosen on
+  the out-of-fold held-out probabilities (never on a test set).
+* :func:`score_test_set` - the only place test labels are read: metrics, bootstrap CIs, kappa per expert.
+* :func:`prediction_frame` - the ``predictions`` rows of one run on one test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from store.errors import ProtocolError
+
+from . import metrics as M
+from .protocol import TestSet
+
+THRESHOLD_RULES = {
+    "val_youden": "maximise balanced accuracy on the fold's held-out part (ensemble: on out-of-fold probabilities)",
+    "fixed_0.5": "fixed at 0.5 (the paper's)",
+}
+ENSEMBLE_RULE = "mean of the fold models' probabilities"
+
+
+def decision_threshold(rule: str, y_heldout: np.ndarray, p_heldout: np.ndarray) -> float:
+    """The decision threshold under ``rule``, chosen on held-out labels and probabilities only."""
+    if rule == "fixed_0.5":
+        return 0.5
+    if rule == "val_youden":
+        return float(M.best_threshold(y_heldout, p_heldout))
+    raise ProtocolError(f"unknown threshold rule {rule!r}; choose from {sorted(THRESHOLD_RULES)}")
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """The fold ensemble: mean test probabilities and the out-of-fold threshold with its held-out scores."""
+
+    proba: dict[str, np.ndarray]
+    threshold: float
+    val_auroc: float
+    val_balanced_accuracy: float
+    n_train: int
+
+
+def fold_ensemble(y_train: np.ndarray, oof: np.ndarray, fold_probs: dict[str, list[np.ndarray]],
+                  threshold_rule: str) -> Ensemble:
+    """Average each test set's fold-model probabilities; choose the threshold on ``oof`` (each training
+    patch's probability from the fold model that held it out)."""
+    y = np.asarray(y_train).astype(np.int64)
+    if np.isnan(oof).any():
+        raise ProtocolError(f"fold ensemble needs an out-of-fold probability for every training patch; "
+                            f"{int(np.isnan(oof).sum())} are missing (not every fold finished)")
+    thr = decision_threshold(threshold_rule, y, oof)
+    return Ensemble(proba={name: np.mean(ps, axis=0) for name, ps in fold_probs.items()}, threshold=thr,
+                    val_auroc=M.auroc(y, oof), val_balanced_accuracy=M.balanced_accuracy(y, M.predict(oof, thr)),
+                    n_train=len(y))
+
+
+def score_test_set(ts: TestSet, proba: np.ndarray, threshold: float, n_boot: int, seed: int) -> dict:
+    """Metrics, 95% bootstrap CIs and kappa per expert of one run on one test set (reads its labels)."""
+    row = dict(n=int(len(ts.y)), n_pos=int(ts.y.sum()), **M.all_metrics(ts.y, proba, threshold))
+    for m, (lo, hi) in M.bootstrap_ci(ts.y, proba, threshold, n_boot=n_boot, random_state=seed).items():
+        row[f"{m}_ci_low"], row[f"{m}_ci_high"] = lo, hi
+    kap = M.kappa_vs_experts(M.predict(proba, threshold), ts.votes)
+    for name, v in kap.items():
+        row[f"kappa_{name}"] = v
+    row["kappa_experts_mean"] = float(np.mean(list(kap.values()))) if kap else float("nan")
+    return row
+
+
+def prediction_frame(run_id: str, ts: TestSet, fold: int, proba: np.ndarray, threshold: float) -> pd.DataFrame:
+    """``predictions`` rows of one run on one test set."""
+    return pd.DataFrame(dict(run_id=run_id, patch_id=ts.patch_ids, fold=fold, test_set=ts.name,
+                             probability=proba, threshold=threshold, prediction=M.predict(proba, threshold)))

@@ -1,0 +1,33 @@
+"""The dashboard's pages as data: one entry per page script in ``dashboard/app_pages/``.
+
+``app.py`` turns these into ``st.Page`` objects; the tests parametrize over the same list, so a new
+page is one file plus one entry here. Importing this module does not import streamlit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    key: str  # the URL path ("" for the default page)
+    script: str  # file name in app_pages/
+    title: str
+    icon: str
+
+    @property
+    def path(self) -> Path:
+        return PAGES_DIR / self.script
+
+
+PAGES: tuple[PageSpec, ...] = (
+    PageSpec("", "leaderboard.py", "Leaderboard", ":material/leaderboard:"),
+    PageSpec("compare", "compare.py", "Compare", ":material/compare_arrows:"),
+    PageSpec("similarity", "similarity.py", "Similarity search", ":material/image_search:"),
+    PageSpec("map", "embedding_map.py", "Embedding map", ":material/scatter_plot:"),
+    PageSpec("errors", "errors.py", "Errors", ":material/error:"),
+)
