@@ -19,7 +19,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mitoprobe run
 
+# lint-imports checks the layer contracts in pyproject.toml (store -> embedder -> classifiers -> finetune
+# -> dashboard -> mitoprobe); then the whole suite. CI (.ci/run) runs exactly this target.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 clean-store:

@@ -25,6 +25,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .metrics import balanced_accuracy
+
 # The paper's linear probe (AMi-Br, arXiv 2506.21444, Methods): these defaults are the published
 # hyper-parameters. The public scripts (DeepMicroscopy/AMi-Br_Benchmark@3acf4da,
 # Foundation_Models/Linear_Probing/*/*.py) differ in two values; pass them to reproduce those runs.
@@ -129,8 +131,6 @@ class TorchLinearProbe(_BinaryHead):
 
     def _fit_torch(self, torch, X, y01, X_val, y_val):
         from torch.utils.data import WeightedRandomSampler
-
-        from .metrics import balanced_accuracy
 
         g = torch.Generator().manual_seed(int(self.random_state or 0))
         torch_rng_state = torch.get_rng_state()

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
-from .protocol import TEST_SETS
+from .protocol import TEST_SETS, load_protocol
 
 # our recipe names -> the paper's model names (paper_results.csv)
 PAPER_MODEL_NAMES = {"virchow.hf": "Virchow", "virchow2.hf": "Virchow2", "hoptimus0.hf": "h-optimus-0",
@@ -24,7 +24,7 @@ PAPER_MODEL_NAMES = {"virchow.hf": "Virchow", "virchow2.hf": "Virchow2", "hoptim
                      "uni2_h.hf": "uni2-h", "efficientnetv2_m.random": "efficientnetv2_m",
                      "swin_base.hf": "swin_base_patch4_window7_224", "vit_large.hf": "vit_large_patch16_224"}
 PAPER_FAMILY = {"probe": "linear_probe", "finetune": "lora"}
-PAPER_HEAD = {"lora": "lora (paper)", "end_to_end": "full (paper)"}  # else the probes' torch linear head
+PAPER_HEADS = {"linear_probe": "torch linear (paper)", "lora": "LoRA (paper)", "end_to_end": "full fine-tune (paper)"}
 NUMERIC = ["n_folds", "balanced_accuracy_mean", "balanced_accuracy_std", "auroc_mean", "auroc_std",
            "auprc_mean", "brier_mean", "ece_mean", "kappa_experts_mean",
            "ensemble_balanced_accuracy", "ensemble_balanced_accuracy_ci_low", "ensemble_balanced_accuracy_ci_high",
@@ -77,20 +77,26 @@ def _ours(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _paper(families: set[str], models: set[str]) -> pd.DataFrame:
+def paper_rows(families: set[str] | None = None, models: set[str] | None = None) -> pd.DataFrame:
+    """The paper's published rows in the leaderboard's columns (``source == 'paper'``), each with a
+    ``family_id`` and a readable ``label``. ``families``/``models`` (ours, e.g. {"probe"}, {"uni.hf"})
+    keep the comparable rows: the same models when we have them, else every row of those families."""
     ref = paper_results()
-    want = {PAPER_FAMILY.get(f, f) for f in families} | ({"end_to_end"} if "finetune" in families else set())
-    ref = ref[ref["family"].isin(want)]
-    named = {PAPER_MODEL_NAMES[m] for m in models if m in PAPER_MODEL_NAMES}
-    if named:  # the same models when we have them; otherwise every published row of the family
+    if families is not None:
+        want = {PAPER_FAMILY.get(f, f) for f in families} | ({"end_to_end"} if "finetune" in families else set())
+        ref = ref[ref["family"].isin(want)]
+    named = {PAPER_MODEL_NAMES[m] for m in models or () if m in PAPER_MODEL_NAMES}
+    if named:
         ref = ref[ref["model"].isin(named)]
     out = pd.DataFrame(dict(source="paper", family=ref["family"], model=ref["model"],
-                            head=ref["family"].map(PAPER_HEAD).fillna("torch linear (paper)"),
+                            head=ref["family"].map(PAPER_HEADS).fillna(ref["family"]),
                             pooling=None, tta=False, test_set=ref["dataset"], n_folds=5,
                             balanced_accuracy_mean=ref["balanced_accuracy_mean"],
                             balanced_accuracy_std=ref["balanced_accuracy_std"],
-                            auroc_mean=ref["auroc_mean"], auroc_std=ref["auroc_std"]))
-    return out.reindex(columns=COLUMNS)
+                            auroc_mean=ref["auroc_mean"], auroc_std=ref["auroc_std"],
+                            family_id="paper:" + ref["family"] + ":" + ref["model"],
+                            label="paper · " + ref["model"] + " · " + ref["family"].str.replace("_", " ")))
+    return out.reindex(columns=[*COLUMNS, "label"])
 
 
 def leaderboard(store, model: str | None = None, family: str | None = None, with_paper: bool = True) -> pd.DataFrame:
@@ -108,7 +114,7 @@ def leaderboard(store, model: str | None = None, family: str | None = None, with
     parts = [ours]
     if with_paper:
         fams = set(ours["family"]) or {family or "probe"}
-        parts.append(_paper(fams, set(ours["model"])))
+        parts.append(paper_rows(fams, set(ours["model"])).drop(columns=["label"]))
     df = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else ours
     order = {name: i for i, name in enumerate(TEST_SETS)}
     df["_t"] = df["test_set"].map(order).fillna(len(order))
@@ -119,8 +125,6 @@ def leaderboard(store, model: str | None = None, family: str | None = None, with
 
 def human_reference(store) -> pd.DataFrame:
     """Each expert against the others' majority, per test set that has votes (the human ceiling)."""
-    from .protocol import load_protocol
-
     rows = []
     for name, ts in load_protocol(store).tests.items():
         ref = M.expert_reference(ts.votes)

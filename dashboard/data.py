@@ -20,7 +20,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+import classifiers
+import embedder
 from store import Store, paths
+from store.errors import StoreError
 
 THUMB_PX = 96
 VOTE_COLUMNS = [f"expert{k}_atypical" for k in range(1, 6)]
@@ -70,12 +73,10 @@ def stamp(root: str) -> Stamp:
 
 # -- what is there -------------------------------------------------------------------------------
 def status(root: str) -> dict:
-    """Which parts of the store exist (uncached: a few stats; deliberately not ``results.parts``,
-    which also sweeps ``.tmp-*`` files and so could race a job that is appending right now)."""
+    """Which parts of the store exist (uncached: a few stats; listing parts never sweeps temp files)."""
     st_ = Store(root)
-    has = lambda t: any(st_.results.table_dir(t).glob("part-*.parquet"))  # noqa: E731
     return dict(root=root, patches=st_.has_patches(), sets=[s for s in st_.features.sets() if s.parts],
-                runs=has("runs"), predictions=has("predictions"))
+                runs=bool(st_.results.parts("runs")), predictions=bool(st_.results.parts("predictions")))
 
 
 # -- patches and pixels --------------------------------------------------------------------------
@@ -224,29 +225,12 @@ def leaderboard(root: str, stamp_: Stamp) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _leaderboard(root: str, key: tuple) -> pd.DataFrame:
-    import classifiers
-
     st_ = Store(root)
     ours = classifiers.leaderboard(st_, with_paper=False) if status(root)["runs"] else pd.DataFrame()
     if not ours.empty:
         labels = _runs(root, key).drop_duplicates("family_id").set_index("family_id")["label"]
         ours["label"] = ours["family_id"].map(labels)
-    return pd.concat([ours, paper_rows(classifiers.paper_results())], ignore_index=True)
-
-
-PAPER_HEADS = {"linear_probe": "linear probe (paper)", "lora": "LoRA fine-tune (paper)",
-               "end_to_end": "end-to-end (paper)"}
-
-
-def paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
-    """The paper's published table in the leaderboard's columns (``source == 'paper'``)."""
-    return pd.DataFrame(dict(
-        source="paper", family=paper["family"], model=paper["model"],
-        head=paper["family"].map(PAPER_HEADS).fillna(paper["family"]), test_set=paper["dataset"], n_folds=5,
-        balanced_accuracy_mean=paper["balanced_accuracy_mean"], balanced_accuracy_std=paper["balanced_accuracy_std"],
-        auroc_mean=paper["auroc_mean"], auroc_std=paper["auroc_std"],
-        family_id="paper:" + paper["family"] + ":" + paper["model"],
-        label="paper · " + paper["model"] + " · " + paper["family"].str.replace("_", " ")))
+    return pd.concat([ours, classifiers.report.paper_rows()], ignore_index=True)
 
 
 # -- embeddings ----------------------------------------------------------------------------------
@@ -312,34 +296,22 @@ def _neighbours(root: str, key: tuple, recipe_id: str, output: str, query: bytes
 
 # -- embedding an uploaded image -----------------------------------------------------------------
 @st.cache_resource(show_spinner="Loading the embedding model…", max_entries=2)
-def _model(name: str):
-    import embedder
-
-    return embedder.build(name)
+def _model(root: str, name: str):
+    return embedder.build(embedder.resolve_recipe(name, Path(root)))
 
 
-def embed_png(eset, output: str, png_bytes: bytes) -> np.ndarray:
-    """Embed one uploaded PNG with the set's own recipe, refusing when the current recipe would not
-    reproduce the stored vectors (a different recipe id). Raises ``MitoprobeError`` with the reason."""
-    import embedder
-    from embedder.transforms import decode_png
-    from store.errors import StoreError
-
+def embed_png(root: str, eset, output: str, png_bytes: bytes) -> np.ndarray:
+    """Embed one uploaded PNG with the set's own recipe (``embedder.embed_pngs``: the job's own path),
+    refusing when the current recipe would not reproduce the stored vectors (a different recipe id).
+    Raises ``MitoprobeError`` with the reason."""
     source = (eset.provenance.get("weights") or {}).get("source")
     if source == "local":
         raise StoreError(f"set {eset.name} was embedded with a local weights file "
                          f"({eset.provenance['weights'].get('file')}), which the dashboard cannot locate")
-    current = embedder.recipe_id_of(eset.name)
+    current = embedder.recipe_id_of(eset.name, store_root=Path(root))
     if current != eset.recipe_id:
         raise StoreError(f"the set was made by recipe id {eset.recipe_id}, but {eset.name!r} is now "
                          f"{current} (model, weights or library versions changed), so an uploaded image "
                          f"would not be comparable; re-run `mitoprobe embed --model {eset.name}`")
-    model, transform = _model(eset.name)
-    x = transform(decode_png(png_bytes))
-    if model is None:  # handcrafted: the transform already yields the feature vector
-        return np.asarray(x, dtype=np.float32).ravel()
-    import torch
-
-    with torch.inference_mode():
-        out = model(torch.from_numpy(np.ascontiguousarray(x))[None])
-    return out[output][0].float().numpy().astype(np.float32)
+    model, transform = _model(root, eset.name)
+    return embedder.embed_pngs(model, transform, [png_bytes])[output][0].astype(np.float32)

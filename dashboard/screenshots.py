@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .server import start
+
 PAGES = {  # url path -> the page's title (what the browser waits for)
     "": "Leaderboard",
     "compare": "Compare",
@@ -157,8 +159,6 @@ def _navigate(drv, shots: list[PageShot], rounds: int, timeout: float, width: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import start
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default=None, help="store folder (default $MITOPROBE_STORE or ./mitoprobe-store)")
     ap.add_argument("--out", default="artifacts/screenshots", help="folder for the PNGs")

@@ -1,4 +1,8 @@
-"""Import the public AMi-Br_Benchmark layout into one ``patches`` table.
+"""Import a benchmark folder (by default the public AMi-Br_Benchmark) into one ``patches`` table.
+
+What each dataset looks like lives in ``store.datasets`` as data (one ``DatasetSpec`` each); this
+module reads any tuple of specs the same way: check the folders and CSVs, collect every problem,
+then build one row per patch.
 
 Why PNG bytes inside the table (not paths): the embedder, the fine-tuning job and the dashboard all
 read pixels from the store, so a store is self-contained (copy one folder to a GPU box and go) and
@@ -12,29 +16,24 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from .datasets import AMIBR_CSV, ANNOTATIONS, BENCHMARK, BINARY_LABELS, SPLIT, CsvSpec, DatasetSpec
 from .errors import DataError
 from .hashing import bytes_sha256
 from .progress import progress as progress_bar
+from .schema import SUBTYPE_COLUMNS, VOTE_COLUMNS
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("AMi-Br", "AtNorM-Br", "AtNorM-MD")
-LABELS = ("Atypical", "Normal")
-POSITIVE_LABEL = "Atypical"
+DATASETS = tuple(s.name for s in BENCHMARK)
+LABELS = tuple(BINARY_LABELS)
+POSITIVE_LABEL = next(lab for lab, y in BINARY_LABELS.items() if y == 1)  # "Atypical"
 PATCH_SIZE = (128, 128)
-TRAIN_CSV = "amibr_train_split.csv"
-MD_VOTES_CSV = "AtNorM-MD_expert_votes.csv"
-
-TRAIN_CSV_COLUMNS = ("slide", "dataset_uid", "final_label")
-AMIBR_CSV_COLUMNS = ("slide", "dataset", "uid", "x", "y", "expert1_label", "expert2_label",
-                     "expert1_atypical", "expert2_atypical", "expert3_atypical", "majority_atypical")
-MD_CSV_COLUMNS = ("Filename", "Expert_1", "Expert_2", "Expert_3", "Expert_4", "Expert_5", "Majority")
-MAX_EXPERTS = 5
 MAX_REPORTED_PROBLEMS = 20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -143,174 +142,201 @@ def _read_csv(path: Path, required: tuple[str, ...], problems: _Problems) -> pd.
     return df
 
 
-def _as_bool(value: str) -> bool | None:
+def _as_bool(value: str, spec: DatasetSpec) -> bool | None:
     v = str(value).strip().lower()
-    if v in ("true", "1", "yes", "atypical"):
+    if v in ("true", "1", "yes", spec.positive.lower()):
         return True
-    if v in ("false", "0", "no", "normal"):
+    if v in ("false", "0", "no", spec.negative.lower()):
         return False
     return None
 
 
-def _check_label(path: Path, row: int, value: str, problems: _Problems) -> None:
-    if value not in LABELS:
-        problems.add(f"{path} row {row + 2}: unknown label {value!r}; use one of {list(LABELS)}")
+def _cell_label(spec: DatasetSpec, csv: CsvSpec, value: str) -> str | None:
+    """The label a label or vote cell stands for; None when the cell is not a valid value."""
+    if csv.values == "label":
+        return value if value in spec.label_folders else None
+    b = _as_bool(value, spec)
+    return None if b is None else (spec.positive if b else spec.negative)
 
 
-def _scan_folders(data_dir: Path, problems: _Problems) -> dict[str, dict[str, tuple[str, Path]]]:
-    """{dataset: {filename: (label, path)}} from ``<dataset>/<label>/*.png``."""
-    found: dict[str, dict[str, tuple[str, Path]]] = {}
-    for ds in DATASETS:
-        ds_dir = data_dir / ds
-        if not ds_dir.is_dir():
-            problems.add(f"{ds_dir}: folder missing; expected {ds}/Atypical and {ds}/Normal with PNG patches")
+def _scan_folder(data_dir: Path, spec: DatasetSpec, problems: _Problems) -> dict[str, tuple[str, Path]]:
+    """{filename: (label, path)} from ``<folder>/<label>/*.png``."""
+    ds_dir = data_dir / spec.folder
+    if not ds_dir.is_dir():
+        expected = " and ".join(f"{spec.folder}/{lab}" for lab in spec.labels)
+        problems.add(f"{ds_dir}: folder missing; expected {expected} with PNG patches")
+        return {}
+    extra = sorted(p.name for p in ds_dir.iterdir() if p.is_dir() and p.name not in spec.label_folders)
+    if extra:
+        problems.add(f"{ds_dir}: unknown label folder(s) {extra}; only {list(spec.labels)} are allowed")
+    files: dict[str, tuple[str, Path]] = {}
+    for label in spec.labels:
+        lab_dir = ds_dir / label
+        if not lab_dir.is_dir():
+            problems.add(f"{lab_dir}: folder missing; create it with the {label} patches of {spec.name}")
             continue
-        extra = sorted(p.name for p in ds_dir.iterdir() if p.is_dir() and p.name not in LABELS)
-        if extra:
-            problems.add(f"{ds_dir}: unknown label folder(s) {extra}; only {list(LABELS)} are allowed")
-        files: dict[str, tuple[str, Path]] = {}
-        for label in LABELS:
-            lab_dir = ds_dir / label
-            if not lab_dir.is_dir():
-                problems.add(f"{lab_dir}: folder missing; create it with the {label} patches of {ds}")
+        pngs = sorted(p for p in lab_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not pngs:
+            problems.add(f"{lab_dir}: folder is empty; expected the {label} PNG patches of {spec.name}")
+        for p in pngs:
+            if p.name in files:
+                problems.add(f"{p}: the same patch is also in {files[p.name][1]} (two different labels); keep one")
                 continue
-            pngs = sorted(p for p in lab_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-            if not pngs:
-                problems.add(f"{lab_dir}: folder is empty; expected the {label} PNG patches of {ds}")
-            for p in pngs:
-                if p.name in files:
-                    problems.add(f"{p}: the same patch is also in {files[p.name][1]} (two different labels); keep one")
-                    continue
-                files[p.name] = (label, p)
-        found[ds] = files
-    return found
+            files[p.name] = (label, p)
+    return files
 
 
-def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None,
-                   progress: bool = False) -> ImportScan:
-    """Validate the benchmark folder and build the ``patches`` table; raise DataError on any problem."""
+def _csv_path(data_dir: Path, csv: CsvSpec, given: dict[str, Path]) -> Path | None:
+    """Required CSVs sit in the benchmark folder; optional ones are read only when passed in."""
+    return given.get(csv.file) if csv.optional else data_dir / csv.file
+
+
+def _read_rows(spec: DatasetSpec, csv: CsvSpec, path: Path, df: pd.DataFrame, data_dir: Path,
+               files: dict[str, tuple[str, Path]], problems: _Problems) -> dict[str, dict]:
+    """Check one CSV against the patch folders; return what it says about each file name."""
+    facts: dict[str, dict] = {}
+    first: dict[str, int] = {}
+    folders = f"{data_dir / spec.folder}/{{{','.join(spec.labels)}}}"
+    for i, r in enumerate(df.to_dict("records")):
+        row = i + 2  # the header is line 1
+        cells = {}
+        for col in (*csv.votes, csv.label):
+            if col is None:
+                continue
+            cells[col] = _cell_label(spec, csv, r[col])
+            if cells[col] is None:
+                fix = f"unknown label {r[col]!r}; use one of {list(spec.labels)}" if csv.values == "label" \
+                    else f"{col} must be True/False, got {r[col]!r}"
+                problems.add(f"{path} row {row}: {fix}")
+        fn = csv.filename.format(**r)
+        if fn in first:
+            problems.add(f"{path} row {row}: {fn} listed twice (first at row {first[fn] + 2}); delete one row")
+            continue
+        first[fn] = i
+        label = cells.get(csv.label)
+        if fn not in files:
+            problems.add(f"{path} row {row}: {fn} is listed but absent from {folders}; "
+                         "restore the file or delete the row")
+        elif label is not None and label != files[fn][0]:
+            problems.add(f"{path} row {row}: {fn} is labelled {label} (column {csv.label}) but lies in "
+                         f"{files[fn][1].parent}: the CSV contradicts its folder (two different labels); "
+                         "fix the CSV or move the file")
+        f: dict = {}
+        if csv.role == SPLIT:
+            f.update(split=csv.split, train_row=i)
+        if csv.slide:
+            f["slide"] = r[csv.slide]
+        if csv.source:
+            f["source"] = r[csv.source]
+        if csv.coords:
+            try:
+                f["coord_x"], f["coord_y"] = (int(float(r[c])) for c in csv.coords)
+            except (ValueError, OverflowError):
+                problems.add(f"{path} row {row}: coordinates {list(csv.coords)} must be numbers, "
+                             f"got {[r[c] for c in csv.coords]}")
+        if csv.votes:
+            f["votes"] = [None if cells[c] is None else cells[c] == spec.positive for c in csv.votes]
+        if csv.subtypes:
+            f["subtypes"] = [r[c] or None for c in csv.subtypes]
+        facts[fn] = f
+    if csv.role == ANNOTATIONS:
+        for fn, (_, p) in files.items():
+            if fn not in facts:
+                problems.add(f"{p}: present but not listed in {path}; add its row or remove the file")
+    return facts
+
+
+def _count_notes(df: pd.DataFrame, specs: tuple[DatasetSpec, ...]) -> list[str]:
+    """One note naming each dataset/split whose counts differ from the published ones (not an
+    error: importing a subset is allowed, but a short download should not go unnoticed)."""
+    diffs = []
+    for spec in specs:
+        for split, (n, pos) in spec.expected_counts.items():
+            sub = df[(df["dataset"] == spec.name) & (df["split"] == split)]
+            got = (len(sub), int(sub["y"].sum()))
+            if got != (n, pos):
+                diffs.append(f"{spec.name} {split} has {got[0]} patches ({got[1]} {spec.positive.lower()}), "
+                             f"published {n} ({pos})")
+    if not diffs:
+        return []
+    return ["counts differ from the published benchmark (fine for a subset, otherwise check the download): "
+            + "; ".join(diffs)]
+
+
+def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None, progress: bool = False,
+                   specs: tuple[DatasetSpec, ...] = BENCHMARK,
+                   csv_paths: Mapping[str, str | Path] | None = None) -> ImportScan:
+    """Validate the benchmark folder and build the ``patches`` table; raise DataError on any problem.
+
+    ``specs`` say which datasets to read (in row order); an optional CSV is read from
+    ``csv_paths[file name]`` (``amibr_csv`` is the path of AMI-BR.csv).
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: dataset folder not found; pass the path to AMi-Br_Benchmark "
                         f"(mitoprobe data import PATH) or set $MITOPROBE_DATA; nothing was imported, the store is unchanged")
+    given = {k: Path(v) for k, v in (csv_paths or {}).items()}
+    if amibr_csv is not None:
+        given[AMIBR_CSV] = Path(amibr_csv)
     problems = _Problems()
     notes: list[str] = []
-    folders = _scan_folders(data_dir, problems)
 
-    train_path = data_dir / TRAIN_CSV
-    train = _read_csv(train_path, TRAIN_CSV_COLUMNS, problems) if train_path.is_file() else None
-    if train is None and not train_path.is_file():
-        problems.add(f"{train_path}: missing; it defines the AMi-Br train/test split (restore it from the published benchmark)")
-    md_path = data_dir / MD_VOTES_CSV
-    md = _read_csv(md_path, MD_CSV_COLUMNS, problems) if md_path.is_file() else None
-    if md is None and not md_path.is_file():
-        problems.add(f"{md_path}: missing; it holds the AtNorM-MD expert votes (restore it from the published benchmark)")
-    amibr = None
-    if amibr_csv is not None:
-        amibr_csv = Path(amibr_csv)
-        if not amibr_csv.is_file():
-            problems.add(f"{amibr_csv}: AMI-BR.csv not found")
-        else:
-            amibr = _read_csv(amibr_csv, AMIBR_CSV_COLUMNS, problems)
+    # 1. folders and CSVs are there and readable
+    folders = {spec.name: _scan_folder(data_dir, spec, problems) for spec in specs}
+    tables: list[tuple[DatasetSpec, CsvSpec, Path, pd.DataFrame]] = []
+    for spec in specs:
+        for csv in spec.csvs:
+            path = _csv_path(data_dir, csv, given)
+            if path is None:
+                continue
+            if not path.is_file():
+                problems.add(f"{path}: {csv.file} not found" if csv.optional else
+                             f"{path}: missing; it {csv.purpose} (restore it from the published benchmark)")
+                continue
+            df = _read_csv(path, csv.columns, problems)
+            if df is not None:
+                tables.append((spec, csv, path, df))
+    unused = sorted(set(given) - {c.file for s in specs for c in s.csvs if c.optional})
+    for name in unused:
+        problems.add(f"{given[name]}: no dataset being imported ({[s.name for s in specs]}) reads {name}")
     problems.raise_if_any()
 
-    amibr_files = folders.get("AMi-Br", {})
-    md_files = folders.get("AtNorM-MD", {})
-    train_rows: dict[str, int] = {}
-    train_slide: dict[str, str] = {}
-    for i, r in train.iterrows():
-        fn, lab = r["dataset_uid"], r["final_label"]
-        _check_label(train_path, i, lab, problems)
-        if fn in train_rows:
-            problems.add(f"{train_path} row {i + 2}: {fn} listed twice (first at row {train_rows[fn] + 2}); delete one row")
-            continue
-        train_rows[fn] = i
-        train_slide[fn] = r["slide"]
-        if fn not in amibr_files:
-            problems.add(f"{train_path} row {i + 2}: {fn} is listed but absent from {data_dir / 'AMi-Br'}/{{Atypical,Normal}}; "
-                         "restore the file or delete the row")
-        elif lab in LABELS and amibr_files[fn][0] != lab:
-            problems.add(f"{train_path} row {i + 2}: {fn} is labelled {lab} but lies in {amibr_files[fn][1].parent}"
-                         " (two different labels); fix the CSV or move the file")
-
-    meta: dict[str, dict] = {}
-    if amibr is not None:
-        for i, r in amibr.iterrows():
-            fn = f"{r['dataset']}_{r['uid']}.png"
-            votes = [_as_bool(r[f"expert{k}_atypical"]) for k in (1, 2, 3)]
-            maj = _as_bool(r["majority_atypical"])
-            if None in votes or maj is None:
-                problems.add(f"{amibr_csv} row {i + 2}: expert votes must be True/False, got "
-                             f"{[r[f'expert{k}_atypical'] for k in (1, 2, 3)] + [r['majority_atypical']]}")
-                continue
-            if fn in meta:
-                problems.add(f"{amibr_csv} row {i + 2}: {fn} listed twice; delete one row")
-                continue
-            meta[fn] = dict(slide=r["slide"], source=r["dataset"], coord_x=int(float(r["x"])),
-                            coord_y=int(float(r["y"])), votes=votes,
-                            subtypes=[r["expert1_label"] or None, r["expert2_label"] or None])
-            if fn not in amibr_files:
-                problems.add(f"{amibr_csv} row {i + 2}: {fn} is listed but absent from {data_dir / 'AMi-Br'}; "
-                             "restore the file or delete the row")
-            elif (amibr_files[fn][0] == POSITIVE_LABEL) != maj:
-                problems.add(f"{amibr_csv} row {i + 2}: {fn} majority_atypical={maj} contradicts its folder "
-                             f"{amibr_files[fn][1].parent} (two different labels); fix the CSV or move the file")
-        for fn, (_, p) in amibr_files.items():
-            if fn not in meta:
-                problems.add(f"{p}: present but not listed in {amibr_csv}; add its row or remove the file")
-
-    md_votes: dict[str, list[bool | None]] = {}
-    for i, r in md.iterrows():
-        fn = r["Filename"]
-        for c in MD_CSV_COLUMNS[1:]:
-            _check_label(md_path, i, r[c], problems)
-        if fn in md_votes:
-            problems.add(f"{md_path} row {i + 2}: {fn} listed twice; delete one row")
-            continue
-        md_votes[fn] = [r[f"Expert_{k}"] == POSITIVE_LABEL for k in range(1, 6)]
-        if fn not in md_files:
-            problems.add(f"{md_path} row {i + 2}: {fn} is listed but absent from {data_dir / 'AtNorM-MD'}; "
-                         "restore the file or delete the row")
-        elif r["Majority"] in LABELS and md_files[fn][0] != r["Majority"]:
-            problems.add(f"{md_path} row {i + 2}: {fn} majority {r['Majority']} contradicts its folder "
-                         f"{md_files[fn][1].parent} (two different labels); fix the CSV or move the file")
-    for fn, (_, p) in md_files.items():
-        if fn not in md_votes:
-            problems.add(f"{p}: present but not listed in {md_path}; add its row or remove the file")
-    # Without AMI-BR.csv every AMi-Br patch not in the train CSV is a test patch (nothing to check).
+    # 2. every CSV row agrees with the folders; merge what the CSVs say per patch (first CSV wins)
+    facts: dict[str, dict[str, dict]] = {spec.name: {} for spec in specs}
+    for spec, csv, path, df in tables:
+        for fn, f in _read_rows(spec, csv, path, df, data_dir, folders[spec.name], problems).items():
+            merged = facts[spec.name].setdefault(fn, {})
+            for k, v in f.items():
+                merged.setdefault(k, v)
     problems.raise_if_any()
 
+    # 3. every image is a 128x128 RGB PNG; one row per patch
     rows = []
-    items = [(ds, fn, lab, p) for ds in DATASETS for fn, (lab, p) in sorted(folders[ds].items())]
-    for ds, fn, lab, p in progress_bar(items, desc="checking patches", unit="patch", enabled=progress):
+    items = [(spec, fn, lab, p) for spec in specs for fn, (lab, p) in sorted(folders[spec.name].items())]
+    for spec, fn, lab, p in progress_bar(items, desc="checking patches", unit="patch", enabled=progress):
         raw = p.read_bytes()
         png = _check_png(p, raw, problems, notes)
         if png is None:
             continue
-        m = meta.get(fn, {}) if ds == "AMi-Br" else {}
-        votes: list[bool | None] = [None] * MAX_EXPERTS
-        if ds == "AMi-Br" and m:
-            votes[:3] = m["votes"]
-        elif ds == "AtNorM-MD":
-            votes = list(md_votes[fn])
-        subtypes = m.get("subtypes", [None, None])
+        f = facts[spec.name].get(fn, {})
+        votes = [*f.get("votes", ()), *[None] * len(VOTE_COLUMNS)][:len(VOTE_COLUMNS)]  # null = no such expert
+        subtypes = [*f.get("subtypes", ()), *[None] * len(SUBTYPE_COLUMNS)][:len(SUBTYPE_COLUMNS)]
         rows.append(dict(
-            patch_id=patch_id_for(ds, fn, raw),
-            dataset=ds,
-            split=("train" if fn in train_rows else "test") if ds == "AMi-Br" else "test",
+            patch_id=patch_id_for(spec.name, fn, raw),
+            dataset=spec.name,
+            split=f.get("split", spec.split),
             label=lab,
-            y=int(lab == POSITIVE_LABEL),
+            y=spec.label_folders[lab],
             filename=fn,
-            relpath=f"{ds}/{lab}/{fn}",
-            slide=train_slide.get(fn, m.get("slide")) if ds == "AMi-Br" else None,
-            source=m.get("source") if ds == "AMi-Br" else None,
-            coord_x=m.get("coord_x"),
-            coord_y=m.get("coord_y"),
-            train_row=train_rows.get(fn) if ds == "AMi-Br" else None,
+            relpath=f"{spec.folder}/{lab}/{fn}",
+            slide=f.get("slide"),
+            source=f.get("source"),
+            coord_x=f.get("coord_x"),
+            coord_y=f.get("coord_y"),
+            train_row=f.get("train_row"),
             n_experts=sum(v is not None for v in votes),
-            **{f"expert{k + 1}_atypical": votes[k] for k in range(MAX_EXPERTS)},
-            subtype_expert1=subtypes[0],
-            subtype_expert2=subtypes[1],
+            **dict(zip(VOTE_COLUMNS, votes)),
+            **dict(zip(SUBTYPE_COLUMNS, subtypes)),
             width=PATCH_SIZE[0],
             height=PATCH_SIZE[1],
             content_sha256=bytes_sha256(png),
@@ -331,10 +357,11 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None,
                      f"({len(groups)} groups, {conflicting} with conflicting labels; all in "
                      f"{sorted(df.loc[shared, 'dataset'].unique())}); kept as published, flagged in "
                      "column duplicate_group")
+    notes += _count_notes(df, specs)
     for col in ("coord_x", "coord_y", "train_row"):
         df[col] = df[col].astype("Int64")
-    for k in range(MAX_EXPERTS):
-        df[f"expert{k + 1}_atypical"] = df[f"expert{k + 1}_atypical"].astype("boolean")
+    for col in VOTE_COLUMNS:
+        df[col] = df[col].astype("boolean")
     return ImportScan(patches=df, notes=notes)
 
 

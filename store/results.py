@@ -14,9 +14,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import schema
 from .atomic import sweep_tmp, write_parquet
+from .errors import StoreError
 
 RESULT_TABLES = ("runs", "predictions")
+SCHEMAS = {"runs": schema.RUNS, "predictions": schema.PREDICTIONS}
+KEYS = {"runs": ("run_id",), "predictions": ("run_id", "patch_id")}  # a row without these means nothing
 
 
 class ResultTables:
@@ -27,10 +31,22 @@ class ResultTables:
         return self.dir / table
 
     def append(self, table: str, df: pd.DataFrame | pa.Table) -> Path | None:
-        """Append rows as a new part; returns the part path (None for an empty frame)."""
+        """Append rows as a new part; returns the part path (None for an empty frame).
+
+        The part is validated against ``store.schema`` (RUNS / PREDICTIONS): schema columns get
+        the schema's types and absent ones are written as nulls, so every new part has the same
+        columns and types and ``union_by_name`` readers never see a type clash. Extra columns (an
+        ad-hoc metric) are kept after them; parts written before the schema still read."""
+        if table not in SCHEMAS:
+            raise StoreError(f"unknown result table {table!r}; choose from {list(RESULT_TABLES)}")
         t = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
         if t.num_rows == 0:
             return None
+        where = str(self.table_dir(table))
+        missing = [k for k in KEYS[table] if k not in t.column_names]
+        if missing:
+            raise StoreError(f"{where}: refusing to append rows without key column(s) {missing}")
+        t = schema.validate(t, SCHEMAS[table], where, fill_missing=True, keep_extra=True)
         name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
         sweep_tmp(self.table_dir(table))
         return write_parquet(t, self.table_dir(table) / name)

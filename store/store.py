@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import paths
+from . import paths, schema
 from .atomic import sweep_tmp, write_parquet
 from .dataset import ImportScan, scan_benchmark, summarize_counts
+from .datasets import BENCHMARK, DatasetSpec
 from .errors import StoreError
 from .features import FeatureStore
 from .results import RESULT_TABLES, ResultTables
@@ -21,6 +24,39 @@ log = logging.getLogger(__name__)
 
 PATCHES_FILE = "patches.parquet"
 FOLDS_FILE = "folds.parquet"
+
+
+class Fingerprint(NamedTuple):
+    """What a store holds, cheaply: file names, sizes and mtimes, never Parquet contents.
+
+    Three parts kept apart so a cache keyed on one is not evicted by the others: an embedding
+    job adding parts changes ``sets`` only, appending a run changes ``results`` only.
+    """
+
+    patches: tuple  # patches.parquet: (name, size, mtime_ns, inode), or (name, None) when absent
+    results: tuple  # per result table, its part file names
+    sets: tuple  # ((recipe_id, (COMPLETE's stat, part file names)), ...)
+
+    def set(self, recipe_id: str) -> tuple:
+        """The fingerprint of one embedding set (() when there is no such set)."""
+        return dict(self.sets).get(recipe_id, ())
+
+
+def _stat_key(p: Path) -> tuple:
+    try:
+        s = p.stat()
+    except FileNotFoundError:
+        return (p.name, None)
+    return (p.name, s.st_size, s.st_mtime_ns, s.st_ino)  # an atomic replace changes the inode
+
+
+def _part_names(folder: Path) -> tuple[str, ...]:
+    """Names of the visible parts (``.tmp-*`` files are in-flight writes: not part of the state)."""
+    try:
+        return tuple(sorted(e.name for e in os.scandir(folder) if e.name.startswith("part-")
+                            and e.name.endswith(".parquet")))
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
 
 
 @dataclass
@@ -51,10 +87,11 @@ class Store:
         return self.patches_path.is_file()
 
     def import_dataset(self, data_dir: str | Path, amibr_csv: str | Path | None = None,
-                       progress: bool = False) -> ImportOutcome:
+                       progress: bool = False, specs: tuple[DatasetSpec, ...] = BENCHMARK) -> ImportOutcome:
         """Validate and import; a no-op (changed=False) when the same data is already stored."""
-        scan: ImportScan = scan_benchmark(data_dir, amibr_csv, progress=progress)
-        new = pa.Table.from_pandas(scan.patches, preserve_index=False)
+        scan: ImportScan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs)
+        new = schema.validate(pa.Table.from_pandas(scan.patches, preserve_index=False), schema.PATCHES,
+                              str(self.patches_path))
         counts = summarize_counts(scan.patches)
         sweep_tmp(self.root)
         if self.has_patches():
@@ -89,10 +126,24 @@ class Store:
         return self.root / FOLDS_FILE
 
     def write_folds(self, df: pd.DataFrame) -> Path:
-        return write_parquet(pa.Table.from_pandas(df, preserve_index=False), self.folds_path)
+        table = schema.validate(pa.Table.from_pandas(df, preserve_index=False), schema.FOLDS, str(self.folds_path))
+        return write_parquet(table, self.folds_path)
 
     def read_folds(self) -> pd.DataFrame | None:
         return pq.read_table(self.folds_path).to_pandas() if self.folds_path.is_file() else None
+
+    # -- change detection ------------------------------------------------------------------
+    def fingerprint(self) -> Fingerprint:
+        """A cheap, hashable summary that changes whenever a stored table does (a cache key).
+
+        A few ``stat``/``scandir`` calls: no Parquet is opened and no ``.tmp-*`` file is swept
+        (sweeping could race a job writing right now)."""
+        results = tuple(_part_names(self.results.table_dir(t)) for t in RESULT_TABLES)
+        sets = []
+        if self.features.dir.is_dir():
+            for d in sorted(p for p in self.features.dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                sets.append((d.name, (_stat_key(d / "COMPLETE"), _part_names(d))))
+        return Fingerprint(_stat_key(self.patches_path), results, tuple(sets))
 
     # -- queries ---------------------------------------------------------------------------
     def connect(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from classifiers.heads import BalancedMLP, CosineKNN, LGBMHead, ReducePCA, SimpleShot, TorchLinearProbe
+from classifiers.heads import HEADS, BalancedMLP, CosineKNN, LGBMHead, ReducePCA, SimpleShot, TorchLinearProbe
 
 
 @parametrize_with_checks(
@@ -25,7 +25,7 @@ def test_import_leaves_torch_out():
     assert out.stdout.strip() == "False False"
 
 
-@pytest.mark.parametrize("name", ["logreg", "lgbm", "knn", "simpleshot", "mlp", "torch_linear"])
+@pytest.mark.parametrize("name", sorted(HEADS))
 def test_make_head_clones(name):
     from sklearn.base import clone
 

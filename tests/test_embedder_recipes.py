@@ -1,19 +1,30 @@
-"""Recipe registry: the paper's seven models as their cards specify, ids, transforms (no torch for ids)."""
+"""Recipe registry: the paper's seven models as their cards specify, ids, transforms (no torch for ids).
+
+The registry drives these tests (timm's way): every built-in recipe is built, transformed and pinned
+by hash as soon as its family module exists. ``tests/golden/recipe_hashes.json`` pins each recipe's
+hash; after a deliberate recipe change run
+``MITOPROBE_UPDATE_GOLDEN=1 pytest tests/test_embedder_recipes.py -k golden`` and commit the file.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import embedder
-from embedder.recipes import IMAGENET_MEAN, IMAGENET_STD, Recipe, get_recipe, list_recipes, register
+from embedder.recipes import IMAGENET_MEAN, IMAGENET_STD, Recipe, builtin_recipes, get_recipe, list_recipes, register
 from embedder.transforms import Preprocess
 from store.errors import RecipeError
 
+GOLDEN = Path(__file__).parent / "golden" / "recipe_hashes.json"
+BUILTIN = {r.name: r for r in builtin_recipes()}
 PAPER_SEVEN = ("virchow.hf", "virchow2.hf", "uni.hf", "uni2_h.hf", "hoptimus0.hf", "hoptimus1.hf", "gigapath.hf")
 # (cls dim, prefix tokens = CLS + registers) per architecture, from the model cards.
 EXPECTED = {"virchow": (1280, 1), "virchow2": (1280, 5), "uni": (1024, 1), "uni2_h": (1536, 9),
@@ -113,3 +124,84 @@ def test_recipe_validation():
     with pytest.raises(ValueError):
         Recipe(name="x.random", family="x", arch="a", placement="sideways", outputs=(("vector", 3),),
                paper_outputs=("vector",))
+
+
+def test_golden_recipe_hashes():
+    """Every built-in recipe's hash is pinned: an accidental change to a recipe shows up in review."""
+    current = {name: embedder.recipe_hash(r) for name, r in sorted(BUILTIN.items())}
+    if os.environ.get("MITOPROBE_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    pinned = json.loads(GOLDEN.read_text())
+    changed = {n for n in current.keys() & pinned.keys() if current[n] != pinned[n]}
+    assert not changed and current.keys() == pinned.keys(), (
+        f"recipes changed {sorted(changed)}, added {sorted(current.keys() - pinned.keys())}, removed "
+        f"{sorted(pinned.keys() - current.keys())}: if deliberate, regenerate {GOLDEN.name} (see module docstring)")
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_every_recipe_builds_with_its_declared_outputs(name):
+    """The real architecture on the meta device (no memory, no weights) has the declared output dims,
+    and the recipe's transform gives the model's input shape."""
+    import torch
+
+    r = BUILTIN[name]
+    rgb = np.random.default_rng(0).integers(0, 256, size=(128, 128, 3), dtype=np.uint8)
+    if r.arch == "handcrafted":
+        model, transform = embedder.build(r)
+        assert model is None and transform(rgb).shape == (r.output_dims["vector"],)
+        return
+    arch = dataclasses.replace(r, weights="random", hub_id=None)  # the same architecture, no download
+    with torch.device("meta"):
+        model, transform = embedder.build(arch)
+    assert model.output_dims == r.output_dims
+    assert transform(rgb).shape == (3, r.input_size, r.input_size)
+    assert "." in name and name.split(".")[1] in ("hf", "random")  # arch.tag, the tag naming the weights
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_every_recipe_id_is_stable_and_hashes_its_fields(name):
+    r = BUILTIN[name]
+    assert embedder.recipe_id_of(name) == embedder.recipe_id_of(r) and len(embedder.recipe_id_of(r)) == 16
+    assert embedder.recipe_id_of(dataclasses.replace(r, seed=r.seed + 1)) != embedder.recipe_id_of(r)
+
+
+def test_unresolvable_name_is_an_error_not_a_fallback(tmp_path):
+    with pytest.raises(RecipeError, match="unknown embedder 'nobody.knows'.*resolver"):
+        embedder.resolve_recipe("nobody.knows", tmp_path)
+
+
+def test_registered_resolver_turns_a_name_into_a_recipe(tmp_path):
+    """A higher layer registers a resolver; the embedder finds the recipe without importing that layer."""
+    base = get_recipe("resnet18.random")
+    seen = []
+
+    def resolver(name, store_root):
+        seen.append((name, store_root))
+        return dataclasses.replace(base, name="lab.custom") if name == "lab:custom" else None
+
+    embedder.register_resolver("test-lab", resolver)
+    try:
+        r = embedder.resolve_recipe("lab:custom", tmp_path)
+        assert r.name == "lab.custom" and ("lab:custom", tmp_path) in seen
+        assert embedder.recipe_id_of("lab:custom", store_root=tmp_path) == embedder.recipe_id_of(r)
+    finally:
+        from embedder import recipes
+
+        recipes._RESOLVERS.pop("test-lab")
+
+
+def test_fresh_process_finds_the_finetune_resolver_through_the_entry_point():
+    """In a process that never imported ``finetune``, an ``ft:`` name still reaches its resolver (so the
+    stale check works for fine-tuned sets there too), and the embedder never imported finetune itself."""
+    code = ("import sys, embedder\n"
+            "try:\n    embedder.resolve_recipe('ft:0000abcd/fold0', '/nonexistent-store')\n"
+            "except Exception as exc:\n    print(type(exc).__name__, '|', exc)\n"
+            "print('finetune' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    first, loaded = out.strip().splitlines()
+    assert first.startswith("RecipeError |") and "fine-tuning runs" in first  # finetune's own message
+    assert loaded == "True"  # loaded through the entry point, on demand
+    code = "import sys, embedder; embedder.list_recipes(); print('finetune' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

@@ -72,7 +72,7 @@ else:
         st.stop()
     query_png = up.getvalue()
     try:
-        query_vec = data.embed_png(eset, output, query_png)
+        query_vec = data.embed_png(ctx.root, eset, output, query_png)
     except (MitoprobeError, ImportError, OSError, ValueError) as exc:
         st.error(f"Cannot embed the upload with {eset.name} here: {exc}")
         st.caption("Similarity search over stored patches still works: choose 'Stored patch'.")

@@ -1,4 +1,5 @@
-"""The recipe registry: one frozen ``Recipe`` per embedder, one module per model family.
+"""The recipe registry: one frozen ``Recipe`` per embedder, one module per model family (every module
+in this package is imported and registers its recipes; the tests parametrize over them).
 
 A recipe holds exactly what changes a vector (architecture and kwargs, weight source, input
 geometry, normalisation, precision, outputs) and nothing that does not (batch size, device,
@@ -9,6 +10,8 @@ architecture, seeded random weights). Torch-free: listing recipes never imports 
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -172,13 +175,21 @@ def vit_pair(name_stem: str, family: str, hub_id: str, dim: int, **fields: Any) 
     return register(hf), register(rnd)
 
 
-# Family modules register their recipes on import (explicit, no import *).
-from . import virchow  # noqa: E402,F401
-from . import uni  # noqa: E402,F401
-from . import hoptimus  # noqa: E402,F401
-from . import gigapath  # noqa: E402,F401
-from . import offline  # noqa: E402,F401
-from . import endtoend  # noqa: E402,F401
+def _register_families() -> tuple[str, ...]:
+    """Import every family module in this package (each registers its recipes on import), in name
+    order: adding a model family is adding one module here, nothing else. Returns the built-in names."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{info.name}")
+    return tuple(_REGISTRY)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Recipe", "get_recipe", "list_recipes", "register",
+
+BUILTIN: tuple[str, ...] = _register_families()
+
+
+def builtin_recipes() -> list[Recipe]:
+    """The recipes the family modules define (not those registered later at run time, e.g. by tests)."""
+    return [_REGISTRY[n] for n in BUILTIN]
+
+
+__all__ = ["BUILTIN", "IMAGENET_MEAN", "IMAGENET_STD", "Recipe", "builtin_recipes", "get_recipe", "list_recipes", "register",
            "register_resolver", "resolve_recipe"]
