@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from store.schema import CI_METRICS, METRICS  # the metric columns of `runs`: the schema names them
+
 POSITIVE = 1  # atypical mitotic figure (AMF); normal (NMF) is 0
 ECE_BINS = 15
 N_BOOTSTRAP = 1000
-CI_METRICS = ("balanced_accuracy", "auroc", "sensitivity", "specificity")
-METRICS = ("balanced_accuracy", "auroc", "auprc", "sensitivity", "specificity", "f1", "brier", "ece")
 
 
 def _arrays(y_true, y_score=None):

@@ -22,16 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from store import datasets, schema
 from store.errors import ProtocolError, StoreError
 
 N_FOLDS = 5
 FOLD_SEED = 42
-TEST_SETS: dict[str, tuple[str, str]] = {  # paper name -> (dataset, split) in the patches table
-    "AMi-Br-test": ("AMi-Br", "test"),
-    "AtNorM-Br": ("AtNorM-Br", "test"),
-    "AtNorM-MD": ("AtNorM-MD", "test"),
-}
-FOLD_COLUMNS = ["patch_id", "train_row", "slide", "label", "y", "fold"]
+# paper name -> (dataset, split) in the patches table, from the dataset specs (store/datasets.py):
+# AMi-Br-test, AtNorM-Br, AtNorM-MD
+TEST_SETS: dict[str, tuple[str, str]] = datasets.test_sets()
+FOLD_COLUMNS = list(schema.FOLD_COLUMNS)  # what folds.parquet holds (store.schema.FOLDS)
 
 
 def train_patches(patches: pd.DataFrame) -> pd.DataFrame:

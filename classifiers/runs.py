@@ -19,19 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from store import schema
 from store.hashing import config_hash, source_version
 
-from .metrics import CI_METRICS, METRICS
 
 FAMILY = "probe"
-RUN_KEYS = ["run_id", "family_id", "family", "model", "recipe_id", "head", "options", "config_json",
-            "code_version", "seed", "fold", "test_set", "repeat"]
-KAPPA_COLUMNS = [f"kappa_expert{k}" for k in range(1, 6)] + ["kappa_experts_mean"]
-RUN_COLUMNS = (RUN_KEYS + ["n", "n_pos", *METRICS]
-               + [f"{m}_ci_{s}" for m in CI_METRICS for s in ("low", "high")]
-               + ["threshold", "threshold_rule", "val_auroc", "val_balanced_accuracy", "n_train",
-                  *KAPPA_COLUMNS, "fit_seconds", "predict_seconds", "created_at"])
-PREDICTION_COLUMNS = ["run_id", "patch_id", "fold", "test_set", "probability", "threshold", "prediction"]
+# The columns (and types) of both tables live in ``store.schema``; the store validates every append.
+RUN_COLUMNS = list(schema.RUN_COLUMNS)
+PREDICTION_COLUMNS = list(schema.PREDICTION_COLUMNS)
 
 
 def code_version() -> str:

@@ -1,8 +1,8 @@
 """Every store read the dashboard makes, cached in one place.
 
-Cache keys are the store path plus a cheap *stamp* (sizes and mtimes of the store's files), so a
-new run, embedding set or import shows up on the next rerun without restarting the app, while an
-unchanged store is never read twice. Big immutable things (all PNG bytes, embedding matrices,
+Cache keys are the store path plus its cheap fingerprint (``Store.fingerprint``: names, sizes and
+mtimes of the store's files), so a new run, embedding set or import shows up on the next rerun
+without restarting the app, while an unchanged store is never read twice. Big immutable things (all PNG bytes, embedding matrices,
 the predictions table) live in ``st.cache_resource`` (shared, not copied); small frames in
 ``st.cache_data``.
 """
@@ -12,9 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,11 +20,11 @@ import streamlit as st
 
 import classifiers
 import embedder
-from store import Store, paths
+from store import Fingerprint, Store, paths
 from store.errors import StoreError
+from store.schema import VOTE_COLUMNS
 
 THUMB_PX = 96
-VOTE_COLUMNS = [f"expert{k}_atypical" for k in range(1, 6)]
 PATCH_COLUMNS = ["patch_id", "dataset", "split", "label", "y", "slide", "n_experts", *VOTE_COLUMNS,
                  "subtype_expert1", "subtype_expert2", "duplicate_group"]
 
@@ -36,39 +34,11 @@ def store_root() -> str:
     return str(paths.store_root(None).resolve())
 
 
-def _entry_stamp(p: Path) -> tuple:
-    try:
-        s = p.stat()
-    except FileNotFoundError:
-        return (p.name, None)
-    return (p.name, s.st_size, s.st_mtime_ns)
-
-
-class Stamp(NamedTuple):
-    """Fingerprints of the store's three parts, kept apart so that (say) an embedding job adding
-    parts never evicts the cached patches or results."""
-
-    patches: tuple
-    results: tuple
-    sets: tuple  # ((recipe_id, fingerprint), ...)
-
-    def set(self, recipe_id: str) -> tuple:
-        return dict(self.sets).get(recipe_id, ())
-
-
-def stamp(root: str) -> Stamp:
-    """What the dashboard reads, fingerprinted with a few stats (cheap enough for every rerun)."""
-    r = Path(root)
-    res = []
-    for sub in ("results/runs", "results/predictions"):
-        d = r / sub
-        res.append(tuple(sorted(e.name for e in os.scandir(d) if e.name.startswith("part-"))) if d.is_dir() else ())
-    sets = []
-    emb = r / "embeddings"
-    if emb.is_dir():
-        for d in sorted(emb.iterdir()):
-            sets.append((d.name, (_entry_stamp(d / "COMPLETE"), len(list(d.glob("part-*.parquet"))))))
-    return Stamp(_entry_stamp(r / "patches.parquet"), tuple(res), tuple(sets))
+def stamp(root: str) -> Fingerprint:
+    """The store's fingerprint (``Store.fingerprint``): a few stats, cheap enough for every rerun; its
+    parts (patches, results, each set) key the caches separately, so an embedding job adding parts
+    never evicts the cached patches or results."""
+    return Store(root).fingerprint()
 
 
 # -- what is there -------------------------------------------------------------------------------
@@ -80,7 +50,7 @@ def status(root: str) -> dict:
 
 
 # -- patches and pixels --------------------------------------------------------------------------
-def patches(root: str, stamp_: Stamp) -> pd.DataFrame:
+def patches(root: str, stamp_: Fingerprint) -> pd.DataFrame:
     """Patch metadata (no pixels); ``votes`` is a short 'A N A' string."""
     return _patches(root, stamp_.patches)
 
@@ -116,7 +86,7 @@ def _thumb_memo(root: str, key: tuple) -> dict[str, str]:
     return {}
 
 
-def thumbnails(root: str, stamp_: Stamp, patch_ids) -> list[str | None]:
+def thumbnails(root: str, stamp_: Fingerprint, patch_ids) -> list[str | None]:
     """``data:`` URLs of small JPEG thumbnails (made once per patch, then memoised)."""
     from PIL import Image
 
@@ -133,12 +103,12 @@ def thumbnails(root: str, stamp_: Stamp, patch_ids) -> list[str | None]:
     return out
 
 
-def png(root: str, stamp_: Stamp, patch_id: str) -> bytes | None:
+def png(root: str, stamp_: Fingerprint, patch_id: str) -> bytes | None:
     return _all_pngs(root, stamp_.patches).get(patch_id)
 
 
 # -- results -------------------------------------------------------------------------------------
-def runs(root: str, stamp_: Stamp) -> pd.DataFrame:
+def runs(root: str, stamp_: Fingerprint) -> pd.DataFrame:
     """The runs table with a readable ``label`` per family (model · head · options)."""
     return _runs(root, stamp_.results)
 
@@ -186,7 +156,7 @@ def _predictions(root: str, key: tuple) -> pd.DataFrame:
     return df
 
 
-def family_predictions(root: str, stamp_: Stamp, family_id: str, fold: int, test_set: str | None = None
+def family_predictions(root: str, stamp_: Fingerprint, family_id: str, fold: int, test_set: str | None = None
                        ) -> pd.DataFrame:
     """Predictions of one family at one fold (-1 = fold ensemble), joined with patch metadata."""
     return _family_predictions(root, stamp_.results, stamp_.patches, family_id, fold, test_set)
@@ -217,7 +187,7 @@ def fold_name(fold: int) -> str:
     return "fold ensemble" if fold == -1 else f"fold {fold}"
 
 
-def leaderboard(root: str, stamp_: Stamp) -> pd.DataFrame:
+def leaderboard(root: str, stamp_: Fingerprint) -> pd.DataFrame:
     """``classifiers.leaderboard`` (one row per latest family × test set: mean ± std over folds,
     fold-ensemble 95% CI), with a readable ``label``, followed by every published row of the paper."""
     return _leaderboard(root, stamp_.results)
@@ -238,7 +208,7 @@ def embedding_sets(root: str) -> list:
     return [s for s in Store(root).features.sets() if s.parts]
 
 
-def embedding_matrix(root: str, stamp_: Stamp, recipe_id: str, output: str, view: str = "none"
+def embedding_matrix(root: str, stamp_: Fingerprint, recipe_id: str, output: str, view: str = "none"
                      ) -> tuple[pd.DataFrame, np.ndarray]:
     """Keys (patch_id, view) and float32 vectors of one output, one view."""
     return _embedding_matrix(root, stamp_.set(recipe_id), recipe_id, output, view)
@@ -253,7 +223,7 @@ def _embedding_matrix(root: str, key: tuple, recipe_id: str, output: str, view: 
     return keys, np.ascontiguousarray(X, dtype=np.float32)
 
 
-def projection(root: str, stamp_: Stamp, recipe_id: str, output: str, method: str = "PCA") -> pd.DataFrame:
+def projection(root: str, stamp_: Fingerprint, recipe_id: str, output: str, method: str = "PCA") -> pd.DataFrame:
     """2-D coordinates (x, y) per patch of one set's ``view == 'none'`` vectors."""
     return _projection(root, stamp_.set(recipe_id), recipe_id, output, method)
 
@@ -282,7 +252,7 @@ def projection_methods() -> list[str]:
     return ["PCA", "UMAP"]
 
 
-def neighbours(root: str, stamp_: Stamp, recipe_id: str, output: str, query: bytes, k: int) -> pd.DataFrame:
+def neighbours(root: str, stamp_: Fingerprint, recipe_id: str, output: str, query: bytes, k: int) -> pd.DataFrame:
     """The k nearest stored patches (LanceDB, cosine distance) to a float32 query vector."""
     return _neighbours(root, stamp_.set(recipe_id), recipe_id, output, query, k)
 

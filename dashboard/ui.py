@@ -20,7 +20,7 @@ NEXT_STEP = {
 @dataclass(frozen=True)
 class Ctx:
     root: str
-    stamp: data.Stamp
+    stamp: data.Fingerprint
     status: dict
 
 

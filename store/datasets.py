@@ -70,10 +70,13 @@ class DatasetSpec:
     split: str = "test"  # split of every patch no SPLIT CSV lists
     # split -> (patches, positives) as published; a mismatch is a note (subsets are allowed)
     expected_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    test_set: str = ""  # the name its test split is scored under (the paper's; default: name)
 
     def __post_init__(self) -> None:
         if not self.folder:
             object.__setattr__(self, "folder", self.name)
+        if not self.test_set:
+            object.__setattr__(self, "test_set", self.name)
         if sorted(self.label_folders.values()) != [0, 1]:
             raise ValueError(f"{self.name}: label_folders must map one label to 1 and one to 0 (a binary task)")
         if sum(bool(c.votes) for c in self.csvs) > 1:
@@ -106,6 +109,7 @@ AMIBR = DatasetSpec(
                 slide="slide", source="dataset", coords=("x", "y"), subtypes=("expert1_label", "expert2_label")),
     ),
     expected_counts={"train": (2894, 648), "test": (826, 184)},
+    test_set="AMi-Br-test",  # the paper's name: AMi-Br's own test split, beside the two hold-out sets
 )
 ATNORM_BR = DatasetSpec(name="AtNorM-Br", expected_counts={"test": (746, 128)})
 ATNORM_MD = DatasetSpec(
@@ -125,3 +129,8 @@ def spec_of(name: str, specs: tuple[DatasetSpec, ...] = BENCHMARK) -> DatasetSpe
         if s.name == name:
             return s
     raise KeyError(f"unknown dataset {name!r}; known: {[s.name for s in specs]}")
+
+
+def test_sets(specs: tuple[DatasetSpec, ...] = BENCHMARK) -> dict[str, tuple[str, str]]:
+    """Test-set name -> (dataset, split) for every spec with a published test split, in spec order."""
+    return {s.test_set: (s.name, "test") for s in specs if "test" in s.expected_counts}

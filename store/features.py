@@ -30,10 +30,10 @@ import pyarrow.parquet as pq
 
 from .atomic import sweep_tmp, write_json, write_parquet
 from .errors import StaleFeaturesError, StoreError
+from .schema import KEY_COLUMNS, embedding_schema, validate
 
 log = logging.getLogger(__name__)
 
-KEY_COLUMNS = ("patch_id", "view")
 ANN_MIN_ROWS = 50_000  # below this, exact (brute-force) search is both fast and exact
 ANN_DEFAULT_INDEX = "IVF_HNSW_SQ"
 
@@ -99,9 +99,10 @@ class EmbeddingWriter:
             if arr.shape[0] != len(keys):
                 raise StoreError(f"set {self.eset.name}: output {out} has {arr.shape[0]} rows for {len(keys)} keys")
             cols[out] = _vector_column(arr[keep], dim, f"set {self.eset.name} output {out}")
-        table = pa.table(cols)
+        part = self.eset.path / f"part-{self._next_part:05d}-{uuid.uuid4().hex[:8]}.parquet"
+        table = validate(pa.table(cols), embedding_schema(self.eset.outputs), str(part))
         # A random suffix: two jobs writing the same set never overwrite each other's parts.
-        write_parquet(table, self.eset.path / f"part-{self._next_part:05d}-{uuid.uuid4().hex[:8]}.parquet")
+        write_parquet(table, part)
         self._next_part += 1
         self._done.update(k for k, m in zip(keys, keep) if m)
         return int(keep.sum())
