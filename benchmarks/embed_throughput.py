@@ -25,6 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import embedder  # noqa: E402  (after the path insert: runs from a checkout without an install too)
+from store import Store  # noqa: E402
+
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}
 
 
@@ -33,8 +36,6 @@ def _subset_store(src: Path | None, n: int, root: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
     from PIL import Image
-
-    from store import Store
 
     st = Store(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -58,8 +59,6 @@ def paper_way(recipe_name: str, pngs: list[bytes], device: str, dtype) -> float:
     import torch
     from PIL import Image
 
-    import embedder
-
     model, _ = embedder.build(recipe_name)
     model.to(device)
     r = embedder.get_recipe(recipe_name)
@@ -81,8 +80,6 @@ def paper_way(recipe_name: str, pngs: list[bytes], device: str, dtype) -> float:
 
 def job_way(st, recipe_name: str, device: str, batch_size: int | None) -> tuple[float, float]:
     """(patches/s of the loop, wall seconds incl. model build) for ``embedder.embed``."""
-    import embedder
-
     t = time.perf_counter()
     s = embedder.embed(st, recipe_name, device=device, batch_size=batch_size, progress=False)
     return s.patches_per_s, time.perf_counter() - t
@@ -92,8 +89,6 @@ def model_throughput(recipe_name: str, device: str, batch_size: int, steps: int,
     """Steady-state forward passes on device-resident input: (patches/s, FLOPs per patch)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-
-    import embedder
 
     r = embedder.get_recipe(recipe_name)
     model, _ = embedder.build(r)
@@ -136,7 +131,9 @@ def main() -> None:
     else:
         recipe, device, dtype = "vit_small.random", "cpu", None
         n, n_paper, bs = a.n or 256, a.n_paper or (a.n or 256), a.batch_size
-    card = torch.cuda.get_device_name() if a.gpu else f"CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    card = torch.cuda.get_device_name() if a.gpu else (
+        f"CPU {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}, load avg {os.getloadavg()[0]:.1f}")
     print(f"model {recipe}; device {card}; {n} patches (job), {n_paper} (one at a time)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         st = _subset_store(a.store, n, Path(tmp) / "store")

@@ -20,6 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from classifiers.protocol import load_protocol
+from finetune import FinetuneConfig
+from finetune.augment import train_transform
+from finetune.data import train_loader
+from finetune.model import build_classifier, parameter_counts
+from finetune.train import _amp, loss_fn
+from store import Store
+
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
 
@@ -28,12 +36,6 @@ def bench(st, model_name: str, method: str, steps: int, warmup: int, device: str
     import numpy as np
     import torch
 
-    from classifiers.protocol import load_protocol
-    from finetune import FinetuneConfig
-    from finetune.augment import train_transform
-    from finetune.data import train_loader
-    from finetune.model import build_classifier, parameter_counts
-    from finetune.train import _amp, loss_fn
 
     cfg = FinetuneConfig.paper(model_name, method, batch_size=batch_size)
     proto = load_protocol(st)
@@ -104,8 +106,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import torch
-
-    from store import Store
 
     st = Store(a.store)
     if a.tiny:

@@ -21,7 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
+from classifiers.heads import DEFAULT_HEADS
+from classifiers.protocol import load_protocol
+from classifiers.runner import sweep
+from store import Store
+
 BENCH_ID = "bench-2560-0000"
+
+
+def cpu_capability() -> str:
+    """torch's view of the CPU's vector units (AVX2, AVX512, ...): state it beside every CPU figure."""
+    import torch  # lazy: only to describe the machine
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def main() -> None:
@@ -30,11 +42,6 @@ def main() -> None:
     ap.add_argument("--no-paper", action="store_true", help="skip the paper-parity torch probe")
     ap.add_argument("--json", default=None, help="write the timings here")
     args = ap.parse_args()
-
-    from classifiers.heads import DEFAULT_HEADS
-    from classifiers.protocol import load_protocol
-    from classifiers.runner import sweep
-    from store import Store
 
     src = Store(args.store)
     tmp = Path(tempfile.mkdtemp(prefix="probe-sweep-"))
@@ -70,7 +77,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"probe sweep on {len(patches)} patches x 2,560-d, 5 folds x 3 test sets "
-          f"({os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f})")
+          f"({os.cpu_count()} CPUs, capability {cpu_capability()}, load avg {os.getloadavg()[0]:.1f})")
     print("wall = elapsed seconds; cpu = process CPU seconds (the sweep runs one BLAS/OpenMP thread, so on a "
           "busy machine cpu is the better estimate of the idle wall time)")
     print(f"{'head':<28}{'wall s':>10}{'cpu s':>10}{'mean AUROC':>12}")
@@ -86,6 +93,7 @@ def main() -> None:
                                                    total_cpu=total_cpu, paper_torch_linear=paper,
                                                    paper_torch_linear_cpu=paper_cpu,
                                                    mean_auroc=quality, cpus=os.cpu_count(),
+                                                   cpu_capability=cpu_capability(),
                                                    load_avg=os.getloadavg()[0], machine=platform.node()), indent=2))
 
 

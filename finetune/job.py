@@ -79,8 +79,8 @@ def check_device(device: str, recipe, overrides: dict | None, allow_cpu: bool) -
     n = count_params(recipe, overrides)
     if dev == "cpu" and n > CPU_PARAM_LIMIT and not allow_cpu:
         raise FinetuneError(f"{recipe.name} has {n / 1e6:.0f}M parameters and no GPU is visible: fine-tuning it on "
-                         f"CPU would take days. Run on a CUDA machine, or pass --allow-cpu to do it anyway "
-                         f"(models up to {CPU_PARAM_LIMIT / 1e6:.0f}M parameters run on CPU without it).")
+                            f"CPU would take days. Run on a CUDA machine, or pass --allow-cpu to do it anyway "
+                            f"(models up to {CPU_PARAM_LIMIT / 1e6:.0f}M parameters run on CPU without it).")
     return dev, n
 
 
@@ -91,7 +91,7 @@ def fold_images(st: Store, proto: Protocol, k: int, test_sets: list[str]) -> Fol
     tests = {name: proto.tests[name].patch_ids for name in test_sets}
     need = list(ids) + [p for v in tests.values() for p in v]
     return FoldImages(fold=k, train_ids=ids[fd.train_idx], train_y=fd.y[fd.train_idx], val_ids=ids[fd.val_idx],
-                    val_y=fd.y[fd.val_idx], test_ids=tests, images=st.images(need))
+                      val_y=fd.y[fd.val_idx], test_ids=tests, images=st.images(need))
 
 
 def _family(run_dir: Path) -> tuple[str, dict]:
