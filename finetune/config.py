@@ -71,7 +71,7 @@ class FinetuneConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); EMA weights are evaluated
     mixup: float = 0.0  # Beta(a, a) mixup of training batches (0 = off)
     crop_from: str = "patch"
-    cpu_bf16: bool = False  # bf16 autocast + channels-last on CPU as well (GPU always uses bf16 autocast)
+    cpu_bf16: bool = False  # allow bf16 autocast + channels-last on CPU where it is native (finetune.precision)
     seed: int = 0
     schema_version: int = 1
 

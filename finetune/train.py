@@ -43,6 +43,7 @@ from .augment import train_transform
 from .config import TTAS, FinetuneConfig
 from .data import eval_loader, train_loader
 from .model import build_classifier, load_weights, parameter_counts, save_weights
+from .precision import cpu_capability, training_precision
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def epoch_seed(seed: int, fold: int, epoch: int) -> int:
 
 
 def _amp(device: str, cpu_bf16: bool = False):
+    """bf16 autocast on GPU; on CPU only when ``cpu_bf16`` (already resolved by ``precision``)."""
     import torch
 
     on_gpu = device.startswith("cuda")
@@ -229,7 +231,9 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                                color_jitter=cfg.color_jitter, rotate_degrees=cfg.rotate_degrees,
                                dihedral=cfg.dihedral, hed=cfg.hed, crop_from=cfg.crop_from)
     tf_eval = preprocess(recipe, mean, std)
-    channels_last = cfg.cpu_bf16 and not rt.device.startswith("cuda") and not recipe.is_vit
+    precision = training_precision(rt.device, cfg.cpu_bf16)  # bf16 on CPU only where it is native
+    cpu_bf16 = precision == "bf16" and not rt.device.startswith("cuda")
+    channels_last = cpu_bf16 and not recipe.is_vit
     if channels_last:
         model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -276,7 +280,7 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                         x, y = mix(x, y, cfg.mixup)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    with _amp(rt.device, cfg.cpu_bf16):
+                    with _amp(rt.device, cpu_bf16):
                         logits = model(x)
                     loss = crit(logits.float(), y)
                     opt.zero_grad(set_to_none=True)
@@ -293,7 +297,7 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
             if rt.device.startswith("cuda"):
                 torch.cuda.synchronize()
             secs = time.perf_counter() - t0
-        p_val = predict_proba(scored, val_pngs, tf_eval, ("none",), rt, cfg.cpu_bf16)
+        p_val = predict_proba(scored, val_pngs, tf_eval, ("none",), rt, cpu_bf16)
         score = selection_score(cfg, data.val_y, p_val)
         improved = score > st["best_score"]  # the paper's rule: strictly better held-out score
         if improved:
@@ -314,10 +318,11 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                  cfg.select_on, score, " (best)" if improved else "")
         if rt.on_epoch is not None:
             rt.on_epoch(epoch + 1)
-    return _finish(cfg, data, fold_dir, scored, tf_eval, st, counts, rt)
+    return _finish(cfg, data, fold_dir, scored, tf_eval, st, counts, rt, precision)
 
 
-def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, counts: dict, rt: Runtime) -> dict:
+def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, counts: dict, rt: Runtime,
+            precision: str) -> dict:
     """Select the best checkpoint, predict held-out + tests, write DONE (the fold's commit point)."""
 
     # never improved on 0 (NaN scores): keep the last epoch
@@ -326,11 +331,12 @@ def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, cou
     best.replace(fold_dir / MODEL_FILE)
     views = TTAS[cfg.tta]
     t0 = time.perf_counter()
-    p_val = predict_proba(model, [data.images[p] for p in data.val_ids], tf_eval, views, rt, cfg.cpu_bf16)
+    cpu_bf16 = precision == "bf16" and not rt.device.startswith("cuda")
+    p_val = predict_proba(model, [data.images[p] for p in data.val_ids], tf_eval, views, rt, cpu_bf16)
     threshold = M.best_threshold(data.val_y, p_val) if cfg.threshold == "val_youden" else 0.5
     frames = [pd.DataFrame(dict(split="val", patch_id=data.val_ids, probability=p_val))]
     for name, ids in data.test_ids.items():
-        p = predict_proba(model, [data.images[i] for i in ids], tf_eval, views, rt, cfg.cpu_bf16)
+        p = predict_proba(model, [data.images[i] for i in ids], tf_eval, views, rt, cpu_bf16)
         frames.append(pd.DataFrame(dict(split=name, patch_id=ids, probability=p)))
     predict_seconds = time.perf_counter() - t0
     preds = pd.concat(frames, ignore_index=True)
@@ -342,7 +348,7 @@ def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, cou
                   checkpoint=MODEL_FILE, checkpoint_sha256=file_sha256(fold_dir / MODEL_FILE),
                   parameters=counts, fit_seconds=st["train_seconds"], predict_seconds=predict_seconds,
                   images_per_s=st["train_images"] / st["train_seconds"] if st["train_seconds"] else 0.0,
-                  device=rt.device, history=st["history"])
+                  device=rt.device, precision=precision, cpu_capability=cpu_capability(), history=st["history"])
     write_json(record, fold_dir / DONE_FILE)
     for f in list(fold_dir.glob("last-e*.safetensors")) + [fold_dir / STATE_FILE]:
         f.unlink(missing_ok=True)

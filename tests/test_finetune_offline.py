@@ -15,6 +15,7 @@ from conftest import make_six_slide_store
 
 from finetune import FinetuneConfig, finetune
 from finetune.model import build_classifier, parameter_counts
+from finetune.precision import training_precision
 from finetune.train import DONE_FILE, PREDICTIONS_FILE
 from store import Store
 from store.errors import FinetuneError
@@ -56,6 +57,8 @@ def test_offline_preset_trains_on_the_tiny_store(bench, tmp_path):
     s = finetune(st, cfg, folds="0", progress=False, n_boot=10)
     rec = s.records[0]
     assert s.folds_done == [0] and rec["epochs"] == 2 and len(rec["history"]) == 2
+    # the preset allows bf16 on CPU; it is used only where the CPU has it natively, and recorded
+    assert rec["precision"] == training_precision("cpu", True) and rec["cpu_capability"]
     from classifiers import metrics as M
 
     preds = pd.read_parquet(s.run_dir / "fold0" / PREDICTIONS_FILE)
