@@ -13,7 +13,7 @@ returns ``self``, learned state ends in ``_``. torch is imported inside ``fit`` 
 from __future__ import annotations
 
 import inspect
-
+import json
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,14 +25,23 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from store.errors import ProtocolError
+
 from .metrics import balanced_accuracy
 
 # The paper's linear probe (AMi-Br, arXiv 2506.21444, Methods): these defaults are the published
-# hyper-parameters. The public scripts (DeepMicroscopy/AMi-Br_Benchmark@3acf4da,
-# Foundation_Models/Linear_Probing/*/*.py) differ in two values; pass them to reproduce those runs.
+# hyper-parameters, and six of the seven public scripts (DeepMicroscopy/AMi-Br_Benchmark@3acf4da,
+# Foundation_Models/Linear_Probing/*/*.py) use them. Only Prov-GigaPath's script differs, in two
+# values (lr 1e-3, weight decay 1e-4): ``paper_probe_params`` gives each model family its script's.
 PAPER_PROBE_PARAMS = dict(lr=5e-5, weight_decay=1e-5, batch_size=8, max_epochs=100, patience=15,
                           lr_factor=0.5, lr_patience=3, min_lr=1e-7)
-PAPER_SCRIPT_OVERRIDES = dict(lr=1e-3, weight_decay=1e-4)
+PAPER_SCRIPT_OVERRIDES = dict(lr=1e-3, weight_decay=1e-4)  # prov-gigapath/prov-gigapath.py
+PAPER_SCRIPT_PARAMS_BY_FAMILY = {"gigapath": PAPER_SCRIPT_OVERRIDES}
+
+
+def paper_probe_params(family: str | None) -> dict:
+    """The ``torch_linear`` overrides the paper's script for this recipe family used ({} = the defaults)."""
+    return dict(PAPER_SCRIPT_PARAMS_BY_FAMILY.get(family or "", {}))
 
 
 def _check_binary(estimator, X, y, reset=True):
@@ -430,6 +439,42 @@ def make_head(name: str, **params) -> BaseEstimator:
     return HEADS[name].factory(**params)
 
 
+def parse_head_params(specs: list[str] | tuple[str, ...]) -> dict[str, dict]:
+    """``["torch_linear.lr=1e-3", "knn.n_neighbors=25"]`` -> ``{head: {key: value}}``; values are JSON
+    (numbers, true/false, null) or else strings. Every head and key is checked by building the head."""
+    out: dict[str, dict] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        head, dot, key = name.strip().partition(".")
+        if not (sep and dot and head and key):
+            raise ProtocolError(f"--param {spec!r}: write HEAD.KEY=VALUE, e.g. torch_linear.lr=1e-3")
+        if head not in HEADS:
+            raise ProtocolError(f"--param {spec!r}: unknown head {head!r}; choose from {sorted(HEADS)}")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        out.setdefault(head, {})[key] = parsed
+    for head, params in out.items():
+        try:
+            make_head(head, **params)
+        except TypeError as exc:
+            raise ProtocolError(f"--param: head {head} has no parameter among {sorted(params)} ({exc}); "
+                                f"its parameters: {sorted(_head_param_names(head))}") from None
+    return out
+
+
+def _head_param_names(head: str) -> set[str]:
+    """What ``make_head(head, **params)`` accepts: the factory's own keywords and its estimator's."""
+    sig = inspect.signature(HEADS[head].factory).parameters
+    names = {n for n, p in sig.items() if p.kind != p.VAR_KEYWORD}
+    if any(p.kind == p.VAR_KEYWORD for p in sig.values()):
+        est = make_head(head)
+        last = est.steps[-1][1] if hasattr(est, "steps") else est
+        names |= set(last.get_params(deep=False))
+    return names
+
+
 def positive_proba(estimator, X) -> np.ndarray:
     """P(y = 1) from a fitted head, whatever the column order."""
     classes = list(estimator.classes_)
@@ -437,5 +482,6 @@ def positive_proba(estimator, X) -> np.ndarray:
 
 
 __all__ = ["HEADS", "DEFAULT_HEADS", "PAPER_PROBE_PARAMS", "PAPER_SCRIPT_OVERRIDES", "HeadSpec", "make_head",
+           "paper_probe_params", "parse_head_params",
            "positive_proba", "TorchLinearProbe", "CosineKNN", "SimpleShot", "LGBMHead", "BalancedMLP",
            "ValPipeline", "clone"]

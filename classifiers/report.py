@@ -29,6 +29,9 @@ NUMERIC = ["n_folds", "balanced_accuracy_mean", "balanced_accuracy_std", "auroc_
            "auprc_mean", "brier_mean", "ece_mean", "kappa_experts_mean",
            "ensemble_balanced_accuracy", "ensemble_balanced_accuracy_ci_low", "ensemble_balanced_accuracy_ci_high",
            "ensemble_auroc", "ensemble_auroc_ci_low", "ensemble_auroc_ci_high"]
+# Mean ± std over the fold models with the paper's convention (np.std over the 5 folds: population
+# std, ddof=0; the benchmark's inference notebooks), so our rows and the paper's compare like for like.
+STD_DDOF = 0
 COLUMNS = ["source", "family", "model", "head", "pooling", "tta", "test_set", *NUMERIC, "family_id"]
 
 
@@ -66,7 +69,7 @@ def _ours(runs: pd.DataFrame) -> pd.DataFrame:
                  family_id=g["family_id"].iloc[0])  # one per group after _latest_families (dashboard links)
         for m in ("balanced_accuracy", "auroc"):
             r[f"{m}_mean"] = folds[m].mean()
-            r[f"{m}_std"] = folds[m].std(ddof=1) if len(folds) > 1 else np.nan
+            r[f"{m}_std"] = folds[m].std(ddof=STD_DDOF) if len(folds) > 1 else np.nan
         for m in ("auprc", "brier", "ece", "kappa_experts_mean"):
             r[m if m.endswith("_mean") else f"{m}_mean"] = folds[m].mean()
         for m in ("balanced_accuracy", "auroc"):

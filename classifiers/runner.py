@@ -18,13 +18,13 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import embedder
-from store.errors import ProtocolError, StoreError
+from store.errors import ProtocolError, RecipeError, StoreError
 from store.hashing import canonical_json, config_hash
 from store.progress import progress
 
 from . import metrics as M
 from . import runs as R
-from .heads import DEFAULT_HEADS, HEADS, make_head, positive_proba
+from .heads import DEFAULT_HEADS, HEADS, make_head, paper_probe_params, positive_proba
 from .protocol import FOLD_SEED, N_FOLDS, FoldData, Protocol, TestSet, load_protocol
 from .scoring import ENSEMBLE_RULE, decision_threshold, fold_ensemble, prediction_frame, score_test_set
 
@@ -148,6 +148,17 @@ def _seeded_params(head: str, params: dict, seed: int) -> dict:
     return dict(params)
 
 
+def grid_points(spec, params: dict) -> list[dict]:
+    """The head's grid without the keys set explicitly (an explicit parameter is fixed, not searched),
+    each remaining point once."""
+    points: list[dict] = []
+    for cand in spec.grid:
+        free = {k: v for k, v in cand.items() if k not in params}
+        if free not in points:
+            points.append(free)
+    return points
+
+
 def fit_fold(head: str, params: dict, feats: Features, fd: FoldData, train_ids: np.ndarray) -> dict:
     """Selection and fitting for one fold, from training-side data only (``fd``: no test labels).
 
@@ -164,8 +175,8 @@ def fit_fold(head: str, params: dict, feats: Features, fd: FoldData, train_ids: 
     X_tr, X_va = feats.X[tr_rows], feats.X[va_rows]
     best = None
     tried = []
-    for cand in spec.grid:
-        est = _fit(head, {**params, **cand}, X_tr, y_tr, X_va, y_val_patch[va_owner])
+    for cand in grid_points(spec, params):
+        est = _fit(head, {**cand, **params}, X_tr, y_tr, X_va, y_val_patch[va_owner])
         p_val = _patch_mean(positive_proba(est, X_va), va_owner, len(fd.val_idx))
         score = M.auroc(y_val_patch, p_val)
         tried.append({"params": cand, "val_auroc": score})
@@ -191,7 +202,7 @@ def run_family(store, feats: Features, proto: Protocol, head: str, options: dict
     """One head on one feature set: 5 fold models + the fold ensemble, scored on every test set,
     appended to ``runs``/``predictions``. Returns the run rows (None when skipped as a duplicate)."""
     spec = HEADS[head]
-    params = dict(params or {})
+    params = {**_paper_defaults(head, feats.name), **(params or {})}  # recorded in the config: the family id
     config = dict(family=R.FAMILY, model=feats.name, recipe_id=feats.recipe_id, head=head, options=options,
                   params=params, grid=list(spec.grid), selection_rule=SELECTION_RULE,
                   threshold_rule=spec.threshold_rule, code_version=R.code_version(),
@@ -247,6 +258,18 @@ def run_family(store, feats: Features, proto: Protocol, head: str, options: dict
             preds.append(prediction_frame(rid, ts, -1, p, ens.threshold))
     R.append(store, runs, preds)
     return pd.DataFrame(runs)
+
+
+def _paper_defaults(head: str, model: str) -> dict:
+    """The paper's probe takes its script's settings for the model's family (only Prov-GigaPath's
+    differ); explicit params win. Other heads and unregistered sets: none."""
+    if head != "torch_linear":
+        return {}
+    try:
+        family = embedder.get_recipe(model).family
+    except RecipeError:
+        return {}
+    return paper_probe_params(family)
 
 
 def _jsonable_params(est) -> dict:

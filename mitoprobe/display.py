@@ -58,7 +58,8 @@ def print_report(store, fmt: str = "table", model: str | None = None, family: st
     if fmt == "markdown":
         click.echo(pretty.to_markdown(index=False))
     else:
-        print_frame(pretty, title="leaderboard: mean ± std over 5 fold models; fold ensemble with 95% bootstrap CI")
+        print_frame(pretty, title="leaderboard: mean ± std (ddof=0, as the paper) over 5 fold models; "
+                    "fold ensemble with 95% bootstrap CI")
     if human:
         ref = human_reference(store)
         if len(ref):

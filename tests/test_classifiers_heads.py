@@ -103,3 +103,43 @@ def test_pooling_and_tta_options(tmp_path):
     assert not preds.duplicated(["run_id", "test_set", "patch_id"]).any()
     with pytest.raises(Exception, match="pooling"):
         load_features(st, "synth16", "vector")
+
+
+def test_torch_linear_takes_its_model_familys_paper_script_settings(tmp_path):
+    """Only Prov-GigaPath's public probe script uses lr 1e-3 / wd 1e-4; the runner gives torch_linear the
+    setting of the recipe's family and records it in the run (explicit params win)."""
+    from classifiers.heads import paper_probe_params
+    from classifiers.runner import _paper_defaults
+
+    assert paper_probe_params("gigapath") == PAPER_SCRIPT_OVERRIDES and paper_probe_params("uni") == {}
+    assert _paper_defaults("torch_linear", "gigapath.hf") == {"lr": 1e-3, "weight_decay": 1e-4}
+    assert _paper_defaults("torch_linear", "virchow2.hf") == {} and _paper_defaults("logreg", "gigapath.hf") == {}
+    assert _paper_defaults("torch_linear", "no_such.set") == {}  # unregistered sets keep the defaults
+
+
+def test_param_option_is_validated_fixed_and_recorded(tmp_path, monkeypatch, capsys):
+    """`mitoprobe probe --param HEAD.KEY=VALUE`: checked against the head, fixed (not searched), recorded
+    in the run's params and so in its family id."""
+    import json
+
+    from classifiers_synth import synthetic_store
+    from conftest import run_cli
+
+    from classifiers.heads import parse_head_params
+    from store.errors import ProtocolError
+
+    assert parse_head_params(["torch_linear.lr=1e-3", "knn.n_neighbors=25", "lgbm.pca=16"]) == \
+        {"torch_linear": {"lr": 1e-3}, "knn": {"n_neighbors": 25}, "lgbm": {"pca": 16}}
+    for bad in ("torch_linear.nope=1", "nohead.lr=1", "knn=3", "logreg.C"):
+        with pytest.raises(ProtocolError, match="--param"):
+            parse_head_params([bad])
+    st = synthetic_store(tmp_path / "s", dim=16, name="synth16")
+    code, out = run_cli(monkeypatch, capsys, "probe", "--model", "synth16", "--head", "knn",
+                        "--param", "knn.n_neighbors=7", "--store", str(st.root))
+    assert code == 0, out
+    runs = st.results.read("runs")
+    cfg = json.loads(runs["config_json"].iloc[0])
+    assert cfg["params"] == {"n_neighbors": 7} and cfg["selected"] == {}  # fixed: the k grid was not searched
+    code, out = run_cli(monkeypatch, capsys, "probe", "--model", "synth16", "--head", "knn",
+                        "--param", "knn.n_neighbours=7", "--store", str(st.root))
+    assert code == 2 and "n_neighbours" in out and "Traceback" not in out

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from classifiers.heads import parse_head_params
 from classifiers.report import best_per_test_set, format_board, leaderboard
 from classifiers.runner import sweep
 from mitoprobe.display import print_frame, print_report
@@ -24,20 +25,25 @@ from .options import STORE_OPTION
 @click.option("--repeat", is_flag=True, help="Record an identical configuration again (default: skip it).")
 @click.option("--seed", default=0, show_default=True, help="Base seed of the stochastic heads.")
 @click.option("--allow-stale", is_flag=True, help="Use vectors made by an older recipe id (logged loudly).")
+@click.option("--param", "params", multiple=True, metavar="HEAD.KEY=VALUE",
+              help="Set a head's parameter (repeatable), e.g. torch_linear.lr=1e-3; it is fixed, not searched, "
+                   "and recorded in the run.")
 @STORE_OPTION
 def probe(model: str, heads: str, pooling: str, tta: bool, repeat: bool, seed: int, allow_stale: bool,
-          store_path: Path | None) -> None:
+          params: tuple[str, ...], store_path: Path | None) -> None:
     """Fit every head x 5 folds on MODEL's stored vectors; score the 3 test sets; append to runs.
 
     Hyper-parameters and thresholds are chosen on each fold's held-out slides only; an identical
     configuration already in the store is skipped unless --repeat.
 
     Example: mitoprobe probe --model handcrafted --head logreg,lgbm --tta
+    Example: mitoprobe probe --model resnet18.random --head torch_linear --param torch_linear.lr=1e-3
     """
+    head_params = parse_head_params(params)
     st = Store(store_path)
     head_list = None if heads == "all" else [h.strip() for h in heads.split(",") if h.strip()]
     new = sweep(st, model, heads=head_list, pooling=pooling, tta=tta, seed=seed, repeat=repeat,
-                allow_stale=allow_stale)
+                allow_stale=allow_stale, head_params=head_params)
     click.echo(f"{new['run_id'].nunique() if len(new) else 0} new runs appended to {st.root / 'results/runs'}")
     best = best_per_test_set(leaderboard(st, model=model, with_paper=False))
     if len(best):
