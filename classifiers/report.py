@@ -28,7 +28,7 @@ PAPER_HEADS = {"linear_probe": "torch linear (paper)", "lora": "LoRA (paper)", "
 NUMERIC = ["n_folds", "balanced_accuracy_mean", "balanced_accuracy_std", "auroc_mean", "auroc_std",
            "auprc_mean", "brier_mean", "ece_mean", "kappa_experts_mean",
            "ensemble_balanced_accuracy", "ensemble_balanced_accuracy_ci_low", "ensemble_balanced_accuracy_ci_high",
-           "ensemble_auroc", "ensemble_auroc_ci_low", "ensemble_auroc_ci_high"]
+           "ensemble_auroc", "ensemble_auroc_ci_low", "ensemble_auroc_ci_high", "oof_auroc", "oof_balanced_accuracy"]
 # Mean ± std over the fold models with the paper's convention (np.std over the 5 folds: population
 # std, ddof=0; the benchmark's inference notebooks), so our rows and the paper's compare like for like.
 STD_DDOF = 0
@@ -114,6 +114,10 @@ def leaderboard(store, model: str | None = None, family: str | None = None, with
         if family:
             runs = runs[runs["family"] == family]
         ours = _ours(_latest_families(runs)) if len(runs) else pd.DataFrame(columns=COLUMNS)
+        if len(ours):
+            oof = out_of_fold_scores(store, runs[runs["fold"] == -1])
+            ours["oof_auroc"] = ours["family_id"].map(oof["auroc"])
+            ours["oof_balanced_accuracy"] = ours["family_id"].map(oof["balanced_accuracy"])
     parts = [ours]
     if with_paper:
         fams = set(ours["family"]) or {family or "probe"}
@@ -124,6 +128,29 @@ def leaderboard(store, model: str | None = None, family: str | None = None, with
     df["_s"] = (df["source"] != "mitoprobe").astype(int)
     df = df.sort_values(["_t", "_s", "balanced_accuracy_mean"], ascending=[True, True, False])
     return df.drop(columns=["_t", "_s"]).reset_index(drop=True)
+
+
+def out_of_fold_scores(store, ensemble_runs: pd.DataFrame) -> pd.DataFrame:
+    """AUROC and balanced accuracy (at the ensemble's threshold) of each family's stored out-of-fold
+    probabilities, read back from ``predictions`` (``split == "val"``, fold -1) with the training labels:
+    the held-out figure that selection saw, shown beside the test figures. Indexed by family_id."""
+    cols = ["auroc", "balanced_accuracy"]
+    preds = store.results.read("predictions") if store.results.parts("predictions") else pd.DataFrame()
+    if preds.empty or "split" not in preds or ensemble_runs.empty:
+        return pd.DataFrame(columns=cols)
+    val = preds[(preds["split"] == "val") & (preds["fold"] == -1)]
+    val = val[val["run_id"].isin(set(ensemble_runs["run_id"]))]
+    if val.empty:
+        return pd.DataFrame(columns=cols)
+    y = store.patches(columns=["patch_id", "y"]).set_index("patch_id")["y"]
+    fam = ensemble_runs.drop_duplicates("run_id").set_index("run_id")["family_id"]
+    rows = {}
+    for rid, g in val.groupby("run_id"):
+        yt = y.reindex(g["patch_id"]).to_numpy()
+        p = g["probability"].to_numpy()
+        rows[fam[rid]] = dict(auroc=M.auroc(yt, p),
+                              balanced_accuracy=M.balanced_accuracy(yt, M.predict(p, float(g["threshold"].iloc[0]))))
+    return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
 
 
 def human_reference(store) -> pd.DataFrame:
@@ -161,6 +188,7 @@ def format_board(df: pd.DataFrame) -> pd.DataFrame:
         "ensemble AUROC [95% CI]": [_ci(*r) for r in zip(df["ensemble_auroc"], df["ensemble_auroc_ci_low"],
                                                           df["ensemble_auroc_ci_high"])],
         "κ experts": [("" if pd.isna(v) else f"{v:.3f}") for v in df["kappa_experts_mean"]],
+        "held-out AUROC (OOF)": [("" if pd.isna(v) else f"{v:.3f}") for v in df["oof_auroc"]],
     })
 
 

@@ -26,7 +26,8 @@ from . import metrics as M
 from . import runs as R
 from .heads import DEFAULT_HEADS, HEADS, make_head, paper_probe_params, positive_proba
 from .protocol import FOLD_SEED, N_FOLDS, FoldData, Protocol, TestSet, load_protocol
-from .scoring import ENSEMBLE_RULE, decision_threshold, fold_ensemble, prediction_frame, score_test_set
+from .scoring import (ENSEMBLE_RULE, decision_threshold, fold_ensemble, heldout_frame, prediction_frame,
+                      score_test_set)
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ def run_family(store, feats: Features, proto: Protocol, head: str, options: dict
         fit = fit_fold(head, est_params, feats, fd, train_ids)
         oof[fd.val_idx] = fit["val_proba"]
         rid = R.run_id(fam, k, rep)
+        preds.append(heldout_frame(rid, train_ids[fd.val_idx], k, fit["val_proba"], fit["threshold"]))
         cfg = dict(config, fold=k, seed=run_seed, selected=fit["chosen"], tried=fit["tried"],
                    estimator=_jsonable_params(fit["estimator"]))
         for name, ts in proto.tests.items():
@@ -256,6 +258,7 @@ def run_family(store, feats: Features, proto: Protocol, head: str, options: dict
                              fit_seconds=0.0, predict_seconds=0.0,
                              **score_test_set(ts, p, ens.threshold, n_boot, run_seed)))
             preds.append(prediction_frame(rid, ts, -1, p, ens.threshold))
+        preds.append(heldout_frame(rid, train_ids, -1, oof, ens.threshold))
     R.append(store, runs, preds)
     return pd.DataFrame(runs)
 

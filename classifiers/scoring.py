@@ -6,7 +6,8 @@ thing on every row of ``runs``.
 * :func:`fold_ensemble` - the mean of the fold models' test probabilities, its threshold chosen on
   the out-of-fold held-out probabilities (never on a test set).
 * :func:`score_test_set` - the only place test labels are read: metrics, bootstrap CIs, kappa per expert.
-* :func:`prediction_frame` - the ``predictions`` rows of one run on one test set.
+* :func:`prediction_frame` - the ``predictions`` rows of one run on one test set; :func:`heldout_frame`
+  those of its held-out (or out-of-fold) probabilities.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from store.errors import ProtocolError
+from store.schema import HELDOUT_SET
 
 from . import metrics as M
 from .protocol import TestSet
@@ -77,4 +79,14 @@ def score_test_set(ts: TestSet, proba: np.ndarray, threshold: float, n_boot: int
 def prediction_frame(run_id: str, ts: TestSet, fold: int, proba: np.ndarray, threshold: float) -> pd.DataFrame:
     """``predictions`` rows of one run on one test set."""
     return pd.DataFrame(dict(run_id=run_id, patch_id=ts.patch_ids, fold=fold, test_set=ts.name,
-                             probability=proba, threshold=threshold, prediction=M.predict(proba, threshold)))
+                             probability=proba, threshold=threshold, prediction=M.predict(proba, threshold),
+                             split="test"))
+
+
+def heldout_frame(run_id: str, patch_ids: np.ndarray, fold: int, proba: np.ndarray, threshold: float) -> pd.DataFrame:
+    """``predictions`` rows of the held-out probabilities selection used: fold k's held-out part, or
+    (fold -1) every training patch's out-of-fold probability. Stored so a threshold or grid choice can
+    be audited and a stacker trained on out-of-fold probabilities only."""
+    return pd.DataFrame(dict(run_id=run_id, patch_id=np.asarray(patch_ids), fold=fold, test_set=HELDOUT_SET,
+                             probability=proba, threshold=threshold, prediction=M.predict(proba, threshold),
+                             split="val"))

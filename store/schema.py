@@ -70,8 +70,14 @@ RUNS = pa.schema([
     ("created_at", pa.timestamp("ns", tz="UTC")),
 ])
 RUN_COLUMNS = tuple(RUNS.names)
+# ``split``: "test" rows score a test set; "val" rows (``test_set`` = HELDOUT_SET) are the held-out
+# probabilities selection saw: fold k's held-out part for fold k, and for the fold ensemble (fold -1)
+# the out-of-fold probability of every training patch, what an audit or a stacker may use.
+# Parts written before ``split`` existed hold test rows only (read back as null -> "test").
+HELDOUT_SET = "held-out"
 PREDICTIONS = pa.schema([("run_id", _STR), ("patch_id", _STR), ("fold", pa.int64()), ("test_set", _STR),
-                         ("probability", pa.float64()), ("threshold", pa.float64()), ("prediction", pa.int64())])
+                         ("probability", pa.float64()), ("threshold", pa.float64()), ("prediction", pa.int64()),
+                         ("split", _STR)])
 PREDICTION_COLUMNS = tuple(PREDICTIONS.names)
 
 

@@ -65,6 +65,6 @@ def build_dashboard_store(root: Path, n_per_class: int = 6, seed: int = 0) -> St
                     if kappa else np.nan))
                 preds.append(pd.DataFrame(dict(run_id=run_id, patch_id=ids, fold=fold, test_set=ts,
                                                probability=prob, threshold=thr,
-                                               prediction=metrics.predict(prob, thr))))
+                                               prediction=metrics.predict(prob, thr), split="test")))
     run_rows.append(st, runs, preds)
     return st

@@ -43,8 +43,21 @@ def test_schema_skip_repeat_and_append_only(synth):
     assert (runs["balanced_accuracy_ci_low"] <= runs["balanced_accuracy"]).all()
     preds = synth.results.read("predictions")
     assert list(preds.columns) == PREDICTION_COLUMNS
-    assert len(preds) == 2 * 6 * 3 * 120
+    test_rows, val_rows = preds[preds["split"] == "test"], preds[preds["split"] == "val"]
+    assert len(test_rows) == 2 * 6 * 3 * 120 and len(preds) == len(test_rows) + len(val_rows)
     assert set(preds["run_id"]) == set(runs["run_id"])
+    # held-out rows: each fold model's held-out part, and the ensemble's out-of-fold probability of every
+    # training patch (= the fold models' held-out probabilities, put together)
+    folds = synth.read_folds().set_index("patch_id")["fold"]
+    for head_runs in runs.groupby("head"):
+        ids = set(head_runs[1]["run_id"])
+        v = val_rows[val_rows["run_id"].isin(ids)]
+        per_fold = v[v["fold"] >= 0]
+        assert (per_fold["fold"].to_numpy() == folds.reindex(per_fold["patch_id"]).to_numpy()).all()
+        oof = v[v["fold"] == -1].set_index("patch_id")["probability"]
+        assert len(oof) == len(folds) and oof.index.is_unique
+        np.testing.assert_allclose(oof.reindex(per_fold["patch_id"]).to_numpy(), per_fold["probability"].to_numpy())
+    assert set(val_rows["test_set"]) == {"held-out"}
 
     before = _snapshot(synth)
     assert sweep(synth, "synth", heads=["simpleshot", "logreg"], n_boot=100, show_progress=False).empty  # skipped
@@ -57,6 +70,20 @@ def test_schema_skip_repeat_and_append_only(synth):
     assert len(after) == len(before) + 2
     runs2 = synth.results.read("runs")
     assert len(runs2) == len(runs) + 18 and runs2["run_id"].nunique() == runs["run_id"].nunique() + 6
+
+
+def test_report_reads_back_the_out_of_fold_predictions(synth):
+    """The leaderboard's held-out AUROC is recomputed from the stored out-of-fold rows; it equals the AUROC
+    the runner recorded for the ensemble's threshold choice (runs.val_auroc at fold -1)."""
+    from classifiers.report import leaderboard
+
+    board = leaderboard(synth, with_paper=False)
+    runs = synth.results.read("runs")
+    ens = runs[runs["fold"] == -1].drop_duplicates("family_id").set_index("family_id")
+    for _, row in board.iterrows():
+        assert row["oof_auroc"] == pytest.approx(ens.loc[row["family_id"], "val_auroc"], abs=1e-12)
+        assert row["oof_balanced_accuracy"] == pytest.approx(ens.loc[row["family_id"], "val_balanced_accuracy"],
+                                                             abs=1e-12)
 
 
 def test_leaderboard_and_cli(synth):

@@ -48,7 +48,8 @@ st.dataframe(
     column_order=["source", "model", "head", "pooling", "tta", "test_set", "balanced_accuracy_mean",
                   "balanced_accuracy_std", "auroc_mean", "auroc_std", "ensemble_balanced_accuracy",
                   "ensemble_balanced_accuracy_ci_low", "ensemble_balanced_accuracy_ci_high", "ensemble_auroc",
-                  "ensemble_auroc_ci_low", "ensemble_auroc_ci_high", "kappa_experts_mean", "ece_mean", "n_folds"],
+                  "ensemble_auroc_ci_low", "ensemble_auroc_ci_high", "oof_auroc", "kappa_experts_mean", "ece_mean",
+                  "n_folds"],
     column_config={
         "source": st.column_config.TextColumn("source", width="small"),
         "test_set": "test set",
@@ -63,6 +64,8 @@ st.dataframe(
         "ensemble_auroc": num("ens. AUROC"),
         "ensemble_auroc_ci_low": num("AUROC 95% CI low"),
         "ensemble_auroc_ci_high": num("AUROC 95% CI high"),
+        "oof_auroc": num("held-out AUROC", "AUROC of the stored out-of-fold probabilities on the training "
+                         "slides (what selection saw), beside the test figures"),
         "kappa_experts_mean": num("κ experts", "Cohen's κ against each expert, averaged"),
         "ece_mean": num("ECE", "expected calibration error"),
         "n_folds": st.column_config.NumberColumn("folds", width="small"),
