@@ -4,7 +4,7 @@ import streamlit as st
 
 from dashboard import navigation, ui
 
-PAGES = [st.Page(p.path, title=p.title, icon=p.icon, default=not p.key, **({"url_path": p.key} if p.key else {}))
+PAGES = [st.Page(p.path, title=p.title, default=not p.key, **({"url_path": p.key} if p.key else {}))
          for p in navigation.PAGES]
 
 st.set_page_config(page_title="mitoprobe", layout="wide")  # no page_icon: material icons would be fetched online

@@ -17,17 +17,17 @@ class PageSpec:
     key: str  # the URL path ("" for the default page)
     script: str  # file name in app_pages/
     title: str
-    icon: str
 
     @property
     def path(self) -> Path:
         return PAGES_DIR / self.script
 
 
+# No page icons: Streamlit's material icons come from an online font host, which fails offline.
 PAGES: tuple[PageSpec, ...] = (
-    PageSpec("", "leaderboard.py", "Leaderboard", ":material/leaderboard:"),
-    PageSpec("compare", "compare.py", "Compare", ":material/compare_arrows:"),
-    PageSpec("similarity", "similarity.py", "Similarity search", ":material/image_search:"),
-    PageSpec("map", "embedding_map.py", "Embedding map", ":material/scatter_plot:"),
-    PageSpec("errors", "errors.py", "Errors", ":material/error:"),
+    PageSpec("", "leaderboard.py", "Leaderboard"),
+    PageSpec("compare", "compare.py", "Compare"),
+    PageSpec("similarity", "similarity.py", "Similarity search"),
+    PageSpec("map", "embedding_map.py", "Embedding map"),
+    PageSpec("errors", "errors.py", "Errors"),
 )

@@ -149,7 +149,7 @@ def _navigate(drv, shots: list[PageShot], rounds: int, timeout: float, width: in
     for _ in range(rounds):
         for shot in shots:
             links = [a for a in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]')
-                     if a.text.strip().endswith(shot.title)]  # the icon is a ligature: its name precedes
+                     if a.text.strip().endswith(shot.title)]
             if not links:
                 raise RuntimeError(f"no sidebar link titled {shot.title!r}")
             links[0].click()

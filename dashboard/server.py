@@ -26,8 +26,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def python_prefix() -> list[str]:
+    """The interpreter in safe-path mode: ``python -m`` would put the working folder first on the
+    import path, so a folder holding a ``store/`` (or ``dashboard/``, ...) directory would shadow the
+    installed packages. ``-P`` (Python 3.11+) leaves it out; 3.10 drops it in a tiny bootstrap."""
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P"]
+    return [sys.executable, "-c", "import runpy, sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+            "sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"]
+
+
 def _command(port: int, host: str) -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", str(APP),
+    return [*python_prefix(), "-m", "streamlit", "run", str(APP),
             "--server.port", str(port), "--server.address", host, "--server.headless", "true",
             "--server.fileWatcherType", "none", "--server.runOnSave", "false",
             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
