@@ -155,6 +155,23 @@ def _multiplicities(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray
     return np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
 
 
+def _resampled(pos_s: np.ndarray, neg_s: np.ndarray, threshold: float, w_pos: np.ndarray,
+               w_neg: np.ndarray) -> dict[str, np.ndarray]:
+    """``CI_METRICS`` of every resample given by the multiplicities ``w_pos``/``w_neg`` (n_boot rows)."""
+    n_pos, n_neg, n_boot = len(pos_s), len(neg_s), len(w_pos)
+    sens = w_pos @ (pos_s >= threshold).astype(np.float64) / n_pos
+    spec = w_neg @ (neg_s < threshold).astype(np.float64) / n_neg
+    # AUROC: for every positive, the (weighted) number of negatives scoring below it (+ half ties)
+    order = np.argsort(neg_s, kind="mergesort")
+    neg_sorted = neg_s[order]
+    cum = np.concatenate([np.zeros((n_boot, 1)), np.cumsum(w_neg[:, order], axis=1)], axis=1)
+    lo = np.searchsorted(neg_sorted, pos_s, side="left")
+    hi = np.searchsorted(neg_sorted, pos_s, side="right")
+    below = cum[:, lo] + 0.5 * (cum[:, hi] - cum[:, lo])  # (n_boot, n_pos)
+    auc = np.einsum("bi,bi->b", w_pos, below) / (n_pos * n_neg)
+    return {"balanced_accuracy": (sens + spec) / 2, "auroc": auc, "sensitivity": sens, "specificity": spec}
+
+
 def bootstrap_ci(y_true, y_score, threshold: float = 0.5, n_boot: int = N_BOOTSTRAP, alpha: float = 0.05,
                  random_state: int = 0) -> dict[str, tuple[float, float]]:
     """Percentile 95% CIs for ``CI_METRICS`` from ``n_boot`` class-stratified resamples.
@@ -169,22 +186,60 @@ def bootstrap_ci(y_true, y_score, threshold: float = 0.5, n_boot: int = N_BOOTST
         return {m: nan for m in CI_METRICS}
     rng = np.random.default_rng(random_state)
     w_pos, w_neg = _multiplicities(rng, n_pos, n_boot), _multiplicities(rng, n_neg, n_boot)
-    sens = w_pos @ (pos_s >= threshold).astype(np.float64) / n_pos
-    spec = w_neg @ (neg_s < threshold).astype(np.float64) / n_neg
-    # AUROC: for every positive, the (weighted) number of negatives scoring below it (+ half ties)
-    order = np.argsort(neg_s, kind="mergesort")
-    neg_sorted = neg_s[order]
-    cum = np.concatenate([np.zeros((n_boot, 1)), np.cumsum(w_neg[:, order], axis=1)], axis=1)
-    lo = np.searchsorted(neg_sorted, pos_s, side="left")
-    hi = np.searchsorted(neg_sorted, pos_s, side="right")
-    below = cum[:, lo] + 0.5 * (cum[:, hi] - cum[:, lo])  # (n_boot, n_pos)
-    auc = np.einsum("bi,bi->b", w_pos, below) / (n_pos * n_neg)
     q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
     out = {}
-    for name, vals in (("balanced_accuracy", (sens + spec) / 2), ("auroc", auc),
-                       ("sensitivity", sens), ("specificity", spec)):
+    for name, vals in _resampled(pos_s, neg_s, threshold, w_pos, w_neg).items():
         low, high = np.percentile(vals, q)
         out[name] = (float(low), float(high))
+    return out
+
+
+PAIRED_METRICS = ("balanced_accuracy", "auroc")
+
+
+def paired_bootstrap(y_true, score_a, threshold_a: float, score_b, threshold_b: float, n_boot: int = N_BOOTSTRAP,
+                     alpha: float = 0.05, random_state: int = 0) -> dict[str, dict[str, float]]:
+    """Differences a - b in balanced accuracy (each at its own threshold) and AUROC on the same patches,
+    with a paired, class-stratified bootstrap: every resample draws the same patches for both models, so
+    their correlation is kept (two models' CIs overlapping says little; this tests the difference).
+
+    Returns ``{metric: {diff, ci_low, ci_high, p}}``; ``p`` is the two-sided bootstrap p-value of
+    "no difference", 2 x the smaller tail of the resampled differences around 0, with the +1 correction."""
+    y, a = _arrays(y_true, score_a)
+    _, b = _arrays(y_true, score_b)
+    pos, neg = y == 1, y == 0
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    if n_pos == 0 or n_neg == 0:
+        return {m: dict(diff=float("nan"), ci_low=float("nan"), ci_high=float("nan"), p=float("nan"))
+                for m in PAIRED_METRICS}
+    rng = np.random.default_rng(random_state)
+    w_pos, w_neg = _multiplicities(rng, n_pos, n_boot), _multiplicities(rng, n_neg, n_boot)
+    ra = _resampled(a[pos], a[neg], threshold_a, w_pos, w_neg)
+    rb = _resampled(b[pos], b[neg], threshold_b, w_pos, w_neg)
+    point = {"balanced_accuracy": balanced_accuracy(y, predict(a, threshold_a)) - balanced_accuracy(y, predict(b, threshold_b)),
+             "auroc": auroc(y, a) - auroc(y, b)}
+    out = {}
+    for m in PAIRED_METRICS:
+        d = ra[m] - rb[m]
+        low, high = np.percentile(d, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        tail = min(np.sum(d <= 0), np.sum(d >= 0))
+        out[m] = dict(diff=float(point[m]), ci_low=float(low), ci_high=float(high),
+                      p=float(min(1.0, 2 * (tail + 1) / (n_boot + 1))))
+    return out
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of several p-values (family-wise error), in the input order; NaN
+    stays NaN and does not count. Written here because it is five lines (statsmodels is not a dependency)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="mergesort")]
+    m = len(order)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
     return out
 
 

@@ -118,3 +118,25 @@ def test_kappa_vs_experts_and_human_reference():
     # expert1 vs majority of (2, 3) on complete rows 0..4; row 1, 3, 4 tie -> rows 0, 2 remain
     assert ref.loc["expert1", "n"] == 2 and ref.loc["expert1", "n_ties"] == 3
     assert ref.loc["expert1", "balanced_accuracy"] == pytest.approx(1.0)
+
+
+def test_holm_adjustment():
+    np.testing.assert_allclose(M.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    out = M.holm([0.5, np.nan, 0.01])
+    assert np.isnan(out[1]) and out[2] == pytest.approx(0.02) and out[0] == pytest.approx(0.5)
+
+
+def test_paired_bootstrap_tests_the_difference():
+    rng = np.random.default_rng(0)
+    y = (rng.random(600) < 0.25).astype(int)
+    good = y + rng.normal(0, 0.6, size=600)
+    noise = rng.normal(0, 1, size=600)
+    same = M.paired_bootstrap(y, good, 0.5, good, 0.5, n_boot=300)
+    assert all(r["diff"] == 0 and r["p"] == 1.0 and r["ci_low"] == r["ci_high"] == 0 for r in same.values())
+    better = M.paired_bootstrap(y, good, 0.5, noise, 0.0, n_boot=300)
+    for m, r in better.items():
+        assert r["ci_low"] > 0 and r["p"] < 0.01, m
+    assert better["auroc"]["diff"] == pytest.approx(M.auroc(y, good) - M.auroc(y, noise))
+    # the resamples are shared, so the same draws give the same CIs as bootstrap_ci for one model
+    ci = M.bootstrap_ci(y, good, 0.5, n_boot=300, random_state=3)
+    assert ci["auroc"][0] < M.auroc(y, good) < ci["auroc"][1]

@@ -127,3 +127,23 @@ def test_main_job_with_a_stub_embedder(synth, monkeypatch):
     timings = run_main_job(synth.root, models=("synth",), heads=["simpleshot"])
     assert calls == [("synth", "none")]
     assert set(timings) == {"import", "embed synth", "probe synth"}
+
+
+def test_paired_comparison_of_two_families(synth):
+    """``report --compare``: per test set, the difference of the two fold ensembles on the same patches,
+    equal to the difference of their stored metrics, with a paired CI and Holm-adjusted p-values."""
+    from classifiers.significance import compare, resolve_families
+
+    runs = synth.results.read("runs")
+    fams = resolve_families(runs, ["synth:simpleshot", "synth:logreg"])
+    table = compare(synth, fams, n_boot=200)
+    assert set(table["test_set"]) == {"AMi-Br-test", "AtNorM-Br", "AtNorM-MD"} and len(table) == 6
+    ens = runs[runs["fold"] == -1].set_index(["family_id", "test_set"])
+    for _, r in table.iterrows():
+        want = ens.loc[(r["family_a"], r["test_set"]), r["metric"]] - ens.loc[(r["family_b"], r["test_set"]), r["metric"]]
+        assert r["diff"] == pytest.approx(want, abs=1e-12)
+        assert r["ci_low"] <= r["diff"] <= r["ci_high"] and 0 < r["p"] <= r["p_holm"] <= 1
+    res = CliRunner().invoke(cli, ["report", "--store", str(synth.root), "--compare", "synth:simpleshot",
+                                   "--compare", "synth:logreg", "--format", "markdown"])
+    assert res.exit_code == 0, res.output
+    assert "p (Holm)" in res.output and "synth · simpleshot" in res.output
