@@ -46,6 +46,12 @@ def compute_folds(patches: pd.DataFrame, n_splits: int = N_FOLDS, random_state: 
     from sklearn.model_selection import StratifiedGroupKFold
 
     tr = train_patches(patches)
+    n_slides = tr["slide"].nunique()
+    if tr["slide"].isna().any() or n_slides < n_splits:
+        raise ProtocolError(f"the {n_splits}-fold slide-grouped split needs every AMi-Br training patch to have a "
+                            f"slide and at least {n_splits} slides; the store has {n_slides} slide(s)"
+                            + (" and patches without one" if tr["slide"].isna().any() else "")
+                            + ": import the train split CSV with its slide column")
     fold = np.full(len(tr), -1, dtype=np.int64)
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
     # the paper stratifies on final_label strings ({'Atypical','Normal'}); same classes, same folds

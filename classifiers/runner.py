@@ -299,8 +299,8 @@ def _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_sta
     unknown = [h for h in heads if h not in HEADS]
     if unknown:
         raise ProtocolError(f"unknown head(s) {unknown}; choose from {sorted(HEADS)} or 'all'")
-    proto = protocol or load_protocol(store)
-    feats = load_features(store, model, pooling, tta, recipe_id, allow_stale)
+    feats = load_features(store, model, pooling, tta, recipe_id, allow_stale)  # first: a bad set writes nothing
+    proto = protocol or load_protocol(store)  # (persists folds.parquet on first use)
     options = dict(pooling=pooling, views=feats.views, tta=bool(tta))
     out = []
     with progress(total=len(heads) * proto.n_folds, desc=f"probe {model}", unit="fold",

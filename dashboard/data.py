@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,9 @@ import streamlit as st
 import classifiers
 import embedder
 from store import Fingerprint, Store, paths
+from store.dataset import check_png, pixels_sha256
 from store.errors import StoreError
+from store.hashing import bytes_sha256
 from store.schema import VOTE_COLUMNS
 
 THUMB_PX = 96
@@ -171,6 +174,8 @@ def _family_predictions(root: str, rkey: tuple, pkey: tuple, family_id: str, fol
     if p.empty:
         return p
     sel = p[p["run_id"].isin(ids) & (p["fold"] == fold)]
+    if "split" in sel:  # test-set rows only; held-out ("val") rows are for audits and stacking
+        sel = sel[sel["split"].fillna("test") == "test"]
     if test_set is not None:
         sel = sel[sel["test_set"] == test_set]
     meta = _patches(root, pkey)
@@ -270,10 +275,56 @@ def _model(root: str, name: str):
     return embedder.build(embedder.resolve_recipe(name, Path(root)))
 
 
+UPLOAD_FIX = "upload a 128x128 8-bit RGB PNG patch centred on one mitotic figure, as the benchmark's are"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An upload that passed the import's own checks (``store.dataset.check_png``)."""
+
+    png: bytes  # what is embedded: the upload, or its lossless RGB conversion (opaque RGBA, palette)
+    note: str | None = None  # that conversion, if one was made
+    same_as: list[str] = field(default_factory=list)  # stored patches with the same bytes or pixels
+
+
+def check_upload(root: str, stamp_: Fingerprint, png_bytes: bytes, name: str = "the upload") -> Upload:
+    """Validate an uploaded image exactly like an imported patch (PNG, within the pixel limit read
+    from its header, 128x128, 8-bit RGB) and find the stored patches it repeats. DataError otherwise:
+    a screenshot or a whole slide tile is not a mitosis patch, and a decompression bomb is refused
+    before it is decoded."""
+    checked = check_png(png_bytes, name, UPLOAD_FIX)
+    return Upload(checked.png, checked.note, identical_patches(root, stamp_, checked.png))
+
+
+def identical_patches(root: str, stamp_: Fingerprint, png_bytes: bytes) -> list[str]:
+    """Stored patch ids with exactly these PNG bytes (a lookup on ``content_sha256``), else with the
+    same decoded RGB pixels (every stored patch's pixel hash, computed once per store and cached)."""
+    same = _by_content(root, stamp_.patches).get(bytes_sha256(png_bytes))
+    if same:
+        return list(same)
+    return list(_by_pixels(root, stamp_.patches).get(pixels_sha256(png_bytes), ()))
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def _by_content(root: str, key: tuple) -> dict[str, list[str]]:
+    df = Store(root).patches(columns=["patch_id", "content_sha256"])
+    return df.groupby("content_sha256")["patch_id"].apply(list).to_dict()
+
+
+@st.cache_resource(show_spinner="Hashing the stored patches' pixels…", max_entries=2)
+def _by_pixels(root: str, key: tuple) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for pid, png_ in _all_pngs(root, key).items():
+        out.setdefault(pixels_sha256(png_), []).append(pid)
+    return out
+
+
 def embed_png(root: str, eset, output: str, png_bytes: bytes) -> np.ndarray:
     """Embed one uploaded PNG with the set's own recipe (``embedder.embed_pngs``: the job's own path),
-    refusing when the current recipe would not reproduce the stored vectors (a different recipe id).
+    after the import's checks (``check_png``: a bad upload is never decoded or embedded), refusing
+    when the current recipe would not reproduce the stored vectors (a different recipe id).
     Raises ``MitoprobeError`` with the reason."""
+    png_bytes = check_png(png_bytes, "the upload", UPLOAD_FIX).png
     source = (eset.provenance.get("weights") or {}).get("source")
     if source == "local":
         raise StoreError(f"set {eset.name} was embedded with a local weights file "

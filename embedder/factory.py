@@ -25,6 +25,7 @@ from .transforms import Preprocess
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_HEAD_PREFIXES = ("head.",)  # classifier heads a local file may lack (the embedder never uses them)
 
 
 class HandcraftedTransform:
@@ -79,34 +80,128 @@ def _unavailable(recipe: Recipe, why: str, env_name: str) -> WeightsError:
         f"weights_only=True). Offline, `mitoprobe embed --list` shows embedders that need no download.")
 
 
-def load_state_dict(path: str | Path, trust_pickle: bool = False) -> dict:
-    """A state dict from a local file; refuses arbitrary pickles unless ``trust_pickle``."""
+def check_weights_option(recipe: Recipe, weights: str | Path | None) -> None:
+    """RecipeError when a weights file is passed to a recipe that has no weights (``handcrafted``):
+    it would be ignored, yet change the recipe id and so build a second, identical set."""
+    if weights is not None and recipe.weights == "none":
+        raise RecipeError(f"{recipe.name} has no network weights, so --weights {weights} would be ignored; "
+                          "drop --weights (or pick a recipe with a network: `mitoprobe embed --list`)")
+
+
+def _not_readable(p: Path, kind: str, exc: Exception, hint: str = "") -> WeightsError:
+    why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return WeightsError(f"{p}: not a readable {kind} file ({type(exc).__name__}: {why}); it is truncated, "
+                        f"damaged or in another format: download or copy it again, or pass the right file "
+                        f"(.safetensors; .pt/.bin state dicts){hint}")
+
+
+def _torch_load(p: Path, trust_pickle: bool):
+    import pickle
+
     import torch
 
+    hint = "" if trust_pickle else "; a full pickle you trust loads with --trust-pickle"
+    try:
+        return torch.load(p, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle and "Unsupported global" in str(exc):  # a real pickle holding more than tensors
+            raise WeightsError(f"{p}: refusing to unpickle arbitrary objects (torch.load weights_only=True "
+                               f"failed: {type(exc).__name__}). Convert it to .safetensors, or pass "
+                               "--trust-pickle if you trust whoever made this file.") from exc
+        raise _not_readable(p, "torch checkpoint", exc, hint) from exc
+    except Exception as exc:  # truncated zip, not a pickle at all, ...: torch raises many types
+        raise _not_readable(p, "torch checkpoint", exc, hint) from exc
+
+
+def load_state_dict(path: str | Path, trust_pickle: bool = False) -> dict:
+    """A state dict from a local file; refuses arbitrary pickles unless ``trust_pickle``.
+    Every way a file can be unreadable (truncated, not really safetensors, not a checkpoint) is a
+    WeightsError naming the file."""
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"weights file {p} not found")
     if p.suffix in SAFE_SUFFIXES:
         from safetensors.torch import load_file
 
-        sd = load_file(str(p), device="cpu")
-    elif p.suffix in PICKLE_SUFFIXES:
         try:
-            sd = torch.load(p, map_location="cpu", weights_only=not trust_pickle)
-        except Exception as exc:  # UnpicklingError and friends: the file holds more than tensors
-            if trust_pickle:
-                raise WeightsError(f"{p}: cannot load ({exc})") from exc
-            raise WeightsError(f"{p}: refusing to unpickle arbitrary objects (torch.load weights_only=True "
-                             f"failed: {type(exc).__name__}). Convert it to .safetensors, or pass "
-                             "--trust-pickle if you trust whoever made this file.") from exc
+            sd = load_file(str(p), device="cpu")
+        except Exception as exc:  # SafetensorError (a bad header, a short file), OSError
+            raise _not_readable(p, "safetensors", exc) from exc
+    elif p.suffix in PICKLE_SUFFIXES:
+        sd = _torch_load(p, trust_pickle)
     else:
         raise WeightsError(f"{p}: unknown weights format {p.suffix!r}; use .safetensors (or .pt/.bin state dicts)")
+    return _unwrap(p, sd)
+
+
+def _unwrap(p: Path, sd) -> dict:
     for key in ("state_dict", "model", "teacher"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict):
         raise WeightsError(f"{p}: expected a state dict, found {type(sd).__name__}")
     return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _weight_shapes(path: str | Path, trust_pickle: bool) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a weights file; a .safetensors file is read from its header only."""
+    p = Path(path)
+    if p.suffix in SAFE_SUFFIXES and p.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as exc:
+            raise _not_readable(p, "safetensors", exc) from exc
+        return {k.removeprefix("module."): v for k, v in shapes.items()}
+    return {k: tuple(getattr(v, "shape", ())) for k, v in load_state_dict(p, trust_pickle).items()}
+
+
+def _misfit(recipe: Recipe, weights, expected: dict[str, tuple], got: dict[str, tuple]) -> WeightsError | None:
+    wrong = [f"{k} {got[k]} != {expected[k]}" for k in got if k in expected and tuple(got[k]) != tuple(expected[k])]
+    missing = [k for k in expected if k not in got and not k.startswith(_HEAD_PREFIXES)]
+    unexpected = [k for k in got if k not in expected]
+    if not (wrong or missing or unexpected):
+        return None
+    return WeightsError(f"{weights}: does not fit {recipe.name} ({recipe.arch}): "
+                        + "; ".join(x for x in (f"shapes {wrong[:3]}" if wrong else "",
+                                                f"missing {missing[:5]}" if missing else "",
+                                                f"unexpected {unexpected[:5]}" if unexpected else "") if x))
+
+
+def check_weights(recipe: Recipe | str, weights: str | Path | None = None, *, trust_pickle: bool = False,
+                  hf_token_env: str = "HF_TOKEN", overrides: dict | None = None) -> None:
+    """Fail now, before a job writes anything, when ``build`` would fail on the weights: a local
+    file is read (a .safetensors header only) and matched against the architecture built on the meta
+    device (no memory); hub weights are reached (their config.json, from the cache when there).
+    Random weights need nothing. For jobs that build the model elsewhere (Ray actors, fine-tuning)."""
+    import timm
+    import torch
+
+    recipe = resolve_recipe(recipe) if isinstance(recipe, str) else recipe
+    check_weights_option(recipe, weights)
+    if recipe.arch == "handcrafted":
+        return
+    if weights is not None:
+        got = _weight_shapes(weights, trust_pickle)
+        with torch.device("meta"):
+            model = timm.create_model(recipe.arch, pretrained=False, **create_kwargs(recipe, overrides))
+        err = _misfit(recipe, weights, {k: tuple(v.shape) for k, v in model.state_dict().items()}, got)
+        if err is not None:
+            raise err
+        return
+    if recipe.weights == "hf":
+        from huggingface_hub import hf_hub_download
+
+        with _hf_token(hf_token_env) as token:
+            try:
+                hf_hub_download(recipe.hub_id, "config.json", revision=recipe.revision, token=token or None)
+            except Exception as exc:  # gated / no token / offline / not found: one message for the user
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                if not token:
+                    reason = f"no ${hf_token_env} set ({reason})"
+                raise _unavailable(recipe, reason, hf_token_env) from exc
 
 
 def _create(recipe: Recipe, weights, trust_pickle: bool, hf_token_env: str, overrides: dict | None):
@@ -122,7 +217,7 @@ def _create(recipe: Recipe, weights, trust_pickle: bool, hf_token_env: str, over
         except RuntimeError as exc:  # shape mismatches
             raise WeightsError(f"{weights}: does not fit {recipe.name} ({recipe.arch}): "
                              f"{str(exc).splitlines()[1].strip() if chr(10) in str(exc) else exc}") from exc
-        missing = [k for k in missing if not k.startswith("head.")]
+        missing = [k for k in missing if not k.startswith(_HEAD_PREFIXES)]
         if missing or unexpected:
             raise WeightsError(f"{weights}: does not fit {recipe.name} ({recipe.arch}): "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -181,6 +276,7 @@ def build(recipe: Recipe | str, weights: str | Path | None = None, *, trust_pick
     ``overrides`` replaces create_model kwargs (tests build tiny stand-ins of the real architectures).
     """
     recipe = resolve_recipe(recipe) if isinstance(recipe, str) else recipe
+    check_weights_option(recipe, weights)
     if recipe.arch == "handcrafted":
         return None, HandcraftedTransform()
     backbone = _create(recipe, weights, trust_pickle, hf_token_env, overrides)

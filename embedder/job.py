@@ -8,6 +8,7 @@ so that ``import embedder`` stays torch-free.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from store.progress import progress as progress_bar
 
 from .batches import CHUNK_ROWS, Prepare, autocast_dtype, batch_rows
 from .dihedral import view_names
-from .factory import build
+from .factory import build, check_weights, check_weights_option
 from .identity import identity_of, recipe_id_of
 from .ray_engine import run_ray
 from .recipes import Recipe, list_recipes, resolve_recipe
@@ -43,12 +44,27 @@ class EmbedSummary:
 
 
 def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when torch sees one, else cpu; any other value must name a usable device
+    (``cpu``, ``cuda``, ``cuda:N`` with N < the GPU count; ``mps`` where torch has it)."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s) "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"--device {device} asked for, but torch has no MPS device here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {device!r}: unsupported device type {dev.type!r}; use auto, cpu, cuda or cuda:N")
     return device
 
 
@@ -123,6 +139,34 @@ def _run_local(st, model, transform, patch_ids, views, device, dtype, batch_size
     return written
 
 
+def check_job_options(batch_size: int | None, num_workers: int | None, engine: str, chunk_rows: int) -> None:
+    """ConfigError for a job option that cannot work, before anything is built or written."""
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1 (or leave it out for the default)")
+    if num_workers is not None and num_workers < 0:
+        raise ConfigError(f"--num-workers {num_workers}: must be 0 (decode in the main process) or more")
+    if chunk_rows < 1:
+        raise ConfigError(f"chunk_rows {chunk_rows}: must be at least 1")
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"unknown engine {engine!r}; use local or ray")
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("--engine ray needs the ray package (pip install 'ray[data]'); or use --engine local")
+
+
+def _stored_keys(st: Store, recipe_id: str) -> set[tuple[str, str]]:
+    """(patch_id, view) keys already stored under ``recipe_id``, read without opening a writer
+    (which takes the set's lock and creates its folder): how the job knows, before writing anything,
+    whether it must build the model at all."""
+    for eset in st.features.sets():
+        if eset.recipe_id == recipe_id:
+            return st.features._stored_keys(eset)
+    return set()
+
+
+def _todo(all_ids: list[str], done: set, vnames: tuple[str, ...]) -> list[str]:
+    return [p for p in all_ids if any((p, v) not in done for v in vnames)]
+
+
 def embed(store: Store | str | Path | None, model: str, views: str = "none", device: str = "auto",
           batch_size: int | None = None, engine: str = "local", num_workers: int | None = None,
           progress: bool = True, weights: str | Path | None = None, trust_pickle: bool = False,
@@ -133,14 +177,15 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
     ``views``: ``"none"`` or ``"d8"`` (8 dihedral views, one row per patch x view).
     ``chunk_rows``: rows per committed Parquet part (at most what a kill loses).
     ``on_chunk(n)`` is called after each committed chunk (tests use it to simulate a kill).
-    """
-    import torch
 
+    Everything that can fail on the arguments fails before the first write: options, recipe,
+    weights (the model is built, or for Ray checked, before the set's folder is created).
+    """
+    check_job_options(batch_size, num_workers, engine, chunk_rows)
     st = store if isinstance(store, Store) else Store(store)
     recipe = resolve_recipe(model, st.root)  # a registered recipe, or a resolver's (e.g. a fine-tuned fold)
     vnames = view_names(views)
-    if engine not in ("local", "ray"):
-        raise ConfigError(f"unknown engine {engine!r}; use local or ray")
+    check_weights_option(recipe, weights)
     if engine == "ray" and recipe.name not in {r.name for r in list_recipes()}:
         raise ConfigError(f"{model} is resolved inside this store (not a built-in recipe), which Ray actors on "
                           "other processes cannot see: use --engine local")
@@ -148,35 +193,51 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
     rid = recipe_id_of(recipe, weights)
     all_ids = st.patches(columns=["patch_id"])["patch_id"].tolist()
     rows_total = len(all_ids) * len(vnames)
+    net = transform = None
+    built = False
+    if _todo(all_ids, _stored_keys(st, rid), vnames):  # work to do: the model must exist before any write
+        if engine == "ray":
+            check_weights(recipe, weights, trust_pickle=trust_pickle, hf_token_env=hf_token_env)
+        else:
+            net, transform = _build_local(recipe, weights, trust_pickle, hf_token_env, dev)
+            built = True
     provenance = dict(identity_of(recipe, weights), recipe_name=recipe.name, recipe_hash=rid,
                       weights_revision=recipe.revision or ("main" if recipe.weights == "hf" else None),
                       run=dict(device=dev, engine=engine, views=list(vnames),
                                autocast=str(autocast_dtype(recipe, dev))))
-    writer = st.features.writer(rid, recipe.name, recipe.output_dims, provenance)
-    done = writer.done_keys()
-    todo = [p for p in all_ids if any((p, v) not in done for v in vnames)]
-    t0 = time.perf_counter()
-    written = 0
-    if todo:
-        bs = batch_size or default_batch_size(recipe, dev)
-        nw = default_workers(recipe) if num_workers is None else num_workers
-        if engine == "ray":
-            written = run_ray(st, recipe, todo, vnames, dev, bs, writer, weights=weights,
-                              trust_pickle=trust_pickle, hf_token_env=hf_token_env, progress=progress,
-                              on_chunk=on_chunk, chunk_rows=chunk_rows)
-        else:
-            net, transform = build(recipe, weights, trust_pickle=trust_pickle, hf_token_env=hf_token_env)
-            if net is not None:
-                net.to(dev)
-                if recipe.arch.startswith("resnet"):
-                    net.to(memory_format=torch.channels_last)
-            with progress_bar(total=len(todo), desc=f"embed {recipe.name}", unit="patch",
-                              enabled=progress) as bar:
-                written = _run_local(st, net, transform, todo, vnames, dev, autocast_dtype(recipe, dev), bs,
-                                     nw, writer, bar, on_chunk, chunk_rows)
-    seconds = time.perf_counter() - t0
-    eset = st.features.get(rid)
-    if written or not eset.complete:
-        writer.finalize(expected_rows=rows_total)
+    with st.features.writer(rid, recipe.name, recipe.output_dims, provenance) as writer:
+        todo = _todo(all_ids, writer.done_keys(), vnames)  # again: another job may have written meanwhile
+        t0 = time.perf_counter()
+        written = 0
+        if todo:
+            bs = batch_size or default_batch_size(recipe, dev)
+            nw = default_workers(recipe) if num_workers is None else num_workers
+            if engine == "ray":
+                written = run_ray(st, recipe, todo, vnames, dev, bs, writer, weights=weights,
+                                  trust_pickle=trust_pickle, hf_token_env=hf_token_env, progress=progress,
+                                  on_chunk=on_chunk, chunk_rows=chunk_rows)
+            else:
+                if not built:  # parts vanished between the two looks: build now
+                    net, transform = _build_local(recipe, weights, trust_pickle, hf_token_env, dev)
+                with progress_bar(total=len(todo), desc=f"embed {recipe.name}", unit="patch",
+                                  enabled=progress) as bar:
+                    written = _run_local(st, net, transform, todo, vnames, dev, autocast_dtype(recipe, dev), bs,
+                                         nw, writer, bar, on_chunk, chunk_rows)
+        seconds = time.perf_counter() - t0
+        eset = st.features.get(rid)
+        if written or not eset.complete:
+            writer.finalize(expected_rows=rows_total)
     return EmbedSummary(recipe.name, rid, written, rows_total, seconds,
                         (len(todo) / seconds) if todo and seconds > 0 else 0.0, dev, engine)
+
+
+def _build_local(recipe: Recipe, weights, trust_pickle: bool, hf_token_env: str, dev: str):
+    """The model on ``dev`` (weights loaded, hub reached) and its transform."""
+    import torch
+
+    net, transform = build(recipe, weights, trust_pickle=trust_pickle, hf_token_env=hf_token_env)
+    if net is not None:
+        net.to(dev)
+        if recipe.arch.startswith("resnet"):
+            net.to(memory_format=torch.channels_last)
+    return net, transform

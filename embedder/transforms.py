@@ -7,11 +7,12 @@ centre-placed on an ``input_size`` canvas (reflect padding) or centre-cropped wh
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from store.dataset import open_image
 
 from .recipes import Recipe
 
@@ -19,9 +20,11 @@ _INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BIL
            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes -> (H, W, 3) uint8 RGB."""
-    with Image.open(io.BytesIO(data)) as im:
+def decode_png(data: bytes, name: str = "image") -> np.ndarray:
+    """PNG bytes -> (H, W, 3) uint8 RGB; refuses an image above the store's pixel limit from its
+    header, before decoding (stored patches passed the import's checks; this guards every other way
+    in, e.g. a dashboard upload, so no caller decodes a decompression bomb)."""
+    with open_image(data, name, "use a 128x128 RGB PNG patch") as im:
         return np.asarray(im.convert("RGB"))
 
 

@@ -21,9 +21,9 @@ import embedder
 from classifiers import metrics as M
 from classifiers import runs as R
 from classifiers.protocol import FOLD_SEED, N_FOLDS, Protocol, load_protocol
-from classifiers.scoring import (ENSEMBLE_RULE, THRESHOLD_RULES, Ensemble, fold_ensemble, prediction_frame,
-                                 score_test_set)
-from embedder.factory import count_params
+from classifiers.scoring import (ENSEMBLE_RULE, THRESHOLD_RULES, Ensemble, fold_ensemble, heldout_frame,
+                                 prediction_frame, score_test_set)
+from embedder.factory import check_weights, count_params
 from embedder.job import resolve_device
 from store import Store
 from store.atomic import write_json
@@ -59,19 +59,54 @@ def run_key(cfg: FinetuneConfig, recipe_id: str) -> str:
     return config_hash({"config": cfg.to_dict(), "recipe_id": recipe_id})
 
 
-def parse_folds(spec: str | None, n_folds: int) -> list[int]:
-    """``None``/``"all"`` -> every fold; ``"0,1"`` -> those folds; ``"1..5"`` -> folds 0..4 (1-based range)."""
+def parse_folds(spec: str | list[int] | None, n_folds: int) -> list[int]:
+    """``None``/``"all"`` -> every fold; ``"0,1"`` -> those folds; ``"1..5"`` -> folds 0..4 (1-based range).
+    A list of fold numbers is checked the same way."""
     if spec in (None, "", "all"):
         return list(range(n_folds))
-    if ".." in spec:
-        a, b = (int(s) for s in spec.split(".."))
-        out = list(range(a - 1, b))
-    else:
-        out = sorted({int(s) for s in spec.split(",")})
+    usage = f"--folds {spec!r}: folds are 0..{n_folds - 1} (a comma list like 0,3, or a 1-based range like 1..5)"
+    try:
+        if isinstance(spec, (list, tuple)):
+            out = sorted({int(k) for k in spec})
+        elif ".." in spec:
+            a, b = (int(s) for s in spec.split(".."))
+            out = list(range(a - 1, b))
+        else:
+            out = sorted({int(s) for s in spec.split(",")})
+    except (TypeError, ValueError):
+        raise FinetuneError(usage) from None
     bad = [k for k in out if not 0 <= k < n_folds]
     if bad or not out:
-        raise FinetuneError(f"--folds {spec!r}: folds are 0..{n_folds - 1} (or a 1-based range like 1..5)")
+        raise FinetuneError(usage)
     return out
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """FinetuneError listing every numeric field of ``cfg`` that cannot work (the config itself checks
+    its choices); called before a run folder is made, so a bad value never leaves one behind."""
+    c = cfg
+    bad = [msg for ok, msg in (
+        (c.lr > 0, f"lr {c.lr} must be > 0"),
+        (c.weight_decay >= 0, f"weight_decay {c.weight_decay} must be >= 0"),
+        (c.lora_r >= 1, f"lora_r {c.lora_r} must be >= 1"),
+        (c.lora_alpha > 0, f"lora_alpha {c.lora_alpha} must be > 0"),
+        (0 <= c.lora_dropout < 1, f"lora_dropout {c.lora_dropout} must be in [0, 1)"),
+        (c.method != "lora" or bool(c.lora_targets), "lora_targets must name at least one module"),
+        (0 < c.lr_factor < 1, f"lr_factor {c.lr_factor} must be in (0, 1)"),
+        (c.lr_patience >= 0, f"lr_patience {c.lr_patience} must be >= 0"),
+        (c.min_lr >= 0, f"min_lr {c.min_lr} must be >= 0"),
+        (c.early_stop >= 1, f"early_stop {c.early_stop} must be >= 1"),
+        (c.focal_gamma >= 0, f"focal_gamma {c.focal_gamma} must be >= 0"),
+        (len(c.crop_scale) == 2 and 0 < c.crop_scale[0] <= c.crop_scale[1] <= 1,
+         f"crop_scale {c.crop_scale} must be (a, b) with 0 < a <= b <= 1"),
+        (len(c.color_jitter) == 4 and min(c.color_jitter) >= 0 and c.color_jitter[3] <= 0.5,
+         f"color_jitter {c.color_jitter} must be 4 values >= 0 (hue <= 0.5)"),
+        (c.rotate_degrees >= 0, f"rotate_degrees {c.rotate_degrees} must be >= 0"),
+        (c.hed >= 0, f"hed {c.hed} must be >= 0"),
+        (c.seed >= 0, f"seed {c.seed} must be >= 0"),
+    ) if not ok]
+    if bad:
+        raise FinetuneError(f"finetune configuration for {c.model} cannot work: {'; '.join(bad)}")
 
 
 def check_device(device: str, recipe, overrides: dict | None, allow_cpu: bool) -> tuple[str, int]:
@@ -100,8 +135,9 @@ def _family(run_dir: Path) -> tuple[str, dict]:
 
 
 def _rows(run_dir: Path, fold: int, rec: dict, proto: Protocol, proba: dict[str, np.ndarray], threshold: float,
-          n_boot: int):
-    """Run rows + prediction frames of one fold (or of the fold ensemble with ``fold=-1``)."""
+          n_boot: int, heldout: tuple[np.ndarray, np.ndarray]):
+    """Run rows + prediction frames of one fold (or of the fold ensemble with ``fold=-1``); ``heldout`` =
+    (patch ids, probabilities) of the fold's held-out part (the ensemble's: out-of-fold), stored too."""
     fam, conf = _family(run_dir)
     rid = R.run_id(fam, fold, 0)
     cfg = conf["config"]
@@ -119,7 +155,14 @@ def _rows(run_dir: Path, fold: int, rec: dict, proto: Protocol, proba: dict[str,
             raise StoreError(f"{run_dir}: fold {fold} has {len(p)} {name} predictions, the store {len(ts.patch_ids)}")
         runs.append(dict(base, test_set=name, **score_test_set(ts, p, threshold, n_boot, int(cfg["seed"]))))
         frames.append(prediction_frame(rid, ts, fold, p, threshold))
+    frames.append(heldout_frame(rid, heldout[0], fold, heldout[1], threshold))
     return runs, frames
+
+
+def _fold_heldout(run_dir: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
+    preds = read_predictions(run_dir / f"fold{k}")
+    val = preds[preds["split"] == "val"]
+    return val["patch_id"].to_numpy(), val["probability"].to_numpy()
 
 
 def _fold_test_proba(run_dir: Path, k: int, proto: Protocol) -> dict[str, np.ndarray]:
@@ -132,8 +175,10 @@ def _appended(st: Store) -> set[str]:
     return set(runs["run_id"]) if len(runs) else set()
 
 
-def _ensemble(run_dir: Path, proto: Protocol, records: dict[int, dict], cfg: FinetuneConfig) -> Ensemble:
-    """The fold ensemble from the stored fold predictions (``classifiers.scoring.fold_ensemble``)."""
+def _ensemble(run_dir: Path, proto: Protocol, records: dict[int, dict], cfg: FinetuneConfig
+              ) -> tuple[Ensemble, np.ndarray]:
+    """The fold ensemble from the stored fold predictions (``classifiers.scoring.fold_ensemble``), and the
+    out-of-fold probability of every training patch (in ``proto.train`` order)."""
     oof = np.full(len(proto.train), np.nan)
     pos = {p: i for i, p in enumerate(proto.train["patch_id"])}
     proba: dict[str, list] = {name: [] for name in proto.tests}
@@ -143,7 +188,7 @@ def _ensemble(run_dir: Path, proto: Protocol, records: dict[int, dict], cfg: Fin
         oof[[pos[p] for p in val["patch_id"]]] = val["probability"].to_numpy()
         for name, p in _fold_test_proba(run_dir, k, proto).items():
             proba[name].append(p)
-    return fold_ensemble(proto.train["y"].to_numpy(), oof, proba, cfg.threshold)
+    return fold_ensemble(proto.train["y"].to_numpy(), oof, proba, cfg.threshold), oof
 
 
 def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str | list[int] | None = None, *,
@@ -155,28 +200,41 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
 
     ``overrides`` replaces the recipe's timm kwargs (tests: tiny stand-ins); it enters the run key.
     """
+    # Everything that can fail on the arguments fails here, before the run folder or config.json exists.
+    want = parse_folds(folds, N_FOLDS)
+    check_config(cfg)
+    for name, value, low in (("num_workers", num_workers, 0), ("eval_batch_size", eval_batch_size, 1),
+                             ("n_boot", n_boot, 0)):
+        if value is not None and value < low:
+            raise FinetuneError(f"finetune {name} {value} must be >= {low}")
     st = store if isinstance(store, Store) else Store(store)
     recipe = embedder.get_recipe(cfg.model)
+    if recipe.arch == "handcrafted":
+        raise FinetuneError(f"{recipe.name} has no network to fine-tune; pick a backbone (`mitoprobe embed --list`)")
     dev, n_params = check_device(device, recipe, overrides, allow_cpu)
+    check_weights(recipe, weights, hf_token_env=hf_token_env, overrides=overrides)
     rid = embedder.recipe_id_of(recipe, weights)
     key = run_key(cfg, rid if not overrides else config_hash({"recipe_id": rid, "overrides": overrides}))
     run_dir = Path(out) if out else runs_root(st) / key
-    run_dir.mkdir(parents=True, exist_ok=True)
-    proto = load_protocol(st)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FinetuneError(f"--out {run_dir} is a file; pass a folder")
     conf_path = run_dir / "config.json"
     if conf_path.is_file():
         stored = json.loads(conf_path.read_text())
-        if stored["run_key"] != key:
-            raise FinetuneError(f"{run_dir} holds run {stored['run_key']}, not {key} (another configuration); "
-                             "choose another --out")
-    else:
+        if stored.get("run_key") != key:
+            raise FinetuneError(f"{run_dir} holds run {stored.get('run_key')}, not {key} (another configuration); "
+                                "choose another --out")
+    proto = load_protocol(st)  # the first write a fine-tuning run may make (the store's folds, once)
+    if proto.n_folds != N_FOLDS:
+        want = parse_folds(folds, proto.n_folds)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not conf_path.is_file():
         write_json(dict(run_key=key, family=FAMILY, model=cfg.model, recipe_id=rid, head=cfg.method,
                         options=cfg.options(), config=cfg.to_dict(),
                         overrides=overrides, weights=str(weights) if weights else None,
                         threshold_rule=THRESHOLD_RULES[cfg.threshold], code_version=code_version(),
                         protocol=dict(n_folds=N_FOLDS, fold_seed=FOLD_SEED, test_sets=sorted(proto.tests)),
                         n_params=n_params), conf_path)
-    want = folds if isinstance(folds, list) else parse_folds(folds, proto.n_folds)
     rt = Runtime(device=dev, num_workers=num_workers, progress=progress, weights=str(weights) if weights else None,
                  overrides=overrides, hf_token_env=hf_token_env, on_epoch=on_epoch,
                  eval_batch_size=eval_batch_size or (256 if dev.startswith("cuda") else 32))
@@ -186,17 +244,19 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
     for k in want:
         rec = train_fold(cfg, fold_images(st, proto, k, list(proto.tests)), run_dir / f"fold{k}", rt)
         if R.run_id(fam, k, 0) not in _appended(st):
-            runs, frames = _rows(run_dir, k, rec, proto, _fold_test_proba(run_dir, k, proto), rec["threshold"], nb)
+            runs, frames = _rows(run_dir, k, rec, proto, _fold_test_proba(run_dir, k, proto), rec["threshold"], nb,
+                                 _fold_heldout(run_dir, k))
             R.append(st, runs, frames)
             appended += len(runs)
     records = {k: json.loads((run_dir / f"fold{k}" / DONE_FILE).read_text())
                for k in range(proto.n_folds) if (run_dir / f"fold{k}" / DONE_FILE).is_file()}
     ensemble = len(records) == proto.n_folds
     if ensemble and R.run_id(fam, -1, 0) not in _appended(st):
-        ens = _ensemble(run_dir, proto, records, cfg)
+        ens, oof = _ensemble(run_dir, proto, records, cfg)
         rec = dict(val_auroc=ens.val_auroc, val_balanced_accuracy=ens.val_balanced_accuracy, n_train=ens.n_train,
                    threshold=ens.threshold, ensemble=ENSEMBLE_RULE)
-        runs, frames = _rows(run_dir, -1, rec, proto, ens.proba, ens.threshold, nb)
+        runs, frames = _rows(run_dir, -1, rec, proto, ens.proba, ens.threshold, nb,
+                             (proto.train["patch_id"].to_numpy(), oof))
         R.append(st, runs, frames)
         appended += len(runs)
     return FinetuneSummary(key, run_dir, sorted(records), appended, ensemble, records)

@@ -13,25 +13,58 @@ from pathlib import Path
 import click
 
 import embedder
+from classifiers.heads import HEADS
+from embedder.dihedral import view_names
 from classifiers.runner import sweep
 from finetune import FinetuneConfig, finetune
 from store import Store
+from store.dataset import difference_from_stored
+from store.errors import ProtocolError, StoreError
 
-from .commands.data import import_data
+from .commands.data import import_data, resolve_data
 from .display import print_report
+
+
+def check_data_matches(st: Store, data_dir: Path) -> None:
+    """``run --data PATH`` on a store that already holds patches: go on when PATH holds exactly the
+    stored data, else refuse (never ignore PATH, never replace stored patches silently)."""
+    data_dir, amibr_csv = resolve_data(data_dir, None)
+    diff = difference_from_stored(st.patches_path, data_dir, amibr_csv)
+    if diff is not None:
+        raise StoreError(f"--data {data_dir} differs from the patches already in {st.root} ({diff}); the main "
+                        f"job does not replace stored data: run `mitoprobe data import {data_dir} --replace "
+                        f"--store {st.root}` first (stored vectors, folds and results refer to the old patches), "
+                        "or pass another --store")
+    click.echo(f"{st.root} already holds exactly the data in {data_dir}")
+
+
+def check_run_arguments(st: Store, models: tuple[str, ...], heads: list[str] | None, views: str) -> None:
+    """Every name the main job will use resolves, before it imports or writes anything."""
+    unknown = [h for h in heads or () if h not in HEADS]
+    if unknown:
+        raise ProtocolError(f"unknown head(s) {unknown}; choose from {sorted(HEADS)} or 'all'")
+    view_names(views)
+    for model in models:
+        embedder.resolve_recipe(model, st.root)
 
 
 def run_main_job(store_path: Path | None = None, data_dir: Path | None = None, models: tuple[str, ...] | None = None,
                  heads: list[str] | None = None, views: str = "none", fmt: str = "table") -> dict[str, float]:
     """Run every stage; each is incremental (import is skipped when patches exist, embedding
-    resumes, identical probe configurations are skipped). Returns seconds per stage."""
+    resumes, identical probe configurations are skipped). Returns seconds per stage.
+
+    ``data_dir`` on a store that already holds patches must hold the same data (else StoreError)."""
     timings: dict[str, float] = {}
     st = Store(store_path)
+    models = tuple(models or embedder.OFFLINE_DEFAULTS)
+    check_run_arguments(st, models, heads, views)
     t = time.perf_counter()
     if not st.has_patches():
         import_data(store_path, data_dir, None, quiet=True)
+    elif data_dir is not None:
+        check_data_matches(st, data_dir)
     timings["import"] = time.perf_counter() - t
-    for model in models or embedder.OFFLINE_DEFAULTS:
+    for model in models:
         t = time.perf_counter()
         s = embedder.embed(st, model, views=views)
         timings[f"embed {model}"] = time.perf_counter() - t

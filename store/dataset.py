@@ -14,16 +14,23 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import struct
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from .datasets import AMIBR_CSV, ANNOTATIONS, BENCHMARK, BINARY_LABELS, SPLIT, CsvSpec, DatasetSpec
-from .errors import DataError
+from . import schema
+from .errors import ConfigError, DataError
 from .hashing import bytes_sha256
 from .progress import progress as progress_bar
 from .schema import SUBTYPE_COLUMNS, VOTE_COLUMNS
@@ -36,6 +43,13 @@ POSITIVE_LABEL = next(lab for lab, y in BINARY_LABELS.items() if y == 1)  # "Aty
 PATCH_SIZE = (128, 128)
 MAX_REPORTED_PROBLEMS = 20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The largest image (width x height) any path decodes: imported patches, dashboard uploads, the
+# embedder's decoder. Checked from the header, before a single pixel is decompressed, so a
+# decompression bomb (a tiny file that inflates to gigabytes) is refused instead of exhausting
+# memory. $MITOPROBE_MAX_IMAGE_PIXELS overrides it (read at each check).
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_IMAGE_PIXELS_ENV = "MITOPROBE_MAX_IMAGE_PIXELS"
+IMPORT_FIX = "replace it with a 128x128 8-bit RGB PNG or remove it (and its CSV row)"
 
 
 @dataclass
@@ -75,51 +89,128 @@ def patch_id_for(dataset: str, filename: str, png: bytes) -> str:
     return bytes_sha256(f"{dataset}/{filename}\0".encode() + png)[:16]
 
 
-def _check_png(path: Path, data: bytes, problems: _Problems, notes: list[str]) -> bytes | None:
-    """Validate one patch; return RGB PNG bytes (converted when that is lossless) or None."""
-    fix = "replace it with a 128x128 8-bit RGB PNG or remove it (and its CSV row)"
-    if len(data) == 0:
-        problems.add(f"{path}: empty file (0 bytes); {fix}")
-        return None
-    if data[:8] == PNG_SIGNATURE and len(data) >= 26 and data[12:16] == b"IHDR" and data[24] == 16:
-        # Pillow silently drops 16-bit RGB to 8 bits on open; refuse rather than guess the scaling.
-        problems.add(f"{path}: 16-bit per channel PNG, expected 8-bit RGB; {fix}")
-        return None
+def max_image_pixels() -> int:
+    """The pixel limit now: ``$MITOPROBE_MAX_IMAGE_PIXELS`` when set, else ``MAX_IMAGE_PIXELS``."""
+    raw = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not raw:
+        return MAX_IMAGE_PIXELS
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt = img.format
-            img.load()
-            mode, size = img.mode, img.size
-            if fmt != "PNG":
-                problems.add(f"{path}: is a {fmt} image, not a PNG; {fix}")
-                return None
-            if size != PATCH_SIZE:
-                problems.add(f"{path}: is {size[0]}x{size[1]} pixels, expected 128x128; {fix}")
-                return None
-            if mode == "RGB":
-                return data
-            if mode == "RGBA":
-                alpha = np.asarray(img.getchannel("A"))
-                if alpha.min() == 255:
-                    notes.append(f"{path}: RGBA with fully opaque alpha, converted to RGB")
-                    return _encode_png(img.convert("RGB"))
-                problems.add(f"{path}: RGBA with transparent pixels (cannot convert safely); {fix}")
-                return None
-            if mode == "P" and "transparency" not in img.info:
-                notes.append(f"{path}: palette PNG, converted to RGB")
-                return _encode_png(img.convert("RGB"))
-            kind = {"L": "grayscale", "LA": "grayscale+alpha", "I": "16/32-bit grayscale",
-                    "I;16": "16-bit grayscale", "I;16B": "16-bit grayscale", "1": "1-bit"}.get(mode, mode)
-            if mode.startswith("I") or mode == "1" or mode.startswith("L"):
-                problems.add(f"{path}: {kind} image (mode {mode}), expected 8-bit RGB H&E; {fix}")
-            else:
-                problems.add(f"{path}: unsupported pixel mode {mode}; {fix}")
-            return None
-    except UnidentifiedImageError:
-        problems.add(f"{path}: not an image file; {fix}")
-    except (OSError, SyntaxError, ValueError) as exc:
-        problems.add(f"{path}: truncated or corrupt PNG ({exc}); {fix}")
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"${MAX_IMAGE_PIXELS_ENV}={raw!r}: expected a positive whole number of pixels "
+                          f"(default {MAX_IMAGE_PIXELS} = 4096 x 4096); unset it or fix it")
+    return value
+
+
+def check_pixel_limit(size: tuple[int, int], name: str, fix: str = IMPORT_FIX) -> None:
+    """DataError when a ``(width, height)`` is above the pixel limit (call it before decoding)."""
+    limit = max_image_pixels()
+    w, h = size
+    if w * h > limit:
+        raise DataError(f"{name}: is {w}x{h} pixels ({w * h:,}), above the limit of {limit:,} pixels "
+                        f"(${MAX_IMAGE_PIXELS_ENV}); refused before decoding; {fix}")
+
+
+@dataclass(frozen=True)
+class CheckedPng:
+    """A patch that passed ``check_png``: 8-bit RGB PNG bytes (the input, or its lossless
+    conversion) and a note saying what was converted."""
+
+    png: bytes
+    note: str | None = None
+
+
+def _png_header_size(data: bytes) -> tuple[int, int] | None:
+    if data[:8] == PNG_SIGNATURE and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
     return None
+
+
+@contextmanager
+def open_image(data: bytes, name: str, fix: str = IMPORT_FIX) -> Iterator[Image.Image]:
+    """``Image.open`` (which reads the header only) behind the pixel limit: a PNG's size is checked
+    from its IHDR bytes before Pillow sees it, any image's size before a pixel is decoded, and
+    Pillow's own decompression-bomb warning/error become the same DataError. Every decoder of
+    untrusted bytes (import, uploads, the embedder's decode) opens images through here."""
+    header = _png_header_size(data)
+    if header is not None:
+        check_pixel_limit(header, name, fix)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{name}: refused as a possible decompression bomb ({exc}); {fix}") from None
+    with img:
+        check_pixel_limit(img.size, name, fix)
+        yield img
+
+
+def check_png(data: bytes, name: str, fix: str = IMPORT_FIX, size: tuple[int, int] = PATCH_SIZE) -> CheckedPng:
+    """Validate one patch the way the import does, for every caller (import, dashboard uploads):
+    a PNG, at most ``max_image_pixels()`` (read from the header, before decoding), exactly ``size``,
+    8-bit RGB (opaque RGBA and palette images are converted losslessly). Raises DataError naming
+    ``name``, what is wrong and ``fix``."""
+    if len(data) == 0:
+        raise DataError(f"{name}: empty file (0 bytes); {fix}")
+    header = _png_header_size(data)
+    if header is not None:
+        check_pixel_limit(header, name, fix)
+        if len(data) >= 26 and data[24] == 16:
+            # Pillow silently drops 16-bit RGB to 8 bits on open; refuse rather than guess the scaling.
+            raise DataError(f"{name}: 16-bit per channel PNG, expected 8-bit RGB; {fix}")
+    try:
+        with open_image(data, name, fix) as img:
+            return _check_open_image(img, data, name, fix, size)
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not an image file; {fix}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{name}: truncated or corrupt PNG ({exc}); {fix}") from None
+
+
+def _check_open_image(img: Image.Image, data: bytes, name: str, fix: str, size: tuple[int, int]) -> CheckedPng:
+    if img.format != "PNG":
+        raise DataError(f"{name}: is a {img.format} image, not a PNG; {fix}")
+    if img.size != size:
+        raise DataError(f"{name}: is {img.size[0]}x{img.size[1]} pixels, expected {size[0]}x{size[1]}; {fix}")
+    img.load()
+    mode = img.mode
+    if mode == "RGB":
+        return CheckedPng(data)
+    if mode == "RGBA":
+        alpha = np.asarray(img.getchannel("A"))
+        if alpha.min() == 255:
+            return CheckedPng(_encode_png(img.convert("RGB")), f"{name}: RGBA with fully opaque alpha, converted to RGB")
+        raise DataError(f"{name}: RGBA with transparent pixels (cannot convert safely); {fix}")
+    if mode == "P" and "transparency" not in img.info:
+        return CheckedPng(_encode_png(img.convert("RGB")), f"{name}: palette PNG, converted to RGB")
+    kind = {"L": "grayscale", "LA": "grayscale+alpha", "I": "16/32-bit grayscale",
+            "I;16": "16-bit grayscale", "I;16B": "16-bit grayscale", "1": "1-bit"}.get(mode, mode)
+    if mode.startswith("I") or mode == "1" or mode.startswith("L"):
+        raise DataError(f"{name}: {kind} image (mode {mode}), expected 8-bit RGB H&E; {fix}")
+    raise DataError(f"{name}: unsupported pixel mode {mode}; {fix}")
+
+
+def pixels_sha256(png: bytes) -> str:
+    """sha256 of an image's decoded 8-bit RGB pixels (and shape): equal for pixel-identical PNGs
+    whose bytes differ (another compressor, other metadata, a palette or opaque-RGBA copy)."""
+    with open_image(png, "image", "use a 128x128 RGB PNG patch") as img:
+        rgb = np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    return bytes_sha256(struct.pack(">II", *rgb.shape[:2]) + rgb.tobytes())
+
+
+def _check_png(path: Path, data: bytes, problems: _Problems, notes: list[str]) -> bytes | None:
+    """``check_png`` for the import: a problem is collected (reported with all others), not raised."""
+    try:
+        checked = check_png(data, str(path))
+    except DataError as exc:
+        problems.add(str(exc))
+        return None
+    if checked.note:
+        notes.append(checked.note)
+    return checked.png
 
 
 def _encode_png(img: Image.Image) -> bytes:
@@ -294,7 +385,12 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None, pr
                              f"{path}: missing; it {csv.purpose} (restore it from the published benchmark)")
                 continue
             df = _read_csv(path, csv.columns, problems)
-            if df is not None:
+            if df is not None and df.empty:
+                problems.add(f"{path}: has a header but no data rows; it {csv.purpose}"
+                             + (f" (empty, every {spec.name} patch would silently become {spec.split})"
+                                if csv.role == SPLIT else "")
+                             + "; restore the published file")
+            elif df is not None:
                 tables.append((spec, csv, path, df))
     unused = sorted(set(given) - {c.file for s in specs for c in s.csvs if c.optional})
     for name in unused:
@@ -363,6 +459,40 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None, pr
     for col in VOTE_COLUMNS:
         df[col] = df[col].astype("boolean")
     return ImportScan(patches=df, notes=notes)
+
+
+def patches_table(scan: ImportScan, where: str) -> pa.Table:
+    """The scanned patches as the table the store writes (checked against ``schema.PATCHES``)."""
+    return schema.validate(pa.Table.from_pandas(scan.patches, preserve_index=False), schema.PATCHES, where)
+
+
+def describe_difference(stored: pa.Table, new: pa.Table) -> str | None:
+    """None when ``new`` holds exactly the ``stored`` patches table, else a short account of what
+    differs (patches only on one side, patches whose metadata changed, and in which columns)."""
+    if stored.schema.equals(new.schema) and stored.equals(new):
+        return None
+    cols = [c for c in new.column_names if c in stored.column_names and c != "png"]
+    old_rows = {r["patch_id"]: r for r in stored.select(cols).to_pylist()}
+    new_rows = {r["patch_id"]: r for r in new.select(cols).to_pylist()}
+    only_new = len(new_rows.keys() - old_rows.keys())
+    only_old = len(old_rows.keys() - new_rows.keys())
+    changed = [p for p in new_rows.keys() & old_rows.keys() if new_rows[p] != old_rows[p]]
+    which = sorted({c for p in changed for c in cols if new_rows[p][c] != old_rows[p][c]})
+    parts = [f"{only_new} patch(es) only in the data", f"{only_old} only in the store"]
+    if changed:
+        parts.append(f"{len(changed)} with other {', '.join(which[:6])}")
+    if not (only_new or only_old or changed):
+        parts = ["the same patches, stored differently (column order, types or pixels)"]
+    return "; ".join(parts)
+
+
+def difference_from_stored(stored_path: str | Path, data_dir: str | Path, amibr_csv: str | Path | None = None,
+                           specs: tuple[DatasetSpec, ...] = BENCHMARK, progress: bool = False) -> str | None:
+    """Validate ``data_dir`` like an import and compare it with the patches table at ``stored_path``
+    without writing anything: None when importing it would change nothing, else what differs."""
+    scan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs)
+    new = patches_table(scan, str(stored_path))
+    return describe_difference(pq.read_table(stored_path), new)
 
 
 def summarize_counts(patches: pd.DataFrame) -> pd.DataFrame:

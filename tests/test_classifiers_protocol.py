@@ -106,3 +106,12 @@ def test_fit_path_never_receives_test_rows(synth, monkeypatch):
     monkeypatch.setattr(runner, "_fit", spy)
     run_family(synth, feats, proto, "simpleshot", {"pooling": "all"}, repeat=True, n_boot=20)
     assert seen and set(seen) <= train_vectors
+
+
+def test_too_few_slides_is_a_protocol_error_not_a_traceback(tiny_store):
+    """The tiny benchmark has 2 training slides: the 5-fold grouped split cannot exist."""
+    from store.errors import ProtocolError
+
+    with pytest.raises(ProtocolError, match="at least 5 slides; the store has 2"):
+        load_protocol(tiny_store)
+    assert not tiny_store.folds_path.exists()

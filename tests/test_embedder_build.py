@@ -109,3 +109,54 @@ def test_unavailable_hub_weights_name_both_ways_out():
             "except Exception as e:\n    print(type(e).__name__, e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
     assert out.startswith("WeightsError") and "$MY_TOKEN_VAR" in out and "--weights PATH" in out
+
+
+def test_unreadable_weights_files_name_the_file(tmp_path):
+    """Truncated or mislabelled files are WeightsErrors naming the file (never SafetensorError etc.)."""
+    from safetensors.torch import save_file
+
+    from embedder.factory import load_state_dict
+
+    model, _ = embedder.build("uni.random", overrides=TINY)
+    sd = {k: v.contiguous() for k, v in model.backbone.state_dict().items()}
+    good = tmp_path / "good.safetensors"
+    save_file(sd, str(good))
+    torch.save(sd, tmp_path / "good.pt")
+    cases = {"short.safetensors": good.read_bytes()[:200], "zip.safetensors": (tmp_path / "good.pt").read_bytes(),
+             "empty.safetensors": b"", "short.pt": (tmp_path / "good.pt").read_bytes()[:500],
+             "text.bin": b"not a checkpoint at all"}
+    for name, data in cases.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(WeightsError, match="not a readable") as exc:
+            load_state_dict(p)
+        assert str(p) in str(exc.value)
+        with pytest.raises(WeightsError, match="not a readable"):
+            embedder.factory.check_weights("uni.hf", p, overrides=TINY)
+
+
+def test_check_weights_matches_shapes_without_building(tmp_path):
+    from safetensors.torch import save_file
+
+    from store.errors import RecipeError
+
+    model, _ = embedder.build("uni.random", overrides=TINY)
+    p = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(p))
+    embedder.factory.check_weights("uni.hf", p, overrides=TINY)  # fits: no error
+    with pytest.raises(WeightsError, match="does not fit"):
+        embedder.factory.check_weights("uni.hf", p, overrides=dict(TINY, embed_dim=64))
+    with pytest.raises(RecipeError, match="no network weights"):
+        embedder.build("handcrafted", weights=p)
+    with pytest.raises(RecipeError, match="no network weights"):
+        embedder.factory.check_weights("handcrafted", p)
+
+
+def test_device_names_are_checked():
+    from embedder.job import resolve_device
+    from store.errors import ConfigError
+
+    assert resolve_device("cpu") == "cpu"
+    for bad in ("gpu", "cuda:99" if torch.cuda.is_available() else "cuda", "tpu"):
+        with pytest.raises(ConfigError, match="--device"):
+            resolve_device(bad)

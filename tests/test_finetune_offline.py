@@ -128,3 +128,19 @@ def test_run_full_offline_probes_fold_vectors_alone_and_with_handcrafted(bench, 
     assert both.X.shape[1] == alone.X.shape[1] + 57 and both.only_fold == 0
     board = leaderboard(st, with_paper=False)
     assert any(m.startswith("ft-") and "-folds" in m for m in board["model"])
+
+
+def test_finetune_rows_keep_heldout_and_out_of_fold_predictions(bench, tmp_path):
+    """Like the probes, fine-tuning runs store their held-out probabilities (split=val): each fold's
+    held-out part, and for the ensemble every training patch's out-of-fold probability."""
+    st = _store_copy(bench, tmp_path, "heldout")
+    cfg = FinetuneConfig.preset("offline", max_epochs=1, max_steps=1, batch_size=8, tta="none", cpu_bf16=False)
+    finetune(st, cfg, progress=False, n_boot=10)
+    preds = st.results.read("predictions")
+    val = preds[preds["split"] == "val"]
+    folds = st.read_folds().set_index("patch_id")["fold"]
+    per_fold = val[val["fold"] >= 0]
+    assert (per_fold["fold"].to_numpy() == folds.reindex(per_fold["patch_id"]).to_numpy()).all()
+    oof = val[val["fold"] == -1].set_index("patch_id")["probability"]
+    assert len(oof) == len(folds) and oof.index.is_unique
+    np.testing.assert_allclose(oof.reindex(per_fold["patch_id"]).to_numpy(), per_fold["probability"].to_numpy())

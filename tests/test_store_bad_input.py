@@ -120,7 +120,7 @@ def test_opaque_rgba_converted_and_reported(monkeypatch, capsys, stored):
     p = one_png(bench)
     rgb = np.asarray(Image.open(p).convert("RGB"))
     p.write_bytes(png_bytes(np.dstack([rgb, np.full((128, 128), 255, np.uint8)])))
-    code, out = run_cli(monkeypatch, capsys, "data", "import", str(bench), "--store", str(store_dir))
+    code, out = run_cli(monkeypatch, capsys, "data", "import", str(bench), "--store", str(store_dir), "--replace")
     assert code == 0, out
     assert f"{p}: RGBA with fully opaque alpha, converted to RGB" in out.replace("\n", "")
     row = Store(store_dir).patches(with_images=True).set_index("relpath").loc[f"AtNorM-Br/Normal/{p.name}"]
@@ -163,7 +163,29 @@ def test_not_128(monkeypatch, capsys, stored):
     import_refused(monkeypatch, capsys, stored, str(p), "is 96x64 pixels, expected 128x128", PNG_FIX)
 
 
+def _png_header_only(w: int, h: int) -> bytes:
+    """A PNG whose IHDR claims ``w x h`` 8-bit RGB, with a token IDAT: refused from the header, never decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_refused_from_its_header(monkeypatch, capsys, stored):
+    p = one_png(stored[1])
+    p.write_bytes(_png_header_only(20000, 20000))
+    import_refused(monkeypatch, capsys, stored, str(p), "is 20000x20000 pixels", "above the limit", PNG_FIX)
+
+
 # -- CSVs -------------------------------------------------------------------------------------
+def test_header_only_split_csv(monkeypatch, capsys, stored):
+    csv = stored[1] / "amibr_train_split.csv"
+    csv.write_text(csv.read_text().splitlines()[0] + "\n")
+    import_refused(monkeypatch, capsys, stored, f"{csv}: has a header but no data rows",
+                   "every AMi-Br patch would silently become test", "restore the published file")
+
+
 def test_csv_missing_columns(monkeypatch, capsys, stored):
     csv = stored[1] / "AtNorM-MD_expert_votes.csv"
     pd.read_csv(csv).drop(columns=["Expert_4", "Majority"]).to_csv(csv, index=False)

@@ -70,7 +70,19 @@ else:
     if up is None:
         st.info(f"Upload a PNG; it will be embedded on the fly with the set's recipe ({eset.name}).")
         st.stop()
-    query_png = up.getvalue()
+    try:  # the import's own checks: a PNG, within the pixel limit, 128x128, 8-bit RGB
+        upload = data.check_upload(ctx.root, ctx.stamp, up.getvalue(), name=f"upload {up.name!r}")
+    except MitoprobeError as exc:
+        st.error(f"Cannot search with this upload: {exc}")
+        st.stop()
+    query_png = upload.png
+    if upload.note:
+        st.caption(upload.note)
+    if upload.same_as:
+        same = meta.set_index("patch_id").reindex(upload.same_as)
+        st.info("This upload is stored patch " + ", ".join(
+            f"`{pid}` ({r['dataset']} {r['split']}, {r['label']})" for pid, r in same.iterrows())
+            + ": it is its own nearest neighbour (distance 0) below.")
     try:
         query_vec = data.embed_png(ctx.root, eset, output, query_png)
     except (MitoprobeError, ImportError, OSError, ValueError) as exc:

@@ -13,7 +13,7 @@ from .options import STORE_OPTION
 
 @click.command("dashboard")
 @STORE_OPTION
-@click.option("--port", type=int, default=8501, show_default=True, help="Port to serve on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True, help="Port to serve on.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind (localhost by default; 0.0.0.0 exposes it on the network).")
 def dashboard_cmd(store_path: Path | None, port: int, host: str) -> None:

@@ -14,8 +14,8 @@ from store.errors import DataError
 from .options import STORE_OPTION
 
 
-def import_data(store_path: Path | None, data_dir: Path | None, amibr_csv: Path | None, quiet: bool = False):
-    """Shared by ``data import`` and ``mitoprobe run``: resolve the data folder, import, print counts."""
+def resolve_data(data_dir: Path | None, amibr_csv: Path | None) -> tuple[Path, Path | None]:
+    """The benchmark folder (PATH, else the defaults) and its AMI-BR.csv (given, else found beside it)."""
     if data_dir is None:
         data_dir = paths.default_data_dir()
         if data_dir is None:
@@ -23,10 +23,17 @@ def import_data(store_path: Path | None, data_dir: Path | None, amibr_csv: Path 
                             "put it at ../shared/datasets/AMi-Br_Benchmark, or run `mitoprobe data download`")
     if amibr_csv is None:
         amibr_csv = paths.find_amibr_csv(Path(data_dir))
+    return Path(data_dir), amibr_csv
+
+
+def import_data(store_path: Path | None, data_dir: Path | None, amibr_csv: Path | None, quiet: bool = False,
+                replace: bool = False):
+    """Shared by ``data import`` and ``mitoprobe run``: resolve the data folder, import, print counts."""
+    data_dir, amibr_csv = resolve_data(data_dir, amibr_csv)
     st = Store(store_path)
     click.echo(f"importing {data_dir}" + (f" (+ {amibr_csv})" if amibr_csv else " (no AMI-BR.csv found: "
                "AMi-Br test patches will lack slide ids and expert votes)"))
-    outcome = st.import_dataset(data_dir, amibr_csv, progress=not quiet)
+    outcome = st.import_dataset(data_dir, amibr_csv, progress=not quiet, replace=replace)
     for note in outcome.notes:
         click.secho(f"note: {note}", fg="yellow")
     if outcome.changed:
@@ -47,16 +54,19 @@ def data() -> None:
 @click.argument("path", type=click.Path(path_type=Path), required=False)
 @click.option("--amibr-csv", type=click.Path(path_type=Path), default=None,
               help="AMI-BR.csv with slides, 3 expert votes and subtypes (found automatically when beside PATH).")
+@click.option("--replace", is_flag=True,
+              help="Allow the import to drop or change stored patches (vectors, folds and results refer to them).")
 @STORE_OPTION
-def import_cmd(path: Path | None, amibr_csv: Path | None, store_path: Path | None) -> None:
+def import_cmd(path: Path | None, amibr_csv: Path | None, replace: bool, store_path: Path | None) -> None:
     """Validate and import PATH (an AMi-Br_Benchmark folder) into the patches table.
 
     PATH defaults to $MITOPROBE_DATA, then ../shared/datasets/AMi-Br_Benchmark, then the download
-    cache. Idempotent: importing the same data twice changes nothing.
+    cache. Idempotent: importing the same data twice changes nothing. New patches are added; an
+    import that would drop or change stored patches is refused unless --replace.
 
     Example: mitoprobe data import ../shared/datasets/AMi-Br_Benchmark
     """
-    import_data(store_path, path, amibr_csv)
+    import_data(store_path, path, amibr_csv, replace=replace)
 
 
 @data.command("download")

@@ -29,8 +29,10 @@ def _print_recipes() -> None:
 @click.option("--views", type=click.Choice(["none", "d8"]), default="none", show_default=True,
               help="d8 also stores the 8 dihedral views of each patch (test-time augmentation).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=int, default=None, help="Default: 256 on GPU, 32 on CPU, 64 handcrafted.")
-@click.option("--num-workers", type=int, default=None, help="PNG-decoding DataLoader workers (default: cores - 1).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Default: 256 on GPU, 32 on CPU, 64 handcrafted.")
+@click.option("--num-workers", type=click.IntRange(min=0), default=None,
+              help="PNG-decoding DataLoader workers (default: cores - 1; 0 = in the main process).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: Ray Data actors, one model replica per GPU (RAY_ADDRESS picks the cluster).")
 @click.option("--weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,

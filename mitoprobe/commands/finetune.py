@@ -37,16 +37,16 @@ def _list_runs(store_path) -> None:
 @click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True,
               help="lora: peft adapters + head (the paper's foundation models); full: every weight (its end-to-end baselines).")
 @click.option("--folds", default=None, help="Folds to train: 0,1 (0-based) or 1..5 (1-based range). Default: all five.")
-@click.option("--epochs", type=int, default=None, help="Maximum epochs (paper: 100, with early stopping).")
-@click.option("--max-steps", type=int, default=None, help="At most N optimizer steps per epoch (smoke tests).")
-@click.option("--lr", type=float, default=None, help="Learning rate (paper: 5e-5 LoRA, 1e-4 full).")
-@click.option("--batch-size", type=int, default=None, help="Batch size (paper: 8).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs (paper: 100, with early stopping).")
+@click.option("--max-steps", type=click.IntRange(min=0), default=None, help="At most N optimizer steps per epoch (smoke tests).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate (paper: 5e-5 LoRA, 1e-4 full).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (paper: 8).")
 @click.option("--loss", type=click.Choice(["bce", "weighted_bce", "focal"]), default=None,
               help="bce (paper, with the weighted sampler); weighted_bce/focal replace the sampler by plain shuffling.")
 @click.option("--sampler", type=click.Choice(["weighted", "shuffle"]), default=None,
               help="Default: weighted for bce, shuffle for the weighted losses.")
 @click.option("--dihedral", is_flag=True, default=None, help="Also augment with vertical flips and 90-degree rotations.")
-@click.option("--hed", type=float, default=None, help="HED stain-jitter strength (e.g. 0.05; default off).")
+@click.option("--hed", type=click.FloatRange(min=0), default=None, help="HED stain-jitter strength (e.g. 0.05; default off).")
 @click.option("--tta", type=click.Choice(["none", "rot4", "d8"]), default=None,
               help="Test-time augmentation at inference: mean probability over 4 rotations or 8 dihedral views.")
 @click.option("--threshold", type=click.Choice(["fixed_0.5", "val_youden"]), default=None,
@@ -57,13 +57,13 @@ def _list_runs(store_path) -> None:
               help="Learning-rate schedule: plateau (paper) or per-step cosine after a warm-up epoch.")
 @click.option("--select-on", type=click.Choice(["balanced_accuracy", "auroc"]), default=None,
               help="Held-out score that selects the checkpoint (paper: balanced accuracy at 0.5).")
-@click.option("--ema", type=float, default=None, help="Evaluate an EMA of the weights with this decay (e.g. 0.998).")
-@click.option("--mixup", type=float, default=None, help="Mixup Beta(a, a) of training batches (e.g. 0.2).")
-@click.option("--seed", type=int, default=None, help="Seed of sampling, augmentation, dropout and the head.")
+@click.option("--ema", type=click.FloatRange(min=0, max=1, max_open=True), default=None, help="Evaluate an EMA of the weights with this decay (e.g. 0.998).")
+@click.option("--mixup", type=click.FloatRange(min=0), default=None, help="Mixup Beta(a, a) of training batches (e.g. 0.2).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of sampling, augmentation, dropout and the head.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--allow-cpu", is_flag=True, help="Fine-tune a large model (> 30M parameters) on CPU anyway.")
-@click.option("--num-workers", type=int, default=0, show_default=True, help="PNG-decoding DataLoader workers.")
-@click.option("--threads", type=int, default=None,
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True, help="PNG-decoding DataLoader workers.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch CPU threads (default: torch's). On a shared CPU, 1 thread + 1 worker is often fastest.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Run folder (default: <store>/finetune/<run key>).")

@@ -8,11 +8,24 @@ import click
 
 from classifiers.heads import parse_head_params
 from classifiers.report import best_per_test_set, format_board, leaderboard
-from classifiers.runner import sweep
+from classifiers.robustness import robustness_table
+from classifiers.significance import compare, format_comparison, resolve_families
+from classifiers.runner import POOLINGS, current_recipe_id, sweep
 from mitoprobe.display import print_frame, print_report
 from store import Store
+from store.errors import ProtocolError
 
 from .options import STORE_OPTION
+
+
+def check_sets(st: Store, model: str, pooling: str, allow_stale: bool) -> None:
+    """Fail on an unknown, missing or stale embedding set, or a pooling its outputs lack, before the
+    sweep (whose first step persists the store's folds): a bad --model changes nothing."""
+    for name in model.split("+"):
+        eset = st.features.resolve(name, current_recipe_id(st, name), allow_stale)
+        outputs = POOLINGS.get(pooling) or []
+        if "+" not in model and any(o not in eset.outputs for o in outputs):
+            raise ProtocolError(f"set {name} has outputs {list(eset.outputs)}; --pooling {pooling} needs {outputs}")
 
 
 @click.command()
@@ -23,7 +36,7 @@ from .options import STORE_OPTION
               show_default=True, help="Which stored outputs to use ('all': every output, concatenated).")
 @click.option("--tta", is_flag=True, help="Train on every stored view; average each patch's views at test time.")
 @click.option("--repeat", is_flag=True, help="Record an identical configuration again (default: skip it).")
-@click.option("--seed", default=0, show_default=True, help="Base seed of the stochastic heads.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Base seed of the stochastic heads.")
 @click.option("--allow-stale", is_flag=True, help="Use vectors made by an older recipe id (logged loudly).")
 @click.option("--param", "params", multiple=True, metavar="HEAD.KEY=VALUE",
               help="Set a head's parameter (repeatable), e.g. torch_linear.lr=1e-3; it is fixed, not searched, "
@@ -42,6 +55,7 @@ def probe(model: str, heads: str, pooling: str, tta: bool, repeat: bool, seed: i
     head_params = parse_head_params(params)
     st = Store(store_path)
     head_list = None if heads == "all" else [h.strip() for h in heads.split(",") if h.strip()]
+    check_sets(st, model, pooling, allow_stale)
     new = sweep(st, model, heads=head_list, pooling=pooling, tta=tta, seed=seed, repeat=repeat,
                 allow_stale=allow_stale, head_params=head_params)
     click.echo(f"{new['run_id'].nunique() if len(new) else 0} new runs appended to {st.root / 'results/runs'}")
@@ -55,10 +69,43 @@ def probe(model: str, heads: str, pooling: str, tta: bool, repeat: bool, seed: i
 @click.option("--model", "-m", default=None, help="Only this model.")
 @click.option("--family", default=None, help="Only this family (probe, finetune).")
 @click.option("--no-paper", is_flag=True, help="Leave out the paper's published rows.")
+@click.option("--compare", "compare_specs", multiple=True, metavar="MODEL:HEAD",
+              help="Instead of the leaderboard: paired bootstrap tests between these run families (repeat, >= 2) "
+                   "on the same patches, Holm-adjusted per test set.")
+@click.option("--fold", type=click.IntRange(-1, 4), default=-1, show_default=True,
+              help="With --compare: the fold ensemble (-1) or one fold model's predictions.")
+@click.option("--robustness", is_flag=True,
+              help="Instead of the leaderboard: per embedding set, do the k nearest neighbours share the label "
+                   "or the site (dataset)? Robustness index = same label, other site / (that + other label, same site).")
+@click.option("--k", "k", type=click.IntRange(1, 500), default=10, show_default=True, help="Neighbours for --robustness.")
 @STORE_OPTION
-def report(fmt: str, model: str | None, family: str | None, no_paper: bool, store_path: Path | None) -> None:
+def report(fmt: str, model: str | None, family: str | None, no_paper: bool, compare_specs: tuple[str, ...],
+           fold: int, robustness: bool, k: int, store_path: Path | None) -> None:
     """Print the leaderboard: mean ± std over folds, the fold ensemble with 95% CI, the paper's rows.
 
     Example: mitoprobe report --format markdown
+    Example: mitoprobe report --compare handcrafted:lgbm --compare resnet18.random:logreg
     """
-    print_report(Store(store_path), fmt, model, family, with_paper=not no_paper)
+    st = Store(store_path)
+    if robustness:
+        table = robustness_table(st, [model] if model else None, k=k)
+        if fmt == "csv":
+            click.echo(table.to_csv(index=False), nl=False)
+        elif fmt == "markdown":
+            click.echo(table.to_markdown(index=False, floatfmt=".3f"))
+        else:
+            print_frame(table, title=f"site robustness: {k} nearest neighbours (cosine, z-scored), site = dataset",
+                        floatfmt="{:.3f}")
+        return
+    if not compare_specs:
+        print_report(st, fmt, model, family, with_paper=not no_paper)
+        return
+    fams = resolve_families(st.results.read("runs"), list(compare_specs))
+    table = compare(st, fams, fold=fold)
+    if fmt == "csv":
+        click.echo(table.to_csv(index=False), nl=False)
+    elif fmt == "markdown":
+        click.echo(format_comparison(table).to_markdown(index=False))
+    else:
+        print_frame(format_comparison(table), title="paired bootstrap (same patches), a − b; p Holm-adjusted "
+                                                    "per test set and metric")

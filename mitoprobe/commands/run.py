@@ -25,7 +25,7 @@ from .options import STORE_OPTION
 @click.option("--full", is_flag=True,
               help="Also the offline preset end to end: a small CNN fine-tuned from scratch on 5 folds (about 17 min "
                    "on 2 idle CPU cores), its fold checkpoints as embedders, probes alone and + handcrafted.")
-@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: torch's; 1 on a busy machine).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch CPU threads (default: torch's; 1 on a busy machine).")
 @STORE_OPTION
 def run(data_dir: Path | None, models: tuple[str, ...], heads: str, views: str, fmt: str, full: bool,
         threads: int | None, store_path: Path | None) -> None:
