@@ -120,6 +120,11 @@ class Protocol:
 def load_protocol(store, test_sets: list[str] | None = None) -> Protocol:
     """Folds (persisted on first use) and the named test sets (default: all three)."""
     fo = folds(store)
+    return Protocol(train=fo, tests=load_test_sets(store, test_sets))
+
+
+def load_test_sets(store, test_sets: list[str] | None = None) -> dict[str, TestSet]:
+    """The named test sets (default: all) with labels and expert votes; no folds needed (scoring only)."""
     patches = store.patches()
     tests = {}
     for name in test_sets or list(TEST_SETS):
@@ -132,4 +137,4 @@ def load_protocol(store, test_sets: list[str] | None = None) -> Protocol:
         vote_cols = [c for c in sub.columns if c.startswith("expert") and c.endswith("_atypical")]
         tests[name] = TestSet(name, sub["patch_id"].to_numpy(), sub["y"].to_numpy().astype(np.int64),
                               sub[vote_cols].reset_index(drop=True))
-    return Protocol(train=fo, tests=tests)
+    return tests

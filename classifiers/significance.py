@@ -16,7 +16,7 @@ import pandas as pd
 from store.errors import ProtocolError
 
 from . import metrics as M
-from .protocol import load_protocol
+from .protocol import load_test_sets
 
 COLUMNS = ["test_set", "family_a", "family_b", "label_a", "label_b", "fold", "n", "metric", "a", "b", "diff",
            "ci_low", "ci_high", "p", "p_holm"]
@@ -65,9 +65,8 @@ def compare(store, family_ids: list[str], test_sets: list[str] | None = None, fo
     if "split" in preds:
         preds = preds[preds["split"].fillna("test") == "test"]
     labels = family_labels(runs)
-    proto = load_protocol(store, test_sets)
     rows = []
-    for name, ts in proto.tests.items():
+    for name, ts in load_test_sets(store, test_sets).items():
         y = pd.Series(ts.y, index=ts.patch_ids)
         scored = {}
         for fid in family_ids:

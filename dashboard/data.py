@@ -20,6 +20,7 @@ import pandas as pd
 import streamlit as st
 
 import classifiers
+from classifiers import significance
 import embedder
 from store import Fingerprint, Store, paths
 from store.dataset import check_png, pixels_sha256
@@ -180,6 +181,17 @@ def _family_predictions(root: str, rkey: tuple, pkey: tuple, family_id: str, fol
         sel = sel[sel["test_set"] == test_set]
     meta = _patches(root, pkey)
     return sel.merge(meta, on="patch_id", how="left").reset_index(drop=True)
+
+
+def comparison(root: str, stamp_: Fingerprint, family_ids: tuple[str, ...], fold: int, test_set: str) -> pd.DataFrame:
+    """``significance.compare`` (classifiers) of these families on one test set (paired bootstrap, Holm)."""
+    return _comparison(root, stamp_.results, stamp_.patches, family_ids, fold, test_set)
+
+
+@st.cache_data(show_spinner="Testing the differences…", max_entries=32)
+def _comparison(root: str, rkey: tuple, pkey: tuple, family_ids: tuple[str, ...], fold: int, test_set: str
+                ) -> pd.DataFrame:
+    return significance.compare(Store(root), list(family_ids), [test_set], fold=fold)
 
 
 def fold_choices(runs_: pd.DataFrame, family_id: str) -> list[int]:

@@ -104,6 +104,11 @@ def test_compare(full_store, monkeypatch):
     at.get("segmented_control")[0].set_value("ROC & PR").run()
     at.selectbox[0].set_value(3).run()  # a single fold's predictions
     assert not at.exception and len(charts_()) == 3
+    at.get("segmented_control")[0].set_value("Significance").run()  # paired bootstrap + Holm (classifiers)
+    assert not at.exception
+    sig = at.dataframe[0].value
+    assert set(sig["metric"]) == {"balanced_accuracy", "auroc"} and len(sig) == 2 * 3  # 3 pairs of 3 families
+    assert ((sig["p"] <= sig["p_holm"]) & (sig["p_holm"] <= 1)).all()
 
 
 def test_similarity_gallery_pick(full_store, monkeypatch):

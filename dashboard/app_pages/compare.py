@@ -57,7 +57,7 @@ if not preds:
             "Pick another fold or run `mitoprobe probe` to store predictions.")
     st.stop()
 
-SECTIONS = ["ROC & PR", "Confusion & calibration", "Model vs experts"]
+SECTIONS = ["ROC & PR", "Confusion & calibration", "Model vs experts", "Significance"]
 section = st.segmented_control("Show", SECTIONS, default=SECTIONS[0], key="cmp_section") or SECTIONS[0]
 
 
@@ -97,6 +97,18 @@ elif section == "Confusion & calibration":
     a, _ = st.columns(2)
     a.markdown("**Reliability (calibration)**")
     a.altair_chart(charts.reliability(pd.concat(rel)), width="stretch")
+
+elif section == "Significance":
+    if len(preds) < 2:
+        st.info("Choose at least two run families to test their difference.")
+        st.stop()
+    st.markdown(f"**Paired bootstrap on the same {test_set} patches** ({data.fold_name(fold)}, each family at its "
+                "own threshold): the difference a − b with its 95% CI; p-values Holm-adjusted over the pairs shown.")
+    table = data.comparison(ctx.root, ctx.stamp, tuple(preds), fold, test_set)
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_order=["metric", "label_a", "label_b", "a", "b", "diff", "ci_low", "ci_high", "p", "p_holm", "n"],
+                 column_config={c: st.column_config.NumberColumn(c, format="%.3f")
+                                for c in ("a", "b", "diff", "ci_low", "ci_high", "p", "p_holm")})
 
 else:
     first = next(iter(preds.values()))
