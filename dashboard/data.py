@@ -49,7 +49,7 @@ def stamp(root: str) -> Fingerprint:
 def status(root: str) -> dict:
     """Which parts of the store exist (uncached: a few stats; listing parts never sweeps temp files)."""
     st_ = Store(root)
-    return dict(root=root, patches=st_.has_patches(), sets=[s for s in st_.features.sets() if s.parts],
+    return dict(root=root, patches=st_.has_patches(), sets=[s for s in st_.features.sets() if s.complete],
                 runs=bool(st_.results.parts("runs")), predictions=bool(st_.results.parts("predictions")))
 
 
@@ -222,7 +222,8 @@ def _leaderboard(root: str, key: tuple) -> pd.DataFrame:
 
 # -- embeddings ----------------------------------------------------------------------------------
 def embedding_sets(root: str) -> list:
-    return [s for s in Store(root).features.sets() if s.parts]
+    """Complete sets only: one still being written (or damaged) is refused by the store's readers."""
+    return [s for s in Store(root).features.sets() if s.complete]
 
 
 def embedding_matrix(root: str, stamp_: Fingerprint, recipe_id: str, output: str, view: str = "none"

@@ -18,7 +18,8 @@ from store.errors import MitoprobeError
 # name -> ("module:attribute", one-line purpose shown by --help without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("mitoprobe.commands.data:data", "Import the AMi-Br benchmark into the store (or download it)."),
-    "store": ("mitoprobe.commands.store:store_group", "Inspect the store: what is stored, counts and sizes."),
+    "store": ("mitoprobe.commands.store:store_group",
+              "Inspect the store (info), check its integrity (check) and repair what needs no guessing (repair)."),
     "sql": ("mitoprobe.commands.store:sql", "Run a DuckDB query over patches, embeddings, runs and predictions."),
     "embed": ("mitoprobe.commands.embed:embed",
               "Embed every patch with one model (incremental, resumable; --list shows recipes)."),

@@ -4,14 +4,17 @@ Never imports torch, timm or streamlit (a test checks it)."""
 
 from .dataset import DATASETS, LABELS, POSITIVE_LABEL, scan_benchmark, summarize_counts
 from .datasets import BENCHMARK, CsvSpec, DatasetSpec, spec_of
-from .errors import DataError, MitoprobeError, StaleFeaturesError, StoreError
+from .errors import DamagedStoreError, DataError, MitoprobeError, StaleFeaturesError, StoreError, StoreLockedError
 from .features import EmbeddingSet, EmbeddingWriter, FeatureStore
 from .hashing import config_hash
+from .integrity import Action, Problem
+from .lock import SetLock
 from .store import Fingerprint, Store
+from . import integrity
 
 __all__ = [
-    "BENCHMARK", "DATASETS", "LABELS", "POSITIVE_LABEL", "CsvSpec", "DataError", "DatasetSpec",
-    "EmbeddingSet", "EmbeddingWriter", "FeatureStore", "Fingerprint", "MitoprobeError",
-    "StaleFeaturesError", "Store", "StoreError", "config_hash", "scan_benchmark", "spec_of",
-    "summarize_counts",
+    "BENCHMARK", "DATASETS", "LABELS", "POSITIVE_LABEL", "Action", "CsvSpec", "DamagedStoreError", "DataError",
+    "DatasetSpec", "EmbeddingSet", "EmbeddingWriter", "FeatureStore", "Fingerprint", "MitoprobeError",
+    "Problem", "SetLock", "StaleFeaturesError", "Store", "StoreError", "StoreLockedError", "config_hash",
+    "integrity", "scan_benchmark", "spec_of", "summarize_counts",
 ]

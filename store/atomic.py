@@ -1,23 +1,119 @@
-"""Crash-safe writes: everything goes to a temporary path in the same folder, then is renamed.
+"""Store I/O: crash-safe writes, and the two error translations every store reader and writer shares.
 
 ``os.replace`` is atomic on POSIX, so a reader sees either the old file or the new one, never a
 half-written one. Temporary names start with ``.tmp-`` and are ignored (and swept) by readers.
+
+Why the translations: a full disk, a read-only mount or a store path that is a file are conditions a
+user fixes, so a write failing on them raises a one-line :class:`StoreError` naming the path and the
+cause (:func:`env_errors`), after removing its temp file and the folders it created: the store stays
+byte-identical. A file that cannot be read (a corrupt Parquet part, a truncated JSON) raises
+:class:`DamagedStoreError` naming it and pointing at ``mitoprobe store check`` (:func:`read_guard`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import DamagedStoreError, StoreError
+
 TMP_PREFIX = ".tmp-"
+
+# errno -> what it means for a store write (anything else is a bug and keeps its traceback)
+ENV_ERRNOS = {
+    errno.EROFS: "the store is on a read-only file system",
+    errno.EACCES: "permission denied (the store or a folder in it is not writable)",
+    errno.EPERM: "operation not permitted (the store or a folder in it is not writable)",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EEXIST: "a path in the store exists as a file where a folder is needed",
+    errno.ENOTDIR: "a path in the store is a file where a folder is needed",
+}
+# what a corrupt or truncated file raises when read: ArrowInvalid (a ValueError), OSError (thrift,
+# ArrowIOError), JSONDecodeError (a ValueError); LanceDB raises ValueError / RuntimeError
+READ_ERRORS = (pa.ArrowException, OSError, ValueError, RuntimeError)
+CHECK_HINT = "run `mitoprobe store check` to list the damage and `mitoprobe store repair` to fix it"
+
+
+def _gist(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def damaged(path: str | Path, exc: BaseException | str, what: str = "cannot be read") -> DamagedStoreError:
+    """The one-line error for a damaged stored file."""
+    reason = exc if isinstance(exc, str) else _gist(exc)
+    err = DamagedStoreError(f"{path} {what} ({reason}); the store is damaged: {CHECK_HINT}")
+    err.path, err.reason = Path(path), f"{what} ({reason})"
+    return err
+
+
+@contextlib.contextmanager
+def read_guard(path: str | Path, what: str = "cannot be read", errors: tuple = READ_ERRORS) -> Iterator[None]:
+    """Turn a read failure of ``path`` into :class:`DamagedStoreError` (keep the block to the I/O call)."""
+    try:
+        yield
+    except DamagedStoreError:
+        raise
+    except errors as exc:
+        raise damaged(path, exc, what) from exc
+
+
+def env_error(path: str | Path, exc: OSError) -> StoreError | None:
+    """A :class:`StoreError` for an environment failure (read-only, full disk, a file in the way), else None."""
+    cause = ENV_ERRNOS.get(exc.errno) if isinstance(exc, OSError) else None
+    if cause is None:
+        return None
+    where = exc.filename or path
+    return StoreError(f"cannot write {path}: {cause} ({exc.strerror or exc} at {where}); nothing in the "
+                      "store was changed")
+
+
+@contextlib.contextmanager
+def env_errors(path: str | Path) -> Iterator[None]:
+    """Raise :func:`env_error`'s ``StoreError`` for an environment ``OSError`` inside the block."""
+    try:
+        yield
+    except OSError as exc:
+        err = env_error(path, exc)
+        if err is None:
+            raise
+        raise err from exc
+
+
+def make_dirs(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it created (outermost first) so a failed write can
+    remove them again. Environment failures raise :func:`env_error`'s ``StoreError``."""
+    missing = []
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    missing.reverse()
+    with env_errors(folder):
+        if p.exists() and not p.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(p))
+        folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_dirs(created: list[Path]) -> None:
+    """Undo :func:`make_dirs` (innermost first, only folders that are still empty)."""
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -40,11 +136,15 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write(path: str | Path, write: Callable[[Path], None], *, _before_rename: Callable[[], None] | None = None) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path``.
 
+    On failure the temp file and any folder this call created are removed; an environment
+    ``OSError`` (read-only, full disk, a file in the way) becomes a ``StoreError`` naming ``path``.
+
     ``_before_rename`` is a test hook that lets tests simulate a crash between write and rename.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    created = make_dirs(path.parent)
     tmp = _tmp_sibling(path)
+    ok = False
     try:
         write(tmp)
         if tmp.is_file():
@@ -62,12 +162,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, _before_ren
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
+        ok = True
+    except OSError as exc:
+        err = env_error(path, exc)
+        if err is None:
+            raise
+        raise err from exc
     finally:
         if tmp.exists():
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink(missing_ok=True)
+        if not ok:
+            remove_dirs(created)
     return path
 
 

@@ -8,6 +8,9 @@ Which one to raise:
 
 * :class:`DataError` - bad input data (an image, a CSV row); nothing in the store was changed.
 * :class:`StoreError` - the store lacks something, or a write would break one of its invariants.
+* :class:`DamagedStoreError` - a stored file cannot be read or breaks an invariant (a corrupt part,
+  duplicate keys, a missing LanceDB table); ``mitoprobe store check`` lists it, ``store repair`` fixes it.
+* :class:`StoreLockedError` - another live process is writing the same embedding set.
 * :class:`StaleFeaturesError` - stored vectors were made by another recipe id than the current one.
 * :class:`RecipeError` - an unknown or invalid embedder recipe, layer, view set or engine.
 * :class:`WeightsError` - model weights are missing, unreadable, unsafe to load or do not fit.
@@ -28,6 +31,15 @@ class DataError(MitoprobeError):
 
 class StoreError(MitoprobeError):
     """The store is missing something or a write would break an invariant."""
+
+
+class DamagedStoreError(StoreError):
+    """A stored file cannot be read or breaks an invariant; the message names the path and points at
+    ``mitoprobe store check`` / ``mitoprobe store repair``."""
+
+
+class StoreLockedError(StoreError):
+    """Another live process holds the write lock of the same set; the message names it (pid, command, since)."""
 
 
 class StaleFeaturesError(StoreError):

@@ -10,6 +10,12 @@ Layout under ``<store>/embeddings/<recipe_id>/``::
 Parts are written atomically one chunk at a time, so a killed job loses at most the chunk in
 flight and a resumed job appends only the missing (patch_id, view) keys: no loss, no duplicates.
 The LanceDB table ``<store>/lance/<recipe_id>.lance`` is rebuilt from the parts on finalise.
+
+One writer per set: ``FeatureStore.writer`` takes the set's lock (``store/lock.py``) before its first
+write; a second job gets :class:`StoreLockedError` naming the holder. Readers refuse what they cannot
+trust with one line naming the path (:class:`DamagedStoreError`): an unreadable part or recipe.json,
+duplicate keys, a row count that disagrees with ``COMPLETE``, a missing LanceDB table; and, when
+reading for probing (``require_complete``), a set without ``COMPLETE``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import os
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -28,8 +35,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import sweep_tmp, write_json, write_parquet
-from .errors import StaleFeaturesError, StoreError
+from .atomic import (CHECK_HINT, damaged, env_errors, make_dirs, read_guard, remove_dirs, sweep_tmp, write_json,
+                     write_parquet)
+from .errors import DamagedStoreError, StaleFeaturesError, StoreError
+from .lock import SetLock, describe, set_lock
 from .schema import KEY_COLUMNS, embedding_schema, validate
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,47 @@ class EmbeddingSet:
     def parts(self) -> list[Path]:
         return sorted(self.path.glob("part-*.parquet"))
 
+    @property
+    def complete_path(self) -> Path:
+        return self.path / "COMPLETE"
+
+
+def part_rows(part: Path) -> int:
+    """Rows of one Parquet part from its footer (``DamagedStoreError`` when unreadable)."""
+    with read_guard(part):
+        return pq.ParquetFile(part).metadata.num_rows
+
+
+def read_complete(eset: EmbeddingSet) -> int | None:
+    """The row count the set's ``COMPLETE`` record holds; None without one."""
+    p = eset.complete_path
+    if not p.is_file():
+        return None
+    with read_guard(p):
+        info = json.loads(p.read_text())
+    rows = info.get("rows") if isinstance(info, dict) else None
+    if not isinstance(rows, int) or rows < 0:
+        raise damaged(p, f"rows is {rows!r}, not a count", "is not a valid COMPLETE record")
+    return rows
+
+
+def parse_recipe_json(folder: Path) -> dict:
+    """A set folder's ``recipe.json``, checked: it parses, names the recipe, its outputs, and the
+    recipe id that is the folder's name. ``DamagedStoreError`` otherwise."""
+    meta = folder / "recipe.json"
+    with read_guard(meta):
+        info = json.loads(meta.read_text())
+    with read_guard(meta, "is not a valid recipe record", errors=(ValueError, TypeError, AttributeError)):
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+        for k in ("recipe_id", "name", "outputs"):
+            if k not in info:
+                raise ValueError(f"no {k!r}")
+        info["outputs"] = {str(k): int(v) for k, v in dict(info["outputs"]).items()}
+        if info["recipe_id"] != folder.name:
+            raise ValueError(f"recipe_id {info['recipe_id']!r} is not the folder name {folder.name!r}")
+    return info
+
 
 def _vector_column(vectors: np.ndarray, dim: int, where: str) -> pa.FixedSizeListArray:
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -66,14 +116,40 @@ def _vector_column(vectors: np.ndarray, dim: int, where: str) -> pa.FixedSizeLis
 
 
 class EmbeddingWriter:
-    """Append chunks to one set; resumable. Obtain from ``FeatureStore.writer``."""
+    """Append chunks to one set; resumable. Obtain from ``FeatureStore.writer``.
 
-    def __init__(self, fs: "FeatureStore", eset: EmbeddingSet):
+    Holds the set's lock until ``finalize`` (success or failure), ``close``, the end of a ``with``
+    block, or garbage collection, whichever comes first."""
+
+    def __init__(self, fs: "FeatureStore", eset: EmbeddingSet, lock: SetLock | None = None):
         self.fs = fs
         self.eset = eset
-        sweep_tmp(eset.path)
-        self._next_part = len(eset.parts)
-        self._done = fs._stored_keys(eset)
+        self._release = weakref.finalize(self, lock.release) if lock is not None else None
+        try:
+            sweep_tmp(eset.path)
+            self._next_part = len(eset.parts)
+            self._done = fs._stored_keys(eset)
+            rows = sum(part_rows(p) for p in eset.parts)
+            if rows != len(self._done):
+                raise fs.duplicates_error(eset, rows, len(self._done))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the set's lock (idempotent); the writer cannot write afterwards."""
+        if self._release is not None:
+            self._release()
+
+    @property
+    def closed(self) -> bool:
+        return self._release is not None and not self._release.alive
+
+    def __enter__(self) -> "EmbeddingWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def done_keys(self) -> set[tuple[str, str]]:
         """(patch_id, view) pairs already stored under this recipe id."""
@@ -84,6 +160,9 @@ class EmbeddingWriter:
         if set(vectors) != set(self.eset.outputs):
             raise StoreError(f"set {self.eset.name}: got outputs {sorted(vectors)}, "
                              f"expected {sorted(self.eset.outputs)}")
+        if self.closed:
+            raise StoreError(f"the writer of set {self.eset.name} is closed (finalised); open a new one with "
+                             "FeatureStore.writer")
         keys = list(zip(map(str, patch_ids), map(str, views)))
         if len(set(keys)) != len(keys):
             raise StoreError(f"set {self.eset.name}: duplicate (patch_id, view) keys in one chunk")
@@ -101,25 +180,33 @@ class EmbeddingWriter:
             cols[out] = _vector_column(arr[keep], dim, f"set {self.eset.name} output {out}")
         part = self.eset.path / f"part-{self._next_part:05d}-{uuid.uuid4().hex[:8]}.parquet"
         table = validate(pa.table(cols), embedding_schema(self.eset.outputs), str(part))
-        # A random suffix: two jobs writing the same set never overwrite each other's parts.
+        if self.eset.complete_path.is_file():
+            # Extending a finished set (new patches imported): it is not complete until finalize
+            # says so again, so a killed job leaves an incomplete set, never a wrong COMPLETE.
+            with env_errors(self.eset.complete_path):
+                self.eset.complete_path.unlink(missing_ok=True)
+        # A random suffix: two writers never overwrite each other's parts.
         write_parquet(table, part)
         self._next_part += 1
         self._done.update(k for k, m in zip(keys, keep) if m)
         return int(keep.sum())
 
     def finalize(self, expected_rows: int | None = None) -> EmbeddingSet:
-        """Mark the set complete (if every expected row is in) and build its LanceDB table."""
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in self.eset.parts)
-        self._done = self.fs._stored_keys(self.eset)  # re-read: another job may have added parts
-        n = len(self._done)
-        if rows != n:
-            raise StoreError(f"set {self.eset.name} ({self.eset.path}): {rows} rows but {n} distinct (patch_id, view) "
-                             "keys; two jobs wrote it at once. Delete the folder and run the job again")
-        if expected_rows is not None and n < expected_rows:
-            raise StoreError(f"set {self.eset.name}: {n} of {expected_rows} rows stored; run the job again to resume")
-        self.fs.build_lance(self.eset)
-        write_json({"rows": n, "finished": time.time()}, self.eset.path / "COMPLETE")
-        return self.fs.get(self.eset.recipe_id)
+        """Mark the set complete (if every expected row is in) and build its LanceDB table; then
+        release the lock (also when it raises)."""
+        try:
+            rows = sum(part_rows(p) for p in self.eset.parts)
+            self._done = self.fs._stored_keys(self.eset)  # re-read: a part may have been copied in
+            n = len(self._done)
+            if rows != n:
+                raise self.fs.duplicates_error(self.eset, rows, n)
+            if expected_rows is not None and n < expected_rows:
+                raise StoreError(f"set {self.eset.name}: {n} of {expected_rows} rows stored; run the job again to resume")
+            self.fs.build_lance(self.eset)
+            write_json({"rows": n, "finished": time.time()}, self.eset.complete_path)
+            return self.fs.get(self.eset.recipe_id)
+        finally:
+            self.close()
 
 
 class FeatureStore:
@@ -132,17 +219,29 @@ class FeatureStore:
 
     # -- discovery -------------------------------------------------------------------------
     def sets(self) -> list[EmbeddingSet]:
+        """Every set folder with a ``recipe.json`` (``DamagedStoreError`` when one cannot be read)."""
         out = []
         if not self.dir.is_dir():
             return out
         for d in sorted(self.dir.iterdir()):
-            meta = d / "recipe.json"
-            if d.is_dir() and meta.is_file():
-                info = json.loads(meta.read_text())
-                out.append(EmbeddingSet(path=d, recipe_id=info["recipe_id"], name=info["name"],
-                                        outputs={k: int(v) for k, v in info["outputs"].items()},
-                                        provenance=info, complete=(d / "COMPLETE").is_file()))
+            if d.is_dir() and not d.name.startswith(".") and (d / "recipe.json").is_file():
+                out.append(self._set_of(d))
         return out
+
+    def _set_of(self, d: Path) -> EmbeddingSet:
+        info = parse_recipe_json(d)
+        return EmbeddingSet(path=d, recipe_id=info["recipe_id"], name=info["name"], outputs=info["outputs"],
+                            provenance=info, complete=(d / "COMPLETE").is_file())
+
+    def lock(self, recipe_id: str, name: str | None = None) -> SetLock:
+        """The write lock of one set (not taken yet)."""
+        return set_lock(self.root, recipe_id, name)
+
+    def duplicates_error(self, eset: EmbeddingSet, rows: int, keys: int) -> DamagedStoreError:
+        return DamagedStoreError(
+            f"{eset.path}: set {eset.name} has {rows} rows but {keys} distinct (patch_id, view) keys: two jobs "
+            "wrote it at once or a part was copied in. Run `mitoprobe store repair --yes` to quarantine the "
+            "duplicate parts")
 
     def get(self, recipe_id: str) -> EmbeddingSet:
         for s in self.sets():
@@ -177,26 +276,39 @@ class FeatureStore:
 
     # -- writing ---------------------------------------------------------------------------
     def writer(self, recipe_id: str, name: str, outputs: dict[str, int], provenance: dict) -> EmbeddingWriter:
-        """Open (or resume) the set for ``recipe_id``; provenance must match what is stored."""
+        """Open (or resume) the set for ``recipe_id``; provenance must match what is stored.
+
+        Takes the set's lock first (:class:`StoreLockedError` when another live process holds it);
+        the writer keeps it until ``finalize``/``close`` (use ``with fs.writer(...) as w:``)."""
         path = self.dir / recipe_id
         meta = path / "recipe.json"
-        if meta.is_file():
-            stored = json.loads(meta.read_text())
-            if stored["outputs"] != {k: int(v) for k, v in outputs.items()} or stored["name"] != name:
-                raise StoreError(f"{meta}: stored set disagrees with this recipe (name/outputs); "
-                                 "the recipe id should have changed: refusing to mix vectors")
-        else:
-            info = dict(provenance, recipe_id=recipe_id, name=name,
-                        outputs={k: int(v) for k, v in outputs.items()}, created=time.time())
-            path.mkdir(parents=True, exist_ok=True)
-            write_json(info, meta)
-        return EmbeddingWriter(self, self.get(recipe_id))
+        lock = self.lock(recipe_id, name).acquire()
+        try:
+            if meta.is_file():
+                stored = parse_recipe_json(path)
+                if stored["outputs"] != {k: int(v) for k, v in outputs.items()} or stored["name"] != name:
+                    raise StoreError(f"{meta}: stored set disagrees with this recipe (name/outputs); "
+                                     "the recipe id should have changed: refusing to mix vectors")
+            else:
+                info = dict(provenance, recipe_id=recipe_id, name=name,
+                            outputs={k: int(v) for k, v in outputs.items()}, created=time.time())
+                created = make_dirs(path)
+                try:
+                    write_json(info, meta)
+                except BaseException:
+                    remove_dirs(created)
+                    raise
+            return EmbeddingWriter(self, self._set_of(path), lock)
+        except BaseException:
+            lock.release()
+            raise
 
     # -- reading ---------------------------------------------------------------------------
     def _stored_keys(self, eset: EmbeddingSet) -> set[tuple[str, str]]:
         keys: set[tuple[str, str]] = set()
         for part in eset.parts:
-            t = pq.read_table(part, columns=list(KEY_COLUMNS))
+            with read_guard(part):
+                t = pq.read_table(part, columns=list(KEY_COLUMNS))
             keys.update(zip(t["patch_id"].to_pylist(), t["view"].to_pylist()))
         return keys
 
@@ -204,21 +316,51 @@ class FeatureStore:
         parts = eset.parts
         if not parts:
             raise StoreError(f"set {eset.name} ({eset.recipe_id}) has no vectors yet")
-        return pa.concat_tables(pq.read_table(p, columns=list(columns) if columns else None) for p in parts)
+        tables = []
+        for p in parts:
+            with read_guard(p):
+                tables.append(pq.read_table(p, columns=list(columns) if columns else None))
+        with read_guard(eset.path, "has parts that disagree on the schema"):
+            return pa.concat_tables(tables)
+
+    def require_complete(self, eset: EmbeddingSet) -> int:
+        """The set's row count when it is finished and whole; a one-line error saying what to do otherwise."""
+        rows = read_complete(eset)
+        holder = self.lock(eset.recipe_id, eset.name).held_elsewhere()
+        if holder is not None:
+            raise StoreError(f"set {eset.name} ({eset.path}) is being written by {describe(holder)}; "
+                             "wait for that job to finish")
+        if rows is None:
+            raise StoreError(f"set {eset.name} ({eset.path}) is incomplete: it has no COMPLETE record (an "
+                             f"interrupted `mitoprobe embed`, or a deleted record). Run `mitoprobe embed --model "
+                             f"{eset.name}` to resume it")
+        stored = sum(part_rows(p) for p in eset.parts)
+        if stored != rows:
+            raise DamagedStoreError(f"{eset.path}: set {eset.name} has {stored} rows but its COMPLETE record says "
+                                    f"{rows} (a part was added or lost after it finished); {CHECK_HINT}")
+        return rows
 
     def read(self, name: str, recipe_id: str, outputs: Sequence[str] | None = None,
-             views: Sequence[str] | None = None, allow_stale: bool = False) -> tuple[pd.DataFrame, np.ndarray]:
+             views: Sequence[str] | None = None, allow_stale: bool = False,
+             require_complete: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
         """Keys frame (patch_id, view) and the matrix of the chosen outputs concatenated.
 
         ``outputs=None`` takes every output the set has (e.g. CLS ⊕ patch-mean).
+        ``require_complete`` (the default, for probing) refuses a set without a matching ``COMPLETE``
+        record or that a live job is writing; duplicate keys are always refused.
         """
         eset = self.resolve(name, recipe_id, allow_stale)
         outs = list(outputs) if outputs else list(eset.outputs)
         unknown = [o for o in outs if o not in eset.outputs]
         if unknown:
             raise StoreError(f"set {name} has outputs {list(eset.outputs)}, not {unknown}")
+        if require_complete:
+            self.require_complete(eset)
         t = self.read_table(eset, list(KEY_COLUMNS) + outs)
         keys = t.select(list(KEY_COLUMNS)).to_pandas()
+        n_keys = len(keys.drop_duplicates())
+        if n_keys != len(keys):
+            raise self.duplicates_error(eset, len(keys), n_keys)
         mats = [t[o].combine_chunks().flatten().to_numpy().reshape(len(keys), eset.outputs[o]) for o in outs]
         X = np.concatenate(mats, axis=1) if len(mats) > 1 else mats[0]
         if views is not None:
@@ -227,29 +369,39 @@ class FeatureStore:
         return keys, X
 
     # -- LanceDB ---------------------------------------------------------------------------
-    def _lance(self):
+    def _lance(self, create: bool = True):
         os.environ.setdefault("LANCEDB_LOG", "error")  # not "No existing dataset ... will be created"
         import lancedb
 
-        self.lance_dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            make_dirs(self.lance_dir)
         return lancedb.connect(str(self.lance_dir))
+
+    def lance_path(self, recipe_id: str) -> Path:
+        return self.lance_dir / f"{recipe_id}.lance"
 
     def build_lance(self, eset: EmbeddingSet) -> None:
         """(Re)build the set's LanceDB table from its Parquet parts (Lance writes are versioned,
         so an interrupted overwrite leaves the previous version readable)."""
         db = self._lance()
         table = self.read_table(eset)
-        tbl = db.create_table(eset.recipe_id, data=table, mode="overwrite")
-        if table.num_rows >= ANN_MIN_ROWS:
-            for out, dim in eset.outputs.items():
-                create_ann_index(tbl, out, dim, table.num_rows)
+        with env_errors(self.lance_path(eset.recipe_id)):
+            tbl = db.create_table(eset.recipe_id, data=table, mode="overwrite")
+            if table.num_rows >= ANN_MIN_ROWS:
+                for out, dim in eset.outputs.items():
+                    create_ann_index(tbl, out, dim, table.num_rows)
 
     def lance_table(self, eset: EmbeddingSet):
-        db = self._lance()
-        try:
-            return db.open_table(eset.recipe_id)
-        except Exception as exc:
-            raise StoreError(f"no LanceDB table for set {eset.name}; run `mitoprobe embed` again to build it") from exc
+        where = self.lance_path(eset.recipe_id)
+        if not where.is_dir():
+            raise DamagedStoreError(f"{where}: the LanceDB table of set {eset.name} is missing; run "
+                                    "`mitoprobe store repair --yes` to rebuild it from the Parquet parts")
+        with read_guard(where, "cannot be opened as a LanceDB table"):
+            try:
+                return self._lance(create=False).open_table(eset.recipe_id)
+            except ValueError as exc:  # "Table ... was not found": a folder without a valid manifest
+                raise damaged(where, exc, "is not a readable LanceDB table (run `mitoprobe store repair "
+                              "--yes` to rebuild it)") from exc
 
     def search(self, eset: EmbeddingSet, query: np.ndarray, output: str | None = None, k: int = 10,
                view: str = "none") -> pd.DataFrame:
@@ -262,13 +414,14 @@ class FeatureStore:
         if output not in eset.outputs:
             raise StoreError(f"set {eset.name} has outputs {list(eset.outputs)}, not {output!r}")
         tbl = self.lance_table(eset)
-        n = tbl.count_rows()
-        indexed = any(output in ix.columns for ix in tbl.list_indices())
-        params = ann_params(n, eset.outputs[output]) if indexed and n >= ANN_MIN_ROWS else None
-        q = (tbl.search(np.asarray(query, dtype=np.float32), vector_column_name=output)
-             .distance_type("cosine").where(f"view = '{view.replace(chr(39), chr(39) * 2)}'", prefilter=True)
-             .select([*KEY_COLUMNS, "_distance"]).limit(k))
-        return apply_search_params(q, params).to_pandas().rename(columns={"_distance": "distance"})
+        with read_guard(self.lance_path(eset.recipe_id), "cannot be searched", errors=(RuntimeError, OSError)):
+            n = tbl.count_rows()
+            indexed = any(output in ix.columns for ix in tbl.list_indices())
+            params = ann_params(n, eset.outputs[output]) if indexed and n >= ANN_MIN_ROWS else None
+            q = (tbl.search(np.asarray(query, dtype=np.float32), vector_column_name=output)
+                 .distance_type("cosine").where(f"view = '{view.replace(chr(39), chr(39) * 2)}'", prefilter=True)
+                 .select([*KEY_COLUMNS, "_distance"]).limit(k))
+            return apply_search_params(q, params).to_pandas().rename(columns={"_distance": "distance"})
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 Each append writes one new part file atomically under ``<store>/results/<table>/``; nothing is
 ever rewritten, so a crash mid-append loses only that append and earlier results stay intact.
+Parts written before a column was added lack it: readers combine parts by column name (union).
+A part that cannot be read raises :class:`DamagedStoreError` naming it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import schema
-from .atomic import sweep_tmp, write_parquet
+from .atomic import read_guard, sweep_tmp, write_parquet
 from .errors import StoreError
 
 RESULT_TABLES = ("runs", "predictions")
@@ -59,7 +61,11 @@ class ResultTables:
         parts = self.parts(table)
         if not parts:
             return pd.DataFrame(columns=columns or [])
-        tables = [pq.read_table(p) for p in parts]
-        t = pa.concat_tables(tables, promote_options="permissive")
+        tables = []
+        for p in parts:
+            with read_guard(p):
+                tables.append(pq.read_table(p))
+        with read_guard(self.table_dir(table), "has parts whose columns disagree in type"):
+            t = pa.concat_tables(tables, promote_options="permissive")
         df = t.to_pandas()
         return df[columns] if columns else df

@@ -1,9 +1,14 @@
-"""The ``Store``: one folder holding patches, embedding sets and results, queried with DuckDB."""
+"""The ``Store``: one folder holding patches, embedding sets and results, queried with DuckDB.
+
+Every read that can meet a damaged file raises :class:`DamagedStoreError` naming it (``store/atomic.py``);
+``Store.sql`` runs read-only statements only, on a connection that cannot touch files outside the store.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -13,11 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import paths, schema
-from .atomic import sweep_tmp, write_parquet
+from .atomic import READ_ERRORS, damaged, read_guard, sweep_tmp, write_parquet
 from .dataset import ImportScan, scan_benchmark, summarize_counts
 from .datasets import BENCHMARK, DatasetSpec
-from .errors import StoreError
-from .features import FeatureStore
+from .errors import DamagedStoreError, StoreError
+from .features import FeatureStore, part_rows, read_complete
 from .results import RESULT_TABLES, ResultTables
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,46 @@ def _part_names(folder: Path) -> tuple[str, ...]:
         return ()
 
 
+def _patch_diff(old: pa.Table, new: pa.Table) -> tuple[int, int]:
+    """(stored patches the new table drops, stored patches whose row it changes), by patch_id,
+    over the columns both tables have."""
+    old_ids, new_ids = old["patch_id"].to_pylist(), new["patch_id"].to_pylist()
+    where = {pid: i for i, pid in enumerate(new_ids)}
+    dropped = sum(1 for pid in set(old_ids) if pid not in where)
+    common = [c for c in old.column_names if c in new.column_names and c != "patch_id"]
+    pairs = [(i, where[pid]) for i, pid in enumerate(old_ids) if pid in where]
+    changed = set()
+    for c in common:
+        a, b = old[c].to_pylist(), new[c].to_pylist()
+        changed.update(i for i, j in pairs if a[i] != b[j])
+    return dropped, len(changed)
+
+
+_READ_ONLY = {"SELECT", "EXPLAIN"}  # DuckDB parses DESCRIBE, SHOW, SUMMARIZE, VALUES, FROM ... as SELECT
+_EXPLAIN = re.compile(r"^\s*explain\s+(analy[sz]e\s+)?(\([^)]*\)\s*)?", re.IGNORECASE)
+
+
+def check_read_only(query: str) -> None:
+    """Refuse any statement but a query (``StoreError``), using DuckDB's own parser: ``EXPLAIN`` only
+    of a query (``EXPLAIN ANALYZE`` runs its statement). A syntax error raises DuckDB's ParserException."""
+    import duckdb
+
+    statements = duckdb.extract_statements(query)
+    if not statements:
+        raise StoreError("empty query: give one SELECT (or EXPLAIN, DESCRIBE, SHOW, SUMMARIZE) statement")
+    for st in statements:
+        kind = st.type.name
+        if kind == "EXPLAIN":
+            inner = duckdb.extract_statements(_EXPLAIN.sub("", st.query, count=1))
+            kind = "EXPLAIN " + ",".join(s.type.name for s in inner) if inner else "EXPLAIN"
+            if len(inner) == 1 and inner[0].type.name == "SELECT":
+                continue
+        if kind not in _READ_ONLY:
+            raise StoreError(f"refusing {kind}: `mitoprobe sql` runs read-only queries only (SELECT, "
+                             "EXPLAIN, DESCRIBE, SHOW, SUMMARIZE); the store changes only through mitoprobe's "
+                             "commands")
+
+
 @dataclass
 class ImportOutcome:
     changed: bool
@@ -87,33 +132,66 @@ class Store:
         return self.patches_path.is_file()
 
     def import_dataset(self, data_dir: str | Path, amibr_csv: str | Path | None = None,
-                       progress: bool = False, specs: tuple[DatasetSpec, ...] = BENCHMARK) -> ImportOutcome:
-        """Validate and import; a no-op (changed=False) when the same data is already stored."""
+                       progress: bool = False, specs: tuple[DatasetSpec, ...] = BENCHMARK,
+                       replace: bool = False) -> ImportOutcome:
+        """Validate and import; a no-op (changed=False) when the same data is already stored.
+
+        Adding new patches to the stored ones is always allowed. Dropping a stored patch (its id is
+        absent from the new import) or changing a stored patch's row needs ``replace=True``
+        (``mitoprobe data import --replace``): vectors, folds and results are keyed by patch id.
+        Without it the import raises ``StoreError`` saying how many patches would be dropped/changed,
+        and the store is left byte-identical. An unreadable ``patches.parquet`` is overwritten only
+        with ``replace=True``."""
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root} is a file, not a store folder; pass --store with a folder path")
         scan: ImportScan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs)
         new = schema.validate(pa.Table.from_pandas(scan.patches, preserve_index=False), schema.PATCHES,
                               str(self.patches_path))
         counts = summarize_counts(scan.patches)
         sweep_tmp(self.root)
         if self.has_patches():
-            old = pq.read_table(self.patches_path)
-            if old.schema.equals(new.schema) and old.equals(new):
-                return ImportOutcome(False, counts, scan.notes, self.patches_path)
-        self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                with read_guard(self.patches_path):
+                    old = pq.read_table(self.patches_path)
+            except DamagedStoreError as exc:
+                if not replace:
+                    raise DamagedStoreError(f"{exc}; or overwrite it with `mitoprobe data import --replace`") from exc
+                old = None
+            if old is not None:
+                if old.schema.equals(new.schema) and old.equals(new):
+                    return ImportOutcome(False, counts, scan.notes, self.patches_path)
+                dropped, changed = _patch_diff(old, new)
+                if (dropped or changed) and not replace:
+                    raise StoreError(
+                        f"{self.patches_path}: this import would drop {dropped} and change {changed} of the "
+                        f"{old.num_rows} stored patches (stored vectors, folds and results refer to them by "
+                        f"patch id); nothing was changed. `mitoprobe data import --replace` allows it")
         write_parquet(new, self.patches_path, row_group_size=1024)
         return ImportOutcome(True, counts, scan.notes, self.patches_path)
 
-    def patches(self, columns: list[str] | None = None, with_images: bool = False) -> pd.DataFrame:
-        """Patch metadata (the ``png`` column only when ``with_images``)."""
+    def _require_patches(self) -> None:
         if not self.has_patches():
             raise StoreError(f"{self.patches_path} not found; run `mitoprobe data import` first")
+
+    def patches(self, columns: list[str] | None = None, with_images: bool = False) -> pd.DataFrame:
+        """Patch metadata (the ``png`` column only when ``with_images``)."""
+        self._require_patches()
+        with read_guard(self.patches_path):
+            names = pq.read_schema(self.patches_path).names
         if columns is None:
-            schema = pq.read_schema(self.patches_path)
-            columns = [c for c in schema.names if with_images or c != "png"]
-        return pq.read_table(self.patches_path, columns=columns).to_pandas()
+            columns = [c for c in names if with_images or c != "png"]
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise StoreError(f"{self.patches_path} lacks column(s) {missing} (written by an older mitoprobe?); "
+                             "re-run `mitoprobe data import`")
+        with read_guard(self.patches_path):
+            return pq.read_table(self.patches_path, columns=columns).to_pandas()
 
     def images(self, patch_ids: list[str] | None = None) -> dict[str, bytes]:
         """PNG bytes by patch id (all patches when ``patch_ids`` is None)."""
-        t = pq.read_table(self.patches_path, columns=["patch_id", "png"])
+        self._require_patches()
+        with read_guard(self.patches_path):
+            t = pq.read_table(self.patches_path, columns=["patch_id", "png"])
         if patch_ids is not None:
             import pyarrow.compute as pc
 
@@ -130,7 +208,15 @@ class Store:
         return write_parquet(table, self.folds_path)
 
     def read_folds(self) -> pd.DataFrame | None:
-        return pq.read_table(self.folds_path).to_pandas() if self.folds_path.is_file() else None
+        """The saved folds; None when there are none (the classifiers then compute and save them:
+        deterministic, so a deleted file comes back the same, which is said when results exist)."""
+        if not self.folds_path.is_file():
+            if self.results.parts("runs"):
+                log.warning("%s is missing while results exist: the folds are recomputed (deterministic, "
+                            "same seed) and saved again", self.folds_path)
+            return None
+        with read_guard(self.folds_path):
+            return pq.read_table(self.folds_path).to_pandas()
 
     # -- change detection ------------------------------------------------------------------
     def fingerprint(self) -> Fingerprint:
@@ -146,16 +232,45 @@ class Store:
         return Fingerprint(_stat_key(self.patches_path), results, tuple(sets))
 
     # -- queries ---------------------------------------------------------------------------
-    def connect(self):
+    def table_files(self) -> list[Path]:
+        """Every Parquet file a view reads: patches, folds, each set's parts, each result part."""
+        files = [p for p in (self.patches_path, self.folds_path) if p.is_file()]
+        for s in self.features.sets():
+            files += s.parts
+        for table in RESULT_TABLES:
+            files += self.results.parts(table)
+        return files
+
+    def find_damage(self) -> DamagedStoreError | None:
+        """The first table file that cannot be read in full, as an error naming it (None if all read).
+        Reads every byte: only for explaining a failure (``store check`` is the full check)."""
+        try:
+            for p in self.table_files():
+                try:
+                    pq.read_table(p)
+                except READ_ERRORS as exc:
+                    return damaged(p, exc)
+        except DamagedStoreError as exc:
+            return exc
+        return None
+
+    def connect(self, read_only: bool = False):
         """An in-memory DuckDB connection with one view per stored table.
 
         Views: ``patches`` (no pixels), ``patch_images`` (patch_id, png), ``folds``,
         ``embedding_sets``, ``emb_<recipe_id>`` per set, ``runs``, ``predictions``.
+        Every file's footer is read first (``DamagedStoreError`` naming a damaged one).
+        ``read_only``: afterwards the connection cannot touch files outside the store, nor change
+        that setting (DuckDB's ``allowed_directories`` + ``enable_external_access`` + ``lock_configuration``).
         """
         import duckdb
 
+        for p in self.table_files():
+            with read_guard(p):
+                pq.read_metadata(p)
+        root = self.root.resolve()
         con = duckdb.connect()
-        q = lambda p: str(p).replace("'", "''")  # noqa: E731
+        q = lambda p: str(root / Path(p).relative_to(self.root)).replace("'", "''")  # noqa: E731
         if self.has_patches():
             con.execute(f"create view patches as select * exclude (png) from read_parquet('{q(self.patches_path)}')")
             con.execute(f"create view patch_images as select patch_id, png from read_parquet('{q(self.patches_path)}')")
@@ -172,7 +287,18 @@ class Store:
         for table in RESULT_TABLES:
             if self.results.parts(table):
                 glob = q(self.results.table_dir(table)) + "/part-*.parquet"
-                con.execute(f"create view {table} as select * from read_parquet('{glob}', union_by_name=true)")
+                try:
+                    con.execute(f"create view {table} as select * from read_parquet('{glob}', union_by_name=true)")
+                except duckdb.Error as exc:
+                    con.close()
+                    raise damaged(self.results.table_dir(table), exc, "has parts that cannot be read together") from exc
+        if read_only:
+            try:
+                con.execute("set allowed_directories = ?", [[str(root) + os.sep]])
+                con.execute("set enable_external_access = false")
+                con.execute("set lock_configuration = true")
+            except duckdb.Error:  # an older DuckDB without these settings: the statement check still holds
+                log.debug("DuckDB cannot restrict file access here", exc_info=True)
         return con
 
     def views(self) -> list[str]:
@@ -184,9 +310,21 @@ class Store:
             con.close()
 
     def sql(self, query: str) -> pd.DataFrame:
-        con = self.connect()
+        """Run one read-only query (``check_read_only``) over the views; a failure caused by a damaged
+        file raises ``DamagedStoreError`` naming it, any other DuckDB error propagates."""
+        import duckdb
+
+        check_read_only(query)
+        con = self.connect(read_only=True)
         try:
             return con.execute(query).df()
+        except (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException):
+            raise
+        except duckdb.Error as exc:
+            found = self.find_damage()
+            if found is not None:
+                raise found from exc
+            raise
         finally:
             con.close()
 
@@ -203,13 +341,18 @@ class Store:
             df = self.patches(columns=["patch_id", "dataset", "split", "y"])
             out["patches"] = {"counts": summarize_counts(df), "bytes": size(self.patches_path)}
         for s in self.features.sets():
-            n = sum(pq.ParquetFile(p).metadata.num_rows for p in s.parts)
+            n = sum(part_rows(p) for p in s.parts)
+            recorded = read_complete(s)
+            if recorded is not None and recorded != n and self.features.lock(s.recipe_id).held_elsewhere() is None:
+                raise DamagedStoreError(f"{s.path}: set {s.name} has {n} rows but its COMPLETE record says {recorded} "
+                                        "(a part was added or lost after it finished); run `mitoprobe store check` "
+                                        "to list the damage and `mitoprobe store repair` to fix it")
             out["embeddings"].append(dict(name=s.name, recipe_id=s.recipe_id, rows=n, complete=s.complete,
                                           outputs=s.outputs, bytes=size(s.path)))
         for table in RESULT_TABLES:
             parts = self.results.parts(table)
             if parts:
-                n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+                n = sum(part_rows(p) for p in parts)
                 out["results"].append(dict(table=table, rows=n, parts=len(parts),
                                            bytes=size(self.results.table_dir(table))))
         out["lance_bytes"] = size(self.root / "lance")

@@ -48,7 +48,7 @@ def test_second_import_changes_nothing(tiny_store, tiny_benchmark, monkeypatch, 
 
 def test_changed_data_is_reimported(tiny_store, tmp_path):
     other = make_benchmark(tmp_path / "other", seed=7)
-    assert tiny_store.import_dataset(other, other / "AMI-BR.csv").changed
+    assert tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True).changed
 
 
 def test_crash_between_write_and_rename_keeps_previous_state(tiny_store, tmp_path):
@@ -62,7 +62,7 @@ def test_crash_between_write_and_rename_keeps_previous_state(tiny_store, tmp_pat
         real = atomic.atomic_write
         atomic.atomic_write = lambda path, write, **kw: real(path, write, _before_rename=lambda: os._exit(3))
         from store import Store
-        Store({str(tiny_store.root)!r}).import_dataset({str(other)!r}, {str(other / 'AMI-BR.csv')!r})
+        Store({str(tiny_store.root)!r}).import_dataset({str(other)!r}, {str(other / 'AMI-BR.csv')!r}, replace=True)
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr
@@ -72,12 +72,12 @@ def test_crash_between_write_and_rename_keeps_previous_state(tiny_store, tmp_pat
     assert len(tiny_store.patches()) == 36
     assert tiny_store.sql("select count(*) n from patches")["n"][0] == 36
     # A later import succeeds; it leaves a young temp file alone (it may be another writer's) ...
-    assert tiny_store.import_dataset(other, other / "AMI-BR.csv").changed
+    assert tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True).changed
     assert list(tiny_store.root.glob(f"{TMP_PREFIX}*")) == leftovers
     # ... and sweeps it once it is old enough to be a crash leftover.
     old = time.time() - 2 * 3600
     os.utime(leftovers[0], (old, old))
-    assert not tiny_store.import_dataset(other, other / "AMI-BR.csv").changed
+    assert not tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True).changed
     assert not list(tiny_store.root.glob(f"{TMP_PREFIX}*"))
 
 
@@ -104,7 +104,7 @@ def test_os_replace_failure_during_import(tiny_store, tmp_path, monkeypatch):
 
     monkeypatch.setattr(store.atomic.os, "replace", fail)
     with pytest.raises(OSError, match="simulated crash"):
-        tiny_store.import_dataset(other, other / "AMI-BR.csv")
+        tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True)
     monkeypatch.undo()
     assert tiny_store.patches_path.read_bytes() == before
     assert not list(tiny_store.root.glob(f"{TMP_PREFIX}*"))

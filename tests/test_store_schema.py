@@ -190,7 +190,7 @@ def test_fingerprint_parts_change_independently(tiny_store, tmp_path):
     os.utime(tmp, (0, 0))
     assert tiny_store.fingerprint() == fp4 and tmp.exists()
     other = make_benchmark(tmp_path / "other", seed=3)
-    tiny_store.import_dataset(other, other / "AMI-BR.csv")
+    tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True)
     fp5 = tiny_store.fingerprint()
     assert (fp5.results, fp5.sets) == (fp4.results, fp4.sets) and fp5.patches != fp4.patches
 

@@ -1,4 +1,5 @@
-"""``mitoprobe store info`` and ``mitoprobe sql``: look inside the store (thin over ``store.Store``)."""
+"""``mitoprobe store info|check|repair`` and ``mitoprobe sql``: look inside the store, find damage and
+fix it (thin over ``store.Store`` and ``store.integrity``)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import duckdb
 import pandas as pd
 
 from mitoprobe.display import human_bytes, print_frame
-from store import Store
-from store.errors import StoreError
+from store import Store, integrity
+from store.errors import DamagedStoreError, StoreError
 
 from .options import STORE_OPTION
 
 
 @click.group("store")
 def store_group() -> None:
-    """Inspect the store."""
+    """Inspect the store; check it for damage and repair it."""
 
 
 @store_group.command("info")
@@ -46,15 +47,70 @@ def info_cmd(store_path: Path | None) -> None:
         print_frame(df, title="results")
 
 
+@store_group.command("check")
+@STORE_OPTION
+def check_cmd(store_path: Path | None) -> None:
+    """Read every stored file and list every problem with its fix (exit 2 if any).
+
+    Checks that every Parquet file opens and matches its schema, each embedding set's recipe.json,
+    COMPLETE record, keys (no duplicates, known patches) and LanceDB table, and the saved folds.
+    Warnings (an interrupted embedding job, say) are listed but are not damage.
+
+    Example: mitoprobe store check
+    """
+    st = Store(store_path)
+    problems = integrity.check(st)
+    for p in problems:
+        click.echo(str(p))
+    bad = integrity.errors(problems)
+    if bad:
+        raise DamagedStoreError(f"{len(bad)} problem(s) in {st.root}; `mitoprobe store repair` shows what it "
+                                "would fix, `mitoprobe store repair --yes` fixes it")
+    click.echo(f"ok: {integrity.summary(st)}")
+
+
+@store_group.command("repair")
+@STORE_OPTION
+@click.option("--yes/--dry-run", "yes", default=False,
+              help="--yes takes the actions; --dry-run (the default) only says what they would be.")
+def repair_cmd(store_path: Path | None, yes: bool) -> None:
+    """Fix what needs no guessing; nothing is deleted (taken-out files go to <store>/quarantine/).
+
+    Quarantines unreadable files and duplicate parts, rewrites or removes a wrong COMPLETE record,
+    rebuilds LanceDB tables from the Parquet parts, and sets aside folds that no longer match.
+    Without --yes it only prints the plan.
+
+    Example: mitoprobe store repair --yes
+    """
+    st = Store(store_path)
+    actions = integrity.repair(st, dry_run=not yes)
+    if not actions:
+        click.echo("nothing to repair")
+    for a in actions:
+        click.echo(("done " if a.done else "would ") + str(a))
+    if not yes:
+        if actions:
+            click.echo("dry run: nothing was changed; run `mitoprobe store repair --yes` to do it")
+        return
+    after = integrity.check(st)
+    for p in after:
+        click.echo(str(p))
+    left = integrity.errors(after)
+    if left:
+        raise DamagedStoreError(f"{len(left)} problem(s) need a decision; see the fixes above")
+    click.echo(f"ok: {integrity.summary(st)}")
+
+
 @click.command()
 @click.argument("query")
 @STORE_OPTION
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown"]), default="table")
 @click.option("--max-rows", type=int, default=100, show_default=True)
 def sql(query: str, store_path: Path | None, fmt: str, max_rows: int) -> None:
-    """Run a DuckDB QUERY over the store's tables and print the result.
+    """Run a read-only DuckDB QUERY over the store's tables and print the result.
 
     Views: patches, patch_images, folds, embedding_sets, emb_<recipe_id>, runs, predictions.
+    Only SELECT, EXPLAIN, DESCRIBE, SHOW and SUMMARIZE run; files outside the store are not reachable.
 
     Example: mitoprobe sql "select dataset, split, count(*) from patches group by all"
     """
