@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -105,6 +106,9 @@ def _run_local(st, model, transform, patch_ids, views, device, dtype, batch_size
     pixel_views = model is None
     images = st.images(patch_ids)
     pngs = [images[p] for p in patch_ids]
+    # The workers only decode PNGs; they never touch LanceDB, whose "fork support is experimental"
+    # warning (an earlier set's table build started its runtime in this process) is noise here.
+    warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
     loader = DataLoader(_Dataset(pngs, Prepare(transform, views, pixel_views)), batch_size=batch_size,
                         num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
                         pin_memory=device.startswith("cuda"), persistent_workers=False,
