@@ -24,6 +24,10 @@ PAPER_MODEL_NAMES = {"virchow.hf": "Virchow", "virchow2.hf": "Virchow2", "hoptim
                      "uni2_h.hf": "uni2-h", "efficientnetv2_m.random": "efficientnetv2_m",
                      "swin_base.hf": "swin_base_patch4_window7_224", "vit_large.hf": "vit_large_patch16_224"}
 PAPER_FAMILY = {"probe": "linear_probe", "finetune": "lora"}
+# our family -> the paper's families it is compared with: Δ vs paper is our mean balanced accuracy minus
+# the best of these published rows on the same test set (any model)
+PAPER_COMPARABLE = {"probe": ("linear_probe",), "finetune": ("lora", "end_to_end")}
+DELTA_COLUMNS = ["delta_vs_paper", "paper_best_balanced_accuracy", "paper_best_model", "paper_best_family"]
 PAPER_HEADS = {"linear_probe": "torch linear (paper)", "lora": "LoRA (paper)", "end_to_end": "full fine-tune (paper)"}
 NUMERIC = ["n_folds", "balanced_accuracy_mean", "balanced_accuracy_std", "auroc_mean", "auroc_std",
            "auprc_mean", "brier_mean", "ece_mean", "kappa_experts_mean",
@@ -127,7 +131,39 @@ def leaderboard(store, model: str | None = None, family: str | None = None, with
     df["_t"] = df["test_set"].map(order).fillna(len(order))
     df["_s"] = (df["source"] != "mitoprobe").astype(int)
     df = df.sort_values(["_t", "_s", "balanced_accuracy_mean"], ascending=[True, True, False])
-    return df.drop(columns=["_t", "_s"]).reset_index(drop=True)
+    return add_delta_vs_paper(df.drop(columns=["_t", "_s"]).reset_index(drop=True))
+
+
+def paper_best() -> pd.DataFrame:
+    """The best published row per (our family, test set) among the paper's comparable families
+    (``PAPER_COMPARABLE``): columns family, test_set, paper_best_balanced_accuracy, paper_best_model,
+    paper_best_family."""
+    ref = paper_results()
+    rows = []
+    for ours, theirs in PAPER_COMPARABLE.items():
+        sub = ref[ref["family"].isin(theirs)].sort_values("balanced_accuracy_mean", ascending=False, kind="mergesort")
+        for ts, g in sub.groupby("dataset", sort=False):
+            b = g.iloc[0]
+            rows.append(dict(family=ours, test_set=ts, paper_best_balanced_accuracy=float(b["balanced_accuracy_mean"]),
+                             paper_best_model=b["model"], paper_best_family=b["family"]))
+    return pd.DataFrame(rows, columns=["family", "test_set", *DELTA_COLUMNS[1:]])
+
+
+def add_delta_vs_paper(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``delta_vs_paper`` (our mean balanced accuracy minus the best comparable paper row
+    on the same test set, see ``paper_best``) and that paper row's BA, model and family, on our rows
+    (``source == 'mitoprobe'``); empty (NaN/None) on the paper's rows and on families the paper has no
+    counterpart for. Idempotent."""
+    df = df.drop(columns=[c for c in DELTA_COLUMNS if c in df]).copy()
+    best = paper_best().set_index(["family", "test_set"])
+    ours = (df["source"] == "mitoprobe").to_numpy() if len(df) else np.zeros(0, bool)
+    keys = pd.MultiIndex.from_arrays([df["family"].astype(object), df["test_set"].astype(object)]) if len(df) else None
+    for c in DELTA_COLUMNS[1:]:
+        vals = best[c].reindex(keys).to_numpy() if len(df) else np.zeros(0)
+        df[c] = pd.Series(np.where(ours, vals, None), index=df.index, dtype=float if c.endswith("accuracy")
+                          else object)
+    df["delta_vs_paper"] = pd.to_numeric(df["balanced_accuracy_mean"], errors="coerce") - df["paper_best_balanced_accuracy"]
+    return df
 
 
 def out_of_fold_scores(store, ensemble_runs: pd.DataFrame) -> pd.DataFrame:
@@ -175,13 +211,25 @@ def _ci(v, lo, hi) -> str:
     return "" if pd.isna(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def nan_col(df: pd.DataFrame) -> pd.Series:
+    return pd.Series(np.nan, index=df.index)
+
+
+def _delta(d, model) -> str:
+    return "" if pd.isna(d) else f"{d:+.3f} ({model})"
+
+
 def format_board(df: pd.DataFrame) -> pd.DataFrame:
     """Strings for the terminal/markdown: mean ± std over folds, ensemble with its 95% CI."""
     return pd.DataFrame({
         "test set": df["test_set"], "source": df["source"], "model": df["model"], "head": df["head"],
         "pooling": df["pooling"].fillna("") + np.where(df["tta"].fillna(False).astype(bool), "+tta", ""),
         "bal. acc. (folds)": [_pm(a, b) for a, b in zip(df["balanced_accuracy_mean"], df["balanced_accuracy_std"])],
+        "Δ bal. acc. vs paper best": [_delta(*r) for r in zip(df.get("delta_vs_paper", nan_col(df)),
+                                                              df.get("paper_best_model", nan_col(df)))],
         "AUROC (folds)": [_pm(a, b) for a, b in zip(df["auroc_mean"], df["auroc_std"])],
+        "AUPRC": [("" if pd.isna(v) else f"{v:.3f}") for v in df["auprc_mean"]],
+        "Brier": [("" if pd.isna(v) else f"{v:.3f}") for v in df["brier_mean"]],
         "ensemble bal. acc. [95% CI]": [_ci(*r) for r in zip(df["ensemble_balanced_accuracy"],
                                                               df["ensemble_balanced_accuracy_ci_low"],
                                                               df["ensemble_balanced_accuracy_ci_high"])],

@@ -25,6 +25,7 @@ import embedder
 from store import Fingerprint, Store, paths
 from store.dataset import check_png, pixels_sha256
 from store.errors import StoreError
+from store.features import SEARCH_STATS_FILE
 from store.hashing import bytes_sha256
 from store.schema import VOTE_COLUMNS
 
@@ -271,15 +272,66 @@ def projection_methods() -> list[str]:
 
 
 def neighbours(root: str, stamp_: Fingerprint, recipe_id: str, output: str, query: bytes, k: int) -> pd.DataFrame:
-    """The k nearest stored patches (LanceDB, cosine distance) to a float32 query vector."""
-    return _neighbours(root, stamp_.set(recipe_id), recipe_id, output, query, k)
+    """The k nearest stored patches (LanceDB, cosine distance between *standardised* vectors: z-scored
+    with the set's AMi-Br-train statistics, ``FeatureStore.search``) to a raw float32 query vector."""
+    return _neighbours(root, _search_key(root, stamp_, recipe_id), recipe_id, output, query, k)
+
+
+def _search_key(root: str, stamp_: Fingerprint, recipe_id: str) -> tuple:
+    """The set's fingerprint plus its search statistics' stat: ``store repair`` rebuilds the LanceDB
+    table and rewrites the statistics without touching the parts the fingerprint watches."""
+    fs = Store(root).features
+    try:
+        s = (fs.dir / recipe_id / SEARCH_STATS_FILE).stat()
+        return (stamp_.set(recipe_id), s.st_mtime_ns, s.st_size)
+    except OSError:
+        return (stamp_.set(recipe_id), None)
 
 
 @st.cache_data(show_spinner="Searching…", max_entries=256)
 def _neighbours(root: str, key: tuple, recipe_id: str, output: str, query: bytes, k: int) -> pd.DataFrame:
     fs = Store(root).features
     vec = np.frombuffer(query, dtype=np.float32)
-    return fs.search(fs.get(recipe_id), vec, output=output, k=k, view="none")
+    return fs.search(fs.get(recipe_id), vec, output=output, k=k, view="none", standardized=True)
+
+
+def search_matrix(root: str, stamp_: Fingerprint, recipe_id: str, output: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """Keys and the unit-length standardised vectors (``view == 'none'``) that search compares:
+    the raw matrix of ``embedding_matrix`` z-scored with the set's search statistics."""
+    return _search_matrix(root, _search_key(root, stamp_, recipe_id), stamp_.set(recipe_id), recipe_id, output)
+
+
+@st.cache_resource(show_spinner="Standardising embeddings…", max_entries=8)
+def _search_matrix(root: str, key: tuple, set_key: tuple, recipe_id: str, output: str
+                   ) -> tuple[pd.DataFrame, np.ndarray]:
+    fs = Store(root).features
+    keys, X = _embedding_matrix(root, set_key, recipe_id, output, "none")
+    return keys, _unit(fs.standardize(fs.get(recipe_id), output, X))
+
+
+def _unit(Z: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(Z, axis=-1, keepdims=True)
+    return np.ascontiguousarray(Z / np.where(norm > 0, norm, 1.0), dtype=np.float32)
+
+
+def distance_percentiles(root: str, stamp_: Fingerprint, recipe_id: str, output: str, query: np.ndarray,
+                         patch_ids, exclude=()) -> np.ndarray:
+    """For each of ``patch_ids``, the share (0-100) of the set's stored patches (``view == 'none'``,
+    less ``exclude``: the query itself) that lie *farther* from the query than it does, by cosine
+    distance between standardised vectors: 99.2 reads "closer than 99.2% of stored patches". One
+    matrix-vector product over the cached standardised matrix (``search_matrix``)."""
+    fs = Store(root).features
+    keys, Zn = search_matrix(root, stamp_, recipe_id, output)
+    q = _unit(fs.standardize(fs.get(recipe_id), output, np.asarray(query, np.float32)[None, :]))[0]
+    d = 1.0 - Zn @ q
+    pids = keys["patch_id"].to_numpy()
+    ref = np.sort(d[~np.isin(pids, list(exclude))])
+    row = pd.Series(np.arange(len(pids)), index=pids)
+    out = np.full(len(patch_ids), np.nan)
+    for i, pid in enumerate(patch_ids):
+        if pid in row.index and len(ref):
+            out[i] = 100.0 * (len(ref) - np.searchsorted(ref, d[row[pid]], side="right")) / len(ref)
+    return out
 
 
 # -- embedding an uploaded image -----------------------------------------------------------------

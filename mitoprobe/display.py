@@ -56,7 +56,7 @@ def print_report(store, fmt: str = "table", model: str | None = None, family: st
         return
     pretty = format_board(board)
     if fmt == "markdown":
-        click.echo(pretty.to_markdown(index=False))
+        click.echo(pretty.to_markdown(index=False, disable_numparse=True))  # keep "1.000", not "1"
     else:
         print_frame(pretty, title="leaderboard: mean ± std (ddof=0, as the paper) over 5 fold models; "
                     "fold ensemble with 95% bootstrap CI")

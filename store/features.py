@@ -6,10 +6,13 @@ Layout under ``<store>/embeddings/<recipe_id>/``::
                          output names and dimensions
     part-*.parquet       patch_id, view, one fixed-size-list column per output (e.g. cls, mean)
     COMPLETE             written once every patch x view is in (carries the row count)
+    search_stats.json    the per-dimension mean/std that standardise vectors for similarity search
+                         (computed on the AMi-Br train patches; see ``FeatureStore.build_lance``)
 
 Parts are written atomically one chunk at a time, so a killed job loses at most the chunk in
 flight and a resumed job appends only the missing (patch_id, view) keys: no loss, no duplicates.
-The LanceDB table ``<store>/lance/<recipe_id>.lance`` is rebuilt from the parts on finalise.
+The LanceDB table ``<store>/lance/<recipe_id>.lance`` is rebuilt from the parts on finalise; beside
+each raw output column it holds the standardised copy ``<output>__z`` that search uses by default.
 
 One writer per set: ``FeatureStore.writer`` takes the set's lock (``store/lock.py``) before its first
 write; a second job gets :class:`StoreLockedError` naming the holder. Readers refuse what they cannot
@@ -45,6 +48,22 @@ log = logging.getLogger(__name__)
 
 ANN_MIN_ROWS = 50_000  # below this, exact (brute-force) search is both fast and exact
 ANN_DEFAULT_INDEX = "IVF_HNSW_SQ"
+SEARCH_STATS_FILE = "search_stats.json"
+SEARCH_STATS_VERSION = 1
+Z_SUFFIX = "__z"  # the LanceDB column of an output's standardised vectors: "<output>__z"
+STATS_DATASET, STATS_SPLIT = "AMi-Br", "train"  # the rows whose mean/std standardise every vector
+
+
+def z_column(output: str) -> str:
+    """The LanceDB column holding ``output``'s standardised (z-scored) search vectors."""
+    return output + Z_SUFFIX
+
+
+def standardize(X: np.ndarray, mean, std) -> np.ndarray:
+    """``(X - mean) / std`` per dimension, computed in float64, returned as float32; ``std`` already
+    has its zeros replaced by 1. The one implementation: the table's columns, a query, the dashboard."""
+    X = np.asarray(X, dtype=np.float64)
+    return ((X - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -380,16 +399,117 @@ class FeatureStore:
     def lance_path(self, recipe_id: str) -> Path:
         return self.lance_dir / f"{recipe_id}.lance"
 
+    def search_stats_path(self, eset: EmbeddingSet) -> Path:
+        return eset.path / SEARCH_STATS_FILE
+
+    def compute_search_stats(self, eset: EmbeddingSet, table: pa.Table | None = None) -> dict:
+        """Per output, the mean and std per dimension of the set's vectors of the AMi-Br *train*
+        patches (``patches.parquet``: dataset == "AMi-Br" and split == "train"; the ``none`` view
+        when the set has it, else every view), the rows that fit the probes: test and hold-out
+        patches never move the statistics. When the store holds fewer than 2 such rows (no
+        ``patches.parquet``, or a set of other patches), every row of the set is used and the record
+        says so (``basis`` "all rows", ``fallback``). A zero std is stored as 1 (that dimension is
+        only centred). Deterministic (no timestamp): a rebuild from the same rows writes the same bytes.
+        ``DamagedStoreError`` when ``patches.parquet`` cannot be read."""
+        from .store import PATCHES_FILE  # store.py imports this module
+
+        table = table if table is not None else self.read_table(eset)
+        pids = np.asarray(table["patch_id"].to_pylist(), dtype=object)
+        views = np.asarray(table["view"].to_pylist(), dtype=object)
+        view_mask = views == "none" if (views == "none").any() else np.ones(len(views), dtype=bool)
+        used_views = sorted(set(views[view_mask].tolist()))
+        patches_file = self.root / PATCHES_FILE
+        fallback = None
+        if patches_file.is_file():
+            with read_guard(patches_file):
+                meta = pq.read_table(patches_file, columns=["patch_id", "dataset", "split"]).to_pandas()
+            train = set(meta.loc[(meta["dataset"] == STATS_DATASET) & (meta["split"] == STATS_SPLIT), "patch_id"])
+            mask = view_mask & np.fromiter((p in train for p in pids), dtype=bool, count=len(pids))
+            if mask.sum() < 2:
+                fallback = f"{int(mask.sum())} of the set's rows are {STATS_DATASET} {STATS_SPLIT} patches"
+        else:
+            fallback = f"the store has no {PATCHES_FILE}"
+        if fallback is not None:
+            mask = view_mask
+            log.warning("set %s: search statistics from all %d rows (%s)", eset.name, int(mask.sum()), fallback)
+        idx = np.flatnonzero(mask)
+        outputs = {}
+        for out, dim in eset.outputs.items():
+            X = table[out].combine_chunks().flatten().to_numpy().reshape(table.num_rows, dim)[idx]
+            X = X.astype(np.float64)
+            mean = X.mean(axis=0) if len(X) else np.zeros(dim)
+            std = X.std(axis=0) if len(X) else np.ones(dim)
+            zero = ~(std > 0)
+            std[zero] = 1.0
+            outputs[out] = {"mean": mean.tolist(), "std": std.tolist(), "zero_std_dims": int(zero.sum())}
+        return {
+            "version": SEARCH_STATS_VERSION,
+            "recipe_id": eset.recipe_id,
+            "basis": "all rows" if fallback else f"{STATS_DATASET} {STATS_SPLIT}",
+            "fallback": fallback,
+            "rows": int(len(idx)),
+            "patches": int(len(set(pids[idx].tolist()))),
+            "views": used_views,
+            "table_rows": int(table.num_rows),
+            "outputs": outputs,
+        }
+
+    def search_stats(self, eset: EmbeddingSet) -> dict:
+        """The set's ``search_stats.json`` (written by ``build_lance``), checked; a
+        ``DamagedStoreError`` pointing at ``store repair`` when it is missing or unreadable."""
+        p = self.search_stats_path(eset)
+        if not p.is_file():
+            raise DamagedStoreError(f"{p}: set {eset.name} has no search statistics (its LanceDB table was built "
+                                    "by an older mitoprobe); run `mitoprobe store repair --yes` to rebuild it")
+        with read_guard(p):
+            info = json.loads(p.read_text())
+        with read_guard(p, "is not a valid search-statistics record", errors=(ValueError, TypeError, KeyError,
+                                                                               AttributeError)):
+            if not isinstance(info, dict) or info.get("version") != SEARCH_STATS_VERSION:
+                raise ValueError(f"version is {info.get('version') if isinstance(info, dict) else None!r}")
+            for out, dim in eset.outputs.items():
+                o = info["outputs"][out]
+                if len(o["mean"]) != dim or len(o["std"]) != dim or not all(v > 0 for v in o["std"]):
+                    raise ValueError(f"output {out}: mean/std do not have {dim} dimensions with std > 0")
+        return info
+
+    def standardize(self, eset: EmbeddingSet, output: str, X: np.ndarray, stats: dict | None = None) -> np.ndarray:
+        """Raw vectors of ``output`` (one row or a matrix) z-scored exactly like the set's search column."""
+        o = (stats or self.search_stats(eset))["outputs"][output]
+        return standardize(X, o["mean"], o["std"])
+
     def build_lance(self, eset: EmbeddingSet) -> None:
         """(Re)build the set's LanceDB table from its Parquet parts (Lance writes are versioned,
-        so an interrupted overwrite leaves the previous version readable)."""
-        db = self._lance()
+        so an interrupted overwrite leaves the previous version readable).
+
+        Besides each raw output column the table holds ``<output>__z``: the vectors z-scored per
+        dimension with the AMi-Br-train statistics (``compute_search_stats``), written first to
+        ``search_stats.json`` (atomically) so a query can be standardised the same way. Raw cosine
+        is meaningless when one dimension dwarfs the others (``handcrafted``: one feature averages
+        |x| ~ 689 against a median of 0.43). The standardised vectors are extra *columns* of the one
+        table rather than a second table: one versioned overwrite keeps raw and standardised rows
+        identical in set and order, the integrity check's row count and sample cover both, and
+        repair has one thing to rebuild. The Parquet parts (the canonical vectors) are never touched.
+        Above ``ANN_MIN_ROWS`` the ANN index is built on the ``__z`` columns, the ones searched by
+        default; raw search is then an exact scan."""
         table = self.read_table(eset)
+        clash = [z_column(o) for o in eset.outputs if z_column(o) in table.column_names]
+        if clash:
+            raise StoreError(f"set {eset.name}: output names {clash} collide with the search columns")
+        stats = self.compute_search_stats(eset, table)
+        lance_table = table
+        for out, dim in eset.outputs.items():
+            X = table[out].combine_chunks().flatten().to_numpy().reshape(table.num_rows, dim)
+            Z = self.standardize(eset, out, X, stats)
+            lance_table = lance_table.append_column(
+                z_column(out), pa.FixedSizeListArray.from_arrays(pa.array(Z.reshape(-1), pa.float32()), dim))
+        write_json(stats, self.search_stats_path(eset))
+        db = self._lance()
         with env_errors(self.lance_path(eset.recipe_id)):
-            tbl = db.create_table(eset.recipe_id, data=table, mode="overwrite")
+            tbl = db.create_table(eset.recipe_id, data=lance_table, mode="overwrite")
             if table.num_rows >= ANN_MIN_ROWS:
                 for out, dim in eset.outputs.items():
-                    create_ann_index(tbl, out, dim, table.num_rows)
+                    create_ann_index(tbl, z_column(out), dim, table.num_rows)
 
     def lance_table(self, eset: EmbeddingSet):
         where = self.lance_path(eset.recipe_id)
@@ -404,9 +524,14 @@ class FeatureStore:
                               "--yes` to rebuild it)") from exc
 
     def search(self, eset: EmbeddingSet, query: np.ndarray, output: str | None = None, k: int = 10,
-               view: str = "none") -> pd.DataFrame:
-        """The k nearest stored vectors (cosine distance) to ``query`` in one output column.
+               view: str = "none", standardized: bool = True) -> pd.DataFrame:
+        """The k nearest stored vectors (cosine distance) to the raw vector ``query`` in one output.
 
+        ``standardized`` (the default) searches the ``<output>__z`` column: the query is z-scored
+        with the set's AMi-Br-train statistics (``search_stats.json``) and compared with the stored
+        vectors z-scored the same way; ``standardized=False`` compares raw vectors. A table built
+        before the standardised columns existed is refused (``DamagedStoreError``: run
+        ``mitoprobe store repair --yes``); a reader never rebuilds it (that needs the set's lock).
         Exact (flat) search below ``ANN_MIN_ROWS`` rows or when the column has no index; the ANN
         index with the parameters of ``ann_params`` above it.
         """
@@ -414,11 +539,24 @@ class FeatureStore:
         if output not in eset.outputs:
             raise StoreError(f"set {eset.name} has outputs {list(eset.outputs)}, not {output!r}")
         tbl = self.lance_table(eset)
-        with read_guard(self.lance_path(eset.recipe_id), "cannot be searched", errors=(RuntimeError, OSError)):
+        where = self.lance_path(eset.recipe_id)
+        column = output
+        query = np.asarray(query, dtype=np.float32)
+        if standardized:
+            column = z_column(output)
+            with read_guard(where, "cannot be read", errors=(RuntimeError, OSError)):
+                names = tbl.schema.names
+            if column not in names:
+                raise DamagedStoreError(
+                    f"{where}: the LanceDB table of set {eset.name} has no standardised search column {column!r} "
+                    "(built by an older mitoprobe); run `mitoprobe store repair --yes` to rebuild it from the "
+                    "Parquet parts (or search the raw vectors with standardized=False)")
+            query = self.standardize(eset, output, query)
+        with read_guard(where, "cannot be searched", errors=(RuntimeError, OSError)):
             n = tbl.count_rows()
-            indexed = any(output in ix.columns for ix in tbl.list_indices())
+            indexed = any(column in ix.columns for ix in tbl.list_indices())
             params = ann_params(n, eset.outputs[output]) if indexed and n >= ANN_MIN_ROWS else None
-            q = (tbl.search(np.asarray(query, dtype=np.float32), vector_column_name=output)
+            q = (tbl.search(query, vector_column_name=column)
                  .distance_type("cosine").where(f"view = '{view.replace(chr(39), chr(39) * 2)}'", prefilter=True)
                  .select([*KEY_COLUMNS, "_distance"]).limit(k))
             return apply_search_params(q, params).to_pandas().rename(columns={"_distance": "distance"})

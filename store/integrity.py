@@ -6,7 +6,7 @@ schema (``store/schema.py``; result parts may lack newer columns), each embeddin
 ``recipe.json`` parses and names its folder, its row count equals its ``COMPLETE`` record, no
 (patch_id, view) key is stored twice, every key's patch exists, ``folds.parquet`` lists the AMi-Br
 train patches in ``train_row`` order, and every LanceDB table matches its Parquet vectors (row count
-and a sample of rows). Warnings (an interrupted embedding job, folds to recompute) are reported but
+and a sample of rows), standardised search columns and ``search_stats.json`` included. Warnings (an interrupted embedding job, folds to recompute) are reported but
 are not damage.
 
 :func:`repair` plans (``dry_run``, the default) or takes these actions, and never deletes: a file it
@@ -17,7 +17,9 @@ takes out moves to ``<store>/quarantine/<timestamp>/<its relative path>``.
   keys, rewritten without the duplicates first (nothing readable is lost);
 * ``COMPLETE``: rewritten from the readable rows when every patch x view is there, else removed
   (quarantined) so the next ``mitoprobe embed`` recomputes what is missing;
-* a missing, unreadable or stale LanceDB table: rebuilt from the Parquet parts;
+* a missing, unreadable or stale LanceDB table, or one without the standardised search columns
+  (built by an older mitoprobe) or whose ``search_stats.json`` is missing or disagrees: rebuilt from
+  the Parquet parts (which also rewrites the statistics);
 * a ``folds.parquet`` that no longer matches the patches: quarantined (the classifiers recompute
   the folds deterministically on next use).
 
@@ -41,7 +43,7 @@ import pyarrow.parquet as pq
 from . import schema
 from .atomic import READ_ERRORS, write_json, write_parquet
 from .errors import DamagedStoreError, StoreLockedError
-from .features import EmbeddingSet, parse_recipe_json
+from .features import EmbeddingSet, parse_recipe_json, z_column
 from .lock import describe
 from .results import KEYS, RESULT_TABLES, SCHEMAS
 
@@ -266,6 +268,7 @@ def _scan_lance(st, s: _Set) -> str | None:
             return f"has {n} rows, the Parquet parts {s.rows}"
         if not s.sample:
             return None
+        z_missing = [z_column(o) for o in s.eset.outputs if z_column(o) not in tbl.schema.names]
         ids = sorted({pid for pid, _ in s.sample})
         quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
         got = tbl.search().where(f"patch_id IN ({quoted})").limit(len(ids) * max(1, len(s.views)) * 4).to_arrow()
@@ -275,6 +278,17 @@ def _scan_lance(st, s: _Set) -> str | None:
             for out, vec in vectors.items():
                 if row is None or not np.array_equal(np.asarray(row[out], np.float32), np.asarray(vec, np.float32)):
                     return f"differs from the Parquet parts at {key}"
+        if z_missing:
+            return f"lacks the standardised search column(s) {z_missing} (built by an older mitoprobe)"
+        try:
+            stats = st.features.search_stats(s.eset)
+        except DamagedStoreError as exc:
+            return f"has no valid search statistics ({getattr(exc, 'reason', None) or exc})"
+        for key, vectors in sorted(s.sample.items()):
+            for out, vec in vectors.items():
+                want = st.features.standardize(s.eset, out, np.asarray(vec, np.float32), stats)
+                if not np.allclose(np.asarray(lance_rows[key][z_column(out)], np.float32), want, rtol=1e-5, atol=1e-5):
+                    return f"standardised column {z_column(out)!r} disagrees with search_stats.json at {key}"
     except (*READ_ERRORS, KeyError) as exc:
         return "cannot be read: " + (" ".join(str(exc).split())[:200] or type(exc).__name__)
     return None

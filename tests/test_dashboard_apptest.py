@@ -115,6 +115,10 @@ def test_similarity_gallery_pick(full_store, monkeypatch):
     at = open_page(full_store.root, "similarity", monkeypatch)
     hits = at.dataframe[0].value
     assert len(hits) == 12 and hits["distance"].is_monotonic_increasing
+    # percentiles of the hits' distances among the query's distances to every stored patch
+    closer = hits["closer_than"]
+    assert closer.between(0, 100).all() and closer.is_monotonic_decreasing and closer.iloc[0] > 90
+    assert any("closer than" in c.value for c in at.caption)
     first = at.text_input[0].value
     assert first not in set(hits["patch_id"])  # the query itself is left out
     picks = [b for b in at.button if b.label == "Search"]
@@ -138,6 +142,21 @@ def test_similarity_upload_embeds_on_the_fly(full_store, monkeypatch):
     assert not at.exception and not at.error
     hits = at.dataframe[0].value
     assert hits["patch_id"].iloc[0] == pid and hits["distance"].iloc[0] == pytest.approx(0, abs=1e-5)
+    n = len(full_store.patches())
+    assert hits["closer_than"].iloc[0] == pytest.approx(100 * (n - 1) / n)  # only itself is as close
+
+
+def test_similarity_on_a_table_without_search_columns(full_store, tmp_path, monkeypatch):
+    """A LanceDB table built before standardised search: the page says to run `store repair`."""
+    import shutil
+
+    from store import Store
+
+    st = Store(shutil.copytree(full_store.root, tmp_path / "old"))
+    eset = st.features.sets()[0]
+    st.features._lance().create_table(eset.recipe_id, data=st.features.read_table(eset), mode="overwrite")
+    at = open_page(st.root, "similarity", monkeypatch)
+    assert any("mitoprobe store repair --yes" in e.value for e in at.error), [e.value for e in at.error]
 
 
 def test_similarity_upload_refused_when_recipe_changed(full_store, monkeypatch):
@@ -188,3 +207,136 @@ def test_errors_none_wrong(full_store, monkeypatch):
     at = open_page(full_store.root, "errors", monkeypatch)
     at.selectbox[0].set_value("fam-oracle").run()
     assert any("No misclassified" in s.value for s in at.success) and not at.dataframe
+
+
+# -- leaderboard: Δ vs paper, no "None" cells, the compact view, the cards --------------------------
+def _paper_best_ba(family: str, test_set: str) -> tuple[float, str]:
+    """The best published mean BA of the paper families our ``family`` compares with (from the CSV)."""
+    from classifiers.report import paper_results
+
+    ref = paper_results()
+    theirs = {"probe": ["linear_probe"], "finetune": ["lora", "end_to_end"]}[family]
+    ref = ref[ref["family"].isin(theirs) & (ref["dataset"] == test_set)]
+    best = ref.loc[ref["balanced_accuracy_mean"].idxmax()]
+    return float(best["balanced_accuracy_mean"]), str(best["model"])
+
+
+def test_leaderboard_delta_vs_paper_and_empty_cells(full_store, monkeypatch):
+    at = open_page(full_store.root, "leaderboard", monkeypatch)
+    table = at.dataframe[0]
+    df = table.value
+    ours = df[df["source"] == "mitoprobe"]
+    assert len(ours) == len(FAMILIES) * 3
+    for _, row in ours.iterrows():
+        ba, model = _paper_best_ba(row["family"], row["test_set"])
+        assert row["delta_vs_paper"] == pytest.approx(row["balanced_accuracy_mean"] - ba)
+        assert row["paper_best_model"] == model
+    assert df.loc[df["source"] == "paper", "delta_vs_paper"].isna().all()
+    shown = list(table.proto.column_order)
+    assert {"delta_vs_paper", "auprc_mean", "brier_mean"} <= set(shown)
+    assert shown[:4] == ["source", "model", "head", "test_set"]  # the pinned key columns first
+    # missing values render as empty cells, never "None"/"nan" (paper rows have no AUPRC, pooling, ...)
+    assert table.proto.placeholder == ""
+    assert df[shown].isna().any().any()  # there are missing values to leave empty
+    text = df[shown].select_dtypes(exclude="number").astype(object)
+    assert not text.isin(["None", "nan", "NaN", "<NA>"]).any().any()
+    # grouped: within each test set our rows come before the paper's
+    for _, g in df.groupby("test_set"):
+        src = g["source"].tolist()
+        assert src == sorted(src, key=lambda s: s != "mitoprobe")
+
+
+def test_leaderboard_compact_view_and_cards(full_store, monkeypatch):
+    at = open_page(full_store.root, "leaderboard", monkeypatch)
+    board = at.dataframe[0].value
+    # the "Best on" cards: one per test set, each with the paper's best for reference
+    cards = {m.label: m for m in at.metric}
+    assert sorted(cards) == ["Best on AMi-Br-test", "Best on AtNorM-Br", "Best on AtNorM-MD"]
+    captions = " ".join(c.value for c in at.caption)
+    for ts in ("AMi-Br-test", "AtNorM-Br", "AtNorM-MD"):
+        ba, model = _paper_best_ba("probe", ts)
+        assert f"paper best: {ba:.3f} ({model}" in captions
+        ours = board[(board["source"] == "mitoprobe") & (board["test_set"] == ts)]
+        assert cards[f"Best on {ts}"].value == f"{ours['balanced_accuracy_mean'].max():.3f}"
+        assert cards[f"Best on {ts}"].proto.delta == f"{ours['balanced_accuracy_mean'].max() - ba:+.3f} vs paper"
+    # the compact view: rows = model · head, one column per test set, cells = mean BA
+    compact = next(t for t in at.toggle if t.label == "Compact")
+    compact.set_value(True).run()
+    assert not at.exception
+    table = at.dataframe[0]
+    pivot = table.value
+    sets = [c for c in table.proto.column_order if c not in ("source", "row")]
+    assert sets == ["AMi-Br-test", "AtNorM-Br", "AtNorM-MD"]
+    assert table.proto.placeholder == ""
+    assert len(pivot) == board.drop_duplicates("family_id").shape[0]
+    row = pivot[pivot["row"].str.contains("logreg")].iloc[0]
+    want = board[(board["head"] == "logreg")].set_index("test_set")["balanced_accuracy_mean"]
+    for ts in sets:
+        assert row[ts] == pytest.approx(want[ts])
+    assert pivot["source"].tolist() == sorted(pivot["source"], key=lambda s: s != "mitoprobe")  # ours first
+    at.multiselect[2].set_value(["AtNorM-MD"]).run()  # a test-set filter leaves one column
+    assert [c for c in at.dataframe[0].proto.column_order if c not in ("source", "row")] == ["AtNorM-MD"]
+
+
+# -- one colour per run family on every chart ------------------------------------------------------
+def _colours(spec) -> dict[str, str]:
+    """label -> colour from every explicit colour scale (domain/range) in a Vega-Lite spec."""
+    found: dict[str, str] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            enc = node.get("encoding", {}).get("color", {})
+            scale = enc.get("scale") if isinstance(enc, dict) else None
+            if isinstance(scale, dict) and "domain" in scale and "range" in scale and enc.get("field") == "label":
+                for d, r in zip(scale["domain"], scale["range"]):
+                    assert found.setdefault(d, r) == r, f"{d} has two colours in one chart"
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(spec)
+    return found
+
+
+def test_family_colours_are_stable_and_shared():
+    import pandas as pd
+
+    from dashboard import charts
+
+    # a stable hash (not Python's salted hash()): the same colour in every process and rerun
+    assert charts.family_colour("fam-logreg") == charts.family_colour("fam-logreg") in charts.FAMILY_PALETTE
+    assert charts.family_colour("paper:linear_probe:uni") in charts.PAPER_PALETTE
+    assert not set(charts.PAPER_PALETTE) & set(charts.FAMILY_PALETTE)
+    fams = {"fam-a": "model a · logreg", "fam-b": "model b · knn", "paper:linear_probe:uni": "paper · uni"}
+    pts = pd.DataFrame([dict(label=lab, family_id=f, test_set=ts, source="paper" if f.startswith("paper") else
+                             "mitoprobe", balanced_accuracy_mean=0.7, balanced_accuracy_std=0.01)
+                        for f, lab in fams.items() for ts in charts.TEST_SET_ORDER])
+    curve = pd.DataFrame([dict(label=lab, family_id=f, fpr=x, tpr=x, order=i) for f, lab in list(fams.items())[1::-1]
+                          for i, x in enumerate((0.0, 0.5, 1.0))])  # other families, another order
+    a = _colours(charts.metric_points(pts, {"balanced_accuracy": "BA"}).to_dict())
+    b = _colours(charts.curves(curve, "fpr", "tpr", "fpr", "tpr", True).to_dict())
+    want = {lab: charts.family_colour(f) for f, lab in fams.items()}
+    assert a == want and b == {k: want[k] for k in b} and len(b) == 2
+
+
+def test_compare_charts_share_family_colours(full_store, monkeypatch):
+    import json
+
+    from dashboard import charts
+
+    at = open_page(full_store.root, "compare", monkeypatch)
+    specs = lambda: [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]  # noqa: E731
+    points, roc, pr = (_colours(s) for s in specs())
+    labels = {f"handcrafted · {h} · pooling=all": f for f, h, _ in FAMILIES}
+    ours = {lab: charts.family_colour(f) for lab, f in labels.items()}
+    assert roc == pr == ours
+    assert {k: points[k] for k in ours} == ours
+    paper = {k: v for k, v in points.items() if k not in ours}
+    assert paper and set(paper.values()) <= set(charts.PAPER_PALETTE)  # the paper's rows in grey/black
+    at.get("segmented_control")[0].set_value("Confusion & calibration").run()
+    assert _colours(specs()[-1]) == ours  # the reliability diagram
+    at.get("segmented_control")[0].set_value("Model vs experts").run()
+    kappa = json.dumps(specs()[-1])
+    assert all(json.dumps(c)[1:-1] in kappa for c in ours.values())  # model rows labelled in their colour

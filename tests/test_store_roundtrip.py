@@ -104,7 +104,7 @@ def test_exact_search_small_set(filled):
     st, expected, vec = filled
     eset = st.features.get("abc123")
     q = vec["cls"][3]
-    hits = st.features.search(eset, q, output="cls", k=5, view="none")
+    hits = st.features.search(eset, q, output="cls", k=5, view="none", standardized=False)  # raw cosine
     X = vec["cls"][: len(vec["cls"]) // 2]  # the "none" view rows
     sims = X @ q / (np.linalg.norm(X, axis=1) * np.linalg.norm(q))
     want = expected["patch_id"].iloc[np.argsort(-sims)[:5]].tolist()
@@ -126,7 +126,8 @@ def test_ann_index_once_large(tiny_store, monkeypatch):
     eset = w.finalize(expected_rows=n)
     tbl = tiny_store.features.lance_table(eset)
     assert [ix.index_type for ix in tbl.list_indices()] == ["IvfHnswSq"]
-    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    Z = tiny_store.features.standardize(eset, "cls", X)  # search compares standardised vectors by default
+    Xn = Z / np.linalg.norm(Z, axis=1, keepdims=True)
     hits = 0
     for i in range(0, n, 150):
         truth = set(np.array(ids)[np.argsort(-(Xn @ Xn[i]))[:10]])

@@ -29,7 +29,8 @@ if not chosen:
     st.stop()
 
 st.subheader("Across the three test sets")
-st.caption("Mean ± std over the five fold models (paper rows: as published).")
+st.caption("Mean ± std over the five fold models (paper rows: as published, in grey/black with their own "
+           "shapes and dashed bars). Each run family keeps one colour on every chart.")
 pts = board[board["family_id"].isin(chosen + chosen_paper)]
 st.altair_chart(charts.metric_points(pts, {"balanced_accuracy": "balanced accuracy", "auroc": "AUROC"}),
                 width="content")
@@ -69,8 +70,10 @@ if section == "ROC & PR":
     roc, pr = [], []
     for fid, p in preds.items():
         y, s = p["y"].to_numpy(), p["probability"].to_numpy()
-        roc.append(metrics.roc_points(y, s).pipe(lambda f: f.assign(label=fams[fid], order=np.arange(len(f)))))
-        pr.append(metrics.pr_points(y, s).pipe(lambda f: f.assign(label=fams[fid], order=np.arange(len(f)))))
+        roc.append(metrics.roc_points(y, s).pipe(lambda f: f.assign(label=fams[fid], family_id=fid,
+                                                                     order=np.arange(len(f)))))
+        pr.append(metrics.pr_points(y, s).pipe(lambda f: f.assign(label=fams[fid], family_id=fid,
+                                                                   order=np.arange(len(f)))))
     a, b = st.columns(2)
     a.markdown("**ROC**")
     a.altair_chart(charts.curves(pd.concat(roc), "fpr", "tpr", "false positive rate", "true positive rate", True),
@@ -89,8 +92,9 @@ elif section == "Confusion & calibration":
         cm = metrics.confusion_counts(y, metrics.predict(s, thr))
         for truth, predicted, k in (("atypical", "atypical", "tp"), ("atypical", "normal", "fn"),
                                     ("normal", "atypical", "fp"), ("normal", "normal", "tn")):
-            cells.append(dict(panel=f"{fams[fid]} (t={thr:.2f})", truth=truth, predicted=predicted, n=cm[k]))
-        rel.append(metrics.reliability_table(y, s).assign(label=fams[fid]))
+            cells.append(dict(panel=f"{fams[fid]} (t={thr:.2f})", family_id=fid, truth=truth, predicted=predicted,
+                              n=cm[k]))
+        rel.append(metrics.reliability_table(y, s).assign(label=fams[fid], family_id=fid))
     cells = pd.DataFrame(cells)
     cells["share"] = cells["n"] / cells.groupby(["panel", "truth"])["n"].transform("sum").clip(lower=1)
     st.altair_chart(charts.confusions(cells), width="content")
@@ -122,11 +126,12 @@ else:
         for ej, nj in zip(experts, names):
             if ei != ej:
                 m = first[ei].notna() & first[ej].notna()
-                rows.append(dict(rater=names[i], expert=nj, order=i,
+                rows.append(dict(rater=names[i], expert=nj, order=i, family_id=None,
                                  kappa=metrics.cohen_kappa(first.loc[m, ei].astype(int), first.loc[m, ej].astype(int))))
     for k, (fid, p) in enumerate(preds.items()):
         kap = metrics.kappa_vs_experts(metrics.predict(p["probability"].to_numpy(), _threshold(p)), p)
-        rows += [dict(rater=fams[fid], expert=e, order=len(experts) + k, kappa=v) for e, v in kap.items()]
+        rows += [dict(rater=fams[fid], expert=e, order=len(experts) + k, family_id=fid, kappa=v)
+                 for e, v in kap.items()]
     a, b = st.columns(2)
     a.markdown("**Cohen's κ** of each expert and each model (rows) against each expert (columns)")
     a.altair_chart(charts.kappa_heatmap(pd.DataFrame(rows)), width="stretch")

@@ -44,6 +44,7 @@ limit = st.slider("Rows", 10, 200, 40, 10)
 shown = ui.with_thumbnails(ctx, wrong.head(limit))
 st.dataframe(
     shown, hide_index=True, width="stretch", row_height=72, height="auto" if len(shown) <= 10 else 800,
+    placeholder="",  # no subtype / duplicate group: an empty cell, not "None"
     column_order=["thumbnail", "error", "probability", "label", "votes", "subtype_expert1", "subtype_expert2",
                   "dataset", "slide", "duplicate_group", "patch_id"],
     column_config={"thumbnail": ui.THUMB_COLUMN, "probability": ui.PROB_COLUMN,

@@ -9,8 +9,10 @@ from store.errors import MitoprobeError
 
 ctx = ui.context()
 st.title("Similarity search")
-st.caption("Nearest neighbours by cosine distance in one embedding set (LanceDB), with labels, expert votes "
-           "and a run's predictions.")
+st.caption("Nearest neighbours in one embedding set (LanceDB) by cosine distance between standardised vectors "
+           "(each dimension z-scored with the AMi-Br train patches' mean and std, so no one feature's scale "
+           "dominates), with labels, expert votes and a run's predictions. *Closer than* is the share of the "
+           "set's stored patches that lie farther from the query: raw distances are not comparable across sets.")
 ui.require(ctx, "patches", "sets")
 
 meta = data.patches(ctx.root, ctx.stamp)
@@ -90,11 +92,18 @@ else:
         st.caption("Similarity search over stored patches still works: choose 'Stored patch'.")
         st.stop()
 
-hits = data.neighbours(ctx.root, ctx.stamp, eset.recipe_id, output, np.asarray(query_vec, np.float32).tobytes(),
-                       k + 1)
-hits = hits[hits["patch_id"] != query_id].head(k).reset_index(drop=True)
+try:  # a table built by an older mitoprobe has no standardised columns: the store says how to fix it
+    hits = data.neighbours(ctx.root, ctx.stamp, eset.recipe_id, output,
+                           np.asarray(query_vec, np.float32).tobytes(), k + 1)
+    hits = hits[hits["patch_id"] != query_id].head(k).reset_index(drop=True)
+    closer = data.distance_percentiles(ctx.root, ctx.stamp, eset.recipe_id, output, query_vec,
+                                       hits["patch_id"].tolist(), exclude=[query_id] if query_id else [])
+except MitoprobeError as exc:
+    st.error(f"Cannot search set {eset.name}: {exc}")
+    st.stop()
 hits = (hits.merge(meta, on="patch_id", how="left").merge(pred, on="patch_id", how="left"))
 hits.insert(0, "rank", np.arange(1, len(hits) + 1))
+hits["closer_than"] = closer
 hits["prediction"] = hits["prediction"].map({1: "Atypical", 0: "Normal"})
 
 q, res = st.columns([1, 5])
@@ -114,12 +123,16 @@ for start in range(0, len(hits), per_row):
     cols = res.columns(per_row)
     for col, (_, h), url in zip(cols, hits.iloc[start:start + per_row].iterrows(), thumbs[start:start + per_row]):
         col.image(url, width="stretch")
-        col.caption(f"#{h['rank']} · **{h['label']}**  \n{h['dataset']} · d={h['distance']:.3f}")
+        col.caption(f"#{h['rank']} · **{h['label']}**  \n{h['dataset']} · closer than {h['closer_than']:.1f}%")
 
 st.dataframe(
     ui.with_thumbnails(ctx, hits), hide_index=True, width="stretch", row_height=60,
-    column_order=["thumbnail", "rank", "distance", "label", "prediction", "probability", "dataset", "split",
-                  "votes", "subtype_expert1", "subtype_expert2", "patch_id"],
+    column_order=["thumbnail", "rank", "closer_than", "distance", "label", "prediction", "probability", "dataset",
+                  "split", "votes", "subtype_expert1", "subtype_expert2", "patch_id"],
     column_config={"thumbnail": ui.THUMB_COLUMN, "probability": ui.PROB_COLUMN,
-                   "distance": st.column_config.NumberColumn("distance", format="%.4f"),
+                   "closer_than": st.column_config.NumberColumn(
+                       "closer than", format="%.1f%%",
+                       help="Share of the set's stored patches farther from the query than this one"),
+                   "distance": st.column_config.NumberColumn(
+                       "distance", format="%.4f", help="Cosine distance between standardised vectors"),
                    "votes": st.column_config.TextColumn("expert votes", help="A = atypical, N = normal")})

@@ -105,7 +105,7 @@ def report(fmt: str, model: str | None, family: str | None, no_paper: bool, comp
     if fmt == "csv":
         click.echo(table.to_csv(index=False), nl=False)
     elif fmt == "markdown":
-        click.echo(format_comparison(table).to_markdown(index=False))
+        click.echo(format_comparison(table).to_markdown(index=False, disable_numparse=True))
     else:
         print_frame(format_comparison(table), title="paired bootstrap (same patches), a − b; p Holm-adjusted "
                                                     "per test set and metric")
