@@ -84,6 +84,22 @@ def _ours(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def options_text(options) -> str:
+    """A run's options JSON as 'key=value, ...' (empty values left out): how people read a family."""
+    try:
+        opts = json.loads(options) if isinstance(options, str) and options else {}
+    except ValueError:
+        return str(options)
+    if not isinstance(opts, dict):
+        return str(opts)
+
+    def text(v):
+        return "+".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    return ", ".join(f"{k}={text(v)}" for k, v in sorted(opts.items())
+                     if v not in (None, "", False, "none", ["none"], ("none",)))
+
+
 def paper_rows(families: set[str] | None = None, models: set[str] | None = None) -> pd.DataFrame:
     """The paper's published rows in the leaderboard's columns (``source == 'paper'``), each with a
     ``family_id`` and a readable ``label``. ``families``/``models`` (ours, e.g. {"probe"}, {"uni.hf"})

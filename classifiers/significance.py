@@ -17,6 +17,7 @@ from store.errors import ProtocolError
 
 from . import metrics as M
 from .protocol import load_test_sets
+from .report import options_text
 
 COLUMNS = ["test_set", "family_a", "family_b", "label_a", "label_b", "fold", "n", "metric", "a", "b", "diff",
            "ci_low", "ci_high", "p", "p_holm"]
@@ -27,8 +28,8 @@ def family_labels(runs: pd.DataFrame) -> dict[str, str]:
     first = runs.drop_duplicates("family_id").set_index("family_id")
     labels = {}
     for fid, r in first.iterrows():
-        opts = r.get("options") or "{}"
-        labels[fid] = f"{r['model']} · {r['head']}" + ("" if opts in ("{}", "") else f" · {opts}")
+        opts = options_text(r.get("options"))
+        labels[fid] = f"{r['model']} · {r['head']}" + (f" · {opts}" if opts else "")
     return labels
 
 
