@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
-import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import pandas as pd
 import streamlit as st
 
 import classifiers
-from classifiers import significance
+from classifiers import report, significance
 import embedder
 from store import Fingerprint, Store, paths
 from store.dataset import check_png, pixels_sha256
@@ -129,19 +129,7 @@ def _runs(root: str, key: tuple) -> pd.DataFrame:
     return df
 
 
-def options_text(options) -> str:
-    """A run's options JSON as 'key=value, ...' (empty values left out)."""
-    try:
-        opts = json.loads(options) if isinstance(options, str) and options else {}
-    except ValueError:
-        return str(options)
-    if not isinstance(opts, dict):
-        return str(opts)
-    def text(v):
-        return "+".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-
-    return ", ".join(f"{k}={text(v)}" for k, v in sorted(opts.items())
-                     if v not in (None, "", False, "none", ["none"], ("none",)))
+options_text = report.options_text  # one home: classifiers.report
 
 
 def family_label(row) -> str:
@@ -401,3 +389,54 @@ def embed_png(root: str, eset, output: str, png_bytes: bytes) -> np.ndarray:
                          f"would not be comparable; re-run `mitoprobe embed --model {eset.name}`")
     model, transform = _model(root, eset.name)
     return embedder.embed_pngs(model, transform, [png_bytes])[output][0].astype(np.float32)
+
+
+# -- site robustness (Embedding map) --------------------------------------------------------------
+def site_robustness(root: str, stamp_: Fingerprint, recipe_id: str, name: str, k: int) -> dict:
+    """``classifiers.robustness.site_robustness`` of set ``name`` (all its outputs, original view, site =
+    dataset, as ``mitoprobe report --robustness``), for the set made by ``recipe_id`` only: a
+    ``StoreError`` when the recipe's current id resolves to another set (a stale one is refused by
+    the store). Keyed on the set's fingerprint and the patches' (labels and datasets)."""
+    return _site_robustness(root, stamp_.set(recipe_id), stamp_.patches, recipe_id, name, k)
+
+
+@st.cache_data(show_spinner="Counting each patch's neighbours…", max_entries=32)
+def _site_robustness(root: str, key: tuple, pkey: tuple, recipe_id: str, name: str, k: int) -> dict:
+    from classifiers import robustness
+
+    res = robustness.site_robustness(Store(root), name, k=k)
+    if res["recipe_id"] != recipe_id:
+        raise StoreError(f"set {name} · {recipe_id} is not the one the recipe makes now ({res['recipe_id']}); "
+                         "the robustness index is computed for the current set only")
+    return res
+
+
+# -- errors (Errors page) ------------------------------------------------------------------------
+NO_VALUE = "(none)"
+
+
+def error_breakdown(p: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Error counts of predictions ``p`` (columns ``y``, ``prediction`` and ``by``) per group of ``by``:
+    patches, errors, error rate, missed atypical (FN) and false alarms (FP), most errors first.
+    A missing group value is its own group, ``NO_VALUE``, so the errors column sums to all errors."""
+    df = p[by].astype(object).where(p[by].notna(), NO_VALUE)
+    wrong = (p["prediction"].to_numpy() != p["y"].to_numpy())
+    df = df.assign(patches=1, errors=wrong.astype(int), fn=(wrong & (p["y"].to_numpy() == 1)).astype(int),
+                   fp=(wrong & (p["y"].to_numpy() == 0)).astype(int))
+    out = df.groupby(by, sort=True, dropna=False)[["patches", "errors", "fn", "fp"]].sum().reset_index()
+    out.insert(len(by) + 2, "error_rate", out["errors"] / out["patches"])
+    return out.sort_values(["errors", "error_rate"], ascending=False, kind="mergesort").reset_index(drop=True)
+
+
+def file_slug(text: str) -> str:
+    """``text`` safe for a file name: runs of anything but letters, digits, '.' and '-' become one '_'."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", str(text)).strip("_") or "x"
+
+
+def fold_slug(fold: int) -> str:
+    return "fold-ensemble" if fold == -1 else f"fold-{fold}"
+
+
+def errors_file_name(family_label_: str, fold: int, test_set: str) -> str:
+    """``errors_<family label>_<fold>_<test set>.csv``, e.g. ``errors_uni_logreg_fold-ensemble_AtNorM-MD.csv``."""
+    return f"errors_{file_slug(family_label_)}_{fold_slug(fold)}_{file_slug(test_set)}.csv"

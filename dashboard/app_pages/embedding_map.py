@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data, ui
+from store.errors import MitoprobeError
 
 ctx = ui.context()
 st.title("Embedding map")
@@ -52,3 +53,30 @@ for start in range(0, len(show), 12):
     for col, (_, r), url in zip(cols, show.iloc[start:start + 12].iterrows(), urls[start:start + 12]):
         col.image(url, width="stretch")
         col.caption(f"{r['label']}  \n{r['dataset']}")
+
+st.subheader("Do neighbours follow the label or the site?")
+st.caption("For every patch, its k nearest neighbours in this set (cosine, per-dimension z-scored with AMi-Br "
+           "train statistics; all outputs, original view; site = dataset) are counted as *same label, other site* "
+           "or *other label, same site*. The robustness index is their ratio SL-OS / (SL-OS + OL-SS): 1 = "
+           "neighbours follow the label regardless of site, 0 = they follow the site. Agreements mean little "
+           "unless they clear their base rates (what random neighbours would give).")
+k_rob = st.slider("Neighbours per patch (k)", 5, 50, 10, 1, key="map_robust_k")
+try:
+    rob = data.site_robustness(ctx.root, ctx.stamp, eset.recipe_id, eset.name, k_rob)
+except MitoprobeError as exc:
+    st.info(f"No robustness index for set {eset.name} · {eset.recipe_id}: {exc}")
+else:
+    r1, r2, r3 = st.columns(3)
+    r1.metric("Robustness index", f"{rob['robustness_index']:.3f}",
+              help="SL-OS / (SL-OS + OL-SS): 1 = neighbours follow the label, 0 = they follow the site")
+    r2.metric("Label agreement", f"{rob['label_agreement']:.3f}",
+              delta=f"{rob['label_agreement'] - rob['label_base_rate']:+.3f} vs base rate {rob['label_base_rate']:.3f}",
+              delta_color="off", help="Share of neighbours with the patch's label; base rate = random neighbours")
+    r3.metric("Site agreement", f"{rob['site_agreement']:.3f}",
+              delta=f"{rob['site_agreement'] - rob['site_base_rate']:+.3f} vs base rate {rob['site_base_rate']:.3f}",
+              delta_color="off", help="Share of neighbours from the patch's dataset; base rate = random neighbours")
+    st.caption(f"{rob['n']} patches, k = {rob['k']}: {rob['sl_os']} same-label/other-site and {rob['ol_ss']} "
+               f"other-label/same-site neighbour pairs (output {rob['output']}). "
+               + ("The site pulls neighbours together more than the label does."
+                  if rob["site_agreement"] - rob["site_base_rate"] > rob["label_agreement"] - rob["label_base_rate"]
+                  else "The label pulls neighbours together more than the site does."))

@@ -19,13 +19,23 @@ meta = data.patches(ctx.root, ctx.stamp)
 c1, c2, c3 = st.columns([3, 2, 2])
 eset, output = ui.pick_set(ctx, "sim", container=c1)
 k = c2.slider("Neighbours (k)", 4, 48, 12, 4)
+x1, x2 = c2.columns(2)
+skip_slide = x1.toggle("Exclude query's slide", key="sim_skip_slide",
+                       help="Leave out neighbours from the query's own slide (same dataset and slide).")
+skip_dataset = x2.toggle("Exclude query's dataset", key="sim_skip_dataset",
+                         help="Leave out neighbours from the query's dataset: do neighbours hold across sites?")
 runs = data.runs(ctx.root, ctx.stamp) if ctx.status["runs"] else pd.DataFrame()
-pred = pd.DataFrame(columns=["patch_id", "probability", "prediction"])
+pred = pd.DataFrame(columns=["patch_id", "probability", "threshold", "prediction"])
 if not runs.empty and ctx.status["predictions"]:
     same = runs.loc[runs["recipe_id"] == eset.recipe_id, "family_id"].unique().tolist()
     fid = ui.pick_family(runs, "sim_family", "Predictions of", families=same, container=c3)
     fold = data.fold_choices(runs, fid)[0]
-    pred = data.family_predictions(ctx.root, ctx.stamp, fid, fold)[["patch_id", "probability", "prediction"]]
+    pred = data.family_predictions(ctx.root, ctx.stamp, fid, fold)[["patch_id", "probability", "threshold",
+                                                                    "prediction"]]
+    thr = sorted(pred["threshold"].dropna().unique())
+    c3.caption(f"{data.fold_name(fold)}, decision threshold "
+               + (" / ".join(f"{t:.3f}" for t in thr) if len(thr) <= 3 else f"{thr[0]:.3f}–{thr[-1]:.3f}")
+               + " (P(atypical) ≥ threshold → Atypical)")
 else:
     c3.caption("No predictions stored yet (`mitoprobe probe`).")
 
@@ -92,10 +102,30 @@ else:
         st.caption("Similarity search over stored patches still works: choose 'Stored patch'.")
         st.stop()
 
+# the stored patch the filters refer to: the query, or the stored patch an upload repeats
+ref_id = query_id or (upload.same_as[0] if upload.same_as else None)
+in_set = meta[meta["patch_id"].isin(row_of.index)]
+excluded = pd.Series(False, index=in_set.index)
+notes = []
+if ref_id and (skip_slide or skip_dataset):
+    ref = meta.set_index("patch_id").loc[ref_id]
+    if skip_dataset:
+        excluded |= in_set["dataset"] == ref["dataset"]
+        notes.append(f"dataset {ref['dataset']}")
+    if skip_slide:
+        if pd.isna(ref["slide"]):
+            st.caption(f"The query's slide is not recorded ({ref['dataset']}): no slide to exclude.")
+        else:
+            excluded |= (in_set["dataset"] == ref["dataset"]) & (in_set["slide"] == ref["slide"])
+            notes.append(f"slide {ref['slide']}")
+elif skip_slide or skip_dataset:
+    st.caption("The upload is not a stored patch, so it has no slide or dataset to exclude.")
+drop = set(in_set.loc[excluded, "patch_id"]) | ({query_id} if query_id else set())
+pool = in_set[~in_set["patch_id"].isin(drop)]  # the patches a neighbour may be
 try:  # a table built by an older mitoprobe has no standardised columns: the store says how to fix it
     hits = data.neighbours(ctx.root, ctx.stamp, eset.recipe_id, output,
-                           np.asarray(query_vec, np.float32).tobytes(), k + 1)
-    hits = hits[hits["patch_id"] != query_id].head(k).reset_index(drop=True)
+                           np.asarray(query_vec, np.float32).tobytes(), k + len(drop))  # k remain after filtering
+    hits = hits[~hits["patch_id"].isin(drop)].head(k).reset_index(drop=True)
     closer = data.distance_percentiles(ctx.root, ctx.stamp, eset.recipe_id, output, query_vec,
                                        hits["patch_id"].tolist(), exclude=[query_id] if query_id else [])
 except MitoprobeError as exc:
@@ -110,11 +140,14 @@ q, res = st.columns([1, 5])
 q.markdown("**Query**")
 if query_png is not None:
     q.image(query_png, width="stretch")
-res.markdown(f"**{len(hits)} nearest** in {eset.name} · {output}")
+res.markdown(f"**{len(hits)} nearest** in {eset.name} · {output}"
+             + (f", excluding the query's {' and '.join(notes)}" if notes else ""))
 if query_id:
     m = meta.set_index("patch_id").loc[query_id]
     q.caption(f"`{query_id}`  \n{m['label']} · {m['dataset']} {m['split']}  \nvotes: {m['votes'] or '–'}")
-    res.caption(f"{(hits['label'] == m['label']).mean():.0%} of the neighbours share the query's label.")
+    base = (pool["label"] == m["label"]).mean() if len(pool) else float("nan")
+    res.caption(f"{(hits['label'] == m['label']).mean():.0%} of the neighbours share the query's label "
+                f"(base rate {base:.0%}: the share of {m['label']} among the {len(pool)} patches searched).")
 else:
     q.caption("uploaded image")
 thumbs = data.thumbnails(ctx.root, ctx.stamp, hits["patch_id"].tolist())
@@ -127,12 +160,16 @@ for start in range(0, len(hits), per_row):
 
 st.dataframe(
     ui.with_thumbnails(ctx, hits), hide_index=True, width="stretch", row_height=60,
-    column_order=["thumbnail", "rank", "closer_than", "distance", "label", "prediction", "probability", "dataset",
+    column_order=["thumbnail", "rank", "closer_than", "distance", "label", "prediction", "probability", "threshold",
+                  "dataset",
                   "split", "votes", "subtype_expert1", "subtype_expert2", "patch_id"],
     column_config={"thumbnail": ui.THUMB_COLUMN, "probability": ui.PROB_COLUMN,
                    "closer_than": st.column_config.NumberColumn(
                        "closer than", format="%.1f%%",
                        help="Share of the set's stored patches farther from the query than this one"),
+                   "threshold": st.column_config.NumberColumn(
+                       "threshold", format="%.3f",
+                       help="The family's decision threshold: P(atypical) ≥ it → Atypical"),
                    "distance": st.column_config.NumberColumn(
                        "distance", format="%.4f", help="Cosine distance between standardised vectors"),
                    "votes": st.column_config.TextColumn("expert votes", help="A = atypical, N = normal")})
