@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from conftest import make_benchmark
+from dashboard import APP
+from dashboard.navigation import PAGES as PAGE_SPECS
 from store import Store
 
 TEST_SETS = {"AMi-Br-test": ("AMi-Br", "test"), "AtNorM-Br": ("AtNorM-Br", "test"),
@@ -68,3 +70,22 @@ def build_dashboard_store(root: Path, n_per_class: int = 6, seed: int = 0) -> St
                                                prediction=metrics.predict(prob, thr), split="test")))
     run_rows.append(st, runs, preds)
     return st
+
+
+# -- opening a page headless (Streamlit's AppTest), shared by the dashboard tests -------------------
+# page key (as the tests name them) -> the page script relative to app.py (None: the default page)
+PAGES = {(p.key or "leaderboard"): (None if not p.key else f"app_pages/{p.script}") for p in PAGE_SPECS}
+TITLES = {(p.key or "leaderboard"): p.title for p in PAGE_SPECS}
+
+
+def open_page(store_root, page: str, monkeypatch):
+    """The app on ``page`` for the store at ``store_root``, run once; fails on any exception."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("MITOPROBE_STORE", str(store_root))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    if PAGES[page]:
+        at.switch_page(PAGES[page]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == [TITLES[page]]
+    return at

@@ -8,31 +8,13 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
-from dashboard import APP
-from dashboard_store import FAMILIES, build_dashboard_store
-
-from dashboard.navigation import PAGES as PAGE_SPECS
-
-# page key (as the tests name them) -> the page script relative to app.py (None: the default page)
-PAGES = {(p.key or "leaderboard"): (None if not p.key else f"app_pages/{p.script}") for p in PAGE_SPECS}
-TITLES = {(p.key or "leaderboard"): p.title for p in PAGE_SPECS}
+from dashboard_store import FAMILIES, PAGES, build_dashboard_store, open_page
 
 
 @pytest.fixture(scope="module")
 def full_store(tmp_path_factory):
     return build_dashboard_store(tmp_path_factory.mktemp("dash"))
-
-
-def open_page(store_root, page: str, monkeypatch) -> AppTest:
-    monkeypatch.setenv("MITOPROBE_STORE", str(store_root))
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
-    if PAGES[page]:
-        at.switch_page(PAGES[page]).run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert [t.value for t in at.title] == [TITLES[page]]
-    return at
 
 
 def codes(at) -> str:

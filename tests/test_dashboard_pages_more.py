@@ -7,31 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import streamlit
-from streamlit.testing.v1 import AppTest
 
 from classifiers import robustness
-from dashboard import APP
-from dashboard.navigation import PAGES as PAGE_SPECS
-from dashboard_store import build_dashboard_store
-
-PAGES = {(p.key or "leaderboard"): (None if not p.key else f"app_pages/{p.script}") for p in PAGE_SPECS}
-TITLES = {(p.key or "leaderboard"): p.title for p in PAGE_SPECS}
+from dashboard_store import build_dashboard_store, open_page
 
 
 @pytest.fixture(scope="module")
 def full_store(tmp_path_factory):
     # 16 patches per class and group (96 in all): every test set has a few errors to break down
     return build_dashboard_store(tmp_path_factory.mktemp("dash2"), n_per_class=16)
-
-
-def open_page(store_root, page: str, monkeypatch) -> AppTest:
-    monkeypatch.setenv("MITOPROBE_STORE", str(store_root))
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
-    if PAGES[page]:
-        at.switch_page(PAGES[page]).run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert [t.value for t in at.title] == [TITLES[page]]
-    return at
 
 
 def captions(at) -> str:
