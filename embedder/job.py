@@ -163,7 +163,7 @@ def _stored_keys(st: Store, recipe_id: str) -> set[tuple[str, str]]:
     whether it must build the model at all."""
     for eset in st.features.sets():
         if eset.recipe_id == recipe_id:
-            return st.features._stored_keys(eset)
+            return st.features.stored_keys(eset)
     return set()
 
 

@@ -147,7 +147,7 @@ class EmbeddingWriter:
         try:
             sweep_tmp(eset.path)
             self._next_part = len(eset.parts)
-            self._done = fs._stored_keys(eset)
+            self._done = fs.stored_keys(eset)
             rows = sum(part_rows(p) for p in eset.parts)
             if rows != len(self._done):
                 raise fs.duplicates_error(eset, rows, len(self._done))
@@ -215,7 +215,7 @@ class EmbeddingWriter:
         release the lock (also when it raises)."""
         try:
             rows = sum(part_rows(p) for p in self.eset.parts)
-            self._done = self.fs._stored_keys(self.eset)  # re-read: a part may have been copied in
+            self._done = self.fs.stored_keys(self.eset)  # re-read: a part may have been copied in
             n = len(self._done)
             if rows != n:
                 raise self.fs.duplicates_error(self.eset, rows, n)
@@ -323,7 +323,9 @@ class FeatureStore:
             raise
 
     # -- reading ---------------------------------------------------------------------------
-    def _stored_keys(self, eset: EmbeddingSet) -> set[tuple[str, str]]:
+    def stored_keys(self, eset: EmbeddingSet) -> set[tuple[str, str]]:
+        """(patch_id, view) keys in the set's parts: read-only and lock-free (a job uses it to know,
+        before writing anything, whether there is work to do)."""
         keys: set[tuple[str, str]] = set()
         for part in eset.parts:
             with read_guard(part):
