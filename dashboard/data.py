@@ -20,7 +20,7 @@ import pandas as pd
 import streamlit as st
 
 import classifiers
-from classifiers import report, significance
+from classifiers import report, robustness, significance
 import embedder
 from store import Fingerprint, Store, paths
 from store.dataset import check_png, pixels_sha256
@@ -402,8 +402,6 @@ def site_robustness(root: str, stamp_: Fingerprint, recipe_id: str, name: str, k
 
 @st.cache_data(show_spinner="Counting each patch's neighbours…", max_entries=32)
 def _site_robustness(root: str, key: tuple, pkey: tuple, recipe_id: str, name: str, k: int) -> dict:
-    from classifiers import robustness
-
     res = robustness.site_robustness(Store(root), name, k=k)
     if res["recipe_id"] != recipe_id:
         raise StoreError(f"set {name} · {recipe_id} is not the one the recipe makes now ({res['recipe_id']}); "

@@ -38,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import paths
 from .atomic import (CHECK_HINT, damaged, env_errors, make_dirs, read_guard, remove_dirs, sweep_tmp, write_json,
                      write_parquet)
 from .errors import DamagedStoreError, StaleFeaturesError, StoreError
@@ -413,14 +414,12 @@ class FeatureStore:
         says so (``basis`` "all rows", ``fallback``). A zero std is stored as 1 (that dimension is
         only centred). Deterministic (no timestamp): a rebuild from the same rows writes the same bytes.
         ``DamagedStoreError`` when ``patches.parquet`` cannot be read."""
-        from .store import PATCHES_FILE  # store.py imports this module
-
         table = table if table is not None else self.read_table(eset)
         pids = np.asarray(table["patch_id"].to_pylist(), dtype=object)
         views = np.asarray(table["view"].to_pylist(), dtype=object)
         view_mask = views == "none" if (views == "none").any() else np.ones(len(views), dtype=bool)
         used_views = sorted(set(views[view_mask].tolist()))
-        patches_file = self.root / PATCHES_FILE
+        patches_file = self.root / paths.PATCHES_FILE
         fallback = None
         if patches_file.is_file():
             with read_guard(patches_file):
@@ -430,7 +429,7 @@ class FeatureStore:
             if mask.sum() < 2:
                 fallback = f"{int(mask.sum())} of the set's rows are {STATS_DATASET} {STATS_SPLIT} patches"
         else:
-            fallback = f"the store has no {PATCHES_FILE}"
+            fallback = f"the store has no {paths.PATCHES_FILE}"
         if fallback is not None:
             mask = view_mask
             log.warning("set %s: search statistics from all %d rows (%s)", eset.name, int(mask.sum()), fallback)

@@ -9,6 +9,9 @@ STORE_ENV = "MITOPROBE_STORE"
 DATA_ENV = "MITOPROBE_DATA"
 CACHE_ENV = "MITOPROBE_CACHE"
 DEFAULT_STORE = "mitoprobe-store"
+# files at the top of a store folder
+PATCHES_FILE = "patches.parquet"
+FOLDS_FILE = "folds.parquet"
 
 # Relative to the working directory, as in the team's checkouts (the repo beside ../shared).
 SHARED_BENCHMARK = Path("../shared/datasets/AMi-Br_Benchmark")

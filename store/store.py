@@ -27,8 +27,8 @@ from .results import RESULT_TABLES, ResultTables
 
 log = logging.getLogger(__name__)
 
-PATCHES_FILE = "patches.parquet"
-FOLDS_FILE = "folds.parquet"
+PATCHES_FILE = paths.PATCHES_FILE
+FOLDS_FILE = paths.FOLDS_FILE
 
 
 class Fingerprint(NamedTuple):
