@@ -466,21 +466,37 @@ def patches_table(scan: ImportScan, where: str) -> pa.Table:
     return schema.validate(pa.Table.from_pandas(scan.patches, preserve_index=False), schema.PATCHES, where)
 
 
+@dataclass(frozen=True)
+class PatchDifference:
+    """How a new patches table differs from the stored one, by patch id (pixels left out: a patch's
+    id already hashes its bytes)."""
+
+    only_new: int  # patches the import adds
+    only_old: int  # stored patches the import would drop
+    changed: int  # stored patches whose metadata the import would change
+    columns: tuple[str, ...]  # the columns that change
+
+
+def patch_difference(stored: pa.Table, new: pa.Table) -> PatchDifference:
+    cols = [c for c in new.column_names if c in stored.column_names and c != "png"]
+    old_rows = {r["patch_id"]: r for r in stored.select(cols).to_pylist()}
+    new_rows = {r["patch_id"]: r for r in new.select(cols).to_pylist()}
+    changed = [p for p in new_rows.keys() & old_rows.keys() if new_rows[p] != old_rows[p]]
+    which = sorted({c for p in changed for c in cols if new_rows[p][c] != old_rows[p][c]})
+    return PatchDifference(len(new_rows.keys() - old_rows.keys()), len(old_rows.keys() - new_rows.keys()),
+                           len(changed), tuple(which))
+
+
 def describe_difference(stored: pa.Table, new: pa.Table) -> str | None:
     """None when ``new`` holds exactly the ``stored`` patches table, else a short account of what
     differs (patches only on one side, patches whose metadata changed, and in which columns)."""
     if stored.schema.equals(new.schema) and stored.equals(new):
         return None
-    cols = [c for c in new.column_names if c in stored.column_names and c != "png"]
-    old_rows = {r["patch_id"]: r for r in stored.select(cols).to_pylist()}
-    new_rows = {r["patch_id"]: r for r in new.select(cols).to_pylist()}
-    only_new = len(new_rows.keys() - old_rows.keys())
-    only_old = len(old_rows.keys() - new_rows.keys())
-    changed = [p for p in new_rows.keys() & old_rows.keys() if new_rows[p] != old_rows[p]]
-    which = sorted({c for p in changed for c in cols if new_rows[p][c] != old_rows[p][c]})
+    d = patch_difference(stored, new)
+    only_new, only_old, changed, which = d.only_new, d.only_old, d.changed, d.columns
     parts = [f"{only_new} patch(es) only in the data", f"{only_old} only in the store"]
     if changed:
-        parts.append(f"{len(changed)} with other {', '.join(which[:6])}")
+        parts.append(f"{changed} with other {', '.join(which[:6])}")
     if not (only_new or only_old or changed):
         parts = ["the same patches, stored differently (column order, types or pixels)"]
     return "; ".join(parts)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from . import paths, schema
 from .atomic import READ_ERRORS, damaged, read_guard, sweep_tmp, write_parquet
-from .dataset import ImportScan, scan_benchmark, summarize_counts
+from .dataset import ImportScan, patch_difference, patches_table, scan_benchmark, summarize_counts
 from .datasets import BENCHMARK, DatasetSpec
 from .errors import DamagedStoreError, StoreError
 from .features import FeatureStore, part_rows, read_complete
@@ -62,21 +62,6 @@ def _part_names(folder: Path) -> tuple[str, ...]:
                             and e.name.endswith(".parquet")))
     except (FileNotFoundError, NotADirectoryError):
         return ()
-
-
-def _patch_diff(old: pa.Table, new: pa.Table) -> tuple[int, int]:
-    """(stored patches the new table drops, stored patches whose row it changes), by patch_id,
-    over the columns both tables have."""
-    old_ids, new_ids = old["patch_id"].to_pylist(), new["patch_id"].to_pylist()
-    where = {pid: i for i, pid in enumerate(new_ids)}
-    dropped = sum(1 for pid in set(old_ids) if pid not in where)
-    common = [c for c in old.column_names if c in new.column_names and c != "patch_id"]
-    pairs = [(i, where[pid]) for i, pid in enumerate(old_ids) if pid in where]
-    changed = set()
-    for c in common:
-        a, b = old[c].to_pylist(), new[c].to_pylist()
-        changed.update(i for i, j in pairs if a[i] != b[j])
-    return dropped, len(changed)
 
 
 _READ_ONLY = {"SELECT", "EXPLAIN"}  # DuckDB parses DESCRIBE, SHOW, SUMMARIZE, VALUES, FROM ... as SELECT
@@ -145,8 +130,7 @@ class Store:
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} is a file, not a store folder; pass --store with a folder path")
         scan: ImportScan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs)
-        new = schema.validate(pa.Table.from_pandas(scan.patches, preserve_index=False), schema.PATCHES,
-                              str(self.patches_path))
+        new = patches_table(scan, str(self.patches_path))
         counts = summarize_counts(scan.patches)
         sweep_tmp(self.root)
         if self.has_patches():
@@ -160,7 +144,8 @@ class Store:
             if old is not None:
                 if old.schema.equals(new.schema) and old.equals(new):
                     return ImportOutcome(False, counts, scan.notes, self.patches_path)
-                dropped, changed = _patch_diff(old, new)
+                diff = patch_difference(old, new)
+                dropped, changed = diff.only_old, diff.changed
                 if (dropped or changed) and not replace:
                     raise StoreError(
                         f"{self.patches_path}: this import would drop {dropped} and change {changed} of the "
