@@ -115,11 +115,13 @@ def check_pixel_limit(size: tuple[int, int], name: str, fix: str = IMPORT_FIX) -
 
 @dataclass(frozen=True)
 class CheckedPng:
-    """A patch that passed ``check_png``: 8-bit RGB PNG bytes (the input, or its lossless
-    conversion) and a note saying what was converted."""
+    """A patch that passed ``check_png``/``check_image``: 8-bit RGB PNG bytes (the input, or its
+    lossless conversion), its size, and a note saying what was converted."""
 
     png: bytes
     note: str | None = None
+    width: int = PATCH_SIZE[0]
+    height: int = PATCH_SIZE[1]
 
 
 def _png_header_size(data: bytes) -> tuple[int, int] | None:
@@ -148,11 +150,23 @@ def open_image(data: bytes, name: str, fix: str = IMPORT_FIX) -> Iterator[Image.
         yield img
 
 
+# Formats a user's own patches may come in (``check_image``); the benchmark's are PNG only.
+USER_FORMATS = ("PNG", "JPEG", "TIFF")
+
+
 def check_png(data: bytes, name: str, fix: str = IMPORT_FIX, size: tuple[int, int] = PATCH_SIZE) -> CheckedPng:
-    """Validate one patch the way the import does, for every caller (import, dashboard uploads):
-    a PNG, at most ``max_image_pixels()`` (read from the header, before decoding), exactly ``size``,
-    8-bit RGB (opaque RGBA and palette images are converted losslessly). Raises DataError naming
-    ``name``, what is wrong and ``fix``."""
+    """Validate one benchmark patch the way the import does, for every caller (import, dashboard
+    uploads): a PNG of exactly ``size``, otherwise as ``check_image``."""
+    return check_image(data, name, fix, size=size, formats=("PNG",))
+
+
+def check_image(data: bytes, name: str, fix: str = IMPORT_FIX, size: tuple[int, int] | None = None,
+                formats: tuple[str, ...] = USER_FORMATS) -> CheckedPng:
+    """Validate one image and return it as 8-bit RGB PNG bytes: one of ``formats``, at most
+    ``max_image_pixels()`` (read from the header, before decoding), exactly ``size`` when given
+    (any size otherwise; the size is returned), 8-bit RGB (opaque RGBA and palette images are
+    converted losslessly; a JPEG or TIFF is stored as the PNG of its decoded pixels, so every stored
+    patch is a PNG whatever came in). Raises DataError naming ``name``, what is wrong and ``fix``."""
     if len(data) == 0:
         raise DataError(f"{name}: empty file (0 bytes); {fix}")
     header = _png_header_size(data)
@@ -163,34 +177,43 @@ def check_png(data: bytes, name: str, fix: str = IMPORT_FIX, size: tuple[int, in
             raise DataError(f"{name}: 16-bit per channel PNG, expected 8-bit RGB; {fix}")
     try:
         with open_image(data, name, fix) as img:
-            return _check_open_image(img, data, name, fix, size)
+            return _check_open_image(img, data, name, fix, size, formats)
     except UnidentifiedImageError:
-        raise DataError(f"{name}: not an image file; {fix}") from None
+        raise DataError(f"{name}: not an image file (or not a {'/'.join(formats)} image Pillow can read); {fix}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{name}: truncated or corrupt PNG ({exc}); {fix}") from None
+        kind = "PNG" if formats == ("PNG",) else "image"
+        raise DataError(f"{name}: truncated or corrupt {kind} ({exc}); {fix}") from None
 
 
-def _check_open_image(img: Image.Image, data: bytes, name: str, fix: str, size: tuple[int, int]) -> CheckedPng:
-    if img.format != "PNG":
-        raise DataError(f"{name}: is a {img.format} image, not a PNG; {fix}")
-    if img.size != size:
+def _check_open_image(img: Image.Image, data: bytes, name: str, fix: str, size: tuple[int, int] | None,
+                      formats: tuple[str, ...]) -> CheckedPng:
+    if img.format not in formats:
+        wanted = "a PNG" if formats == ("PNG",) else f"one of {'/'.join(formats)}"
+        raise DataError(f"{name}: is a {img.format} image, not {wanted}; {fix}")
+    if size is not None and img.size != size:
         raise DataError(f"{name}: is {img.size[0]}x{img.size[1]} pixels, expected {size[0]}x{size[1]}; {fix}")
+    if getattr(img, "n_frames", 1) > 1:
+        raise DataError(f"{name}: holds {img.n_frames} images (pages/frames), expected one patch; {fix}")
     img.load()
     mode = img.mode
+    w, h = img.size
+    converted = None if img.format == "PNG" else f"{name}: {img.format} stored as the PNG of its decoded pixels"
     if mode == "RGB":
-        return CheckedPng(data)
+        return CheckedPng(data if converted is None else _encode_png(img), converted, w, h)
     if mode == "RGBA":
         alpha = np.asarray(img.getchannel("A"))
         if alpha.min() == 255:
-            return CheckedPng(_encode_png(img.convert("RGB")), f"{name}: RGBA with fully opaque alpha, converted to RGB")
+            return CheckedPng(_encode_png(img.convert("RGB")), f"{name}: RGBA with fully opaque alpha, converted to RGB",
+                              w, h)
         raise DataError(f"{name}: RGBA with transparent pixels (cannot convert safely); {fix}")
     if mode == "P" and "transparency" not in img.info:
-        return CheckedPng(_encode_png(img.convert("RGB")), f"{name}: palette PNG, converted to RGB")
-    kind = {"L": "grayscale", "LA": "grayscale+alpha", "I": "16/32-bit grayscale",
-            "I;16": "16-bit grayscale", "I;16B": "16-bit grayscale", "1": "1-bit"}.get(mode, mode)
-    if mode.startswith("I") or mode == "1" or mode.startswith("L"):
+        return CheckedPng(_encode_png(img.convert("RGB")), f"{name}: palette {img.format}, converted to RGB", w, h)
+    kind = {"L": "grayscale", "LA": "grayscale+alpha", "I": "16/32-bit grayscale", "F": "32-bit float",
+            "I;16": "16-bit grayscale", "I;16B": "16-bit grayscale", "1": "1-bit", "CMYK": "CMYK",
+            "YCbCr": "YCbCr"}.get(mode, mode)
+    if mode.startswith("I") or mode == "1" or mode.startswith("L") or mode == "F":
         raise DataError(f"{name}: {kind} image (mode {mode}), expected 8-bit RGB H&E; {fix}")
-    raise DataError(f"{name}: unsupported pixel mode {mode}; {fix}")
+    raise DataError(f"{name}: unsupported pixel mode {mode} ({kind}), expected 8-bit RGB; {fix}")
 
 
 def pixels_sha256(png: bytes) -> str:
@@ -437,6 +460,7 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None, pr
             height=PATCH_SIZE[1],
             content_sha256=bytes_sha256(png),
             png=png,
+            metadata=None,
         ))
     problems.raise_if_any()
 
@@ -512,8 +536,11 @@ def difference_from_stored(stored_path: str | Path, data_dir: str | Path, amibr_
 
 
 def summarize_counts(patches: pd.DataFrame) -> pd.DataFrame:
-    """Patches and atypical counts per dataset/split, the figures the README promises."""
-    g = patches.groupby(["dataset", "split"], sort=False)
-    out = g.agg(patches=("patch_id", "size"), atypical=("y", "sum")).reset_index()
-    out["normal"] = out["patches"] - out["atypical"]
+    """Patches and atypical / normal / unlabelled counts per dataset/split, the figures the README promises."""
+    g = patches.assign(_pos=patches["y"] == 1, _neg=patches["y"] == 0).groupby(["dataset", "split"], sort=False)
+    out = g.agg(patches=("patch_id", "size"), atypical=("_pos", "sum"), normal=("_neg", "sum")).reset_index()
+    out[["atypical", "normal"]] = out[["atypical", "normal"]].astype("int64")
+    unlabelled = out["patches"] - out["atypical"] - out["normal"]
+    if unlabelled.any():
+        out["unlabelled"] = unlabelled
     return out

@@ -91,12 +91,13 @@ def _read(path: Path) -> tuple[pa.Table | None, str | None]:
         return None, text[:200] or type(exc).__name__
 
 
-def _type_problems(actual: pa.Schema, expected: pa.Schema, *, missing_ok: bool) -> list[str]:
-    """Columns of ``actual`` whose type family differs from ``expected`` (vectors: exact type)."""
+def _type_problems(actual: pa.Schema, expected: pa.Schema, *, missing_ok: bool | tuple[str, ...]) -> list[str]:
+    """Columns of ``actual`` whose type family differs from ``expected`` (vectors: exact type).
+    ``missing_ok``: True, or the names of the columns that may be missing (added in a later version)."""
     out = []
     for f in expected:
         if f.name not in actual.names:
-            if not missing_ok:
+            if missing_ok is not True and f.name not in (missing_ok or ()):
                 out.append(f"column {f.name!r} missing")
             continue
         t = actual.field(f.name).type
@@ -168,7 +169,7 @@ def _scan_patches(scan: _Scan) -> None:
         return
     t, err = _read(st.patches_path)
     if err is None:
-        bad = _type_problems(t.schema, schema.PATCHES, missing_ok=False)
+        bad = _type_problems(t.schema, schema.PATCHES, missing_ok=schema.ADDED_PATCH_COLUMNS)
         err = "does not match the patches schema: " + "; ".join(bad) if bad else None
     if err:
         scan.patches_error = err

@@ -36,8 +36,12 @@ PATCHES = pa.schema([
     *((c, _STR) for c in SUBTYPE_COLUMNS),
     ("width", pa.int64()), ("height", pa.int64()), ("content_sha256", _STR), ("png", pa.binary()),
     ("duplicate_group", _STR),
+    ("metadata", _STR),  # a user manifest's extra columns, as a JSON object (null for the benchmark)
 ])
 PATCH_COLUMNS = tuple(n for n in PATCHES.names if n != "png")  # metadata only: never read the pixels by accident
+# Columns added after a store format was published: a patches table written before lacks them and is
+# still whole (readers treat the column as all-null; the next import writes it).
+ADDED_PATCH_COLUMNS = ("metadata",)
 
 # -- folds.parquet -------------------------------------------------------------------------------
 FOLDS = pa.schema([("patch_id", _STR), ("train_row", pa.int64()), ("slide", _STR), ("label", _STR),

@@ -15,10 +15,12 @@ from typing import NamedTuple
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import paths, schema
 from .atomic import READ_ERRORS, damaged, read_guard, sweep_tmp, write_parquet
+from .cohort import scan_cohort
 from .dataset import ImportScan, patch_difference, patches_table, scan_benchmark, summarize_counts
 from .datasets import BENCHMARK, DatasetSpec
 from .errors import DamagedStoreError, StoreError
@@ -119,38 +121,76 @@ class Store:
     def import_dataset(self, data_dir: str | Path, amibr_csv: str | Path | None = None,
                        progress: bool = False, specs: tuple[DatasetSpec, ...] = BENCHMARK,
                        replace: bool = False) -> ImportOutcome:
-        """Validate and import; a no-op (changed=False) when the same data is already stored.
+        """Validate and import the benchmark; a no-op (changed=False) when the same data is already stored.
 
         Adding new patches to the stored ones is always allowed. Dropping a stored patch (its id is
         absent from the new import) or changing a stored patch's row needs ``replace=True``
         (``mitoprobe data import --replace``): vectors, folds and results are keyed by patch id.
         Without it the import raises ``StoreError`` saying how many patches would be dropped/changed,
         and the store is left byte-identical. An unreadable ``patches.parquet`` is overwritten only
-        with ``replace=True``."""
+        with ``replace=True``. Other datasets in the store (users' cohorts) are kept as they are."""
+        self._check_root()
+        scan: ImportScan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs)
+        return self._store_scan(scan, {s.name for s in specs}, replace)
+
+    def import_cohort(self, dataset: str, *, manifest: str | Path | None = None, folder: str | Path | None = None,
+                      split: str = "test", progress: bool = False, replace: bool = False) -> ImportOutcome:
+        """Validate and import a user's cohort as dataset ``dataset`` (``store.cohort``: a manifest CSV
+        or a folder). Re-importing adds new files (unchanged ones are not decoded again); dropping or
+        changing stored patches of the dataset needs ``replace=True``. Other datasets stay as they are."""
+        self._check_root()
+        stored = None
+        old = self._stored_patches(replace)
+        if old is not None:
+            mine = old.filter(pc.equal(old["dataset"], dataset))
+            stored = mine.select(["patch_id", "png", "width", "height", "content_sha256"]).to_pandas()
+        scan = scan_cohort(dataset, manifest=manifest, folder=folder, split=split, stored=stored, progress=progress)
+        if old is not None:
+            scan.notes.extend(_shared_pixel_notes(old, scan.patches, dataset))
+        return self._store_scan(scan, {dataset}, replace)
+
+    def _check_root(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} is a file, not a store folder; pass --store with a folder path")
-        scan: ImportScan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs)
+
+    def _stored_patches(self, replace: bool) -> pa.Table | None:
+        """The stored patches table (None when there is none, or it is unreadable and ``replace``)."""
+        sweep_tmp(self.root)
+        if not self.has_patches():
+            return None
+        try:
+            with read_guard(self.patches_path):
+                return pq.read_table(self.patches_path)
+        except DamagedStoreError as exc:
+            if not replace:
+                raise DamagedStoreError(f"{exc}; or overwrite it with `mitoprobe data import --replace`") from exc
+            return None
+
+    def _store_scan(self, scan: ImportScan, datasets: set[str], replace: bool) -> ImportOutcome:
+        """Write ``scan``'s rows as the whole of ``datasets``, keeping every other dataset's rows;
+        refuse (unless ``replace``) to drop or change a stored patch of ``datasets``."""
         new = patches_table(scan, str(self.patches_path))
         counts = summarize_counts(scan.patches)
-        sweep_tmp(self.root)
-        if self.has_patches():
-            try:
-                with read_guard(self.patches_path):
-                    old = pq.read_table(self.patches_path)
-            except DamagedStoreError as exc:
-                if not replace:
-                    raise DamagedStoreError(f"{exc}; or overwrite it with `mitoprobe data import --replace`") from exc
-                old = None
-            if old is not None:
-                if old.schema.equals(new.schema) and old.equals(new):
-                    return ImportOutcome(False, counts, scan.notes, self.patches_path)
-                diff = patch_difference(old, new)
-                dropped, changed = diff.only_old, diff.changed
-                if (dropped or changed) and not replace:
-                    raise StoreError(
-                        f"{self.patches_path}: this import would drop {dropped} and change {changed} of the "
-                        f"{old.num_rows} stored patches (stored vectors, folds and results refer to them by "
-                        f"patch id); nothing was changed. `mitoprobe data import --replace` allows it")
+        old = self._stored_patches(replace)
+        if old is not None:
+            old = schema.validate(old, schema.PATCHES, str(self.patches_path), fill_missing=True)
+            mine = pa.array([d in datasets for d in old["dataset"].to_pylist()], pa.bool_())
+            old_mine, others = old.filter(mine), old.filter(pc.invert(mine))
+            merged = _ordered(pa.concat_tables([others, new]), old)
+            if merged.equals(old) and old.schema.equals(new.schema):
+                return ImportOutcome(False, counts, scan.notes, self.patches_path)
+            diff = patch_difference(old_mine, new)
+            dropped, changed = diff.only_old, diff.changed
+            if (dropped or changed) and not replace:
+                raise StoreError(
+                    f"{self.patches_path}: this import would drop {dropped} and change {changed} of the "
+                    f"{old_mine.num_rows} stored patches of {sorted(datasets)} (stored vectors, folds and results "
+                    "refer to them by patch id); nothing was changed. `mitoprobe data import --replace` allows it")
+            n_ids = len(set(merged["patch_id"].to_pylist()))
+            if n_ids != merged.num_rows:
+                raise StoreError(f"{self.patches_path}: the import would store {merged.num_rows - n_ids} patch id(s) "
+                                 "twice; nothing was changed")
+            new = merged
         write_parquet(new, self.patches_path, row_group_size=1024)
         return ImportOutcome(True, counts, scan.notes, self.patches_path)
 
@@ -178,8 +218,6 @@ class Store:
         with read_guard(self.patches_path):
             t = pq.read_table(self.patches_path, columns=["patch_id", "png"])
         if patch_ids is not None:
-            import pyarrow.compute as pc
-
             t = t.filter(pc.is_in(t["patch_id"], pa.array(list(patch_ids), pa.string())))
         return dict(zip(t["patch_id"].to_pylist(), t["png"].to_pylist()))
 
@@ -342,3 +380,29 @@ class Store:
                                            bytes=size(self.results.table_dir(table))))
         out["lance_bytes"] = size(self.root / "lance")
         return out
+
+
+def _ordered(table: pa.Table, old: pa.Table) -> pa.Table:
+    """Rows grouped by dataset: the benchmark's in spec order, then the others in the order the stored
+    table first holds them (a new dataset last); rows keep their order within a dataset."""
+    rank = {s.name: i for i, s in enumerate(BENCHMARK)}
+    for d in [*old["dataset"].to_pylist(), *table["dataset"].to_pylist()]:
+        rank.setdefault(d, len(rank))
+    keys = [rank[d] for d in table["dataset"].to_pylist()]
+    order = sorted(range(table.num_rows), key=lambda i: (keys[i], i))
+    return table.take(pa.array(order, pa.int64()))
+
+
+def _shared_pixel_notes(old: pa.Table, new: pd.DataFrame, dataset: str) -> list[str]:
+    """A note when imported patches are byte-identical to stored patches of another dataset: a
+    cohort holding AMi-Br training patches would leak into a test set."""
+    others = old.filter(pc.not_equal(old["dataset"], dataset)).select(["content_sha256", "dataset",
+                                                                                "relpath"]).to_pandas()
+    hit = new.merge(others, on="content_sha256", suffixes=("", "_stored"))
+    if hit.empty:
+        return []
+    where = ", ".join(f"{n} in {d}" for d, n in hit.groupby("dataset_stored").size().items())
+    ex = hit.iloc[0]
+    return [f"{hit['relpath'].nunique()} {dataset} patch(es) are byte-identical to stored patches ({where}); e.g. "
+            f"{ex['relpath']} is {ex['dataset_stored']} {ex['relpath_stored']}. Scoring them as a test set "
+            "measures memory, not generalisation: remove them from the cohort unless that is meant"]

@@ -8,6 +8,7 @@ import click
 
 from mitoprobe.display import print_frame
 from store import Store, paths
+from store.cohort_example import write_example_cohort
 from store.download import download_benchmark
 from store.errors import DataError
 
@@ -34,6 +35,12 @@ def import_data(store_path: Path | None, data_dir: Path | None, amibr_csv: Path 
     click.echo(f"importing {data_dir}" + (f" (+ {amibr_csv})" if amibr_csv else " (no AMI-BR.csv found: "
                "AMi-Br test patches will lack slide ids and expert votes)"))
     outcome = st.import_dataset(data_dir, amibr_csv, progress=not quiet, replace=replace)
+    report_import(outcome, quiet)
+    return outcome
+
+
+def report_import(outcome, quiet: bool = False) -> None:
+    """Notes, what changed, and the counts of what was imported."""
     for note in outcome.notes:
         click.secho(f"note: {note}", fg="yellow")
     if outcome.changed:
@@ -42,31 +49,69 @@ def import_data(store_path: Path | None, data_dir: Path | None, amibr_csv: Path 
         click.echo(f"nothing changed: {outcome.path} already holds exactly this data")
     if not quiet:
         print_frame(outcome.counts, title="patches")
-    return outcome
 
 
 @click.group()
 def data() -> None:
-    """Import the AMi-Br benchmark into the store, or download it."""
+    """Import the AMi-Br benchmark or your own patches into the store, or download the benchmark."""
 
 
 @data.command("import")
 @click.argument("path", type=click.Path(path_type=Path), required=False)
+@click.option("--manifest", type=click.Path(path_type=Path), default=None,
+              help="Your own patches: a CSV with a 'path' column (relative to the CSV) and optional label, slide, "
+                   "split, x, y (other columns are kept as metadata). Needs --dataset.")
+@click.option("--dataset", default=None,
+              help="Import PATH (a folder: ROOT/{Atypical,Normal}/* or unlabelled images) or --manifest as your "
+                   "own dataset of this name, beside the benchmark.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="Split of a folder's patches (a manifest says it per row).")
 @click.option("--amibr-csv", type=click.Path(path_type=Path), default=None,
               help="AMI-BR.csv with slides, 3 expert votes and subtypes (found automatically when beside PATH).")
 @click.option("--replace", is_flag=True,
               help="Allow the import to drop or change stored patches (vectors, folds and results refer to them).")
 @STORE_OPTION
-def import_cmd(path: Path | None, amibr_csv: Path | None, replace: bool, store_path: Path | None) -> None:
-    """Validate and import PATH (an AMi-Br_Benchmark folder) into the patches table.
+def import_cmd(path: Path | None, manifest: Path | None, dataset: str | None, split: str, amibr_csv: Path | None,
+               replace: bool, store_path: Path | None) -> None:
+    """Validate and import patches into the store's patches table.
 
-    PATH defaults to $MITOPROBE_DATA, then ../shared/datasets/AMi-Br_Benchmark, then the download
-    cache. Idempotent: importing the same data twice changes nothing. New patches are added; an
-    import that would drop or change stored patches is refused unless --replace.
+    Without --dataset, PATH is an AMi-Br_Benchmark folder (default: $MITOPROBE_DATA, then
+    ../shared/datasets/AMi-Br_Benchmark, then the download cache). With --dataset NAME, PATH or
+    --manifest is your own cohort: PNG, JPEG or TIFF patches of any size, labelled or not; its
+    split=test patches become an extra test set named NAME. Idempotent: importing the same data twice
+    changes nothing; new files are added, and an import that would drop or change stored patches
+    is refused unless --replace. Every problem is listed at once and nothing is written on error.
 
-    Example: mitoprobe data import ../shared/datasets/AMi-Br_Benchmark
+    \b
+    Examples:
+      mitoprobe data import ../shared/datasets/AMi-Br_Benchmark
+      mitoprobe data import --manifest cohort/manifest.csv --dataset MyLab
+      mitoprobe data import cohort/unlabelled --dataset MyLab-new
     """
-    import_data(store_path, path, amibr_csv, replace=replace)
+    if dataset is None:
+        if manifest is not None:
+            raise click.UsageError("--manifest needs --dataset NAME (the name your cohort is stored and scored under)")
+        import_data(store_path, path, amibr_csv, replace=replace)
+        return
+    if amibr_csv is not None:
+        raise click.UsageError("--amibr-csv belongs to the benchmark import (without --dataset)")
+    if (path is None) == (manifest is None):
+        raise click.UsageError("with --dataset, give either PATH (a folder of patches) or --manifest FILE.csv")
+    st = Store(store_path)
+    outcome = st.import_cohort(dataset, manifest=manifest, folder=path, split=split, progress=True, replace=replace)
+    report_import(outcome)
+
+
+@data.command("example-cohort")
+@click.argument("dest", type=click.Path(path_type=Path))
+def example_cohort_cmd(dest: Path) -> None:
+    """Write a small synthetic cohort (JPEG + PNG, sizes other than 128 px, some unlabelled, a
+    manifest) to DEST, to try the bring-your-own-cohort commands on.
+
+    Example: mitoprobe data example-cohort my-cohort && mitoprobe data import --manifest my-cohort/manifest.csv --dataset MyLab
+    """
+    manifest = write_example_cohort(dest)
+    click.echo(f"wrote {manifest}; now run `mitoprobe data import --manifest {manifest} --dataset MyLab`")
 
 
 @data.command("download")

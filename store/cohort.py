@@ -1,0 +1,265 @@
+"""Import a user's own patch collection (a lab's cohort) as one named dataset of the ``patches`` table.
+
+Three layouts, read the same way once listed:
+
+* a manifest CSV, one row per patch: ``path`` (relative to the CSV's folder, inside it), ``label``
+  (atypical/normal, AMF/NMF, 1/0, true/false, or empty = unlabelled), optional ``slide``, ``split``
+  (train/test, default test), ``x``, ``y`` (the patch centre on the slide); every other column is kept
+  as per-patch metadata (a JSON object in the ``metadata`` column);
+* a labelled folder ``ROOT/{Atypical,Normal}/*`` (folder names as label values, any case);
+* an unlabelled flat folder ``ROOT/*``.
+
+Images may be PNG, JPEG or TIFF of any size (8-bit RGB); they are stored as PNG with their original
+size, and each recipe's transform takes them from there. As with the benchmark, every problem is
+collected and reported at once (with its row or file and the fix) and nothing is written on error.
+
+Why a separate module from ``store.dataset``: the benchmark import reads published folders whose
+shape is declared in ``DatasetSpec``s; a cohort is described by its user, row by row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from .datasets import BENCHMARK, BINARY_LABELS
+from .dataset import ImportScan, _Problems, check_image, patch_id_for
+from .errors import DataError
+from .hashing import bytes_sha256
+from .progress import progress as progress_bar
+from .schema import SUBTYPE_COLUMNS, VOTE_COLUMNS
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+SPLITS = ("train", "test")
+DEFAULT_SPLIT = "test"
+MANIFEST_COLUMNS = ("path", "label", "slide", "split", "x", "y")  # the ones with a meaning; others: metadata
+_POSITIVE = next(lab for lab, y in BINARY_LABELS.items() if y == 1)  # "Atypical"
+_NEGATIVE = next(lab for lab, y in BINARY_LABELS.items() if y == 0)  # "Normal"
+LABEL_VALUES = {"atypical": _POSITIVE, "amf": _POSITIVE, "1": _POSITIVE, "true": _POSITIVE,
+                "normal": _NEGATIVE, "nmf": _NEGATIVE, "0": _NEGATIVE, "false": _NEGATIVE, "": None}
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+IMAGE_FIX = "replace it with an 8-bit RGB PNG, JPEG or TIFF patch, or remove its row"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One patch as listed: where it is and what its row says (before the image is read)."""
+
+    where: str  # "manifest.csv row 7" or the file path: how problems name it
+    path: Path
+    relpath: str  # as stored: posix, relative to the root
+    label: str | None
+    split: str
+    slide: str | None = None
+    x: int | None = None
+    y: int | None = None
+    metadata: str | None = None
+    order: int = 0  # row (or sorted file) order: ``train_row`` of a train patch
+
+
+def check_dataset_name(name: str) -> None:
+    """A user dataset's name: a short identifier that is not a benchmark dataset (it is part of every
+    patch id and names the dataset's test set)."""
+    if not NAME_PATTERN.match(name or ""):
+        raise DataError(f"dataset name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+                        "letter or digit (e.g. --dataset MyLab-2025)")
+    if name in {s.name for s in BENCHMARK} | {s.test_set for s in BENCHMARK}:
+        raise DataError(f"dataset name {name!r} is a benchmark dataset; pick another name for your cohort "
+                        "(the benchmark itself is imported with `mitoprobe data import` without --dataset)")
+
+
+def label_of(value: str) -> str | None:
+    """The stored label for a manifest cell or label folder name; KeyError when it is not one."""
+    return LABEL_VALUES[str(value).strip().lower()]
+
+
+def _int_cell(value: str) -> int | None:
+    v = str(value).strip()
+    if not v:
+        return None
+    f = float(v)
+    if not np.isfinite(f) or f != int(f):
+        raise ValueError(v)
+    return int(f)
+
+
+def _inside(root: Path, rel: str) -> Path | None:
+    """``root / rel`` when it stays inside ``root`` (no absolute path, no ``..`` escape, no symlink out)."""
+    if not rel or PurePosixPath(rel).is_absolute() or Path(rel).is_absolute():
+        return None
+    p = (root / rel).resolve()
+    try:
+        p.relative_to(root.resolve())
+    except ValueError:
+        return None
+    return p
+
+
+def list_manifest(manifest: Path, problems: _Problems) -> list[_Entry]:
+    """The manifest's rows as entries; every bad row is a problem naming the row and the fix."""
+    if not manifest.is_file():
+        raise DataError(f"{manifest}: manifest not found; pass the path of a CSV with at least a 'path' column")
+    try:
+        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas raises many types for broken CSVs
+        raise DataError(f"{manifest}: cannot be read as CSV ({exc}); save it as comma-separated text with a header")
+    cols = [c.strip() for c in df.columns]
+    df.columns = cols
+    if "path" not in cols:
+        raise DataError(f"{manifest}: missing column 'path' (columns: {cols}); the manifest needs one row per patch "
+                        f"with its path relative to the CSV, plus optional {list(MANIFEST_COLUMNS[1:])}")
+    if len(set(cols)) != len(cols):
+        raise DataError(f"{manifest}: duplicate column names {sorted({c for c in cols if cols.count(c) > 1})}; "
+                        "rename them")
+    if df.empty:
+        raise DataError(f"{manifest}: has a header but no rows; list one patch per row")
+    root = manifest.parent
+    extra = [c for c in cols if c not in MANIFEST_COLUMNS]
+    entries, first = [], {}
+    for i, r in enumerate(df.to_dict("records")):
+        where = f"{manifest} row {i + 2}"  # the header is line 1
+        rel = r["path"].strip().replace("\\", "/")
+        p = _inside(root, rel)
+        ok = True
+        if not rel:
+            problems.add(f"{where}: empty path; give the patch's path relative to {root}")
+            continue
+        if p is None:
+            problems.add(f"{where}: path {rel!r} lies outside the manifest's folder {root}; give paths relative to "
+                         "the CSV, inside its folder (move the CSV up, or the images in)")
+            continue
+        key = str(p)
+        if key in first:
+            problems.add(f"{where}: path {rel!r} is listed twice (first at row {first[key] + 2}); delete one row")
+            continue
+        first[key] = i
+        try:
+            label = label_of(r.get("label", ""))
+        except KeyError:
+            problems.add(f"{where}: unknown label {r['label']!r}; use atypical/normal, AMF/NMF, 1/0 or leave "
+                         "it empty for an unlabelled patch")
+            ok = False
+        split = (r.get("split", "") or DEFAULT_SPLIT).strip().lower()
+        if split not in SPLITS:
+            problems.add(f"{where}: split {r['split']!r}; use train or test (empty = {DEFAULT_SPLIT})")
+            ok = False
+        try:
+            x, y = _int_cell(r.get("x", "")), _int_cell(r.get("y", ""))
+        except (ValueError, OverflowError):
+            problems.add(f"{where}: x/y {[r.get('x', ''), r.get('y', '')]} must be whole numbers (pixels) or empty")
+            ok = False
+        if not p.is_file():
+            problems.add(f"{where}: {p} not found; fix the path (relative to {root}) or delete the row")
+            ok = False
+        if ok:
+            meta = {c: r[c] for c in extra if r[c] != ""}
+            entries.append(_Entry(where, p, PurePosixPath(*Path(rel).parts).as_posix(), label, split,
+                                  (r.get("slide") or "").strip() or None, x, y,
+                                  json.dumps(meta, sort_keys=True, ensure_ascii=False) if meta else None, i))
+    return entries
+
+
+def list_folder(root: Path, split: str, problems: _Problems) -> list[_Entry]:
+    """A labelled ``ROOT/{Atypical,Normal}/*`` folder, or an unlabelled flat one."""
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found; pass a folder of patches (ROOT/Atypical, ROOT/Normal, or "
+                        "images directly in ROOT) or --manifest FILE.csv")
+    if split not in SPLITS:
+        raise DataError(f"--split {split!r}: use train or test")
+    visible = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    dirs = [p for p in visible if p.is_dir()]
+    files = [p for p in visible if p.is_file()]
+    if dirs and files:
+        problems.add(f"{root}: holds both label folders {[d.name for d in dirs]} and loose files "
+                     f"({files[0].name}, ...); use either ROOT/{{{_POSITIVE},{_NEGATIVE}}}/* or images directly in ROOT")
+        return []
+    listed: list[tuple[Path, str | None]] = []
+    if dirs:
+        for d in dirs:
+            try:
+                label = label_of(d.name)
+            except KeyError:
+                label = None
+            if label is None:
+                problems.add(f"{d}: unknown label folder {d.name!r}; only {_POSITIVE} and {_NEGATIVE} (or AMF/NMF) "
+                             "are allowed")
+                continue
+            listed += [(p, label) for p in sorted(d.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    else:
+        listed = [(p, None) for p in files]
+    entries = []
+    for i, (p, label) in enumerate(listed):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            problems.add(f"{p}: not an image file name (expected {', '.join(IMAGE_SUFFIXES)}); remove it")
+            continue
+        entries.append(_Entry(str(p), p, p.relative_to(root).as_posix(), label, split, order=i))
+    if not entries and not problems.items:
+        problems.add(f"{root}: no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
+    return entries
+
+
+def scan_cohort(dataset: str, *, manifest: str | Path | None = None, folder: str | Path | None = None,
+                split: str = DEFAULT_SPLIT, stored: pd.DataFrame | None = None, progress: bool = False) -> ImportScan:
+    """Validate a cohort (``manifest`` or ``folder``) and build its rows of the ``patches`` table.
+
+    ``stored``: the dataset's rows already in the store (with ``png``); a listed file whose bytes are
+    unchanged reuses its stored row's pixels instead of being decoded again (a re-import of a grown
+    folder checks the added files only). Raises DataError listing every problem; writes nothing."""
+    check_dataset_name(dataset)
+    if (manifest is None) == (folder is None):
+        raise DataError("give exactly one of a manifest CSV (--manifest FILE.csv) or a folder of patches")
+    problems = _Problems()
+    entries = (list_manifest(Path(manifest), problems) if manifest is not None
+               else list_folder(Path(folder), split, problems))
+    known = {}
+    if stored is not None and len(stored):
+        known = {r["patch_id"]: r for r in stored[["patch_id", "png", "width", "height", "content_sha256"]]
+                 .to_dict("records")}
+    notes: list[str] = []
+    rows = []
+    for e in progress_bar(entries, desc=f"checking {dataset}", unit="patch", enabled=progress):
+        raw = e.path.read_bytes()
+        pid = patch_id_for(dataset, e.relpath, raw)
+        if pid in known:
+            k = known[pid]
+            png, width, height, sha = k["png"], k["width"], k["height"], k["content_sha256"]
+        else:
+            try:
+                checked = check_image(raw, e.where if e.where.endswith(str(e.path)) else f"{e.where}: {e.path}",
+                                      IMAGE_FIX)
+            except DataError as exc:
+                problems.add(str(exc))
+                continue
+            png, width, height, sha = checked.png, checked.width, checked.height, bytes_sha256(checked.png)
+        rows.append(dict(
+            patch_id=pid, dataset=dataset, split=e.split, label=e.label,
+            y=None if e.label is None else BINARY_LABELS[e.label],
+            filename=e.path.name, relpath=e.relpath, slide=e.slide, source=None,
+            coord_x=e.x, coord_y=e.y, train_row=e.order if e.split == "train" else None, n_experts=0,
+            **dict.fromkeys(VOTE_COLUMNS), **dict.fromkeys(SUBTYPE_COLUMNS),
+            width=width, height=height, content_sha256=sha, png=png, duplicate_group=None, metadata=e.metadata))
+    problems.raise_if_any()
+    df = pd.DataFrame(rows)
+    dup = df["content_sha256"].duplicated(keep=False)
+    df.loc[dup, "duplicate_group"] = df.loc[dup, "content_sha256"].str[:16]
+    if dup.any():
+        notes.append(f"{int(dup.sum())} of the {dataset} patches share their pixels with another of them; kept, "
+                     "flagged in column duplicate_group")
+    sizes = df.groupby(["width", "height"]).size()
+    if not (len(sizes) == 1 and sizes.index[0] == (128, 128)):
+        shown = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.sort_values(ascending=False).head(4).items())
+        notes.append(f"{dataset}: patch sizes {shown}; each recipe resizes them its own way, and `handcrafted` "
+                     "assumes a mitosis centred at AMi-Br's scale (docs/cohorts.md)")
+    unlabelled = int(df["label"].isna().sum())
+    if unlabelled:
+        notes.append(f"{dataset}: {unlabelled} unlabelled patch(es): predicted and searched, never scored")
+    for col in ("coord_x", "coord_y", "train_row", "y"):
+        df[col] = df[col].astype("Int64")
+    for col in VOTE_COLUMNS:
+        df[col] = df[col].astype("boolean")
+    return ImportScan(patches=df, notes=notes)
