@@ -8,7 +8,12 @@
   *selected* (hyper-parameters, early-stopping epoch, decision threshold) is chosen on fold k
   (``val``, the fold's held-out part: whole slides the model never saw). Test sets are only ever
   predicted.
-* Three test sets, named as in the paper's CSV: ``AMi-Br-test``, ``AtNorM-Br``, ``AtNorM-MD``.
+* Three test sets, named as in the paper's CSV: ``AMi-Br-test``, ``AtNorM-Br``, ``AtNorM-MD``; and
+  every user cohort (``mitoprobe data import --dataset NAME``) with labelled ``split=test`` patches is
+  an extra test set named NAME, scored by the same fold models (unlabelled patches are never scored).
+* Training on another dataset than AMi-Br (a cohort's ``split=train`` patches, slide-grouped the
+  same way) is a named protocol option, ``train_on``, recorded in the run; a cohort never mixes into
+  the paper's folds.
 
 Why this shape: selection code receives a :class:`FoldData`, which holds training-side rows only;
 test labels live in :class:`TestSet` objects that the fitting path never receives. A test permutes
@@ -30,28 +35,49 @@ FOLD_SEED = 42
 # paper name -> (dataset, split) in the patches table, from the dataset specs (store/datasets.py):
 # AMi-Br-test, AtNorM-Br, AtNorM-MD
 TEST_SETS: dict[str, tuple[str, str]] = datasets.test_sets()
+PAPER_TRAIN = "AMi-Br"  # the paper trains on AMi-Br's training split; anything else is ``train_on``
 FOLD_COLUMNS = list(schema.FOLD_COLUMNS)  # what folds.parquet holds (store.schema.FOLDS)
 
 
-def train_patches(patches: pd.DataFrame) -> pd.DataFrame:
-    """The AMi-Br training patches in ``amibr_train_split.csv`` row order."""
-    tr = patches[(patches["dataset"] == "AMi-Br") & (patches["split"] == "train")]
-    if tr.empty or tr["train_row"].isna().any():
-        raise StoreError("the store's AMi-Br train patches lack train_row; re-run `mitoprobe data import`")
+def available_test_sets(patches: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Every test set the store can score: the benchmark's (``TEST_SETS``, in the paper's order), then
+    each user dataset with labelled ``split=test`` patches, under its own name (sorted)."""
+    out = dict(TEST_SETS)
+    benchmark = {ds for ds, _ in TEST_SETS.values()} | {s.name for s in datasets.BENCHMARK}
+    labelled = patches[(patches["split"] == "test") & patches["y"].notna() & ~patches["dataset"].isin(benchmark)]
+    for ds in sorted(labelled["dataset"].unique()):
+        out[ds] = (ds, "test")
+    return out
+
+
+def train_patches(patches: pd.DataFrame, dataset: str = PAPER_TRAIN) -> pd.DataFrame:
+    """The training patches of ``dataset`` in ``train_row`` order (AMi-Br: ``amibr_train_split.csv``
+    row order; a cohort: its manifest row order)."""
+    tr = patches[(patches["dataset"] == dataset) & (patches["split"] == "train")]
+    if dataset != PAPER_TRAIN:
+        tr = tr[tr["y"].notna()]
+    if tr.empty:
+        raise ProtocolError(f"dataset {dataset!r} has no labelled train patches to train on; import them with "
+                            "split=train (`mitoprobe data import --dataset NAME --split train`, or a manifest's "
+                            "split column)")
+    if tr["train_row"].isna().any():
+        raise StoreError(f"the store's {dataset} train patches lack train_row; re-run `mitoprobe data import`")
     return tr.sort_values("train_row", kind="mergesort").reset_index(drop=True)
 
 
-def compute_folds(patches: pd.DataFrame, n_splits: int = N_FOLDS, random_state: int = FOLD_SEED) -> pd.DataFrame:
-    """One row per training patch with its held-out fold (0..n_splits-1)."""
+def compute_folds(patches: pd.DataFrame, n_splits: int = N_FOLDS, random_state: int = FOLD_SEED,
+                  dataset: str = PAPER_TRAIN) -> pd.DataFrame:
+    """One row per training patch of ``dataset`` with its held-out fold (0..n_splits-1)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    tr = train_patches(patches)
+    tr = train_patches(patches, dataset)
     n_slides = tr["slide"].nunique()
     if tr["slide"].isna().any() or n_slides < n_splits:
-        raise ProtocolError(f"the {n_splits}-fold slide-grouped split needs every AMi-Br training patch to have a "
+        raise ProtocolError(f"the {n_splits}-fold slide-grouped split needs every {dataset} training patch to have a "
                             f"slide and at least {n_splits} slides; the store has {n_slides} slide(s)"
                             + (" and patches without one" if tr["slide"].isna().any() else "")
-                            + ": import the train split CSV with its slide column")
+                            + (": import the train split CSV with its slide column" if dataset == PAPER_TRAIN
+                               else ": give the manifest a slide column"))
     fold = np.full(len(tr), -1, dtype=np.int64)
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
     # the paper stratifies on final_label strings ({'Atypical','Normal'}); same classes, same folds
@@ -62,11 +88,14 @@ def compute_folds(patches: pd.DataFrame, n_splits: int = N_FOLDS, random_state: 
     return out.reset_index(drop=True)
 
 
-def folds(store, create: bool = True) -> pd.DataFrame:
+def folds(store, create: bool = True, train_on: str = PAPER_TRAIN) -> pd.DataFrame:
     """The persisted folds; computed and written on first use. Refuses folds that no longer match
-    the stored patches (re-imported data)."""
-    stored = store.read_folds()
+    the stored patches (re-imported data). Folds over another ``train_on`` dataset are computed the
+    same way (deterministic) and not persisted: ``folds.parquet`` is the paper's."""
     patches = store.patches(columns=["patch_id", "dataset", "split", "label", "y", "slide", "train_row"])
+    if train_on != PAPER_TRAIN:
+        return compute_folds(patches, dataset=train_on)
+    stored = store.read_folds()
     expected = compute_folds(patches)
     if stored is not None:
         same = (len(stored) == len(expected)
@@ -106,6 +135,7 @@ class Protocol:
 
     train: pd.DataFrame  # FOLD_COLUMNS, CSV row order
     tests: dict[str, TestSet]
+    train_on: str = PAPER_TRAIN
 
     @property
     def n_folds(self) -> int:
@@ -117,21 +147,24 @@ class Protocol:
                         y=self.train["y"].to_numpy().astype(np.int64), groups=self.train["slide"].to_numpy())
 
 
-def load_protocol(store, test_sets: list[str] | None = None) -> Protocol:
-    """Folds (persisted on first use) and the named test sets (default: all three)."""
-    fo = folds(store)
-    return Protocol(train=fo, tests=load_test_sets(store, test_sets))
+def load_protocol(store, test_sets: list[str] | None = None, train_on: str = PAPER_TRAIN) -> Protocol:
+    """Folds (the paper's persisted on first use) and the named test sets (default: every available one)."""
+    fo = folds(store, train_on=train_on)
+    return Protocol(train=fo, tests=load_test_sets(store, test_sets), train_on=train_on)
 
 
 def load_test_sets(store, test_sets: list[str] | None = None) -> dict[str, TestSet]:
-    """The named test sets (default: all) with labels and expert votes; no folds needed (scoring only)."""
+    """The named test sets (default: all available, ``available_test_sets``) with labels and expert
+    votes, labelled patches only; no folds needed (scoring only)."""
     patches = store.patches()
+    known = available_test_sets(patches)
     tests = {}
-    for name in test_sets or list(TEST_SETS):
-        if name not in TEST_SETS:
-            raise ProtocolError(f"unknown test set {name!r}; choose from {list(TEST_SETS)}")
-        ds, split = TEST_SETS[name]
-        sub = patches[(patches["dataset"] == ds) & (patches["split"] == split)].sort_values("patch_id")
+    for name in test_sets or list(known):
+        if name not in known:
+            raise ProtocolError(f"unknown test set {name!r}; choose from {list(known)}")
+        ds, split = known[name]
+        sub = patches[(patches["dataset"] == ds) & (patches["split"] == split) & patches["y"].notna()]
+        sub = sub.sort_values("patch_id")
         if sub.empty:
             continue
         vote_cols = [c for c in sub.columns if c.startswith("expert") and c.endswith("_atypical")]

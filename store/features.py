@@ -525,7 +525,7 @@ class FeatureStore:
                               "--yes` to rebuild it)") from exc
 
     def search(self, eset: EmbeddingSet, query: np.ndarray, output: str | None = None, k: int = 10,
-               view: str = "none", standardized: bool = True) -> pd.DataFrame:
+               view: str = "none", standardized: bool = True, among: Sequence[str] | None = None) -> pd.DataFrame:
         """The k nearest stored vectors (cosine distance) to the raw vector ``query`` in one output.
 
         ``standardized`` (the default) searches the ``<output>__z`` column: the query is z-scored
@@ -534,7 +534,8 @@ class FeatureStore:
         before the standardised columns existed is refused (``DamagedStoreError``: run
         ``mitoprobe store repair --yes``); a reader never rebuilds it (that needs the set's lock).
         Exact (flat) search below ``ANN_MIN_ROWS`` rows or when the column has no index; the ANN
-        index with the parameters of ``ann_params`` above it.
+        index with the parameters of ``ann_params`` above it. ``among``: only these patch ids may be
+        returned (a prefilter, so k hits come back whenever k such patches exist).
         """
         output = output or next(iter(eset.outputs))
         if output not in eset.outputs:
@@ -558,9 +559,21 @@ class FeatureStore:
             indexed = any(column in ix.columns for ix in tbl.list_indices())
             params = ann_params(n, eset.outputs[output]) if indexed and n >= ANN_MIN_ROWS else None
             q = (tbl.search(query, vector_column_name=column)
-                 .distance_type("cosine").where(f"view = '{view.replace(chr(39), chr(39) * 2)}'", prefilter=True)
+                 .distance_type("cosine").where(_search_filter(view, among), prefilter=True)
                  .select([*KEY_COLUMNS, "_distance"]).limit(k))
             return apply_search_params(q, params).to_pandas().rename(columns={"_distance": "distance"})
+
+
+def _sql_str(v: str) -> str:
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def _search_filter(view: str, among: Sequence[str] | None) -> str:
+    """The LanceDB prefilter: one view, and optionally a set of patch ids."""
+    where = f"view = {_sql_str(view)}"
+    if among is not None:
+        where += f" AND patch_id IN ({', '.join(_sql_str(p) for p in among) or 'NULL'})"
+    return where
 
 
 @dataclass(frozen=True)

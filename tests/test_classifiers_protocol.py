@@ -89,21 +89,21 @@ def test_no_selection_step_reads_a_test_label(synth, tmp_path, head):
 
 def test_fit_path_never_receives_test_rows(synth, monkeypatch):
     """Every matrix a head is fitted on comes from training patches only."""
-    import classifiers.runner as runner
+    import classifiers.fitting as fitting
 
     proto = load_protocol(synth)
     feats = load_features(synth, "synth")
     train_rows = set(feats.rows_of(proto.train["patch_id"].to_numpy())[0].tolist())
     train_vectors = {feats.X[r].tobytes() for r in train_rows}
     seen = []
-    real_fit = runner._fit
+    real_fit = fitting._fit
 
     def spy(head, params, X, y, X_val, y_val):
         seen.extend(x.tobytes() for x in X)
         seen.extend(x.tobytes() for x in X_val)
         return real_fit(head, params, X, y, X_val, y_val)
 
-    monkeypatch.setattr(runner, "_fit", spy)
+    monkeypatch.setattr(fitting, "_fit", spy)
     run_family(synth, feats, proto, "simpleshot", {"pooling": "all"}, repeat=True, n_boot=20)
     assert seen and set(seen) <= train_vectors
 

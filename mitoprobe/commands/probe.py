@@ -10,6 +10,7 @@ from classifiers.heads import parse_head_params
 from classifiers.report import best_per_test_set, format_board, leaderboard
 from classifiers.robustness import robustness_table
 from classifiers.significance import compare, format_comparison, resolve_families
+from classifiers.protocol import PAPER_TRAIN
 from classifiers.runner import POOLINGS, current_recipe_id, sweep
 from mitoprobe.display import print_frame, print_report
 from store import Store
@@ -41,13 +42,19 @@ def check_sets(st: Store, model: str, pooling: str, allow_stale: bool) -> None:
 @click.option("--param", "params", multiple=True, metavar="HEAD.KEY=VALUE",
               help="Set a head's parameter (repeatable), e.g. torch_linear.lr=1e-3; it is fixed, not searched, "
                    "and recorded in the run.")
+@click.option("--train-on", default=PAPER_TRAIN, show_default=True, metavar="DATASET",
+              help="Train on this dataset's split=train patches (5 slide-grouped folds) instead of the paper's "
+                   "AMi-Br training split; recorded in the run (a different family).")
 @STORE_OPTION
 def probe(model: str, heads: str, pooling: str, tta: bool, repeat: bool, seed: int, allow_stale: bool,
-          params: tuple[str, ...], store_path: Path | None) -> None:
-    """Fit every head x 5 folds on MODEL's stored vectors; score the 3 test sets; append to runs.
+          params: tuple[str, ...], train_on: str, store_path: Path | None) -> None:
+    """Fit every head x 5 folds on MODEL's stored vectors; score every test set; append to runs.
 
-    Hyper-parameters and thresholds are chosen on each fold's held-out slides only; an identical
-    configuration already in the store is skipped unless --repeat.
+    The test sets are AMi-Br-test, AtNorM-Br, AtNorM-MD and each imported cohort with labelled
+    split=test patches (under its dataset name). Hyper-parameters and thresholds are chosen on each
+    fold's held-out slides only; an identical configuration already in the store is skipped unless
+    --repeat, except that test sets it has not scored yet (a cohort imported since) are scored by
+    its own fold models.
 
     Example: mitoprobe probe --model handcrafted --head logreg,lgbm --tta
     Example: mitoprobe probe --model resnet18.random --head torch_linear --param torch_linear.lr=1e-3
@@ -57,8 +64,9 @@ def probe(model: str, heads: str, pooling: str, tta: bool, repeat: bool, seed: i
     head_list = None if heads == "all" else [h.strip() for h in heads.split(",") if h.strip()]
     check_sets(st, model, pooling, allow_stale)
     new = sweep(st, model, heads=head_list, pooling=pooling, tta=tta, seed=seed, repeat=repeat,
-                allow_stale=allow_stale, head_params=head_params)
-    click.echo(f"{new['run_id'].nunique() if len(new) else 0} new runs appended to {st.root / 'results/runs'}")
+                allow_stale=allow_stale, head_params=head_params, train_on=train_on)
+    click.echo(f"{new['run_id'].nunique() if len(new) else 0} new runs appended to {st.root / 'results/runs'}"
+               + (f" ({len(new)} rows: run x test set)" if len(new) else ""))
     best = best_per_test_set(leaderboard(st, model=model, with_paper=False))
     if len(best):
         print_frame(format_board(best), title=f"best head per test set for {model}")

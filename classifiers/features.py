@@ -1,0 +1,115 @@
+"""Stored vectors of one embedding set as a probe sees them: ``load_features`` (the current recipe id
+is mandatory, so stale vectors are refused) and ``Features.rows_of`` (every view of each patch).
+
+Why its own module: the probe sweep, the refit of a recorded family (``refit``), ``predict`` and
+``fusion`` all read vectors the same way; none of them should reach into the sweep for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+import embedder
+from store.errors import ProtocolError, StoreError
+from store.hashing import config_hash
+
+POOLINGS = {"all": None, "cls": ["cls"], "mean": ["mean"], "both": ["cls", "mean"], "vector": ["vector"]}
+
+
+@dataclass
+class Features:
+    """Vectors of one set, indexed by patch: ``rows_of(patch_ids)`` gives rows and owners."""
+
+    name: str
+    recipe_id: str
+    keys: pd.DataFrame
+    X: np.ndarray
+    views: list[str]
+    _by_patch: dict = field(default_factory=dict, repr=False)
+    # fine-tuned sets (finetune's fold checkpoints): the one fold whose split they may be probed under
+    only_fold: int | None = None
+
+    def __post_init__(self):
+        codes, uniq = pd.factorize(self.keys["patch_id"])
+        order = np.argsort(codes, kind="mergesort")
+        bounds = np.searchsorted(codes[order], np.arange(len(uniq) + 1))
+        self._by_patch = {p: order[bounds[i]:bounds[i + 1]] for i, p in enumerate(uniq)}
+
+    def rows_of(self, patch_ids) -> tuple[np.ndarray, np.ndarray]:
+        """(row indices, index into ``patch_ids`` of each row) covering every view of each patch."""
+        rows, owner = [], []
+        missing = []
+        for i, p in enumerate(patch_ids):
+            r = self._by_patch.get(p)
+            if r is None:
+                missing.append(p)
+                continue
+            rows.append(r)
+            owner.append(np.full(len(r), i))
+        if missing:
+            raise StoreError(f"embedding set {self.name} lacks {len(missing)} patches (e.g. {missing[0]}); "
+                             f"run `mitoprobe embed --model {self.name}` to complete it")
+        return np.concatenate(rows), np.concatenate(owner)
+
+
+def current_recipe_id(store, model: str) -> str:
+    """The recipe id ``model`` has now, from the embedder's registry or a registered resolver (fine-tuned
+    folds). Mandatory: a name nothing resolves raises RecipeError, never "use the newest stored set"."""
+    return embedder.recipe_id_of(model, store_root=store.root)
+
+
+def load_features(store, model: str, pooling: str = "all", tta: bool = False, recipe_id: str | None = None,
+                  allow_stale: bool = False) -> Features:
+    """One set's vectors; ``"a+b"`` concatenates sets ``a`` and ``b`` per (patch, view) (e.g. a fine-tuned
+    fold's vectors with the handcrafted features; ``pooling`` applies to each part that has the outputs)."""
+    if "+" in model:
+        return _concat_features(store, model, pooling, tta, allow_stale)
+    if pooling not in POOLINGS:
+        raise ProtocolError(f"unknown pooling {pooling!r}; choose from {list(POOLINGS)}")
+    recipe_id = recipe_id or current_recipe_id(store, model)
+    eset = store.features.resolve(model, recipe_id, allow_stale)
+    outputs = POOLINGS[pooling]
+    if outputs and any(o not in eset.outputs for o in outputs):
+        raise ProtocolError(f"set {model} has outputs {list(eset.outputs)}; pooling {pooling!r} needs {outputs}")
+    keys, X = store.features.read(model, eset.recipe_id, outputs=outputs, views=None if tta else ["none"],
+                                  allow_stale=True)
+    if len(keys) == 0:
+        raise StoreError(f"set {model} has no original-view ('none') vectors")
+    return Features(model, eset.recipe_id, keys, np.ascontiguousarray(X, dtype=np.float32),
+                    sorted(keys["view"].unique()),
+                    only_fold=_finetune_fold(eset.provenance))
+
+
+def _concat_features(store, model: str, pooling: str, tta: bool, allow_stale: bool) -> Features:
+    parts = [load_features(store, name, pooling if pooling in ("all", "vector") else "all", tta,
+                           allow_stale=allow_stale) for name in model.split("+")]
+    folds = {f.only_fold for f in parts} - {None}
+    if len(folds) > 1:
+        raise ProtocolError(f"{model}: parts come from different fine-tuned folds {sorted(folds)}")
+    keys = parts[0].keys[["patch_id", "view"]].reset_index(drop=True)
+    blocks = [parts[0].X]
+    for f in parts[1:]:
+        idx = pd.MultiIndex.from_frame(f.keys[["patch_id", "view"]]).get_indexer(pd.MultiIndex.from_frame(keys))
+        if (idx < 0).any():
+            raise StoreError(f"{model}: {f.name} lacks {(idx < 0).sum()} of {parts[0].name}'s (patch, view) rows")
+        blocks.append(f.X[idx])
+    rid = config_hash({"concat": [f.recipe_id for f in parts]})
+    return Features(model, rid, keys, np.ascontiguousarray(np.hstack(blocks), dtype=np.float32),
+                    sorted(keys["view"].unique()), only_fold=folds.pop() if folds else None)
+
+
+def _finetune_fold(provenance: dict) -> int | None:
+    """Vectors from fold k's fine-tuned checkpoint were trained on the other folds' patches: they may
+    only be probed under fold k's split (None: any fold)."""
+    k = (provenance.get("recipe") or {}).get("finetune_fold")
+    return None if k is None or int(k) < 0 else int(k)
+
+
+
+
+def patch_mean(p_rows: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Average row probabilities over each patch's views (TTA); identity with one view."""
+    return np.bincount(owner, weights=p_rows, minlength=n) / np.bincount(owner, minlength=n)

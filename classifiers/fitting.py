@@ -1,0 +1,93 @@
+"""Fitting one fold of a probe: the grid searched on the fold's held-out part, the threshold set there,
+then test sets only predicted. Shared by the sweep (``runner``) and the deterministic refit of a
+recorded family (``refit``: extra test sets, ``predict``), so both fit exactly the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import numpy as np
+
+from store.errors import ProtocolError
+
+from . import metrics as M
+from .features import Features, patch_mean
+from .heads import HEADS, make_head, positive_proba
+from .protocol import FoldData, TestSet
+from .scoring import decision_threshold
+
+SELECTION_RULE = "max AUROC on the fold's held-out part (whole slides; training data only)"
+
+
+def _fit(head: str, params: dict, X, y, X_val, y_val):
+    est = make_head(head, **params)
+    if HEADS[head].uses_val:
+        est.fit(X, y, X_val=X_val, y_val=y_val)
+    else:
+        est.fit(X, y)
+    return est
+
+
+def _seeded_params(head: str, params: dict, seed: int) -> dict:
+    """``params`` plus ``random_state=seed`` when the head is stochastic and takes one."""
+    sig = inspect.signature(HEADS[head].factory).parameters
+    takes = "random_state" in sig or any(p.kind == p.VAR_KEYWORD for p in sig.values())
+    est = make_head(head)
+    last = est.steps[-1][1] if hasattr(est, "steps") else est
+    if takes and "random_state" in last.get_params(deep=False):
+        return {"random_state": seed, **params}
+    return dict(params)
+
+
+def grid_points(spec, params: dict) -> list[dict]:
+    """The head's grid without the keys set explicitly (an explicit parameter is fixed, not searched),
+    each remaining point once."""
+    points: list[dict] = []
+    for cand in spec.grid:
+        free = {k: v for k, v in cand.items() if k not in params}
+        if free not in points:
+            points.append(free)
+    return points
+
+
+def fit_fold(head: str, params: dict, feats: Features, fd: FoldData, train_ids: np.ndarray,
+             points: list[dict] | None = None) -> dict:
+    """Selection and fitting for one fold, from training-side data only (``fd``: no test labels).
+
+    ``points``: the grid points to try (default: the head's grid less the explicit ``params``); a
+    refit of a recorded fold passes the one point that was chosen.
+    Returns the fitted estimator, the chosen grid point, the held-out probabilities and threshold."""
+    spec = HEADS[head]
+    if feats.only_fold is not None and fd.fold != feats.only_fold:
+        raise ProtocolError(f"{feats.name} comes from fold {feats.only_fold}'s fine-tuned checkpoint; probing it under "
+                         f"fold {fd.fold} would validate on patches its backbone was trained on (leakage)")
+    t0 = time.perf_counter()
+    tr_rows, tr_owner = feats.rows_of(train_ids[fd.train_idx])
+    va_rows, va_owner = feats.rows_of(train_ids[fd.val_idx])
+    y_tr = fd.y[fd.train_idx][tr_owner]
+    y_val_patch = fd.y[fd.val_idx]
+    X_tr, X_va = feats.X[tr_rows], feats.X[va_rows]
+    best = None
+    tried = []
+    for cand in (grid_points(spec, params) if points is None else points):
+        est = _fit(head, {**cand, **params}, X_tr, y_tr, X_va, y_val_patch[va_owner])
+        p_val = patch_mean(positive_proba(est, X_va), va_owner, len(fd.val_idx))
+        score = M.auroc(y_val_patch, p_val)
+        tried.append({"params": cand, "val_auroc": score})
+        if best is None or score > best[0]:
+            best = (score, cand, est, p_val)
+    score, chosen, est, p_val = best
+    threshold = decision_threshold(spec.threshold_rule, y_val_patch, p_val)
+    return dict(estimator=est, chosen=chosen, tried=tried, val_proba=p_val, threshold=float(threshold),
+                val_auroc=float(score),
+                val_balanced_accuracy=M.balanced_accuracy(y_val_patch, M.predict(p_val, threshold)),
+                n_train=int(len(fd.train_idx)), fit_seconds=time.perf_counter() - t0)
+
+
+def predict_test_set(est, feats: Features, ts: TestSet) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    rows, owner = feats.rows_of(ts.patch_ids)
+    p = patch_mean(positive_proba(est, feats.X[rows]), owner, len(ts.patch_ids))
+    return p, time.perf_counter() - t0
