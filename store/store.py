@@ -131,7 +131,7 @@ class Store:
         with ``replace=True``. Other datasets in the store (users' cohorts) are kept as they are."""
         self._check_root()
         scan: ImportScan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs)
-        return self._store_scan(scan, {s.name for s in specs}, replace)
+        return self._store_scan(scan, {s.name for s in specs}, replace, self._stored_patches(replace))
 
     def import_cohort(self, dataset: str, *, manifest: str | Path | None = None, folder: str | Path | None = None,
                       split: str = "test", progress: bool = False, replace: bool = False) -> ImportOutcome:
@@ -147,7 +147,7 @@ class Store:
         scan = scan_cohort(dataset, manifest=manifest, folder=folder, split=split, stored=stored, progress=progress)
         if old is not None:
             scan.notes.extend(_shared_pixel_notes(old, scan.patches, dataset))
-        return self._store_scan(scan, {dataset}, replace)
+        return self._store_scan(scan, {dataset}, replace, old)
 
     def _check_root(self) -> None:
         if self.root.exists() and not self.root.is_dir():
@@ -166,12 +166,11 @@ class Store:
                 raise DamagedStoreError(f"{exc}; or overwrite it with `mitoprobe data import --replace`") from exc
             return None
 
-    def _store_scan(self, scan: ImportScan, datasets: set[str], replace: bool) -> ImportOutcome:
-        """Write ``scan``'s rows as the whole of ``datasets``, keeping every other dataset's rows;
-        refuse (unless ``replace``) to drop or change a stored patch of ``datasets``."""
+    def _store_scan(self, scan: ImportScan, datasets: set[str], replace: bool, old: pa.Table | None) -> ImportOutcome:
+        """Write ``scan``'s rows as the whole of ``datasets``, keeping every other dataset's rows of the
+        stored table ``old``; refuse (unless ``replace``) to drop or change a stored patch of ``datasets``."""
         new = patches_table(scan, str(self.patches_path))
         counts = summarize_counts(scan.patches)
-        old = self._stored_patches(replace)
         if old is not None:
             old = schema.validate(old, schema.PATCHES, str(self.patches_path), fill_missing=True)
             mine = pa.array([d in datasets for d in old["dataset"].to_pylist()], pa.bool_())
@@ -396,8 +395,8 @@ def _ordered(table: pa.Table, old: pa.Table) -> pa.Table:
 def _shared_pixel_notes(old: pa.Table, new: pd.DataFrame, dataset: str) -> list[str]:
     """A note when imported patches are byte-identical to stored patches of another dataset: a
     cohort holding AMi-Br training patches would leak into a test set."""
-    others = old.filter(pc.not_equal(old["dataset"], dataset)).select(["content_sha256", "dataset",
-                                                                                "relpath"]).to_pandas()
+    others = old.filter(pc.not_equal(old["dataset"], dataset))
+    others = others.select(["content_sha256", "dataset", "relpath"]).to_pandas()
     hit = new.merge(others, on="content_sha256", suffixes=("", "_stored"))
     if hit.empty:
         return []
