@@ -53,6 +53,7 @@ def nearest_labelled(store, model: str, dataset: str, k: int = 10, reference: tu
     if missing:
         raise StoreError(f"set {model} lacks {len(missing)} patches of {dataset} (e.g. {missing[0]}); run "
                          f"`mitoprobe embed --model {model}` to embed them")
+    search = store.features.searcher(eset, output)
     rows = []
     for q in progress_bar(queries.itertuples(index=False), total=len(queries), desc=f"search {model}",
                           unit="patch", enabled=progress):
@@ -62,8 +63,7 @@ def nearest_labelled(store, model: str, dataset: str, k: int = 10, reference: tu
         if exclude_same_slide and isinstance(q.slide, str):
             keep &= ~((ref["dataset"] == q.dataset) & (ref["slide"] == q.slide)).to_numpy()
         keep &= (ref.index != q.patch_id)
-        hits = store.features.search(eset, X[row_of[q.patch_id]], output=output, k=k,
-                                     among=ref.index[keep].tolist())
+        hits = search(X[row_of[q.patch_id]], k=k, among=ref.index[keep].tolist())
         if hits.empty:
             continue
         nb = ref.loc[hits["patch_id"]]

@@ -536,14 +536,19 @@ class FeatureStore:
         Exact (flat) search below ``ANN_MIN_ROWS`` rows or when the column has no index; the ANN
         index with the parameters of ``ann_params`` above it. ``among``: only these patch ids may be
         returned (a prefilter, so k hits come back whenever k such patches exist).
+        Many queries: ``searcher`` opens the table and reads the statistics once.
         """
+        return self.searcher(eset, output, standardized)(query, k=k, view=view, among=among)
+
+    def searcher(self, eset: EmbeddingSet, output: str | None = None, standardized: bool = True) -> "Searcher":
+        """An open search over one output of ``eset`` (see ``search``), for many queries."""
         output = output or next(iter(eset.outputs))
         if output not in eset.outputs:
             raise StoreError(f"set {eset.name} has outputs {list(eset.outputs)}, not {output!r}")
         tbl = self.lance_table(eset)
         where = self.lance_path(eset.recipe_id)
         column = output
-        query = np.asarray(query, dtype=np.float32)
+        stats = None
         if standardized:
             column = z_column(output)
             with read_guard(where, "cannot be read", errors=(RuntimeError, OSError)):
@@ -553,15 +558,32 @@ class FeatureStore:
                     f"{where}: the LanceDB table of set {eset.name} has no standardised search column {column!r} "
                     "(built by an older mitoprobe); run `mitoprobe store repair --yes` to rebuild it from the "
                     "Parquet parts (or search the raw vectors with standardized=False)")
-            query = self.standardize(eset, output, query)
+            stats = self.search_stats(eset)
         with read_guard(where, "cannot be searched", errors=(RuntimeError, OSError)):
             n = tbl.count_rows()
             indexed = any(column in ix.columns for ix in tbl.list_indices())
-            params = ann_params(n, eset.outputs[output]) if indexed and n >= ANN_MIN_ROWS else None
-            q = (tbl.search(query, vector_column_name=column)
+        params = ann_params(n, eset.outputs[output]) if indexed and n >= ANN_MIN_ROWS else None
+        return Searcher(self, eset, output, column, tbl, where, stats, params)
+
+
+class Searcher:
+    """One output of one set, opened for search: ``searcher(query, k, view, among) -> DataFrame``."""
+
+    def __init__(self, fs: FeatureStore, eset: EmbeddingSet, output: str, column: str, tbl, where: Path,
+                 stats: dict | None, params: "AnnParams | None"):
+        self.fs, self.eset, self.output, self.column = fs, eset, output, column
+        self._tbl, self._where, self._stats, self._params = tbl, where, stats, params
+
+    def __call__(self, query: np.ndarray, k: int = 10, view: str = "none",
+                 among: Sequence[str] | None = None) -> pd.DataFrame:
+        query = np.asarray(query, dtype=np.float32)
+        if self._stats is not None:
+            query = self.fs.standardize(self.eset, self.output, query, self._stats)
+        with read_guard(self._where, "cannot be searched", errors=(RuntimeError, OSError)):
+            q = (self._tbl.search(query, vector_column_name=self.column)
                  .distance_type("cosine").where(_search_filter(view, among), prefilter=True)
                  .select([*KEY_COLUMNS, "_distance"]).limit(k))
-            return apply_search_params(q, params).to_pandas().rename(columns={"_distance": "distance"})
+            return apply_search_params(q, self._params).to_pandas().rename(columns={"_distance": "distance"})
 
 
 def _sql_str(v: str) -> str:
