@@ -5,8 +5,10 @@ through here.
 
 Weights, in order: a local file (``weights=PATH``: safetensors; ``.pt/.pth/.bin`` via
 ``torch.load(weights_only=True)``; arbitrary pickles only with ``trust_pickle=True``), else the
-recipe's hub weights (timm ``hf-hub:`` id, token read from ``$HF_TOKEN`` or ``hf_token_env``, never
-written anywhere), else seeded random weights (``.random`` recipes).
+recipe's own local file (``weights="local"`` recipe files: the same loaders, after checking the
+file's sha256 against the recipe), else the recipe's hub weights (timm ``hf-hub:`` id at the
+recipe's revision or the commit the job resolved, token read from ``$HF_TOKEN`` or
+``hf_token_env``, never written anywhere), else seeded random weights (``.random`` recipes).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 from store.errors import RecipeError, WeightsError
 
 from .handcrafted import handcrafted_features
+from .hub import served_commit
+from .identity import file_digest
 from .recipes import Recipe, resolve_recipe
 from .transforms import Preprocess
 
@@ -86,6 +90,47 @@ def check_weights_option(recipe: Recipe, weights: str | Path | None) -> None:
     if weights is not None and recipe.weights == "none":
         raise RecipeError(f"{recipe.name} has no network weights, so --weights {weights} would be ignored; "
                           "drop --weights (or pick a recipe with a network: `mitoprobe embed --list`)")
+
+
+def verify_sha256(recipe: Recipe) -> Path:
+    """The recipe's local weights file, after checking its sha256 against the recipe (WeightsError
+    naming both digests otherwise): the id promises those exact bytes."""
+    p = Path(recipe.weights_file)
+    if not p.is_file():
+        raise WeightsError(f"{recipe.name}: weights file {p} not found{_from(recipe)}; put it back, or point "
+                           "`weights` in the recipe file at it and run `mitoprobe embed --recipe FILE` again")
+    actual = file_digest(p)
+    if actual != recipe.weights_sha256:
+        raise WeightsError(f"{recipe.name}: {p} has sha256 {actual}, but the recipe pins {recipe.weights_sha256}"
+                           f"{_from(recipe)}: the file is not the one the recipe names. If it is the file you "
+                           f'mean, set sha256 = "{actual}" in the recipe file')
+    return p
+
+
+def _from(recipe: Recipe) -> str:
+    return f" (recipe {recipe.source})" if recipe.source else ""
+
+
+def _weights_path(recipe: Recipe, weights):
+    """The local file to load: an explicit ``weights`` override, else a local recipe's own (checked)."""
+    if weights is not None:
+        return weights
+    if recipe.weights == "local":
+        return verify_sha256(recipe)
+    return None
+
+
+def hub_revision(recipe: Recipe, hf_token_env: str = "HF_TOKEN") -> str:
+    """The commit the hub serves for a hub recipe's revision now (or, offline, the cache's), as a
+    WeightsError saying how to get access when it cannot be reached (``embedder.hub.served_commit``)."""
+    with _hf_token(hf_token_env) as token:
+        try:
+            return served_commit(recipe.hub_id, recipe.revision, token)
+        except Exception as exc:  # gated / no token / offline / not found: one message for the user
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            if not token:
+                reason = f"no ${hf_token_env} set ({reason})"
+            raise _unavailable(recipe, reason, hf_token_env) from exc
 
 
 def _not_readable(p: Path, kind: str, exc: Exception, hint: str = "") -> WeightsError:
@@ -183,6 +228,7 @@ def check_weights(recipe: Recipe | str, weights: str | Path | None = None, *, tr
     check_weights_option(recipe, weights)
     if recipe.arch == "handcrafted":
         return
+    weights = _weights_path(recipe, weights)
     if weights is not None:
         got = _weight_shapes(weights, trust_pickle)
         with torch.device("meta"):
@@ -192,16 +238,7 @@ def check_weights(recipe: Recipe | str, weights: str | Path | None = None, *, tr
             raise err
         return
     if recipe.weights == "hf":
-        from huggingface_hub import hf_hub_download
-
-        with _hf_token(hf_token_env) as token:
-            try:
-                hf_hub_download(recipe.hub_id, "config.json", revision=recipe.revision, token=token or None)
-            except Exception as exc:  # gated / no token / offline / not found: one message for the user
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-                if not token:
-                    reason = f"no ${hf_token_env} set ({reason})"
-                raise _unavailable(recipe, reason, hf_token_env) from exc
+        hub_revision(recipe, hf_token_env)
 
 
 def _create(recipe: Recipe, weights, trust_pickle: bool, hf_token_env: str, overrides: dict | None):
@@ -209,6 +246,7 @@ def _create(recipe: Recipe, weights, trust_pickle: bool, hf_token_env: str, over
     import torch
 
     kw = create_kwargs(recipe, overrides)
+    weights = _weights_path(recipe, weights)
     if weights is not None:
         model = timm.create_model(recipe.arch, pretrained=False, **kw)
         sd = load_state_dict(weights, trust_pickle)
@@ -237,18 +275,25 @@ def _create(recipe: Recipe, weights, trust_pickle: bool, hf_token_env: str, over
         return timm.create_model(recipe.arch, pretrained=False, **kw)
 
 
-class FeatureModel:
-    """Wraps a timm backbone; ``__call__(x) -> {output: (B, d)}`` per the recipe.
+OUTPUT_KINDS = ("cls", "mean", "pooled", "vector")  # what FeatureModel computes (see its docstring)
 
-    ViTs: ``cls`` = the final-norm CLS token; ``mean`` = mean of the patch tokens, skipping every
-    prefix token (CLS and registers) via ``backbone.num_prefix_tokens``. CNNs: ``vector`` = the
-    backbone's global pool. ``backbone`` is the plain timm module (for fine-tuning).
+
+class FeatureModel:
+    """Wraps a timm backbone; ``__call__(x) -> {output: (B, d)}`` per the recipe's outputs.
+
+    ``cls`` = the final-norm CLS token (``forward_features(x)[:, 0]``); ``mean`` = mean of the patch
+    tokens, skipping every prefix token (CLS and registers) via ``backbone.num_prefix_tokens``;
+    ``pooled`` = the model's own pooled features (``forward_head(..., pre_logits=True)``: timm's
+    global pool and, where the model has one, its ``fc_norm``); ``vector`` = ``backbone(x)`` (the
+    built-in CNN controls, ``num_classes=0``: the global pool). One ``forward_features`` serves all
+    token outputs. ``backbone`` is the plain timm module (for fine-tuning).
     """
 
     def __init__(self, recipe: Recipe, backbone):
         self.recipe = recipe
         self.backbone = backbone.eval()
         self.num_prefix_tokens = int(getattr(backbone, "num_prefix_tokens", 0))
+        self.kinds = tuple(recipe.output_dims)
 
     def to(self, *args, **kwargs) -> "FeatureModel":
         self.backbone = self.backbone.to(*args, **kwargs)
@@ -257,13 +302,79 @@ class FeatureModel:
     @property
     def output_dims(self) -> dict[str, int]:
         d = int(self.backbone.num_features)
-        return {k: d for k in self.recipe.output_dims}
+        pooled = int(getattr(self.backbone, "head_hidden_size", d) or d)
+        return {k: pooled if k == "pooled" else d for k in self.recipe.output_dims}
 
     def __call__(self, x) -> dict:
-        if self.recipe.is_vit:
-            tokens = self.backbone.forward_features(x)
-            return {"cls": tokens[:, 0], "mean": tokens[:, self.num_prefix_tokens:].mean(dim=1)}
-        return {"vector": self.backbone(x)}
+        if self.kinds == ("vector",):
+            return {"vector": self.backbone(x)}
+        out = {}
+        feats = self.backbone.forward_features(x)
+        for k in self.kinds:
+            if k == "cls":
+                out[k] = feats[:, 0]
+            elif k == "mean":
+                out[k] = feats[:, self.num_prefix_tokens:].mean(dim=1)
+            elif k == "pooled":
+                out[k] = self.backbone.forward_head(feats, pre_logits=True)
+            elif k == "vector":
+                out[k] = self.backbone.forward_head(feats)
+            else:
+                raise RecipeError(f"{self.recipe.name}: unknown output {k!r}; outputs are one of {OUTPUT_KINDS}")
+        return out
+
+
+def token_outputs_error(recipe: Recipe, backbone) -> str | None:
+    """Why ``cls``/``mean`` cannot be read off this backbone (None when they can): they need a
+    ViT-style model whose ``forward_features`` returns tokens, the CLS token first."""
+    wants = [k for k in ("cls", "mean") if k in recipe.output_dims]
+    if not wants:
+        return None
+    if not hasattr(backbone, "num_prefix_tokens"):
+        return (f"{recipe.arch} is not a token (ViT-style) model, so it has no {' or '.join(wants)} output; "
+                'use outputs = ["pooled"]')
+    if "cls" in wants and getattr(backbone, "cls_token", None) is None:
+        return f'{recipe.arch} (with these kwargs) has no CLS token; use outputs = ["mean"] or ["pooled"]'
+    return None
+
+
+def derive_output_dims(recipe: Recipe, overrides: dict | None = None) -> dict[str, int]:
+    """The dimension of each of the recipe's outputs, from one forward pass of the architecture on
+    the meta device (no memory, no weights): the dims the stored vectors will have. RecipeError when
+    the architecture cannot give an output (e.g. ``cls`` of a CNN) or cannot be built."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            backbone = timm.create_model(recipe.arch, pretrained=False, **create_kwargs(recipe, overrides))
+    except RecipeError as exc:  # a layer name create_kwargs does not know
+        raise _keyed(exc, "kwargs") from None
+    except Exception as exc:  # unknown kwarg, bad value: timm raises TypeError/ValueError/AssertionError/...
+        raise _keyed(RecipeError(f"{recipe.name}: timm cannot build {recipe.arch} with kwargs {recipe.model_kwargs} "
+                                 f"({_gist(exc)})"), "kwargs") from exc
+    why = token_outputs_error(recipe, backbone)
+    if why:
+        raise _keyed(RecipeError(f"{recipe.name}: {why}"), "outputs")
+    x = torch.empty(1, 3, recipe.input_size, recipe.input_size, device="meta")
+    try:
+        with torch.no_grad():
+            out = FeatureModel(recipe, backbone)(x)
+    except Exception as exc:
+        raise _keyed(RecipeError(f"{recipe.name}: {recipe.arch} does not run on a {recipe.input_size} px input "
+                                 f"({_gist(exc)}); check input_size against the architecture's img_size"),
+                     "input_size") from exc
+    return {k: int(v.shape[-1]) for k, v in out.items()}
+
+
+def _gist(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+def _keyed(err: RecipeError, key: str) -> RecipeError:
+    """Tag an error with the recipe key it is about (a recipe file's error names the key)."""
+    err.key = key
+    return err
 
 
 def build(recipe: Recipe | str, weights: str | Path | None = None, *, trust_pickle: bool = False,

@@ -13,19 +13,20 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from store import Store
-from store.errors import ConfigError
+from store.errors import ConfigError, MitoprobeError
 from store.progress import progress as progress_bar
 
 from .batches import CHUNK_ROWS, Prepare, autocast_dtype, batch_rows
 from .dihedral import view_names
-from .factory import build, check_weights, check_weights_option
+from .factory import build, check_weights, check_weights_option, hub_revision
+from .hub import hub_commit
 from .identity import identity_of, recipe_id_of
 from .ray_engine import run_ray
 from .recipes import Recipe, list_recipes, resolve_recipe
@@ -194,19 +195,25 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
         raise ConfigError(f"{model} is resolved inside this store (not a built-in recipe), which Ray actors on "
                           "other processes cannot see: use --engine local")
     dev = resolve_device(device)
-    rid = recipe_id_of(recipe, weights)
+    commit, hub_error = _served_commit(recipe, weights, hf_token_env, st)
+    rid = recipe_id_of(recipe, weights, st.root, hub_revision=commit)
+    load = replace(recipe, revision=commit) if commit else recipe  # load exactly the commit in the id
     all_ids = st.patches(columns=["patch_id"])["patch_id"].tolist()
     rows_total = len(all_ids) * len(vnames)
     net = transform = None
     built = False
     if _todo(all_ids, _stored_keys(st, rid), vnames):  # work to do: the model must exist before any write
+        if hub_error is not None:
+            raise hub_error
         if engine == "ray":
-            check_weights(recipe, weights, trust_pickle=trust_pickle, hf_token_env=hf_token_env)
+            check_weights(load, weights, trust_pickle=trust_pickle, hf_token_env=hf_token_env)
         else:
-            net, transform = _build_local(recipe, weights, trust_pickle, hf_token_env, dev)
+            net, transform = _build_local(load, weights, trust_pickle, hf_token_env, dev)
             built = True
-    provenance = dict(identity_of(recipe, weights), recipe_name=recipe.name, recipe_hash=rid,
-                      weights_revision=recipe.revision or ("main" if recipe.weights == "hf" else None),
+    identity = identity_of(recipe, weights, hub_revision=commit, store_root=st.root)
+    provenance = dict(identity, recipe_name=recipe.name, recipe_hash=rid,
+                      weights_revision=identity["weights"].get("revision"),
+                      weights_requested=recipe.revision or ("main" if recipe.weights == "hf" else None),
                       run=dict(device=dev, engine=engine, views=list(vnames),
                                autocast=str(autocast_dtype(recipe, dev))))
     with st.features.writer(rid, recipe.name, recipe.output_dims, provenance) as writer:
@@ -217,12 +224,14 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
             bs = batch_size or default_batch_size(recipe, dev)
             nw = default_workers(recipe) if num_workers is None else num_workers
             if engine == "ray":
-                written = run_ray(st, recipe, todo, vnames, dev, bs, writer, weights=weights,
+                written = run_ray(st, load, todo, vnames, dev, bs, writer, weights=weights,
                                   trust_pickle=trust_pickle, hf_token_env=hf_token_env, progress=progress,
                                   on_chunk=on_chunk, chunk_rows=chunk_rows)
             else:
                 if not built:  # parts vanished between the two looks: build now
-                    net, transform = _build_local(recipe, weights, trust_pickle, hf_token_env, dev)
+                    if hub_error is not None:
+                        raise hub_error
+                    net, transform = _build_local(load, weights, trust_pickle, hf_token_env, dev)
                 with progress_bar(total=len(todo), desc=f"embed {recipe.name}", unit="patch",
                                   enabled=progress) as bar:
                     written = _run_local(st, net, transform, todo, vnames, dev, autocast_dtype(recipe, dev), bs,
@@ -233,6 +242,24 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
             writer.finalize(expected_rows=rows_total)
     return EmbedSummary(recipe.name, rid, written, rows_total, seconds,
                         (len(todo) / seconds) if todo and seconds > 0 else 0.0, dev, engine)
+
+
+def _served_commit(recipe: Recipe, weights, hf_token_env: str, st: Store):
+    """(commit, error) for a hub recipe loaded from the hub (else (None, None)): the commit the hub
+    serves now (``factory.hub_revision``), which enters the recipe id and is what gets loaded. When
+    the hub cannot be reached, the commit already known without network (the local cache, else the
+    newest stored set) stands in, so a store copied to an offline machine still finds its complete
+    sets ("nothing to do"); the error is raised only if there is work to do."""
+    if weights is not None or recipe.weights != "hf":
+        return None, None
+    try:
+        return hub_revision(recipe, hf_token_env), None
+    except MitoprobeError as exc:
+        known = hub_commit(recipe, st.root)
+        if known is None:
+            raise
+        log.warning("%s: the hub cannot be reached (%s); using commit %s, known locally", recipe.name, exc, known)
+        return known, exc
 
 
 def _build_local(recipe: Recipe, weights, trust_pickle: bool, hf_token_env: str, dev: str):

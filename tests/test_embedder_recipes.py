@@ -61,6 +61,26 @@ def test_card_constants():
     assert (g.resize, g.input_size, g.interpolation) == (256, 224, "bicubic")
 
 
+def test_paper_precision_and_interpolation():
+    """As the AMi-Br benchmark's extraction scripts run them: fp16 autocast for six models, fp32 for
+    Prov-GigaPath; UNI and UNI2-h resize bilinear (torchvision ``Resize(224)``, their hub transform)."""
+    for stem in ("virchow", "virchow2", "uni", "uni2_h", "hoptimus0", "hoptimus1"):
+        assert get_recipe(f"{stem}.hf").precision == "fp16", stem
+    assert get_recipe("gigapath.hf").precision == "fp32"
+    for stem in ("uni", "uni2_h"):
+        assert get_recipe(f"{stem}.hf").interpolation == "bilinear"
+    for stem in ("virchow", "virchow2", "hoptimus0", "hoptimus1", "gigapath"):
+        assert get_recipe(f"{stem}.hf").interpolation == "bicubic"
+
+
+@pytest.mark.parametrize("stem", sorted(EXPECTED))
+def test_random_twin_differs_from_its_hf_recipe_only_in_weights(stem):
+    weight_fields = ("name", "weights", "hub_id", "revision")
+    hf, rnd = (get_recipe(f"{stem}.{tag}").identity() for tag in ("hf", "random"))
+    assert {k: v for k, v in hf.items() if k not in weight_fields} == \
+        {k: v for k, v in rnd.items() if k not in weight_fields}
+
+
 @pytest.mark.parametrize("stem", sorted(EXPECTED))
 def test_real_architecture_dims_and_prefix_tokens(stem):
     """Build the real architecture on the meta device (no memory, no weights): declared dims hold."""
@@ -116,6 +136,34 @@ def test_transform_geometry_and_normalisation():
     assert np.abs(h(mean_img)).max() < 0.02  # the recipe's mean colour normalises to ~0
     cnn = Preprocess.from_recipe(get_recipe("resnet18.random"))
     assert cnn.geometry(rgb).shape == (128, 128, 3) and np.array_equal(cnn.geometry(rgb), rgb)
+
+
+def test_upsample_keeps_the_aspect_of_non_square_patches():
+    """Short side to ``resize``, then the centre crop (torchvision ``Resize(int)`` + ``CenterCrop``):
+    a 200x150 patch is not squashed; a square patch is resized exactly as before."""
+    from PIL import Image
+    from torchvision import transforms
+
+    rgb = np.random.default_rng(1).integers(0, 256, size=(150, 200, 3), dtype=np.uint8)  # 200 wide, 150 high
+    odd = np.random.default_rng(2).integers(0, 256, size=(201, 150, 3), dtype=np.uint8)  # odd crop margins
+    for name in ("gigapath.hf", "uni.hf", "virchow2.hf", "offline_cnn.random"):
+        r = get_recipe(name)
+        interp = transforms.InterpolationMode(r.interpolation)
+        tv = transforms.Compose([transforms.Resize(r.resize, interpolation=interp), transforms.CenterCrop(r.input_size)])
+        for a in (rgb, odd):
+            assert np.array_equal(Preprocess.from_recipe(r).geometry(a), np.asarray(tv(Image.fromarray(a)))), name
+    square = _rgb()
+    g = Preprocess.from_recipe(get_recipe("gigapath.hf"))
+    old = np.asarray(Image.fromarray(square).resize((256, 256), Image.Resampling.BICUBIC))[16:240, 16:240]
+    assert np.array_equal(g.geometry(square), old)
+    nat = Preprocess.from_recipe(get_recipe("resnet18.random"))  # native 128 px canvas
+    out = nat.geometry(rgb)
+    assert out.shape == (128, 128, 3) and np.array_equal(out, rgb[11:139, 36:164])  # centre crop per side
+    big = Preprocess.from_recipe(dataclasses.replace(get_recipe("uni.hf"), placement="native"))
+    out = big.geometry(rgb)  # 224 canvas: reflect-padded per side, the patch centred
+    assert out.shape == (224, 224, 3) and np.array_equal(out[37:187, 12:212], rgb)
+    tiny = np.full((5, 3, 3), 7, np.uint8)
+    assert np.all(big.geometry(tiny) == 7)
 
 
 def test_recipe_validation():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +21,7 @@ from store.errors import RecipeError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-WEIGHT_SOURCES = ("hf", "random", "none")
+WEIGHT_SOURCES = ("hf", "random", "none", "local")
 PLACEMENTS = ("upsample", "native")
 PRECISIONS = ("bf16", "fp16", "fp32")
 
@@ -36,6 +36,12 @@ class Recipe:
     ``precision`` is the autocast dtype on GPU (CPU runs fp32; the run's device and dtype are
     recorded in the set's provenance). ``outputs`` are the stored vector columns with their
     dimensions; ``paper_outputs`` those the paper concatenates for its probes.
+
+    ``weights="local"`` recipes (recipe files, ``embedder.recipe_file``) load ``weights_file`` and
+    are identified by ``weights_sha256``: the file's location (and ``source``, the recipe file a
+    recipe came from) is machine-specific, so it never enters the id; its content does. Fields
+    added after the first release (``OPTIONAL_IDENTITY``) enter the id only when they differ from
+    their defaults, so adding one never changes an existing recipe's id.
     """
 
     name: str
@@ -57,6 +63,9 @@ class Recipe:
     paper_outputs: tuple[str, ...] = ("cls",)
     schema_version: int = 1
     note: str = field(default="", compare=False)
+    weights_sha256: str = ""  # weights="local": the sha256 of weights_file (what identifies them)
+    weights_file: str = field(default="", compare=False)  # weights="local": where they are (not identity)
+    source: str = field(default="", compare=False)  # the recipe file this recipe came from (not identity)
 
     def __post_init__(self) -> None:
         if "." not in self.name and self.weights != "none":
@@ -65,6 +74,8 @@ class Recipe:
             raise ValueError(f"{self.name}: weights must be one of {WEIGHT_SOURCES}")
         if self.weights == "hf" and not self.hub_id:
             raise ValueError(f"{self.name}: hub weights need hub_id")
+        if self.weights == "local" and not (len(self.weights_sha256) == 64 and self.weights_file):
+            raise ValueError(f"{self.name}: local weights need weights_file and its 64-hex weights_sha256")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"{self.name}: placement must be one of {PLACEMENTS}")
         if self.precision not in PRECISIONS:
@@ -87,12 +98,20 @@ class Recipe:
         return set(self.output_dims) == {"cls", "mean"}
 
     def identity(self) -> dict:
-        """The fields that change a vector (everything but ``note``)."""
-        from dataclasses import asdict
-
+        """The fields that change a vector: everything but ``NOT_IDENTITY``; the ``OPTIONAL_IDENTITY``
+        fields only where they differ from their defaults (so existing ids stay what they were)."""
         d = asdict(self)
-        d.pop("note")
+        for name in NOT_IDENTITY:
+            d.pop(name, None)
+        for name in OPTIONAL_IDENTITY:
+            if name in d and d[name] == _DEFAULTS[name]:
+                d.pop(name)
         return d
+
+
+NOT_IDENTITY = ("note", "weights_file", "source")  # words and machine-specific paths
+OPTIONAL_IDENTITY = ("weights_sha256",)  # fields added later: in the id only when set
+_DEFAULTS = {f.name: f.default for f in fields(Recipe)}
 
 
 _REGISTRY: dict[str, Recipe] = {}
