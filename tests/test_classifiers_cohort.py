@@ -172,3 +172,19 @@ def test_training_on_a_cohort_is_a_named_protocol_option(benchmark_store, tmp_pa
     assert "train_on" not in json.loads(paper["config_json"].iloc[0])["protocol"]
     with pytest.raises(ProtocolError, match="no labelled train patches"):
         sweep(st, "handcrafted", heads=["logreg"], n_boot=20, show_progress=False, train_on="AtNorM-Br")
+
+
+def test_batched_search_equals_one_prefiltered_search_per_patch(benchmark_store, tmp_path):
+    """The over-fetching batch path is a shortcut only: every answer equals the exact prefiltered query."""
+    st = benchmark_store
+    add_cohort(st, tmp_path)
+    long = nearest_labelled(st, "handcrafted", "AtNorM-Br", k=5, exclude_same_slide=True, long=True)
+    eset = st.features.resolve("handcrafted", long["recipe_id"].iloc[0])
+    keys, X = st.features.read("handcrafted", eset.recipe_id, views=["none"])
+    row = dict(zip(keys["patch_id"], range(len(keys))))
+    p = st.patches()
+    ref = p.loc[(p["dataset"] == "AMi-Br") & p["label"].notna(), "patch_id"].tolist()
+    for qid, got in long.groupby("query_patch_id"):
+        exact = st.features.search(eset, X[row[qid]], k=5, among=ref)
+        assert got.sort_values("rank")["patch_id"].tolist() == exact["patch_id"].tolist()
+        np.testing.assert_allclose(got.sort_values("rank")["distance"], exact["distance"], atol=1e-6)
