@@ -2,13 +2,14 @@
 
 import streamlit as st
 
-from dashboard import navigation, ui
+from dashboard import links, navigation, ui
 
 PAGES = [st.Page(p.path, title=p.title, default=not p.key, **({"url_path": p.key} if p.key else {}))
          for p in navigation.PAGES]
 
 st.set_page_config(page_title="mitoprobe", layout="wide")  # no page_icon: material icons would be fetched online
 page = st.navigation(PAGES)
+links.enter(page.url_path)
 with st.sidebar:
     st.markdown("**mitoprobe** · atypical vs normal mitoses")
 ui.sidebar(ui.context())

@@ -6,9 +6,8 @@ import hashlib
 import json
 
 import altair as alt
+import numpy as np
 import pandas as pd
-
-TEST_SET_ORDER = ["AMi-Br-test", "AtNorM-Br", "AtNorM-MD"]
 
 # -- one colour per run family, on every chart and page ---------------------------------------------
 # A family's colour comes from a stable hash of its family_id into a fixed categorical palette, so it
@@ -64,11 +63,12 @@ def label_colour_expr(colours: dict[str, str], default: str = "black") -> alt.Ex
 INK = alt.Color("ink:N", scale=alt.Scale(domain=["black", "white"], range=["black", "white"]), legend=None)
 
 
-def metric_points(df: pd.DataFrame, metrics: dict[str, str]) -> alt.FacetChart:
+def metric_points(df: pd.DataFrame, metrics: dict[str, str], test_sets: list[str] | None = None
+                  ) -> alt.FacetChart:
     """Mean ± std per family across test sets, one panel per metric, one shared legend.
 
     ``df``: label, test_set, source and ``{metric}_mean`` / ``{metric}_std`` for each metric in
-    ``metrics`` (column stem -> panel title)."""
+    ``metrics`` (column stem -> panel title); ``test_sets``: the x order (default: as found)."""
     long = pd.concat([df.assign(metric=title, mean=df[f"{m}_mean"], std=df[f"{m}_std"].fillna(0.0))
                       for m, title in metrics.items()], ignore_index=True)
     long = long.assign(lo=long["mean"] - long["std"], hi=long["mean"] + long["std"])
@@ -76,7 +76,8 @@ def metric_points(df: pd.DataFrame, metrics: dict[str, str]) -> alt.FacetChart:
     labels, fids = family_domain(df) if len(df) else ([], [])
     legend = alt.Legend(orient="right", labelLimit=340)
     base = alt.Chart().encode(
-        x=alt.X("test_set:N", sort=TEST_SET_ORDER, title=None, axis=alt.Axis(labelAngle=0)),
+        x=alt.X("test_set:N", sort=test_sets or list(dict.fromkeys(df["test_set"])), title=None,
+                axis=alt.Axis(labelAngle=0)),
         xOffset=alt.XOffset("label:N", sort=labels),
         color=alt.Color("label:N", title=None, legend=legend,
                         scale=alt.Scale(domain=labels, range=[family_colour(f) for f in fids])))
@@ -97,9 +98,35 @@ def metric_points(df: pd.DataFrame, metrics: dict[str, str]) -> alt.FacetChart:
                           header=alt.Header(labelFontSize=14, labelFontWeight="bold")))
 
 
+def thin_line(df: pd.DataFrame, x: str, y: str, step: bool = False, tol: float = 1e-12) -> pd.DataFrame:
+    """The rows of one line (in drawing order) without the vertices that do not change what is drawn.
+
+    ``step=False`` (a straight line through the points): drop a point collinear with its neighbours
+    and between them. ``step=True`` (Vega's ``step-after``): drop a point inside a vertical run at one
+    x, or a horizontal run at one y. A ROC or PR curve over 2,000 patches has one vertex per distinct
+    score but only a few hundred corners, and the browser draws every vertex it is sent."""
+    if len(df) < 3:
+        return df
+    X, Y = df[x].to_numpy(float), df[y].to_numpy(float)
+    x0, x1, x2 = X[:-2], X[1:-1], X[2:]
+    y0, y1, y2 = Y[:-2], Y[1:-1], Y[2:]
+    between = lambda a, b, c: (np.minimum(a, c) - tol <= b) & (b <= np.maximum(a, c) + tol)  # noqa: E731
+    if step:
+        inner = ((np.abs(x0 - x1) <= tol) & (np.abs(x1 - x2) <= tol) & between(y0, y1, y2)) | \
+                ((np.abs(y0 - y1) <= tol) & (np.abs(y1 - y2) <= tol) & between(x0, x1, x2))
+    else:
+        cross = (x1 - x0) * (y2 - y1) - (y1 - y0) * (x2 - x1)
+        inner = (np.abs(cross) <= tol) & between(x0, x1, x2) & between(y0, y1, y2)
+    keep = np.r_[True, ~inner, True]
+    return df[keep]
+
+
 def curves(df: pd.DataFrame, x: str, y: str, title_x: str, title_y: str, diagonal: bool) -> alt.Chart:
-    """ROC (diagonal=True) or PR curves; ``df``: label, family_id plus the two coordinate columns.
-    Each family in its own colour (``family_colour``); paper rows, if any, dashed."""
+    """ROC (diagonal=True) or PR curves; ``df``: label, family_id, order plus the two coordinate columns.
+    Each family in its own colour (``family_colour``); paper rows, if any, dashed. Only the vertices
+    that shape each line are sent (``thin_line``): the same picture, drawn faster."""
+    df = pd.concat([thin_line(g.sort_values("order", kind="mergesort"), x, y, step=not diagonal)
+                    for _, g in df.groupby("label", sort=False)], ignore_index=True) if len(df) else df
     color = family_color(df, title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=360))
     line = alt.Chart(df.assign(source=["paper" if is_paper(f) else "mitoprobe" for f in df["family_id"]])
                      ).mark_line(interpolate="step-after" if not diagonal else "linear").encode(
@@ -181,10 +208,14 @@ COLOURS = {  # fixed colours where the categories are known: atypical / wrong st
 }
 
 
-def scatter(df: pd.DataFrame, color: str, selectable: bool = True) -> alt.Chart:
-    """2-D embedding map; ``df``: x, y, patch_id, the colour column and tooltip fields. Rare
-    categories (atypical, wrong) are drawn last so they stay visible."""
-    sel = alt.selection_interval(name="picked")
+def scatter(df: pd.DataFrame, color: str, axes: tuple[str, str] = ("component 1", "component 2"),
+            selectable: bool = True) -> alt.Chart:
+    """2-D embedding map; ``df``: x, y, patch_id, the colour column and tooltip fields; ``axes``: the
+    axis titles (e.g. the variance each principal component explains). Rare categories (atypical,
+    wrong) are drawn last so they stay visible. Two selections: drag a rectangle (``picked``) or
+    click one patch (``clicked``, by patch_id)."""
+    tips = [c for c in ("patch_id", "dataset", "label", "probability", "prediction", "correct") if c in df]
+    df = df[list(dict.fromkeys(["x", "y", color, *tips]))]  # only what is drawn: thousands of rows go to the browser
     if color in COLOURS:
         domain, colours = COLOURS[color]
         scale = alt.Scale(domain=domain, range=colours)
@@ -192,11 +223,15 @@ def scatter(df: pd.DataFrame, color: str, selectable: bool = True) -> alt.Chart:
         df = df.assign(_z=df[color].map(rank).fillna(0)).sort_values("_z", kind="mergesort").drop(columns="_z")
     else:
         scale = alt.Scale(scheme="tableau10")
-    tooltip = [alt.Tooltip(f"{c}:{'Q' if c == 'probability' else 'N'}")
-               for c in ("patch_id", "dataset", "label", "probability", "prediction", "correct") if c in df]
-    chart = alt.Chart(df).mark_circle(size=14, opacity=0.7).encode(
-        x=alt.X("x:Q", title="component 1", axis=alt.Axis(labels=False, ticks=False)),
-        y=alt.Y("y:Q", title="component 2", axis=alt.Axis(labels=False, ticks=False)),
+    tooltip = [alt.Tooltip("probability:Q", title="P(atypical)", format=".3f") if c == "probability"
+               else alt.Tooltip(f"{c}:N") for c in tips]
+    chart = alt.Chart(df).mark_circle(size=18, opacity=0.7).encode(
+        x=alt.X("x:Q", title=axes[0], axis=alt.Axis(labels=False, ticks=False)),
+        y=alt.Y("y:Q", title=axes[1], axis=alt.Axis(labels=False, ticks=False)),
         color=alt.Color(f"{color}:N", title=color, scale=scale, legend=alt.Legend(orient="right")),
         tooltip=tooltip).properties(height=560)
-    return chart.add_params(sel) if selectable else chart
+    if not selectable:
+        return chart
+    return chart.add_params(alt.selection_interval(name="picked"),
+                            alt.selection_point(name="clicked", fields=["patch_id"], on="click",
+                                                clear="dblclick"))

@@ -2,9 +2,9 @@
 
 Cache keys are the store path plus its cheap fingerprint (``Store.fingerprint``: names, sizes and
 mtimes of the store's files), so a new run, embedding set or import shows up on the next rerun
-without restarting the app, while an unchanged store is never read twice. Big immutable things (all PNG bytes, embedding matrices,
-the predictions table) live in ``st.cache_resource`` (shared, not copied); small frames in
-``st.cache_data``.
+without restarting the app, while an unchanged store is never read twice. Big immutable things (embedding
+matrices, the predictions table) live in ``st.cache_resource`` (shared, not copied); small frames in
+``st.cache_data``. PNGs are read only for the patches shown (``store.images``), never all up front.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import streamlit as st
 
 import classifiers
 from classifiers import report, robustness, significance
 import embedder
-from store import Fingerprint, Store, paths
+from store import Fingerprint, Store, images, paths
 from store.dataset import check_png, pixels_sha256
 from store.errors import StoreError
 from store.features import SEARCH_STATS_FILE
@@ -81,35 +83,49 @@ def _votes(df: pd.DataFrame) -> pd.Series:
     return pd.Series(joined, index=df.index, dtype="string")
 
 
-@st.cache_resource(show_spinner="Reading patch images…", max_entries=2)
-def _all_pngs(root: str, key: tuple) -> dict[str, bytes]:
-    return Store(root).images()
-
-
 @st.cache_resource(max_entries=2)
 def _thumb_memo(root: str, key: tuple) -> dict[str, str]:
     return {}
 
 
 def thumbnails(root: str, stamp_: Fingerprint, patch_ids) -> list[str | None]:
-    """``data:`` URLs of small JPEG thumbnails (made once per patch, then memoised)."""
+    """``data:`` URLs of small JPEG thumbnails, made once per patch and memoised per store state.
+
+    Only the patches asked for are read (``store.images.read_pngs``: the row groups holding them),
+    never the whole PNG column, so the first page that shows a dozen thumbnails stays fast."""
     from PIL import Image
 
-    pngs, memo = _all_pngs(root, stamp_.patches), _thumb_memo(root, stamp_.patches)
-    out = []
-    for pid in patch_ids:
-        url = memo.get(pid)
-        if url is None and pid in pngs:
-            img = Image.open(io.BytesIO(pngs[pid])).convert("RGB").resize((THUMB_PX, THUMB_PX), Image.LANCZOS)
+    memo = _thumb_memo(root, stamp_.patches)
+    ids = [str(p) for p in patch_ids]
+    missing = [p for p in dict.fromkeys(ids) if p not in memo]
+    if missing:
+        for pid, png_ in images.read_pngs(Store(root).patches_path, missing).items():
+            img = Image.open(io.BytesIO(png_)).convert("RGB").resize((THUMB_PX, THUMB_PX), Image.LANCZOS)
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=88)
-            url = memo[pid] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-        out.append(url)
-    return out
+            memo[pid] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return [memo.get(p) for p in ids]
 
 
 def png(root: str, stamp_: Fingerprint, patch_id: str) -> bytes | None:
-    return _all_pngs(root, stamp_.patches).get(patch_id)
+    """One stored patch's PNG bytes (None when there is no such patch)."""
+    return _png(root, stamp_.patches, str(patch_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _png(root: str, key: tuple, patch_id: str) -> bytes | None:
+    return images.read_pngs(Store(root).patches_path, [patch_id]).get(patch_id)
+
+
+def enlarged(png_bytes: bytes, scale: int) -> bytes:
+    """The PNG scaled up ``scale`` times with nearest-neighbour sampling (each pixel a crisp block: no
+    smoothing invents detail a pathologist might read into), as PNG bytes."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png_bytes)).convert("RGB")
+    buf = io.BytesIO()
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -172,6 +188,43 @@ def _family_predictions(root: str, rkey: tuple, pkey: tuple, family_id: str, fol
     return sel.merge(meta, on="patch_id", how="left").reset_index(drop=True)
 
 
+def patch_predictions(root: str, stamp_: Fingerprint, family_id: str, patch_id: str) -> pd.DataFrame:
+    """Every stored prediction of one family for one patch: one row per fold model (0..4) and the fold
+    ensemble (-1), on each test set that holds the patch, plus held-out (``split == 'val'``) rows of a
+    training patch: fold, test_set, split, probability, threshold, prediction."""
+    return _patch_predictions(root, stamp_.results, family_id, str(patch_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _patch_predictions(root: str, rkey: tuple, family_id: str, patch_id: str) -> pd.DataFrame:
+    cols = ["fold", "test_set", "split", "probability", "threshold", "prediction"]
+    r = _runs(root, rkey)
+    p = _predictions(root, rkey)
+    if p.empty or r.empty:
+        return pd.DataFrame(columns=cols)
+    ids = r.loc[r["family_id"] == family_id, "run_id"].unique()
+    sel = p[(p["patch_id"] == patch_id) & p["run_id"].isin(ids)].copy()
+    if "split" not in sel:
+        sel["split"] = "test"
+    sel["split"] = sel["split"].fillna("test")
+    return sel[cols].sort_values(["split", "test_set", "fold"], kind="mergesort").reset_index(drop=True)
+
+
+def test_set_order(names) -> list[str]:
+    """Test-set names as found in the results, the benchmark's own (``classifiers.TEST_SETS``, in the
+    paper's order) first, then any others (a lab's own test set) alphabetically: pages take their
+    choices from here, never from a fixed list."""
+    names = {str(n) for n in names if isinstance(n, str) and n}
+    known = [t for t in classifiers.TEST_SETS if t in names]
+    return known + sorted(names - set(known))
+
+
+def test_sets(root: str, stamp_: Fingerprint) -> list[str]:
+    """The test sets our runs were scored on (``test_set_order``)."""
+    r = runs(root, stamp_)
+    return test_set_order(r["test_set"].unique()) if not r.empty else []
+
+
 def comparison(root: str, stamp_: Fingerprint, family_ids: tuple[str, ...], fold: int, test_set: str) -> pd.DataFrame:
     """``significance.compare`` (classifiers) of these families on one test set (paired bootstrap, Holm)."""
     return _comparison(root, stamp_.results, stamp_.patches, family_ids, fold, test_set)
@@ -230,25 +283,53 @@ def _embedding_matrix(root: str, key: tuple, recipe_id: str, output: str, view: 
     return keys, np.ascontiguousarray(X, dtype=np.float32)
 
 
-def projection(root: str, stamp_: Fingerprint, recipe_id: str, output: str, method: str = "PCA") -> pd.DataFrame:
-    """2-D coordinates (x, y) per patch of one set's ``view == 'none'`` vectors."""
+def set_patches(root: str, stamp_: Fingerprint, recipe_id: str, output: str) -> pd.DataFrame:
+    """Metadata (``patches``) of the patches with a vector in this set's original view, in the
+    patches table's order: the patches a similarity search can return."""
+    return _set_patches(root, stamp_.set(recipe_id), stamp_.patches, recipe_id, output)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _set_patches(root: str, key: tuple, pkey: tuple, recipe_id: str, output: str) -> pd.DataFrame:
+    keys, _ = _embedding_matrix(root, key, recipe_id, output, "none")
+    meta = _patches(root, pkey)
+    have = pa.array(keys["patch_id"].astype(str).to_numpy(object), pa.string())
+    mask = pc.is_in(pa.array(meta["patch_id"].astype(str).to_numpy(object), pa.string()), value_set=have)
+    return meta[mask.to_numpy(zero_copy_only=False)]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """2-D coordinates of one set's original-view vectors, with what each axis means."""
+
+    xy: pd.DataFrame  # patch_id, x, y
+    axes: tuple[str, str]  # axis titles, e.g. "PC1 (23.4% of variance)"
+    explained: tuple[float, ...] = ()  # PCA: share of the standardised variance on each axis
+
+
+def projection(root: str, stamp_: Fingerprint, recipe_id: str, output: str, method: str = "PCA") -> Projection:
+    """2-D coordinates (x, y) per patch of one set's ``view == 'none'`` vectors: PCA of the
+    standardised vectors (with the variance each component explains) or UMAP when installed."""
     return _projection(root, stamp_.set(recipe_id), recipe_id, output, method)
 
 
 @st.cache_data(show_spinner="Projecting to 2-D…", max_entries=16)
-def _projection(root: str, key: tuple, recipe_id: str, output: str, method: str) -> pd.DataFrame:
+def _projection(root: str, key: tuple, recipe_id: str, output: str, method: str) -> Projection:
     keys, X = _embedding_matrix(root, key, recipe_id, output, "none")
+    sd = X.std(axis=0)
+    Z = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)  # standardised: scale-free for handcrafted too
     if method == "UMAP":
-        import umap  # optional: only offered when installed
+        import umap  # optional: only offered when installed (not a dependency)
 
-        xy = umap.UMAP(n_components=2, random_state=0).fit_transform(X)
+        xy, axes, explained = umap.UMAP(n_components=2, random_state=0).fit_transform(Z), ("UMAP 1", "UMAP 2"), ()
     else:
         from sklearn.decomposition import PCA
 
-        sd = X.std(axis=0)
-        Z = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)  # standardised: scale-free for handcrafted too
-        xy = PCA(n_components=2, random_state=0).fit_transform(Z)
-    return pd.DataFrame({"patch_id": keys["patch_id"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1]})
+        pca = PCA(n_components=2, random_state=0).fit(Z)
+        xy, explained = pca.transform(Z), tuple(float(v) for v in pca.explained_variance_ratio_)
+        axes = tuple(f"PC{i + 1} ({v:.1%} of variance)" for i, v in enumerate(explained))
+    df = pd.DataFrame({"patch_id": keys["patch_id"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1]})
+    return Projection(df, axes, explained)
 
 
 def projection_methods() -> list[str]:
@@ -367,7 +448,7 @@ def _by_content(root: str, key: tuple) -> dict[str, list[str]]:
 @st.cache_resource(show_spinner="Hashing the stored patches' pixels…", max_entries=2)
 def _by_pixels(root: str, key: tuple) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for pid, png_ in _all_pngs(root, key).items():
+    for pid, png_ in Store(root).images().items():  # every PNG, once per store state: uploads only
         out.setdefault(pixels_sha256(png_), []).append(pid)
     return out
 

@@ -28,6 +28,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("", "leaderboard.py", "Leaderboard"),
     PageSpec("compare", "compare.py", "Compare"),
     PageSpec("similarity", "similarity.py", "Similarity search"),
+    PageSpec("patch", "patch.py", "Patch viewer"),
     PageSpec("map", "embedding_map.py", "Embedding map"),
     PageSpec("errors", "errors.py", "Errors"),
 )

@@ -1,4 +1,5 @@
-"""Start the dashboard: ``streamlit run dashboard/app.py`` in a subprocess, headless, on localhost.
+"""Start the dashboard: ``streamlit run dashboard/app.py`` in a subprocess (``dashboard.child``: Streamlit's
+CLI after preloading the pages' imports), headless, on localhost.
 
 The store path travels as ``$MITOPROBE_STORE`` (the app resolves it like every other command).
 """
@@ -33,14 +34,16 @@ def python_prefix() -> list[str]:
     if sys.version_info >= (3, 11):
         return [sys.executable, "-P"]
     return [sys.executable, "-c", "import runpy, sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
-            "sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"]
+            "sys.argv = sys.argv[2:] if sys.argv[1:2] == ['-m'] else sys.argv[1:]; "
+            "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"]
 
 
 def _command(port: int, host: str) -> list[str]:
-    return [*python_prefix(), "-m", "streamlit", "run", str(APP),
+    return [*python_prefix(), "-m", "dashboard.child", "run", str(APP),
             "--server.port", str(port), "--server.address", host, "--server.headless", "true",
             "--server.fileWatcherType", "none", "--server.runOnSave", "false",
             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+            "--runner.magicEnabled", "false",  # no page shows bare expressions: skip rewriting each script per run
             "--theme.base", "light"]
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from classifiers import metrics
-from dashboard import charts, data, ui
+from dashboard import charts, data, links, ui
 
 ctx = ui.context()
 st.title("Compare")
@@ -16,31 +16,35 @@ board = data.leaderboard(ctx.root, ctx.stamp)
 fams = ui.family_options(runs)
 paper = board[board["source"] == "paper"]
 paper_labels = (paper.drop_duplicates("family_id").set_index("family_id")["label"].to_dict())
-paper_best = (paper[(paper["test_set"] == "AMi-Br-test") & (paper["family"] == "linear_probe")]
-              .sort_values("balanced_accuracy_mean", ascending=False)["family_id"].head(1).tolist())
+test_sets = data.test_sets(ctx.root, ctx.stamp)
+first_set = paper[paper["test_set"].isin(test_sets[:1]) & (paper["family"] == "linear_probe")]
+paper_best = first_set.sort_values("balanced_accuracy_mean", ascending=False)["family_id"].head(1).tolist()
 
 c1, c2 = st.columns([3, 2])
-chosen = c1.multiselect("Run families", list(fams), default=list(fams)[:3], format_func=fams.get,
-                        placeholder="choose run families")
+st.session_state.setdefault("cmp_families", list(fams)[:3])  # a default, unless the URL or the user chose
+chosen = links.bound("cmp_families", links.FAMILY, lambda: c1.multiselect(
+    "Run families", list(fams), format_func=fams.get, placeholder="choose run families", key="cmp_families"),
+    valid=fams, many=True)
 chosen_paper = c2.multiselect("Paper rows", list(paper_labels), default=paper_best, format_func=paper_labels.get,
                               placeholder="none")
 if not chosen:
     st.info("Choose at least one run family above.")
     st.stop()
 
-st.subheader("Across the three test sets")
+st.subheader("Across the test sets")
 st.caption("Mean ± std over the five fold models (paper rows: as published, in grey/black with their own "
            "shapes and dashed bars). Each run family keeps one colour on every chart.")
 pts = board[board["family_id"].isin(chosen + chosen_paper)]
-st.altair_chart(charts.metric_points(pts, {"balanced_accuracy": "balanced accuracy", "auroc": "AUROC"}),
-                width="content")
+st.altair_chart(charts.metric_points(pts, {"balanced_accuracy": "balanced accuracy", "auroc": "AUROC"},
+                                     data.test_set_order(pts["test_set"].unique())), width="content")
 
 st.subheader("On one test set")
 c1, c2, c3 = st.columns([3, 2, 3])
-test_set = c1.radio("Test set", charts.TEST_SET_ORDER, horizontal=True)
+test_set = ui.pick_test_set(test_sets, "cmp_test_set", container=c1)
 fold_opts = [-1, 0, 1, 2, 3, 4]
-fold = c2.selectbox("Predictions from", fold_opts, format_func=data.fold_name,
-                    help="The fold ensemble averages the five fold models' probabilities.")
+fold = links.bound("cmp_fold", links.FOLD, lambda: c2.selectbox(
+    "Predictions from", fold_opts, format_func=data.fold_name, key="cmp_fold",
+    help="The fold ensemble averages the five fold models' probabilities."), valid=fold_opts, cast=int)
 custom = c3.toggle("Custom threshold", help="Off: each family's own threshold, chosen on its validation folds.")
 threshold = c3.slider("Threshold", 0.0, 1.0, 0.5, 0.01, disabled=not custom)
 
@@ -118,7 +122,8 @@ else:
     first = next(iter(preds.values()))
     experts = metrics.expert_columns(first)
     if not experts:
-        st.info(f"{test_set} has no individual expert votes; choose AMi-Br-test (3 experts) or AtNorM-MD (5).")
+        st.info(f"{test_set} has no individual expert votes; choose a test set whose patches record each "
+                "expert's vote.")
         st.stop()
     rows = []
     names = [e.replace("_atypical", "") for e in experts]

@@ -4,12 +4,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, ui
+from dashboard import charts, data, links, ui
 from store.errors import MitoprobeError
 
 ctx = ui.context()
 st.title("Embedding map")
-st.caption("Each dot is one patch (original view). Drag a rectangle on the map to see the selected patches.")
+st.caption("Each dot is one patch (original view). Drag a rectangle on the map to see the patches inside it, or "
+           "click one patch to open it as the similarity query.")
 ui.require(ctx, "patches", "sets")
 
 meta = data.patches(ctx.root, ctx.stamp)
@@ -17,13 +18,14 @@ runs = data.runs(ctx.root, ctx.stamp) if ctx.status["runs"] and ctx.status["pred
 c1, c2, c3, c4 = st.columns([3, 1, 2, 3])
 eset, output = ui.pick_set(ctx, "map", container=c1)
 method = c2.selectbox("Projection", data.projection_methods(),
-                      help="PCA of the standardised vectors (UMAP when umap-learn is installed).")
+                      help="PCA of the standardised vectors; UMAP too when umap-learn is installed.")
 colour_opts = ["label", "dataset"] + (["prediction", "correct"] if not runs.empty else [])
 colour = c3.selectbox("Colour by", colour_opts, index=0)
 datasets = c4.multiselect("Datasets", sorted(meta["dataset"].unique()), placeholder="all datasets")
 
-xy = data.projection(ctx.root, ctx.stamp, eset.recipe_id, output, method)
-df = xy.merge(meta[["patch_id", "dataset", "split", "label", "votes"]], on="patch_id", how="left")
+proj = data.projection(ctx.root, ctx.stamp, eset.recipe_id, output, method)
+df = proj.xy.merge(meta[["patch_id", "dataset", "split", "label", "votes"]], on="patch_id", how="left")
+fid = None
 if not runs.empty:
     same = runs.loc[runs["recipe_id"] == eset.recipe_id, "family_id"].unique().tolist()
     fid = ui.pick_family(runs, "map_family", "Predictions of (test sets only)", families=same)
@@ -35,24 +37,37 @@ if not runs.empty:
 if datasets:
     df = df[df["dataset"].isin(datasets)]
 
-event = st.altair_chart(charts.scatter(df, colour), width="stretch", on_select="rerun", key="map_chart")
-sel = (event or {}).get("selection", {}).get("picked") if event else None
+if proj.explained:
+    st.caption(f"PCA of the standardised vectors: the two axes explain {proj.explained[0]:.1%} and "
+               f"{proj.explained[1]:.1%} of the variance ({sum(proj.explained):.1%} together); the rest lies in "
+               "directions this map cannot show.")
+event = st.altair_chart(charts.scatter(df, colour, proj.axes), width="stretch", on_select="rerun", key="map_chart")
+selection = (event or {}).get("selection", {}) if event else {}
+clicked = [p.get("patch_id") for p in (selection.get("clicked") or []) if isinstance(p, dict)]
+shown_ids = set(df["patch_id"])
+clicked = [p for p in clicked if p in shown_ids]
+if clicked:
+    pid = clicked[0]
+    r = df.set_index("patch_id").loc[pid]
+    l1, l2, l3 = st.columns([2, 2, 4])
+    links.page_link(l1, "similarity", f"Similarity query: {pid}", patch=pid, set=eset.recipe_id, family=fid)
+    links.page_link(l2, "patch", f"Patch viewer: {pid}", patch=pid, set=eset.recipe_id, family=fid)
+    l3.caption(f"Clicked: {r['label']} · {r['dataset']} {r['split']} (double-click the map to clear)")
+sel = selection.get("picked")
 picked = df
 if sel:
     x0, x1 = sel.get("x", [-np.inf, np.inf])
     y0, y1 = sel.get("y", [-np.inf, np.inf])
     picked = df[df["x"].between(min(x0, x1), max(x0, x1)) & df["y"].between(min(y0, y1), max(y0, y1))]
-    st.markdown(f"**{len(picked)} patches selected**" + (" (showing 36)" if len(picked) > 36 else ""))
+    st.markdown(f"**{len(picked)} patches selected**" + (" (showing 36)" if len(picked) > 36 else "")
+                + ". Click one to open it as the similarity query.")
 else:
-    st.caption(f"{len(df)} patches. Showing 12 at random; select a region to see its patches.")
+    st.caption(f"{len(df)} patches. Showing 12 at random (click one to search with it); select a region to see "
+               "its patches.")
     picked = df.sample(min(12, len(df)), random_state=0)
 show = picked.head(36)
-urls = data.thumbnails(ctx.root, ctx.stamp, show["patch_id"].tolist())
-for start in range(0, len(show), 12):
-    cols = st.columns(12)
-    for col, (_, r), url in zip(cols, show.iloc[start:start + 12].iterrows(), urls[start:start + 12]):
-        col.image(url, width="stretch")
-        col.caption(f"{r['label']}  \n{r['dataset']}")
+ui.thumbnail_grid(ctx, show["patch_id"].tolist(), [f"{r['label']}\n{r['dataset']}" for _, r in show.iterrows()],
+                  size=96, set=eset.recipe_id, family=fid)
 
 st.subheader("Do neighbours follow the label or the site?")
 st.caption("For every patch, its k nearest neighbours in this set (cosine, per-dimension z-scored with AMi-Br "

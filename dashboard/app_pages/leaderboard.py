@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from classifiers import report
-from dashboard import charts, data, ui
+from dashboard import data, links, ui
 
 ctx = ui.context()
 st.title("Leaderboard")
@@ -38,7 +38,7 @@ if test_sets:
 if not show_paper:
     view = view[view["source"] != "paper"]
 # grouped: per test set, our rows first (best first), then the paper's rows (best first)
-order = {t: i for i, t in enumerate(charts.TEST_SET_ORDER)}
+order = {t: i for i, t in enumerate(data.test_set_order(board["test_set"].unique()))}
 view = view.assign(_t=view["test_set"].map(order).fillna(len(order)), _s=(view["source"] != "mitoprobe").astype(int))
 view = view.sort_values(["_t", "_s", "balanced_accuracy_mean"], ascending=[True, True, False],
                         kind="mergesort").drop(columns=["_t", "_s"]).reset_index(drop=True)
@@ -74,7 +74,7 @@ if compact:
     cell = view.assign(row=view["label"])
     pivot = (cell.pivot_table(index=["source", "row"], columns="test_set", values="balanced_accuracy_mean",
                               aggfunc="first", sort=False)
-             .reindex(columns=[t for t in charts.TEST_SET_ORDER if t in set(cell["test_set"])])
+             .reindex(columns=data.test_set_order(cell["test_set"].unique()))
              .reset_index())
     pivot.columns.name = None
     sets_ = [c for c in pivot.columns if c not in ("source", "row")]
@@ -88,15 +88,19 @@ if compact:
         styled = styled.apply(lambda s, top=top: [best_style if pd.notna(v) and v == top else "" for v in s],
                               subset=[t])
     st.caption("Mean balanced accuracy over the fold models; the best of each test set highlighted.")
-    st.dataframe(styled, hide_index=True, width="stretch", placeholder="",
-                 height=min(35 * (len(pivot) + 1) + 3, 640),
-                 column_order=["source", "row", *sets_],
-                 column_config={"source": pin("source", width="small"), "row": pin("model · head"),
-                                **{t: num(t, f"mean balanced accuracy on {t}") for t in sets_}})
+    event = st.dataframe(styled, hide_index=True, width="stretch", placeholder="",
+                         on_select="rerun", selection_mode="single-row", key="lb_compact",
+                         height=min(35 * (len(pivot) + 1) + 3, 640),
+                         column_order=["source", "row", *sets_],
+                         column_config={"source": pin("source", width="small"), "row": pin("model · head"),
+                                        **{t: num(t, f"mean balanced accuracy on {t}") for t in sets_}})
     table = pivot
+    rows = view.drop_duplicates("label").set_index("label")
+    picked = [rows.loc[pivot["row"].iloc[i]] for i in (event.selection.rows if event else []) if i < len(pivot)]
 else:
-    st.dataframe(
+    event = st.dataframe(
         _paper_rows(view), hide_index=True, width="stretch", placeholder="",
+        on_select="rerun", selection_mode="single-row", key="lb_table",
         height=min(35 * (len(view) + 1) + 3, 640),
         column_order=["source", "model", "head", "test_set", "pooling", "tta", "balanced_accuracy_mean",
                       "balanced_accuracy_std", "delta_vs_paper", "auroc_mean", "auroc_std", "auprc_mean",
@@ -134,5 +138,19 @@ else:
         },
     )
     table = view.drop(columns=["label"], errors="ignore")
+    picked = [view.iloc[i] for i in (event.selection.rows if event else []) if i < len(view)]
+
+# a selected row of ours opens Compare and Errors with its family (and test set) filled in
+if picked and picked[0]["source"] == "mitoprobe":
+    row = picked[0]
+    ts = None if compact else row["test_set"]
+    l1, l2, _ = st.columns([2, 2, 3])
+    links.page_link(l1, "compare", f"Compare: {row['label']}", family=row["family_id"], test_set=ts)
+    links.page_link(l2, "errors", f"Errors: {row['label']}" + (f" on {ts}" if ts else ""),
+                    family=row["family_id"], test_set=ts)
+elif picked:
+    st.caption("A paper row: the paper published numbers only, no predictions to compare or inspect.")
+else:
+    st.caption("Select a row of ours to open it in Compare or Errors.")
 st.download_button("Download CSV", table.to_csv(index=False).encode(),
                    file_name="mitoprobe_leaderboard" + ("_compact" if compact else "") + ".csv", mime="text/csv")

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import data, ui
+from dashboard import data, links, ui
 from store.errors import MitoprobeError
 
 ctx = ui.context()
@@ -26,6 +26,7 @@ skip_dataset = x2.toggle("Exclude query's dataset", key="sim_skip_dataset",
                          help="Leave out neighbours from the query's dataset: do neighbours hold across sites?")
 runs = data.runs(ctx.root, ctx.stamp) if ctx.status["runs"] else pd.DataFrame()
 pred = pd.DataFrame(columns=["patch_id", "probability", "threshold", "prediction"])
+fid = None
 if not runs.empty and ctx.status["predictions"]:
     same = runs.loc[runs["recipe_id"] == eset.recipe_id, "family_id"].unique().tolist()
     fid = ui.pick_family(runs, "sim_family", "Predictions of", families=same, container=c3)
@@ -41,8 +42,12 @@ else:
 
 keys, X = data.embedding_matrix(ctx.root, ctx.stamp, eset.recipe_id, output)
 row_of = pd.Series(np.arange(len(keys)), index=keys["patch_id"].to_numpy())
+in_set = data.set_patches(ctx.root, ctx.stamp, eset.recipe_id, output)  # the patches a search can return
 
-mode = st.radio("Query", ["Stored patch", "Upload a PNG"], horizontal=True, label_visibility="collapsed")
+MODES = ["Stored patch", "Upload a PNG"]
+if st.query_params.get(links.PATCH) and links.adopt("sim_query_id", links.PATCH, valid=set(meta["patch_id"])):
+    st.session_state["sim_mode"] = MODES[0]  # a link to a patch: search with it
+mode = st.radio("Query", MODES, horizontal=True, label_visibility="collapsed", key="sim_mode")
 query_vec, query_id, query_png = None, None, None
 if mode == "Stored patch":
     g1, g2, g3, g4 = st.columns([2, 2, 1, 3])
@@ -50,7 +55,7 @@ if mode == "Stored patch":
     lab = g2.selectbox("Gallery: label", ["all", *sorted(meta["label"].unique())])
     if g3.button("Shuffle", help="Show other patches in the gallery"):
         st.session_state["sim_seed"] = st.session_state.get("sim_seed", 0) + 1
-    pool = meta[meta["patch_id"].isin(row_of.index)]
+    pool = in_set
     if ds != "all":
         pool = pool[pool["dataset"] == ds]
     if lab != "all":
@@ -72,12 +77,14 @@ if mode == "Stored patch":
                    width="stretch", type="primary" if r["patch_id"] == st.session_state.get("sim_query_id")
                    else "secondary")
     query_id = (st.session_state.get("sim_query_id") or "").strip()
+    links.publish(links.PATCH, "sim_query_id", query_id or None)
     if query_id not in row_of.index:
         st.warning(f"Patch id {query_id!r} is not in set {eset.name}; pick one from the gallery.")
         st.stop()
     query_vec = X[row_of[query_id]]
     query_png = data.png(ctx.root, ctx.stamp, query_id)
 else:
+    links.publish(links.PATCH, "sim_query_id", None)
     up = st.file_uploader("A 128×128 RGB PNG of a mitotic figure", type=["png"])
     if up is None:
         st.info(f"Upload a PNG; it will be embedded on the fly with the set's recipe ({eset.name}).")
@@ -104,7 +111,6 @@ else:
 
 # the stored patch the filters refer to: the query, or the stored patch an upload repeats
 ref_id = query_id or (upload.same_as[0] if upload.same_as else None)
-in_set = meta[meta["patch_id"].isin(row_of.index)]
 excluded = pd.Series(False, index=in_set.index)
 notes = []
 if ref_id and (skip_slide or skip_dataset):
@@ -121,11 +127,11 @@ if ref_id and (skip_slide or skip_dataset):
 elif skip_slide or skip_dataset:
     st.caption("The upload is not a stored patch, so it has no slide or dataset to exclude.")
 drop = set(in_set.loc[excluded, "patch_id"]) | ({query_id} if query_id else set())
-pool = in_set[~in_set["patch_id"].isin(drop)]  # the patches a neighbour may be
+pool = in_set[~excluded & (in_set["patch_id"] != query_id)]  # the patches a neighbour may be
 try:  # a table built by an older mitoprobe has no standardised columns: the store says how to fix it
     hits = data.neighbours(ctx.root, ctx.stamp, eset.recipe_id, output,
                            np.asarray(query_vec, np.float32).tobytes(), k + len(drop))  # k remain after filtering
-    hits = hits[~hits["patch_id"].isin(drop)].head(k).reset_index(drop=True)
+    hits = hits[[p not in drop for p in hits["patch_id"]]].head(k).reset_index(drop=True)
     closer = data.distance_percentiles(ctx.root, ctx.stamp, eset.recipe_id, output, query_vec,
                                        hits["patch_id"].tolist(), exclude=[query_id] if query_id else [])
 except MitoprobeError as exc:
@@ -145,25 +151,24 @@ res.markdown(f"**{len(hits)} nearest** in {eset.name} · {output}"
 if query_id:
     m = meta.set_index("patch_id").loc[query_id]
     q.caption(f"`{query_id}`  \n{m['label']} · {m['dataset']} {m['split']}  \nvotes: {m['votes'] or '–'}")
+    links.page_link(q, "patch", "Patch viewer", help="The patch at full size with every vote and prediction",
+                    patch=query_id, set=eset.recipe_id, family=fid)
     base = (pool["label"] == m["label"]).mean() if len(pool) else float("nan")
     res.caption(f"{(hits['label'] == m['label']).mean():.0%} of the neighbours share the query's label "
                 f"(base rate {base:.0%}: the share of {m['label']} among the {len(pool)} patches searched).")
 else:
     q.caption("uploaded image")
-thumbs = data.thumbnails(ctx.root, ctx.stamp, hits["patch_id"].tolist())
-per_row = 6
-for start in range(0, len(hits), per_row):
-    cols = res.columns(per_row)
-    for col, (_, h), url in zip(cols, hits.iloc[start:start + per_row].iterrows(), thumbs[start:start + per_row]):
-        col.image(url, width="stretch")
-        col.caption(f"#{h['rank']} · **{h['label']}**  \n{h['dataset']} · closer than {h['closer_than']:.1f}%")
+ui.thumbnail_grid(ctx, hits["patch_id"].tolist(),
+                  [f"#{h['rank']} · {h['label']}\n{h['dataset']} · closer than {h['closer_than']:.1f}%"
+                   for _, h in hits.iterrows()], container=res, set=eset.recipe_id, family=fid)
+res.caption("Click a neighbour to search with it.")
 
 st.dataframe(
-    ui.with_thumbnails(ctx, hits), hide_index=True, width="stretch", row_height=60,
-    column_order=["thumbnail", "rank", "closer_than", "distance", "label", "prediction", "probability", "threshold",
-                  "dataset",
-                  "split", "votes", "subtype_expert1", "subtype_expert2", "patch_id"],
-    column_config={"thumbnail": ui.THUMB_COLUMN, "probability": ui.PROB_COLUMN,
+    hits.assign(open=ui.query_links(hits["patch_id"], set=eset.recipe_id, family=fid)),  # thumbnails: the grid above
+    hide_index=True, width="stretch", placeholder="",
+    column_order=["rank", "closer_than", "distance", "label", "prediction", "probability", "threshold",
+                  "dataset", "split", "votes", "subtype_expert1", "subtype_expert2", "open"],
+    column_config={"probability": ui.PROB_COLUMN, "open": ui.QUERY_LINK_COLUMN,
                    "closer_than": st.column_config.NumberColumn(
                        "closer than", format="%.1f%%",
                        help="Share of the set's stored patches farther from the query than this one"),
