@@ -576,30 +576,27 @@ class Searcher:
 
     def __call__(self, query: np.ndarray, k: int = 10, view: str = "none",
                  among: Sequence[str] | None = None) -> pd.DataFrame:
-        query = np.asarray(query, dtype=np.float32)
-        if self._stats is not None:
-            query = self.fs.standardize(self.eset, self.output, query, self._stats)
-        with read_guard(self._where, "cannot be searched", errors=(RuntimeError, OSError)):
-            q = (self._tbl.search(query, vector_column_name=self.column)
-                 .distance_type("cosine").where(_search_filter(view, among), prefilter=True)
-                 .select([*KEY_COLUMNS, "_distance"]).limit(k))
-            return apply_search_params(q, self._params).to_pandas().rename(columns={"_distance": "distance"})
+        return self._run(np.asarray(query, dtype=np.float32), k, _search_filter(view, among)).drop(
+            columns=["query_index"], errors="ignore")
 
     def batch(self, queries: np.ndarray, k: int = 10, view: str = "none") -> pd.DataFrame:
         """The k nearest rows of each of many raw query vectors in one LanceDB call (a ``query``
         column: the row of ``queries``). No patch-id prefilter: a long ``IN`` list costs ~0.2 s per
         query, so callers that need a subset over-fetch here and fall back to ``__call__(among=)``."""
-        Q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if self._stats is not None:
-            Q = self.fs.standardize(self.eset, self.output, Q, self._stats)
-        with read_guard(self._where, "cannot be searched", errors=(RuntimeError, OSError)):
-            q = (self._tbl.search(Q, vector_column_name=self.column)
-                 .distance_type("cosine").where(_search_filter(view, None), prefilter=True)
-                 .select([*KEY_COLUMNS, "_distance"]).limit(k))
-            df = apply_search_params(q, self._params).to_pandas()
+        df = self._run(np.atleast_2d(np.asarray(queries, dtype=np.float32)), k, _search_filter(view, None))
         if "query_index" not in df:  # one query: LanceDB leaves the column out
             df["query_index"] = 0
-        return df.rename(columns={"_distance": "distance", "query_index": "query"})
+        return df.rename(columns={"query_index": "query"})
+
+    def _run(self, query: np.ndarray, k: int, where: str) -> pd.DataFrame:
+        """One LanceDB search (one vector or a matrix of them) behind the store's read guard."""
+        if self._stats is not None:
+            query = self.fs.standardize(self.eset, self.output, query, self._stats)
+        with read_guard(self._where, "cannot be searched", errors=(RuntimeError, OSError)):
+            q = (self._tbl.search(query, vector_column_name=self.column)
+                 .distance_type("cosine").where(where, prefilter=True)
+                 .select([*KEY_COLUMNS, "_distance"]).limit(k))
+            return apply_search_params(q, self._params).to_pandas().rename(columns={"_distance": "distance"})
 
 
 def _sql_str(v: str) -> str:
