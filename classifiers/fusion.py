@@ -223,7 +223,7 @@ def fuse(store, specs: list[str], rule: str = "mean", n_boot: int = M.N_BOOTSTRA
     preds = preds.assign(split=preds["split"].fillna("test")) if "split" in preds else preds.assign(split="test")
     probas = [member_proba(preds, _fold_runs(runs, m, proto.n_folds), proto, m.label) for m in members]
     fused = fuse_probabilities(probas, proto, rule)
-    model = f"fusion({' | '.join(m.label for m in members)})"
+    model = f"fusion({', '.join(m.label for m in members)})"
     recipe_id = config_hash({"fusion": sorted(all_ids)})
     options = dict(members=[m.label for m in members])
     base = dict(family_id=fam, family=FAMILY, model=model, recipe_id=recipe_id, head=rule,

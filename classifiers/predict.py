@@ -34,7 +34,8 @@ def choose_family(store, model: str, head: str, family_id: str | None = None) ->
                          f"{model} --head {head}` first")
     if family_id is not None:
         if family_id not in set(runs["family_id"]):
-            raise StoreError(f"no family {family_id!r} in the store's runs")
+            raise StoreError(f"no family {family_id!r} in the store's runs; `mitoprobe sql \"select distinct "
+                             "family_id, model, head from runs\"` lists them")
         return family_id
     mine = runs[(runs["family"] == R.FAMILY) & (runs["model"] == model) & (runs["head"] == head)]
     if mine.empty:

@@ -65,7 +65,8 @@ def family_runs(store, family_id: str) -> pd.DataFrame:
     runs = store.results.read("runs")
     mine = runs[runs["family_id"] == family_id] if not runs.empty else runs
     if mine.empty:
-        raise StoreError(f"no family {family_id!r} in the store's runs; `mitoprobe report --families` lists them")
+        raise StoreError(f"no family {family_id!r} in the store's runs; `mitoprobe sql \"select distinct family_id, "
+                         "model, head from runs\"` lists them")
     return mine[mine["repeat"] == mine["repeat"].max()]
 
 
@@ -117,9 +118,9 @@ def refit_family(store, family_id: str) -> FittedFamily:
             cfg = json.loads(r["config_json"])
             k = int(r["fold"])
             params = _seeded_params(head, cfg.get("params", {}), int(cfg["seed"]))
-            fit = fit_fold(head, params, feats, proto.fold_data(k), train_ids, points=[cfg.get("selected", {})])
-            _check_reproduced(family_id, k, r["run_id"], train_ids[proto.fold_data(k).val_idx], fit["val_proba"],
-                              stored_val)
+            fd = proto.fold_data(k)
+            fit = fit_fold(head, params, feats, fd, train_ids, points=[cfg.get("selected", {})])
+            _check_reproduced(family_id, k, r["run_id"], train_ids[fd.val_idx], fit["val_proba"], stored_val)
             fitted.append(FittedFold(k, r["run_id"], fit["estimator"], float(r["threshold"])))
     ens = rows[rows["fold"] == -1]
     return FittedFamily(family_id, model, head, recipe_id, int(rows["repeat"].iloc[0]), options, feats, fitted,
