@@ -19,6 +19,7 @@ clicks in one session). ``similarity-after-reload`` is the first Similarity load
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import tempfile
@@ -26,9 +27,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import streamlit  # noqa: F401  (imported first, so its cache logger exists and can be quieted)
+
 from store import Store, paths
 
-from . import data
+# "No runtime found" per cached loader is expected outside a server (this script only reads data).
+logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)
+from . import data  # noqa: E402
 from .links import href
 from .navigation import PAGES as PAGE_SPECS
 from .server import start
