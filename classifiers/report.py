@@ -26,7 +26,9 @@ PAPER_MODEL_NAMES = {"virchow.hf": "Virchow", "virchow2.hf": "Virchow2", "hoptim
 PAPER_FAMILY = {"probe": "linear_probe", "finetune": "lora"}
 # our family -> the paper's families it is compared with: Δ vs paper is our mean balanced accuracy minus
 # the best of these published rows on the same test set (any model)
-PAPER_COMPARABLE = {"probe": ("linear_probe",), "finetune": ("lora", "end_to_end")}
+# our family -> the paper families its Δ is taken against (a fusion mixes probes and networks: any of them)
+PAPER_COMPARABLE = {"probe": ("linear_probe",), "finetune": ("lora", "end_to_end"),
+                    "fusion": ("linear_probe", "lora", "end_to_end")}
 DELTA_COLUMNS = ["delta_vs_paper", "paper_best_balanced_accuracy", "paper_best_model", "paper_best_family"]
 PAPER_HEADS = {"linear_probe": "torch linear (paper)", "lora": "LoRA (paper)", "end_to_end": "full fine-tune (paper)"}
 NUMERIC = ["n_folds", "balanced_accuracy_mean", "balanced_accuracy_std", "auroc_mean", "auroc_std",

@@ -21,7 +21,7 @@ from typing import Any
 
 from store.errors import RecipeError, WeightsError
 
-from .handcrafted import handcrafted_features
+from .handcrafted import feature_transform
 from .hub import served_commit
 from .identity import file_digest
 from .recipes import Recipe, resolve_recipe
@@ -30,13 +30,6 @@ from .transforms import Preprocess
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _HEAD_PREFIXES = ("head.",)  # classifier heads a local file may lack (the embedder never uses them)
-
-
-class HandcraftedTransform:
-    """Picklable worker-side transform for the handcrafted embedder: pixels -> feature vector."""
-
-    def __call__(self, rgb):
-        return handcrafted_features(rgb)
 
 
 def _layer(name: str):
@@ -389,7 +382,7 @@ def build(recipe: Recipe | str, weights: str | Path | None = None, *, trust_pick
     recipe = resolve_recipe(recipe) if isinstance(recipe, str) else recipe
     check_weights_option(recipe, weights)
     if recipe.arch == "handcrafted":
-        return None, HandcraftedTransform()
+        return None, feature_transform(recipe.model_kwargs)  # the recipe's features kwarg picks the set
     backbone = _create(recipe, weights, trust_pickle, hf_token_env, overrides)
     adapt = getattr(recipe, "adapt_backbone", None)
     if adapt is not None:  # resolved recipes (e.g. finetune's fold checkpoints) put their weights on the base

@@ -3,7 +3,7 @@
 Three groups, all computed per patch:
 
 - **nucleus morphology**: haematoxylin channel (``rgb2hed``), smoothed, Otsu threshold; the
-  connected component nearest the patch centre is the figure. Area, perimeter, eccentricity,
+  connected component nearest the patch centre is the figure (``morphology.figure_mask``). Area, perimeter, eccentricity,
   solidity, extent, axis lengths, equivalent diameter, circularity, Euler number, the 7
   orientation-free Hu moments (log-scaled), mask fraction and component count;
 - **H&E colour**: mean/std of R, G, B, H, E over the patch, H percentiles, and H/E inside versus
@@ -18,8 +18,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.color import rgb2hed
 from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
-from skimage.filters import threshold_otsu
 from skimage.measure import regionprops
+
+from .morphology import figure_mask, morphology_features
 
 GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")
 LBP_P, LBP_R = 8, 1
@@ -31,22 +32,6 @@ COLOUR = tuple(f"{s}_{c}" for c in ("r", "g", "b", "h", "e") for s in ("mean", "
 TEXTURE = tuple(f"glcm_{p}_d{d}" for d in (1, 2) for p in GLCM_PROPS) + tuple(f"lbp_{i}" for i in range(LBP_P + 2))
 FEATURE_NAMES = MORPH + COLOUR + TEXTURE
 N_FEATURES = len(FEATURE_NAMES)
-
-
-def _figure_mask(h: np.ndarray) -> tuple[np.ndarray, int]:
-    """The component of the thresholded haematoxylin map nearest the centre; (mask, n_components)."""
-    if float(h.max() - h.min()) < 1e-6:
-        return np.zeros(h.shape, bool), 0
-    fg = h > threshold_otsu(h)
-    fg = ndi.binary_opening(fg, iterations=1)
-    labels, n = ndi.label(fg)
-    if n == 0:
-        return fg, 0
-    c = (np.array(h.shape) - 1) / 2.0
-    yy, xx = np.indices(h.shape)
-    dist = np.hypot(yy - c[0], xx - c[1])
-    nearest = ndi.minimum(dist, labels, index=np.arange(1, n + 1))
-    return labels == (int(np.argmin(nearest)) + 1), n
 
 
 def _morphology(mask: np.ndarray, n: int) -> list[float]:
@@ -96,7 +81,31 @@ def handcrafted_features(rgb: np.ndarray) -> np.ndarray:
     rgbf = rgb.astype(np.float32) / 255.0
     hed = rgb2hed(rgb)
     h = ndi.gaussian_filter(hed[..., 0], 1.0)
-    mask, n = _figure_mask(h)
+    mask, n = figure_mask(h)
     grey = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]).astype(np.uint8)
     v = np.asarray(_morphology(mask, n) + _colour(rgbf, hed, mask) + _texture(grey), np.float64)
     return np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+# -- which feature set a handcrafted recipe computes ------------------------------------------------
+# Recipes with ``arch="handcrafted"`` share every code path of a torch-free embedder (batching, workers,
+# provenance packages, "no network to fine-tune"); the recipe's ``features`` kwarg picks the function.
+# No kwarg = the full set, so the ``handcrafted`` recipe (and its id) stays as it was.
+FEATURE_SETS = {"all": handcrafted_features, "morphology": morphology_features}
+
+
+class FeatureTransform:
+    """Picklable worker-side transform of a handcrafted recipe: pixels -> its feature vector."""
+
+    def __init__(self, features: str = "all"):
+        if features not in FEATURE_SETS:
+            raise ValueError(f"unknown handcrafted feature set {features!r}; choose from {sorted(FEATURE_SETS)}")
+        self.features = features
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return FEATURE_SETS[self.features](rgb)
+
+
+def feature_transform(recipe_kwargs: dict) -> FeatureTransform:
+    """The transform for a handcrafted recipe's kwargs (``{"features": "morphology"}``; none: the full set)."""
+    return FeatureTransform(recipe_kwargs.get("features", "all"))

@@ -10,7 +10,8 @@ stop 15, an extra RandomRotation(10) and the model's own (ImageNet) normalisatio
 Every field enters the run's hash; ``options()`` lists what differs from the paper (shown in reports).
 
 ``PRESETS`` name tuned configurations beyond the paper's (``FinetuneConfig.preset``): ``offline`` is
-the from-scratch small CNN that trains all five folds on a 2-core CPU in about half an hour.
+the from-scratch small CNN that trains all five folds on a 2-core AVX2 CPU at fp32 within the
+30-minute budget of ``mitoprobe run --full`` (docs/offline-accuracy.md).
 """
 
 from __future__ import annotations
@@ -123,9 +124,11 @@ class FinetuneConfig:
 
 # The offline preset (issue 7): a slim ResNet-18 from scratch on the centre of the patch, for CPUs.
 # Every choice here was measured on fold 0's held-out part first (README, "Offline accuracy").
+# max_epochs 6 (issue 13): 16 epochs x 5 folds is ~50 min at fp32 (~63 img/s) on a 2-core AVX2 CPU; 6 fits
+# ``run --full`` in 30 min there, and the CNN's probability is then fused with the morphology probe's.
 PRESETS: dict[str, dict] = {
     "offline": dict(model="offline_cnn.random", method="full", lr=2e-3, weight_decay=0.05, optimizer="adamw",
-                    schedule="cosine", batch_size=64, max_epochs=16, early_stop=100, select_on="auroc",
+                    schedule="cosine", batch_size=64, max_epochs=6, early_stop=100, select_on="auroc",
                     loss="weighted_bce", sampler="shuffle", crop_from="view", crop_scale=(0.7, 1.0),
                     rotate_degrees=0.0, dihedral=True, hed=0.05, color_jitter=(0.2, 0.2, 0.1, 0.02),
                     tta="rot4", threshold="val_youden", cpu_bf16=True),

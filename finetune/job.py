@@ -48,6 +48,7 @@ class FinetuneSummary:
     rows_appended: int
     ensemble: bool
     records: dict[int, dict]
+    family_id: str = ""  # the run's family in ``runs`` (what a fusion names as a member)
 
 
 def code_version() -> str:
@@ -259,4 +260,4 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
                              (proto.train["patch_id"].to_numpy(), oof))
         R.append(st, runs, frames)
         appended += len(runs)
-    return FinetuneSummary(key, run_dir, sorted(records), appended, ensemble, records)
+    return FinetuneSummary(key, run_dir, sorted(records), appended, ensemble, records, fam)

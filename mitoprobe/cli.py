@@ -17,7 +17,8 @@ from store.errors import MitoprobeError
 
 # name -> ("module:attribute", one-line purpose shown by --help without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("mitoprobe.commands.data:data", "Import the AMi-Br benchmark into the store (or download it)."),
+    "data": ("mitoprobe.commands.data:data",
+             "Import the AMi-Br benchmark or your own cohort (manifest / folder) into the store."),
     "store": ("mitoprobe.commands.store:store_group",
               "Inspect the store (info), check its integrity (check) and repair what needs no guessing (repair)."),
     "sql": ("mitoprobe.commands.store:sql", "Run a DuckDB query over patches, embeddings, runs and predictions."),
@@ -25,9 +26,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "Embed every patch with one model (incremental, resumable; --list shows recipes)."),
     "finetune": ("mitoprobe.commands.finetune:finetune_cmd",
                  "LoRA / full fine-tuning per fold under the paper's protocol (resumable)."),
+    "fuse": ("mitoprobe.commands.fuse:fuse_cmd", "Late fusion of stored run families (no refit; held-out thresholds)."),
     "dashboard": ("mitoprobe.commands.dashboard:dashboard_cmd", "Open the results dashboard (Streamlit, localhost)."),
-    "probe": ("mitoprobe.commands.probe:probe", "Fit every head x 5 folds on a model's vectors; score the 3 test sets."),
+    "predict": ("mitoprobe.commands.predict:predict_cmd",
+                "P(atypical) and the decision for every patch of a dataset, from a probe family's fold ensemble."),
+    "probe": ("mitoprobe.commands.probe:probe",
+              "Fit every head x 5 folds on a model's vectors; score the test sets (yours included)."),
     "report": ("mitoprobe.commands.probe:report", "Print the leaderboard with CIs and the paper's numbers beside it."),
+    "search": ("mitoprobe.commands.predict:search_cmd",
+               "The k nearest labelled reference mitoses (AMi-Br) of every patch of a dataset."),
     "run": ("mitoprobe.commands.run:run", "The main job: import, embed (offline defaults), probe, report."),
 }
 

@@ -1,8 +1,10 @@
 """``mitoprobe run``: the main job, import -> embed (offline defaults) -> probe sweep -> leaderboard.
 
-``mitoprobe run --full`` adds the offline fine-tuning preset end to end: train the small CNN from
-scratch on the 5 folds (``finetune --preset offline``), embed every patch with each fold's checkpoint,
-probe each fold's vectors under its own fold alone and concatenated with the handcrafted features.
+``mitoprobe run --full`` adds the offline fine-tuning preset end to end: embed and probe the
+nucleus-morphology set, train the small CNN from scratch on the 5 folds (``finetune --preset offline``),
+embed every patch with each fold's checkpoint, probe each fold's vectors under its own fold alone and
+concatenated with the handcrafted features, fuse the CNN's probabilities with the probes' (late fusion
+from stored predictions, ``classifiers.fusion``), and name the best offline family by held-out scores.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import click
 
 import embedder
+from classifiers.fusion import fuse, rank_by_heldout
 from classifiers.heads import HEADS
 from embedder.dihedral import view_names
 from classifiers.runner import sweep
@@ -78,14 +81,37 @@ def run_main_job(store_path: Path | None = None, data_dir: Path | None = None, m
 
 
 FULL_HEADS = ("logreg", "lgbm")  # the probes on the fine-tuned folds' vectors (alone and + handcrafted)
+MORPHOLOGY = "morphology"  # the shape-only set: its own probes, then a fusion member
+# Late fusions tried by ``run --full`` (fixed in advance, so no member is picked by looking at anything;
+# the best is then named on held-out scores only). "cnn" = the fine-tuned run itself, "folds+hc" = its fold
+# vectors + handcrafted features; the rest are MODEL:HEAD of probes.
+FUSIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("mean", ("cnn", "morphology:lgbm")),
+    ("mean", ("cnn", "morphology:lgbm", "handcrafted:lgbm")),
+    ("mean", ("cnn", "folds+hc:lgbm", "morphology:lgbm")),
+    ("stack", ("cnn", "folds+hc:lgbm", "morphology:lgbm", "handcrafted:lgbm")),
+)
+
+
+def fusion_specs(members: tuple[str, ...], cnn_family: str, run_key: str) -> list[str]:
+    """``FUSIONS`` member names -> ``classifiers.fusion`` specs for this fine-tuning run."""
+    alias = {"cnn": cnn_family, "folds+hc:lgbm": f"ft-{run_key[:8]}-folds+handcrafted:lgbm"}
+    return [alias.get(m, m) for m in members]
 
 
 def run_offline_full(store_path: Path | None = None, folds: str | None = None, heads=FULL_HEADS,
-                     num_workers: int = 1, config=None) -> dict[str, float]:
-    """The offline preset (or ``config``): fine-tune 5 folds, embed with each fold's checkpoint, probe.
-    Returns seconds per stage. Needs the handcrafted set (``run_main_job`` makes it first)."""
+                     num_workers: int = 1, config=None, fusions=FUSIONS) -> dict[str, float]:
+    """The morphology set, the offline preset (or ``config``): fine-tune 5 folds, embed with each fold's
+    checkpoint, probe, fuse. Returns seconds per stage. Needs the handcrafted set (``run_main_job`` makes
+    it first); fusions need all five folds (skipped when ``folds`` names fewer)."""
     timings: dict[str, float] = {}
     st = Store(store_path)
+    t = time.perf_counter()
+    embedder.embed(st, MORPHOLOGY, num_workers=num_workers)
+    timings[f"embed {MORPHOLOGY}"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sweep(st, MORPHOLOGY, heads=list(heads))
+    timings[f"probe {MORPHOLOGY}"] = time.perf_counter() - t
     t = time.perf_counter()
     s = finetune(st, config or FinetuneConfig.preset("offline"), folds, num_workers=num_workers)
     timings["finetune offline (5 folds)"] = time.perf_counter() - t
@@ -98,4 +124,20 @@ def run_offline_full(store_path: Path | None = None, folds: str | None = None, h
         sweep(st, name, heads=list(heads))
         sweep(st, f"{name}+handcrafted", heads=list(heads))
     timings["probe fold checkpoints"] = time.perf_counter() - t
+    if s.ensemble:
+        t = time.perf_counter()
+        for rule, members in fusions:
+            fuse(st, fusion_specs(members, s.family_id, s.run_key), rule=rule)
+        timings["fuse"] = time.perf_counter() - t
     return timings
+
+
+def best_offline_family(store_path: Path | None = None) -> str:
+    """One line naming the best family in the store by fold-mean held-out AUROC (training data only)."""
+    ranked = rank_by_heldout(Store(store_path).results.read("runs"))
+    if ranked.empty:
+        return "no complete family to rank yet"
+    b = ranked.iloc[0]
+    return (f"best offline family by held-out AUROC (training data only): {b['model']} · {b['head']} "
+            f"(family {b['family_ids'][:12]}, held-out AUROC {b['heldout_auroc']:.3f}, held-out balanced accuracy "
+            f"{b['heldout_balanced_accuracy']:.3f}, of {len(ranked)} families)")

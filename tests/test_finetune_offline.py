@@ -73,34 +73,53 @@ def test_offline_preset_trains_on_the_tiny_store(bench, tmp_path):
 
 def test_no_finetune_selection_step_reads_a_test_label(bench, tmp_path, monkeypatch):
     """Permute every test label: the selected checkpoint, threshold and every held-out/test probability
-    stay identical (fold and ensemble), while the test metrics move (so labels were really changed)."""
+    stay identical (fold and ensemble), while the test metrics move (so labels were really changed). The
+    same holds downstream of fine-tuning: a probe, the late fusions of the CNN with it (mean and stacked:
+    thresholds, stacker weights, fused probabilities) and the held-out ranking that names the best family."""
+    import embedder
+    from classifiers import fusion
+    from classifiers import runner as probe_runner
     from finetune import job as finetune_job
 
     real_load = finetune_job.load_protocol
 
     def runs_of(st: Store, poison: bool):
-        def load(store, test_sets=None):
-            proto = real_load(store, test_sets)
+        def load(store, *args, **kwargs):
+            proto = real_load(store, *args, **kwargs)
             if not poison:
                 return proto
             rng = np.random.default_rng(0)
             return replace(proto, tests={name: replace(ts, y=rng.permutation(ts.y)) for name, ts in proto.tests.items()})
 
-        monkeypatch.setattr(finetune_job, "load_protocol", load)  # the name the job calls
+        for module in (finetune_job, probe_runner, fusion):  # the names each selection path calls
+            monkeypatch.setattr(module, "load_protocol", load)
         cfg = FinetuneConfig.preset("offline", max_epochs=2, max_steps=1, batch_size=8, tta="rot4", cpu_bf16=False)
         s = finetune(st, cfg, progress=False, n_boot=10)  # all five folds, so the ensemble's threshold is made too
+        embedder.embed(st, "handcrafted", device="cpu", num_workers=0, progress=False)
+        probe_runner.sweep(st, "handcrafted", heads=["logreg"], n_boot=10, show_progress=False)
+        for rule in ("mean", "stack"):
+            fusion.fuse(st, [s.family_id, "handcrafted:logreg"], rule=rule, n_boot=10)
         done = [json.loads((s.run_dir / f"fold{k}" / DONE_FILE).read_text()) for k in range(5)]
         sel = [(d["best_epoch"], d["threshold"], d["checkpoint_sha256"]) for d in done]
         preds = pd.concat([pd.read_parquet(s.run_dir / f"fold{k}" / PREDICTIONS_FILE) for k in range(5)])
-        runs = st.results.read("runs").sort_values(["fold", "test_set"])
-        return sel, preds["probability"].to_numpy(), runs
+        runs = st.results.read("runs").sort_values(["family", "head", "fold", "test_set"])
+        stored = st.results.read("predictions")
+        fused = stored[stored["run_id"].isin(set(runs.loc[runs["family"] == "fusion", "run_id"]))]
+        fused = fused.sort_values(["run_id", "split", "test_set", "patch_id"])["probability"].to_numpy()
+        weights = [json.loads(c).get("weights") for c in runs.loc[runs["family"] == "fusion", "config_json"]]
+        best = fusion.rank_by_heldout(runs)[["model", "head", "heldout_auroc"]]
+        return sel, preds["probability"].to_numpy(), runs, fused, weights, best
 
-    sel_a, p_a, runs_a = runs_of(_store_copy(bench, tmp_path, "clean"), False)
-    sel_b, p_b, runs_b = runs_of(_store_copy(bench, tmp_path, "poisoned"), True)
+    sel_a, p_a, runs_a, fused_a, w_a, best_a = runs_of(_store_copy(bench, tmp_path, "clean"), False)
+    sel_b, p_b, runs_b, fused_b, w_b, best_b = runs_of(_store_copy(bench, tmp_path, "poisoned"), True)
     assert sel_a == sel_b
     np.testing.assert_array_equal(p_a, p_b)
     np.testing.assert_array_equal(runs_a["threshold"].to_numpy(), runs_b["threshold"].to_numpy())
     assert -1 in set(runs_a["fold"])  # the fold ensemble's threshold was checked as well
+    assert set(runs_a["family"]) == {"finetune", "probe", "fusion"} and set(runs_a["head"]) >= {"mean", "stack"}
+    np.testing.assert_array_equal(fused_a, fused_b)
+    assert w_a == w_b and any(w for w in w_a)  # the stacker's weights
+    assert best_a.equals(best_b) and len(best_a) == 4
     assert not np.allclose(runs_a["balanced_accuracy"].to_numpy(), runs_b["balanced_accuracy"].to_numpy())
 
 
@@ -117,9 +136,12 @@ def test_run_full_offline_probes_fold_vectors_alone_and_with_handcrafted(bench, 
     embedder.embed(st, "handcrafted", device="cpu", num_workers=0, progress=False)
     cfg = FinetuneConfig.preset("offline", max_epochs=2, max_steps=1, batch_size=8)
     timings = run_offline_full(st.root, folds="0", heads=("logreg",), num_workers=0, config=cfg)
-    assert set(timings) == {"finetune offline (5 folds)", "embed fold checkpoints", "probe fold checkpoints"}
+    # one fold: no fold ensemble, so no fusion (fusions need every fold)
+    assert set(timings) == {"embed morphology", "probe morphology", "finetune offline (5 folds)",
+                            "embed fold checkpoints", "probe fold checkpoints"}
     runs = st.results.read("runs")
-    probed = runs[runs["family"] == "probe"]
+    probed = runs[(runs["family"] == "probe") & (runs["model"] != "morphology")]
+    assert set(runs.loc[runs["model"] == "morphology", "head"]) == {"logreg"}
     names = set(probed["model"])
     assert len(names) == 2 and any(n.endswith("+handcrafted") for n in names)
     assert set(probed["fold"]) == {0}  # fold-0 vectors: fold 0 only, no ensemble

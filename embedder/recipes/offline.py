@@ -11,6 +11,13 @@ register(Recipe(
     placement="native", precision="fp32", outputs=(("vector", 57),), paper_outputs=("vector",),
     note="nucleus morphology + H&E colour + texture (scikit-image), CPU"))
 
+# The figure's shape alone (``embedder.morphology``): the handcrafted path with ``features="morphology"``.
+# Colour and texture are site-specific; shape carries over to other scanners and species (AtNorM-MD).
+register(Recipe(
+    name="morphology", family="offline", arch="handcrafted", kwargs=(("features", "morphology"),), weights="none",
+    input_size=128, placement="native", precision="fp32", outputs=(("vector", 28),), paper_outputs=("vector",),
+    note="nucleus morphology only: shape of the central haematoxylin component (scikit-image), CPU"))
+
 # A random-weight CNN at the patches' native 128 px: cheap on CPU, and random conv features are
 # a known non-trivial floor for what any pretrained model must beat.
 register(Recipe(

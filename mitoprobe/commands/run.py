@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mitoprobe.display import print_report
-from mitoprobe.main_job import run_main_job, run_offline_full
+from mitoprobe.main_job import best_offline_family, run_main_job, run_offline_full
 from store import Store
 
 from .options import STORE_OPTION
@@ -23,8 +23,9 @@ from .options import STORE_OPTION
               help="d8: embed 8 dihedral views and probe with test-time augmentation (8x the embedding time).")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table", show_default=True)
 @click.option("--full", is_flag=True,
-              help="Also the offline preset end to end: a small CNN fine-tuned from scratch on 5 folds (about 17 min "
-                   "on 2 idle CPU cores), its fold checkpoints as embedders, probes alone and + handcrafted.")
+              help="Also the offline preset end to end: morphology features and their probes, a small CNN fine-tuned "
+                   "from scratch on 5 folds, its fold checkpoints as embedders (probes alone and + handcrafted), "
+                   "late fusions of the CNN with the probes, and the best family named on held-out scores.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch CPU threads (default: torch's; 1 on a busy machine).")
 @STORE_OPTION
 def run(data_dir: Path | None, models: tuple[str, ...], heads: str, views: str, fmt: str, full: bool,
@@ -47,5 +48,6 @@ def run(data_dir: Path | None, models: tuple[str, ...], heads: str, views: str, 
     if full:
         timings.update(run_offline_full(store_path))
         print_report(Store(store_path), fmt)
+        click.echo(best_offline_family(store_path))
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
     click.echo(f"main job done in {time.perf_counter() - t0:.0f} s ({parts})")
