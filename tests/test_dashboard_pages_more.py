@@ -84,7 +84,7 @@ def test_similarity_exclude_query_dataset(full_store, monkeypatch):
     ds = meta.loc[qid, "dataset"]
     before = at.dataframe[0].value
     assert (before["dataset"] == ds).any()  # without the toggle, the query's dataset is among the hits
-    _toggle(at, "Exclude query's dataset").set_value(True).run()
+    _toggle(at, "Not its dataset").set_value(True).run()
     assert not at.exception
     hits = at.dataframe[0].value
     assert len(hits) == 12 and not (hits["dataset"] == ds).any()  # still k after filtering
@@ -108,7 +108,7 @@ def test_similarity_exclude_query_slide(full_store, monkeypatch):
     assert same  # the query's slide has other patches to leave out
     at = open_page(full_store.root, "similarity", monkeypatch)
     _set_query(at, qid)
-    _toggle(at, "Exclude query's slide").set_value(True).run()
+    _toggle(at, "Not its slide").set_value(True).run()
     assert not at.exception
     hits = at.dataframe[0].value
     assert len(hits) == 12 and not set(hits["patch_id"]) & same and qid not in set(hits["patch_id"])

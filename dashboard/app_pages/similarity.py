@@ -20,9 +20,9 @@ c1, c2, c3 = st.columns([3, 2, 2])
 eset, output = ui.pick_set(ctx, "sim", container=c1)
 k = c2.slider("Neighbours (k)", 4, 48, 12, 4)
 x1, x2 = c2.columns(2)
-skip_slide = x1.toggle("Exclude query's slide", key="sim_skip_slide",
+skip_slide = x1.toggle("Not its slide", key="sim_skip_slide",
                        help="Leave out neighbours from the query's own slide (same dataset and slide).")
-skip_dataset = x2.toggle("Exclude query's dataset", key="sim_skip_dataset",
+skip_dataset = x2.toggle("Not its dataset", key="sim_skip_dataset",
                          help="Leave out neighbours from the query's dataset: do neighbours hold across sites?")
 runs = data.runs(ctx.root, ctx.stamp) if ctx.status["runs"] else pd.DataFrame()
 pred = pd.DataFrame(columns=["patch_id", "probability", "threshold", "prediction"])
