@@ -97,7 +97,7 @@ class _Allowed:
 def _allowed(ref: pd.DataFrame, reference: frozenset, q, exclude_same_slide: bool,
              exclude_same_dataset: bool) -> _Allowed:
     drop = {q.patch_id}
-    if exclude_same_dataset and q.dataset in set(ref["dataset"]):
+    if exclude_same_dataset:
         drop |= set(ref.index[ref["dataset"] == q.dataset])
     if exclude_same_slide and isinstance(q.slide, str):
         drop |= set(ref.index[(ref["dataset"] == q.dataset) & (ref["slide"] == q.slide)])

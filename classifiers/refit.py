@@ -53,6 +53,7 @@ class FittedFamily:
     ensemble_run_id: str | None
     ensemble_threshold: float | None
     train_on: str = PAPER_TRAIN
+    runs: pd.DataFrame | None = None  # the family's run rows (latest repeat) the refit was read from
 
     def fold_probabilities(self, patch_ids) -> np.ndarray:
         """(n_folds, n_patches) P(atypical) of every fold model (views averaged as in the run)."""
@@ -125,7 +126,7 @@ def refit_family(store, family_id: str) -> FittedFamily:
     ens = rows[rows["fold"] == -1]
     return FittedFamily(family_id, model, head, recipe_id, int(rows["repeat"].iloc[0]), options, feats, fitted,
                         None if ens.empty else ens["run_id"].iloc[0],
-                        None if ens.empty else float(ens["threshold"].iloc[0]), train_on)
+                        None if ens.empty else float(ens["threshold"].iloc[0]), train_on, rows)
 
 
 def _check_reproduced(family_id: str, fold: int, run_id: str, val_ids: np.ndarray, p_refit: np.ndarray,
@@ -154,7 +155,7 @@ def extend_family(store, family_id: str, tests: dict[str, TestSet], n_boot: int)
     family's rows on the other test sets are untouched (bootstrap seeded with the family's seed).
     Returns the new run rows."""
     fitted = refit_family(store, family_id)
-    rows = family_runs(store, family_id)
+    rows = fitted.runs
     base_cols = ["family_id", "family", "model", "recipe_id", "head", "options", "code_version", "seed", "repeat",
                  "threshold_rule", "config_json", "val_auroc", "val_balanced_accuracy", "n_train", "threshold"]
     runs, preds, fold_p = [], [], []

@@ -90,7 +90,8 @@ def test_refit_is_checked_against_the_stored_heldout_probabilities(benchmark_sto
     fitted = refit_family(st, fam)
     assert [f.fold for f in fitted.folds] == [0, 1, 2, 3, 4] and fitted.ensemble_threshold is not None
     # tamper with one stored held-out probability: the refit no longer reproduces the run and says so
-    part = st.results.parts("predictions")[0]
+    rid = fitted.folds[0].run_id
+    part = next(p for p in st.results.parts("predictions") if (pd.read_parquet(p)["run_id"] == rid).any())
     df = pd.read_parquet(part)
     i = df.index[(df["split"] == "val") & (df["run_id"] == fitted.folds[0].run_id)][0]
     df.loc[i, "probability"] += 0.1
