@@ -32,7 +32,7 @@ SCHEDULES = ("plateau", "cosine")  # cosine: per step, one warm-up epoch, down t
 SELECT_ON = ("balanced_accuracy", "auroc")  # held-out score that picks the checkpoint (early stopping too)
 CROP_FROM = ("patch", "view")  # RandomResizedCrop on the raw 128 px patch (paper) or on the recipe's view
 # Fields added after schema 1: left out of ``to_dict`` at their defaults, so older runs keep their keys.
-_LATER_FIELDS = ("optimizer", "schedule", "select_on", "ema", "mixup", "crop_from", "cpu_bf16")
+_LATER_FIELDS = ("optimizer", "schedule", "select_on", "ema", "mixup", "crop_from", "cpu_bf16", "batch_augment")
 # Full fine-tuning: what the paper's end-to-end scripts change relative to its LoRA scripts.
 FULL_PAPER = dict(lr=1e-4, early_stop=15, rotate_degrees=10.0, norm="recipe")
 
@@ -72,6 +72,8 @@ class FinetuneConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); EMA weights are evaluated
     mixup: float = 0.0  # Beta(a, a) mixup of training batches (0 = off)
     crop_from: str = "patch"
+    # augment whole batches in the main process from patches decoded once (finetune.augment.BatchAugment)
+    batch_augment: bool = False
     cpu_bf16: bool = False  # allow bf16 autocast + channels-last on CPU where it is native (finetune.precision)
     seed: int = 0
     schema_version: int = 1
@@ -123,13 +125,14 @@ class FinetuneConfig:
 
 
 # The offline preset (issue 7): a slim ResNet-18 from scratch on the centre of the patch, for CPUs.
-# Every choice here was measured on fold 0's held-out part first (README, "Offline accuracy").
-# max_epochs 6 (issue 13): 16 epochs x 5 folds is ~50 min at fp32 (~63 img/s) on a 2-core AVX2 CPU; 6 fits
-# ``run --full`` in 30 min there, and the CNN's probability is then fused with the morphology probe's.
+# Every choice here was measured on fold 0's held-out part first (docs/offline-accuracy.md).
+# Issue 13, round 3: batched augmentation (the per-sample pipeline cost more than the training step on a
+# 2-core CPU) and the 64 px input raise fp32 training on a 2-core AVX2 CPU from ~80 to ~190 img/s, so
+# ``run --full`` fits 16 epochs in its 30 minutes there (round 2 fitted 6 at 80 px).
 PRESETS: dict[str, dict] = {
-    "offline": dict(model="offline_cnn.random", method="full", lr=2e-3, weight_decay=0.05, optimizer="adamw",
-                    schedule="cosine", batch_size=64, max_epochs=6, early_stop=100, select_on="auroc",
+    "offline": dict(model="offline_cnn64.random", method="full", lr=2e-3, weight_decay=0.05, optimizer="adamw",
+                    schedule="cosine", batch_size=64, max_epochs=16, early_stop=100, select_on="auroc",
                     loss="weighted_bce", sampler="shuffle", crop_from="view", crop_scale=(0.7, 1.0),
                     rotate_degrees=0.0, dihedral=True, hed=0.05, color_jitter=(0.2, 0.2, 0.1, 0.02),
-                    tta="rot4", threshold="val_youden", cpu_bf16=True),
+                    batch_augment=True, tta="rot4", threshold="val_youden", cpu_bf16=True),
 }

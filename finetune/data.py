@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from embedder.transforms import decode_png
+from store.errors import FinetuneError
 
 
 class PatchDataset:
@@ -52,6 +53,41 @@ def train_loader(pngs, y, transform, batch_size: int, sampler: str, seed: int, n
     return DataLoader(PatchDataset(pngs, y, transform), batch_size=batch_size, sampler=smp,
                       num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
                       generator=g, pin_memory=pin_memory, drop_last=False)
+
+
+def stack_pixels(pngs: list[bytes], geometry=None):
+    """Decode every patch once: (N, 3, H, W) uint8, after ``geometry`` (the recipe's view) when given.
+
+    For :class:`finetune.augment.BatchAugment`, which needs the patches as one tensor."""
+    import torch
+
+    arrays = [decode_png(b) for b in pngs]
+    if geometry is not None:
+        arrays = [geometry(a) for a in arrays]
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        raise FinetuneError(f"batch augmentation needs patches of one size, got {sorted(sizes)[:3]}; crop from the "
+                         "recipe's view (crop_from='view') or augment per sample (batch_augment=False)")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def tensor_batches(pixels, y: np.ndarray, augment, batch_size: int, sampler: str, seed: int):
+    """One epoch of ``(augment(pixels[idx]), y[idx])`` batches in the main process (no workers).
+
+    ``seed`` fixes the order (a shuffle, or the paper's class-balanced draws with replacement) and
+    every augmentation draw, so a resumed epoch is the same epoch."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    n = len(y)
+    if sampler == "weighted":
+        order = torch.multinomial(torch.as_tensor(sample_weights(y)), n, replacement=True, generator=g)
+    else:
+        order = torch.randperm(n, generator=g)
+    labels = torch.as_tensor(np.asarray(y, dtype=np.float32))
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        yield augment(pixels[idx.to(pixels.device)], g), labels[idx]
 
 
 def eval_loader(pngs, transform, batch_size: int, num_workers: int, pin_memory: bool):

@@ -38,10 +38,11 @@ from store.progress import progress as progress_bar
 from classifiers import metrics as M
 from embedder.dihedral import apply_view_torch
 from embedder.factory import preprocess
+from embedder.transforms import decode_png
 
-from .augment import train_transform
+from .augment import batch_augment, train_transform
 from .config import TTAS, FinetuneConfig
-from .data import eval_loader, train_loader
+from .data import eval_loader, stack_pixels, tensor_batches, train_loader
 from .model import build_classifier, load_weights, parameter_counts, save_weights
 from .precision import cpu_capability, training_precision
 
@@ -167,16 +168,30 @@ def loss_fn(cfg: FinetuneConfig, y_train: np.ndarray):
     return fn
 
 
+def decode_for_eval(pngs: list[bytes], transform):
+    """The patches through the evaluation transform as one (N, 3, S, S) tensor: decoded once, so the held-out
+    part can be scored after every epoch without decoding it again (small inputs only: N x 3 x S x S floats)."""
+    import torch
+
+    return torch.from_numpy(np.stack([transform(decode_png(b)) for b in pngs])) if pngs else None
+
+
 def predict_proba(model, pngs: list[bytes], transform, views: tuple[str, ...], rt: Runtime,
-                  cpu_bf16: bool = False) -> np.ndarray:
-    """P(atypical) per patch; with several views, the mean over views (rotation TTA)."""
+                  cpu_bf16: bool = False, decoded=None) -> np.ndarray:
+    """P(atypical) per patch; with several views, the mean over views (rotation TTA).
+
+    ``decoded``: ``decode_for_eval(pngs, transform)`` when the caller keeps it (else decoded here, per batch)."""
     import torch
 
     model.eval()
     out = []
-    loader = eval_loader(pngs, transform, rt.eval_batch_size, rt.num_workers, rt.device.startswith("cuda"))
+    if decoded is not None:
+        batches = decoded.split(rt.eval_batch_size)
+    else:
+        loader = eval_loader(pngs, transform, rt.eval_batch_size, rt.num_workers, rt.device.startswith("cuda"))
+        batches = (x for x, _ in loader)
     with torch.inference_mode(), _amp(rt.device, cpu_bf16):
-        for x, _ in loader:
+        for x in batches:
             x = x.to(rt.device, non_blocking=True)
             p = torch.stack([torch.sigmoid(model(apply_view_torch(x, v)).float()) for v in views]).mean(0)
             out.append(p.cpu().numpy())
@@ -227,10 +242,13 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
     model, recipe = build_classifier(cfg, rt.weights, rt.overrides, hf_token_env=rt.hf_token_env)
     model.to(rt.device)
     mean, std = cfg.mean_std()
-    tf_train = train_transform(recipe, mean, std, crop_scale=cfg.crop_scale, hflip=cfg.hflip,
-                               color_jitter=cfg.color_jitter, rotate_degrees=cfg.rotate_degrees,
-                               dihedral=cfg.dihedral, hed=cfg.hed, crop_from=cfg.crop_from)
+    augment = dict(crop_scale=cfg.crop_scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
+                   rotate_degrees=cfg.rotate_degrees, dihedral=cfg.dihedral, hed=cfg.hed)
     tf_eval = preprocess(recipe, mean, std)
+    if cfg.batch_augment:
+        tf_train = batch_augment(recipe, mean, std, **augment)
+    else:
+        tf_train = train_transform(recipe, mean, std, crop_from=cfg.crop_from, **augment)
     precision = training_precision(rt.device, cfg.cpu_bf16)  # bf16 on CPU only where it is native
     cpu_bf16 = precision == "bf16" and not rt.device.startswith("cuda")
     channels_last = cpu_bf16 and not recipe.is_vit
@@ -258,7 +276,10 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                  st["best_epoch"])
     counts = parameter_counts(model)
     train_pngs = [data.images[p] for p in data.train_ids]
+    if cfg.batch_augment:  # decoded once; each epoch only gathers and augments batches
+        pixels = stack_pixels(train_pngs, tf_eval.geometry if cfg.crop_from == "view" else None).to(rt.device)
     val_pngs = [data.images[p] for p in data.val_ids]
+    val_decoded = decode_for_eval(val_pngs, tf_eval) if cfg.batch_augment else None
     crit = loss_fn(cfg, data.train_y)
     devices = [torch.cuda.current_device()] if rt.device.startswith("cuda") else []
     while st["epoch"] < cfg.max_epochs and not st["stopped"]:
@@ -266,8 +287,11 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
         with torch.random.fork_rng(devices=devices):
             seed = epoch_seed(cfg.seed, k, epoch)
             torch.manual_seed(seed)
-            loader = train_loader(train_pngs, data.train_y, tf_train, cfg.batch_size, cfg.sampler, seed,
-                                  rt.num_workers, rt.device.startswith("cuda"))
+            if cfg.batch_augment:
+                loader = tensor_batches(pixels, data.train_y, tf_train, cfg.batch_size, cfg.sampler, seed)
+            else:
+                loader = train_loader(train_pngs, data.train_y, tf_train, cfg.batch_size, cfg.sampler, seed,
+                                      rt.num_workers, rt.device.startswith("cuda"))
             model.train()
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
             with progress_bar(total=steps_per_epoch * cfg.batch_size, desc=f"fold {k} epoch {epoch + 1}",
@@ -297,7 +321,7 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
             if rt.device.startswith("cuda"):
                 torch.cuda.synchronize()
             secs = time.perf_counter() - t0
-        p_val = predict_proba(scored, val_pngs, tf_eval, ("none",), rt, cpu_bf16)
+        p_val = predict_proba(scored, val_pngs, tf_eval, ("none",), rt, cpu_bf16, val_decoded)
         score = selection_score(cfg, data.val_y, p_val)
         improved = score > st["best_score"]  # the paper's rule: strictly better held-out score
         if improved:

@@ -36,7 +36,7 @@ def _store_copy(st: Store, tmp_path, name: str) -> Store:
 
 def test_offline_preset_is_a_small_cnn_with_its_settings():
     cfg = FinetuneConfig.preset("offline")
-    assert cfg.model == "offline_cnn.random" and cfg.method == "full"
+    assert cfg.model == "offline_cnn64.random" and cfg.method == "full" and cfg.batch_augment
     assert (cfg.dihedral, cfg.tta, cfg.threshold, cfg.crop_from, cfg.schedule) == (True, "rot4", "val_youden", "view",
                                                                                     "cosine")
     assert cfg.options()["schedule"] == "cosine" and "model" not in cfg.options()
