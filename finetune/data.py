@@ -39,8 +39,10 @@ def sample_weights(y: np.ndarray) -> np.ndarray:
 
 
 def train_loader(pngs, y, transform, batch_size: int, sampler: str, seed: int, num_workers: int,
-                 pin_memory: bool, num_samples: int | None = None):
-    """One epoch's loader; ``seed`` fixes the sampler's draws and every worker's augmentation."""
+                 pin_memory: bool, num_samples: int | None = None, targets: np.ndarray | None = None):
+    """One epoch's loader; ``seed`` fixes the sampler's draws and every worker's augmentation.
+
+    ``y``: the 0/1 labels the sampler balances; ``targets``: what the loss sees instead (soft), if given."""
     import torch
     from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
@@ -50,7 +52,7 @@ def train_loader(pngs, y, transform, batch_size: int, sampler: str, seed: int, n
         smp = WeightedRandomSampler(torch.as_tensor(sample_weights(y)), n, replacement=True, generator=g)
     else:
         smp = RandomSampler(range(len(pngs)), num_samples=n if n != len(pngs) else None, generator=g)
-    return DataLoader(PatchDataset(pngs, y, transform), batch_size=batch_size, sampler=smp,
+    return DataLoader(PatchDataset(pngs, y if targets is None else targets, transform), batch_size=batch_size, sampler=smp,
                       num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
                       generator=g, pin_memory=pin_memory, drop_last=False)
 
@@ -71,11 +73,13 @@ def stack_pixels(pngs: list[bytes], geometry=None):
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def tensor_batches(pixels, y: np.ndarray, augment, batch_size: int, sampler: str, seed: int):
+def tensor_batches(pixels, y: np.ndarray, augment, batch_size: int, sampler: str, seed: int,
+                   targets: np.ndarray | None = None):
     """One epoch of ``(augment(pixels[idx]), y[idx])`` batches in the main process (no workers).
 
     ``seed`` fixes the order (a shuffle, or the paper's class-balanced draws with replacement) and
-    every augmentation draw, so a resumed epoch is the same epoch."""
+    every augmentation draw, so a resumed epoch is the same epoch. ``targets`` replace ``y`` in the
+    batches (soft targets) while the sampler still balances the 0/1 labels ``y``."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -84,7 +88,7 @@ def tensor_batches(pixels, y: np.ndarray, augment, batch_size: int, sampler: str
         order = torch.multinomial(torch.as_tensor(sample_weights(y)), n, replacement=True, generator=g)
     else:
         order = torch.randperm(n, generator=g)
-    labels = torch.as_tensor(np.asarray(y, dtype=np.float32))
+    labels = torch.as_tensor(np.asarray(y if targets is None else targets, dtype=np.float32))
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         yield augment(pixels[idx.to(pixels.device)], g), labels[idx]

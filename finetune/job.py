@@ -29,6 +29,7 @@ from store import Store
 from store.atomic import write_json
 from store.errors import FinetuneError, StoreError
 from store.hashing import canonical_json, config_hash, source_version
+from store.schema import VOTE_COLUMNS
 
 from .config import FinetuneConfig
 from .registry import runs_root
@@ -120,14 +121,25 @@ def check_device(device: str, recipe, overrides: dict | None, allow_cpu: bool) -
     return dev, n
 
 
-def fold_images(st: Store, proto: Protocol, k: int, test_sets: list[str]) -> FoldImages:
-    """Fold ``k`` of the protocol as pixels: the training side with labels, the test sets without."""
+def vote_fractions(st: Store, patch_ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per training patch, the fraction of its experts who called it atypical; its label where none voted."""
+    votes = st.patches().set_index("patch_id").loc[patch_ids, list(VOTE_COLUMNS)]
+    voted = votes.notna().sum(axis=1).to_numpy()
+    atypical = votes.fillna(False).astype(bool).sum(axis=1).to_numpy()
+    return np.where(voted > 0, atypical / np.maximum(voted, 1), labels).astype(np.float32)
+
+
+def fold_images(st: Store, proto: Protocol, k: int, test_sets: list[str], targets: str = "majority") -> FoldImages:
+    """Fold ``k`` of the protocol as pixels: the training side with labels (and, for ``targets="votes"``, the
+    experts' vote fractions as soft targets), the test sets without labels."""
     fd = proto.fold_data(k)
     ids = proto.train["patch_id"].to_numpy()
     tests = {name: proto.tests[name].patch_ids for name in test_sets}
     need = list(ids) + [p for v in tests.values() for p in v]
-    return FoldImages(fold=k, train_ids=ids[fd.train_idx], train_y=fd.y[fd.train_idx], val_ids=ids[fd.val_idx],
-                      val_y=fd.y[fd.val_idx], test_ids=tests, images=st.images(need))
+    train_ids, train_y = ids[fd.train_idx], fd.y[fd.train_idx]
+    soft = vote_fractions(st, train_ids, train_y) if targets == "votes" else None
+    return FoldImages(fold=k, train_ids=train_ids, train_y=train_y, val_ids=ids[fd.val_idx],
+                      val_y=fd.y[fd.val_idx], test_ids=tests, images=st.images(need), train_target=soft)
 
 
 def _family(run_dir: Path) -> tuple[str, dict]:
@@ -243,7 +255,7 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
     fam, _ = _family(run_dir)
     appended = 0
     for k in want:
-        rec = train_fold(cfg, fold_images(st, proto, k, list(proto.tests)), run_dir / f"fold{k}", rt)
+        rec = train_fold(cfg, fold_images(st, proto, k, list(proto.tests), cfg.targets), run_dir / f"fold{k}", rt)
         if R.run_id(fam, k, 0) not in _appended(st):
             runs, frames = _rows(run_dir, k, rec, proto, _fold_test_proba(run_dir, k, proto), rec["threshold"], nb,
                                  _fold_heldout(run_dir, k))

@@ -66,6 +66,7 @@ class FoldImages:
     val_y: np.ndarray
     test_ids: dict[str, np.ndarray]
     images: dict[str, bytes] = field(repr=False)
+    train_target: np.ndarray | None = None  # soft training targets (expert vote fractions), else train_y
 
 
 @dataclass
@@ -288,10 +289,11 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
             seed = epoch_seed(cfg.seed, k, epoch)
             torch.manual_seed(seed)
             if cfg.batch_augment:
-                loader = tensor_batches(pixels, data.train_y, tf_train, cfg.batch_size, cfg.sampler, seed)
+                loader = tensor_batches(pixels, data.train_y, tf_train, cfg.batch_size, cfg.sampler, seed,
+                                        targets=data.train_target)
             else:
                 loader = train_loader(train_pngs, data.train_y, tf_train, cfg.batch_size, cfg.sampler, seed,
-                                      rt.num_workers, rt.device.startswith("cuda"))
+                                      rt.num_workers, rt.device.startswith("cuda"), targets=data.train_target)
             model.train()
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
             with progress_bar(total=steps_per_epoch * cfg.batch_size, desc=f"fold {k} epoch {epoch + 1}",

@@ -117,6 +117,8 @@ def test_stack_pixels_refuses_mixed_sizes_and_tensor_batches_cover_an_epoch():
     order = [int(np.flatnonzero([torch.allclose(g, p.float() / 255, atol=1e-4) for p in px])[0]) for g in got]
     assert sorted(order) == list(range(10))  # a shuffle: every patch once
     np.testing.assert_array_equal(torch.cat([yb for _, yb in epoch]).numpy(), y[order])
+    soft = torch.cat([yb for _, yb in tensor_batches(px, y, ident, 4, "shuffle", seed=3, targets=y / 3)])
+    np.testing.assert_allclose(soft.numpy(), y[order] / 3, rtol=1e-6)  # the same order, soft targets
     again = list(tensor_batches(px, y, ident, 4, "shuffle", seed=3))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(epoch, again))
     weighted = torch.cat([yb for _, yb in tensor_batches(px, np.r_[np.ones(1), np.zeros(9)], ident, 5, "weighted", 0)])

@@ -166,3 +166,33 @@ def test_finetune_rows_keep_heldout_and_out_of_fold_predictions(bench, tmp_path)
     oof = val[val["fold"] == -1].set_index("patch_id")["probability"]
     assert len(oof) == len(folds) and oof.index.is_unique
     np.testing.assert_allclose(oof.reindex(per_fold["patch_id"]).to_numpy(), per_fold["probability"].to_numpy())
+
+
+def test_vote_targets_are_the_experts_fractions_of_training_patches_only(bench, tmp_path):
+    from classifiers.protocol import load_protocol
+    from finetune.job import fold_images, vote_fractions
+
+    proto = load_protocol(bench)
+    hard = fold_images(bench, proto, 0, list(proto.tests))
+    soft = fold_images(bench, proto, 0, list(proto.tests), targets="votes")
+    assert hard.train_target is None and len(soft.train_target) == len(soft.train_ids)
+    pt = bench.patches().set_index("patch_id").loc[soft.train_ids]
+    want = pt[["expert1_atypical", "expert2_atypical", "expert3_atypical"]].astype(float).mean(axis=1).to_numpy()
+    np.testing.assert_allclose(soft.train_target, want, rtol=1e-6)
+    assert set(np.round(soft.train_target, 3)) >= {0.0, 1.0} and len(set(np.round(soft.train_target, 3))) > 2
+    # a patch nobody voted on keeps its label
+    ids = soft.train_ids[:2]
+    st = _store_copy(bench, tmp_path, "novotes")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(st.patches_path)
+    cols = {c: pa.array([None] * len(t), pa.bool_()) for c in ("expert1_atypical", "expert2_atypical", "expert3_atypical")}
+    for c, arr in cols.items():
+        t = t.set_column(t.schema.get_field_index(c), c, arr)
+    pq.write_table(t, st.patches_path)
+    np.testing.assert_array_equal(vote_fractions(st, ids, np.array([1, 0])), [1.0, 0.0])
+    cfg = FinetuneConfig.preset("offline", **FAST, targets="votes")
+    assert cfg.options()["targets"] == "votes" and "targets" not in FinetuneConfig.preset("offline").to_dict()
+    rec = finetune(_store_copy(bench, tmp_path, "soft"), cfg, folds="0", progress=False, n_boot=10).records[0]
+    assert rec["epochs"] == 2

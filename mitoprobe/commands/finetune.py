@@ -59,6 +59,12 @@ def _list_runs(store_path) -> None:
               help="Held-out score that selects the checkpoint (paper: balanced accuracy at 0.5).")
 @click.option("--ema", type=click.FloatRange(min=0, max=1, max_open=True), default=None, help="Evaluate an EMA of the weights with this decay (e.g. 0.998).")
 @click.option("--mixup", type=click.FloatRange(min=0), default=None, help="Mixup Beta(a, a) of training batches (e.g. 0.2).")
+@click.option("--targets", type=click.Choice(["majority", "votes"]), default=None,
+              help="Training targets: majority = the label (paper); votes = the fraction of experts who called "
+                   "the figure atypical (a soft target; patches without votes keep their label).")
+@click.option("--batch-augment/--sample-augment", default=None,
+              help="Augment whole batches from patches decoded once (fast on CPU; the offline preset's default) "
+                   "or each patch in DataLoader workers (paper).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of sampling, augmentation, dropout and the head.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--allow-cpu", is_flag=True, help="Fine-tune a large model (> 30M parameters) on CPU anyway.")
@@ -75,7 +81,7 @@ def _list_runs(store_path) -> None:
 @click.option("--list", "list_", is_flag=True, help="List the fine-tuning runs in the store and their finished folds.")
 @STORE_OPTION
 def finetune_cmd(model, preset, method, folds, epochs, max_steps, lr, batch_size, loss, sampler, dihedral, hed, tta,
-             threshold, norm, schedule, select_on, ema, mixup, seed, device, allow_cpu, num_workers, threads, out,
+             threshold, norm, schedule, select_on, ema, mixup, targets, batch_augment, seed, device, allow_cpu, num_workers, threads, out,
              weights, hf_token_env, register_embedder, list_, store_path) -> None:
     """Fine-tune MODEL (LoRA or fully) per fold and add its rows to the leaderboard (resumable).
 
@@ -96,7 +102,8 @@ def finetune_cmd(model, preset, method, folds, epochs, max_steps, lr, batch_size
 
     if sampler is None and loss in ("weighted_bce", "focal"):
         sampler = "shuffle"
-    opts = dict(schedule=schedule, select_on=select_on, ema=ema, mixup=mixup)
+    opts = dict(schedule=schedule, select_on=select_on, ema=ema, mixup=mixup, targets=targets,
+                batch_augment=batch_augment)
     if preset:
         cfg = FinetuneConfig.preset(preset, model=model, max_epochs=epochs, max_steps=max_steps, lr=lr,
                                     batch_size=batch_size, loss=loss, sampler=sampler, dihedral=dihedral, hed=hed,
