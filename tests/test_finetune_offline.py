@@ -196,3 +196,23 @@ def test_vote_targets_are_the_experts_fractions_of_training_patches_only(bench, 
     assert cfg.options()["targets"] == "votes" and "targets" not in FinetuneConfig.preset("offline").to_dict()
     rec = finetune(_store_copy(bench, tmp_path, "soft"), cfg, folds="0", progress=False, n_boot=10).records[0]
     assert rec["epochs"] == 2
+
+
+def test_channels_last_and_decoded_eval_give_the_same_probabilities(bench):
+    """How the preset scores on CPU (channels-last, held-out part decoded once) changes speed, not results."""
+    from embedder.factory import preprocess
+    from finetune.train import Runtime, decode_for_eval, predict_proba
+
+    cfg = FinetuneConfig.preset("offline")
+    torch.manual_seed(0)
+    model, recipe = build_classifier(cfg)
+    tf = preprocess(recipe, *cfg.mean_std())
+    pngs = list(bench.images().values())[:12]
+    rt = Runtime(eval_batch_size=5)
+    plain = predict_proba(model, pngs, tf, ("none", "rot90"), rt)
+    decoded = predict_proba(model, pngs, tf, ("none", "rot90"), rt, decoded=decode_for_eval(pngs, tf))
+    model.to(memory_format=torch.channels_last)
+    fast = predict_proba(model, pngs, tf, ("none", "rot90"), rt, channels_last=True)
+    assert plain.shape == (12,)
+    np.testing.assert_allclose(decoded, plain, rtol=1e-6)
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
