@@ -101,7 +101,7 @@ def train_transform(recipe, mean=None, std=None, **augment) -> TrainTransform:
 class BatchAugment:
     """The augmentations of :class:`TrainTransform`, drawn per sample but applied to a whole batch.
 
-    Why: on a 2-core CPU the per-sample pipeline (PIL-free torchvision ops + HED jitter, ~9 ms an image)
+    Why: on a 2-core CPU the per-sample pipeline (torchvision ops + HED jitter, ~9 ms an image at 80 px)
     costs more than the small CNN's training step, so a DataLoader worker starves the trainer of a core.
     Here the patches are decoded once (``stack_pixels``) and each step does a few tensor ops on the batch:
     one ``affine_grid``/``grid_sample`` for crop + flips + quarter turns + rotation, per-sample 3x3 colour

@@ -30,12 +30,13 @@ THRESHOLDS = ("fixed_0.5", "val_youden")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("plateau", "cosine")  # cosine: per step, one warm-up epoch, down to min_lr at max_epochs
 SELECT_ON = ("balanced_accuracy", "auroc")  # held-out score that picks the checkpoint (early stopping too)
-CROP_FROM = ("patch", "view")
+CROP_FROM = ("patch", "view")  # RandomResizedCrop on the raw 128 px patch (paper) or on the recipe's view
 # Training targets: the majority label (paper), or the fraction of experts who called the figure atypical
 # (AMi-Br has 3 votes per patch: a soft BCE target that tells the network which figures are ambiguous)
-TARGETS = ("majority", "votes")  # RandomResizedCrop on the raw 128 px patch (paper) or on the recipe's view
+TARGETS = ("majority", "votes")
 # Fields added after schema 1: left out of ``to_dict`` at their defaults, so older runs keep their keys.
-_LATER_FIELDS = ("optimizer", "schedule", "select_on", "ema", "mixup", "crop_from", "cpu_bf16", "batch_augment", "targets")
+_LATER_FIELDS = ("optimizer", "schedule", "select_on", "ema", "mixup", "crop_from", "cpu_bf16", "batch_augment",
+                 "targets")
 # Full fine-tuning: what the paper's end-to-end scripts change relative to its LoRA scripts.
 FULL_PAPER = dict(lr=1e-4, early_stop=15, rotate_degrees=10.0, norm="recipe")
 
@@ -85,7 +86,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         for name, allowed in (("method", METHODS), ("loss", LOSSES), ("sampler", SAMPLERS), ("norm", NORMS),
                               ("tta", tuple(TTAS)), ("threshold", THRESHOLDS), ("optimizer", OPTIMIZERS),
-                              ("schedule", SCHEDULES), ("select_on", SELECT_ON), ("crop_from", CROP_FROM), ("targets", TARGETS)):
+                              ("schedule", SCHEDULES), ("select_on", SELECT_ON), ("crop_from", CROP_FROM),
+                              ("targets", TARGETS)):
             if getattr(self, name) not in allowed:
                 raise FinetuneError(f"finetune {name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.max_steps < 0:

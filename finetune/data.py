@@ -52,7 +52,8 @@ def train_loader(pngs, y, transform, batch_size: int, sampler: str, seed: int, n
         smp = WeightedRandomSampler(torch.as_tensor(sample_weights(y)), n, replacement=True, generator=g)
     else:
         smp = RandomSampler(range(len(pngs)), num_samples=n if n != len(pngs) else None, generator=g)
-    return DataLoader(PatchDataset(pngs, y if targets is None else targets, transform), batch_size=batch_size, sampler=smp,
+    labels = y if targets is None else targets
+    return DataLoader(PatchDataset(pngs, labels, transform), batch_size=batch_size, sampler=smp,
                       num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
                       generator=g, pin_memory=pin_memory, drop_last=False)
 
@@ -69,7 +70,7 @@ def stack_pixels(pngs: list[bytes], geometry=None):
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         raise FinetuneError(f"batch augmentation needs patches of one size, got {sorted(sizes)[:3]}; crop from the "
-                         "recipe's view (crop_from='view') or augment per sample (batch_augment=False)")
+                            "recipe's view (crop_from='view') or augment per sample (batch_augment=False)")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 

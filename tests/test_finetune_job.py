@@ -132,8 +132,10 @@ def test_checkpoint_holds_adapters_and_head_and_reproduces_predictions(ft_store,
     assert not np.allclose(before, after)  # the trained adapters/head change the output
 
 
-def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(ft_store, tmp_path):
-    cfg = FinetuneConfig.paper(TINY, "lora", max_epochs=3, max_steps=2, batch_size=4, seed=3)
+@pytest.mark.parametrize("batch_augment", [False, True])
+def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(ft_store, tmp_path, batch_augment):
+    cfg = FinetuneConfig.paper(TINY, "lora", max_epochs=3, max_steps=2, batch_size=4, seed=3,
+                               batch_augment=batch_augment)
 
     class Kill(Exception):
         pass
