@@ -39,19 +39,26 @@ def hed_jitter(x, sigma: float, generator=None):
     return rgb.T.reshape(c, h, w).clamp(0, 1)
 
 
-class TrainTransform:
-    """Picklable (DataLoader workers) training transform; see the module docstring."""
+class _Augmentation:
+    """The augmentation settings both pipelines share (per sample: ``TrainTransform``; batched: ``BatchAugment``)."""
 
     def __init__(self, preprocess, crop_scale=(0.8, 1.0), hflip=True, color_jitter=(0.2, 0.2, 0.2, 0.1),
-                 rotate_degrees=0.0, dihedral=False, hed=0.0, crop_from="patch"):
+                 rotate_degrees=0.0, dihedral=False, hed=0.0):
         self.preprocess = preprocess
-        self.crop_from = crop_from
         self.crop_scale = tuple(crop_scale)
         self.hflip = hflip
         self.color_jitter = tuple(color_jitter) if color_jitter else None
         self.rotate_degrees = float(rotate_degrees)
         self.dihedral = dihedral
         self.hed = float(hed)
+
+
+class TrainTransform(_Augmentation):
+    """Picklable (DataLoader workers) training transform; see the module docstring."""
+
+    def __init__(self, preprocess, crop_from="patch", **augment):
+        super().__init__(preprocess, **augment)
+        self.crop_from = crop_from
         self._ops = None
 
     def _build(self):
@@ -98,7 +105,7 @@ def train_transform(recipe, mean=None, std=None, **augment) -> TrainTransform:
     return TrainTransform(preprocess(recipe, mean, std), **augment)
 
 
-class BatchAugment:
+class BatchAugment(_Augmentation):
     """The augmentations of :class:`TrainTransform`, drawn per sample but applied to a whole batch.
 
     Why: on a 2-core CPU the per-sample pipeline (torchvision ops + HED jitter, ~9 ms an image at 80 px)
@@ -110,16 +117,6 @@ class BatchAugment:
     of filling black, hue turns the chroma plane (YIQ) instead of the HSV hue, and the colour operations
     run in a fixed order. Runs on whatever device the batch is on.
     """
-
-    def __init__(self, preprocess, crop_scale=(0.8, 1.0), hflip=True, color_jitter=(0.2, 0.2, 0.2, 0.1),
-                 rotate_degrees=0.0, dihedral=False, hed=0.0):
-        self.preprocess = preprocess
-        self.crop_scale = tuple(crop_scale)
-        self.hflip = hflip
-        self.color_jitter = tuple(color_jitter) if color_jitter else None
-        self.rotate_degrees = float(rotate_degrees)
-        self.dihedral = dihedral
-        self.hed = float(hed)
 
     def _uniform(self, n, low, high, g, like):
         import torch
