@@ -5,7 +5,7 @@ emulated and about ten times slower, so ``finetune.precision`` picks fp32 there.
 rates with the CPU's capability, cores and load, so a figure always says which machine it holds for.
 
 Usage: python benchmarks/cpu_precision.py [--steps 4] [--batch-size 64] [--threads 1]
-Synthetic tensors at the preset's input size (80 px); no store needed.
+Synthetic tensors at the preset's input size (64 px since round 3 of issue 13); no store needed.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Prints the core count, torch's CPU capability (AVX2 / AVX512 / AMX decide the fine-tuning precision)
 and the load average before and after, beside the wall time: a CPU figure without them means nothing.
 
-Usage: python benchmarks/run_full_timing.py run --full --store /tmp/empty-store --threads 1
+Usage: python benchmarks/run_full_timing.py run --full --store /tmp/empty-store [--threads N]
 """
 
 from __future__ import annotations
