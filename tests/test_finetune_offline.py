@@ -37,6 +37,7 @@ def _store_copy(st: Store, tmp_path, name: str) -> Store:
 def test_offline_preset_is_a_small_cnn_with_its_settings():
     cfg = FinetuneConfig.preset("offline")
     assert cfg.model == "offline_cnn64.random" and cfg.method == "full" and cfg.batch_augment
+    assert cfg.targets == "votes"
     assert (cfg.dihedral, cfg.tta, cfg.threshold, cfg.crop_from, cfg.schedule) == (True, "rot4", "val_youden", "view",
                                                                                     "cosine")
     assert cfg.options()["schedule"] == "cosine" and "model" not in cfg.options()
@@ -192,8 +193,8 @@ def test_vote_targets_are_the_experts_fractions_of_training_patches_only(bench, 
         t = t.set_column(t.schema.get_field_index(c), c, arr)
     pq.write_table(t, st.patches_path)
     np.testing.assert_array_equal(vote_fractions(st, ids, np.array([1, 0])), [1.0, 0.0])
-    cfg = FinetuneConfig.preset("offline", **FAST, targets="votes")
-    assert cfg.options()["targets"] == "votes" and "targets" not in FinetuneConfig.preset("offline").to_dict()
+    cfg = FinetuneConfig.preset("offline", **FAST)
+    assert cfg.options()["targets"] == "votes" and "targets" not in FinetuneConfig.paper("virchow2.hf").to_dict()
     rec = finetune(_store_copy(bench, tmp_path, "soft"), cfg, folds="0", progress=False, n_boot=10).records[0]
     assert rec["epochs"] == 2
 
