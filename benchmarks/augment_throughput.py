@@ -32,11 +32,6 @@ from finetune.precision import cpu_capability
 from store import Store
 
 
-def _augment_kwargs(cfg: FinetuneConfig) -> dict:
-    return dict(crop_scale=cfg.crop_scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
-                rotate_degrees=cfg.rotate_degrees, dihedral=cfg.dihedral, hed=cfg.hed)
-
-
 def _train(model, batches, steps: int) -> float:
     """img/s over ``steps`` steps after one warm-up step, the batches' production included."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -68,8 +63,8 @@ def main() -> None:
     n = (a.steps + 1) * cfg.batch_size
     pngs = list(Store(a.store).images().values())[:n]
     y = (np.arange(len(pngs)) % 4 == 0).astype(np.float32)
-    per_sample = train_transform(recipe, mean, std, crop_from=cfg.crop_from, **_augment_kwargs(cfg))
-    batched = batch_augment(recipe, mean, std, **_augment_kwargs(cfg))
+    per_sample = train_transform(recipe, mean, std, crop_from=cfg.crop_from, **cfg.augment_kwargs())
+    batched = batch_augment(recipe, mean, std, **cfg.augment_kwargs())
     geometry = preprocess(recipe, mean, std).geometry
 
     torch.set_num_threads(1)

@@ -51,8 +51,7 @@ def bench(st, model_name: str, method: str, steps: int, warmup: int, device: str
         recipe = replace(recipe, input_size=input_size, resize=input_size)
     model.to(device)
     mean, std = cfg.mean_std()
-    tf = train_transform(recipe, mean, std, crop_scale=cfg.crop_scale, hflip=cfg.hflip,
-                         color_jitter=cfg.color_jitter, rotate_degrees=cfg.rotate_degrees)
+    tf = train_transform(recipe, mean, std, **cfg.augment_kwargs())
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                            weight_decay=cfg.weight_decay)
     crit = loss_fn(cfg, y)

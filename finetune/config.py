@@ -126,6 +126,11 @@ class FinetuneConfig:
     def mean_std(self) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
         return ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if self.norm == "paper" else (None, None)
 
+    def augment_kwargs(self) -> dict:
+        """The training augmentation settings, as both pipelines take them (``finetune.augment``)."""
+        return dict(crop_scale=self.crop_scale, hflip=self.hflip, color_jitter=self.color_jitter,
+                    rotate_degrees=self.rotate_degrees, dihedral=self.dihedral, hed=self.hed)
+
     def with_(self, **kw) -> "FinetuneConfig":
         return replace(self, **kw)
 

@@ -123,7 +123,7 @@ def check_device(device: str, recipe, overrides: dict | None, allow_cpu: bool) -
 
 def vote_fractions(st: Store, patch_ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per training patch, the fraction of its experts who called it atypical; its label where none voted."""
-    votes = st.patches().set_index("patch_id").loc[patch_ids, list(VOTE_COLUMNS)]
+    votes = st.patches(columns=["patch_id", *VOTE_COLUMNS]).set_index("patch_id").loc[patch_ids, list(VOTE_COLUMNS)]
     voted = votes.notna().sum(axis=1).to_numpy()
     atypical = votes.eq(True).sum(axis=1).to_numpy()
     return np.where(voted > 0, atypical / np.maximum(voted, 1), labels).astype(np.float32)

@@ -246,8 +246,7 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
     model, recipe = build_classifier(cfg, rt.weights, rt.overrides, hf_token_env=rt.hf_token_env)
     model.to(rt.device)
     mean, std = cfg.mean_std()
-    augment = dict(crop_scale=cfg.crop_scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
-                   rotate_degrees=cfg.rotate_degrees, dihedral=cfg.dihedral, hed=cfg.hed)
+    augment = cfg.augment_kwargs()
     tf_eval = preprocess(recipe, mean, std)
     if cfg.batch_augment:
         tf_train = batch_augment(recipe, mean, std, **augment)

@@ -26,7 +26,7 @@ from .options import STORE_OPTION
               help="Also the offline preset end to end: morphology features and their probes, a small CNN fine-tuned "
                    "from scratch on 5 folds, its fold checkpoints as embedders (probes alone and + handcrafted), "
                    "late fusions of the CNN with the probes, and the best family named on held-out scores "
-                   "(~26 min on 2 AVX2 cores at fp32).")
+                   "(~26 min on 2 idle cores, CPU capability AVX2, fp32).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch CPU threads (default: torch's; 1 on a busy machine).")
 @STORE_OPTION
 def run(data_dir: Path | None, models: tuple[str, ...], heads: str, views: str, fmt: str, full: bool,
