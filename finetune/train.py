@@ -349,11 +349,11 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                  cfg.select_on, score, " (best)" if improved else "")
         if rt.on_epoch is not None:
             rt.on_epoch(epoch + 1)
-    return _finish(cfg, data, fold_dir, scored, tf_eval, st, counts, rt, precision, channels_last)
+    return _finish(cfg, data, fold_dir, scored, tf_eval, st, counts, rt, precision, channels_last, val_decoded)
 
 
 def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, counts: dict, rt: Runtime,
-            precision: str, channels_last: bool = False) -> dict:
+            precision: str, channels_last: bool = False, val_decoded=None) -> dict:
     """Select the best checkpoint, predict held-out + tests, write DONE (the fold's commit point)."""
 
     # never improved on 0 (NaN scores): keep the last epoch
@@ -364,7 +364,7 @@ def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, cou
     t0 = time.perf_counter()
     cpu_bf16 = precision == "bf16" and not rt.device.startswith("cuda")
     p_val = predict_proba(model, [data.images[p] for p in data.val_ids], tf_eval, views, rt, cpu_bf16,
-                          channels_last=channels_last)
+                          decoded=val_decoded, channels_last=channels_last)
     threshold = M.best_threshold(data.val_y, p_val) if cfg.threshold == "val_youden" else 0.5
     frames = [pd.DataFrame(dict(split="val", patch_id=data.val_ids, probability=p_val))]
     for name, ids in data.test_ids.items():
