@@ -19,7 +19,7 @@ import torch
 from finetune import FinetuneConfig
 from finetune.model import build_classifier
 from finetune.precision import cpu_capability, cpu_has_native_bf16
-from finetune.train import _amp
+from finetune.precision import autocast
 
 
 def images_per_s(model, x, y, steps: int, bf16: bool) -> float:
@@ -31,7 +31,7 @@ def images_per_s(model, x, y, steps: int, bf16: bool) -> float:
     for i in range(steps + 1):
         if i == 1:
             t0 = time.perf_counter()
-        with _amp("cpu", bf16):
+        with autocast("cpu", "bf16" if bf16 else "fp32"):
             logits = model(x)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
         opt.zero_grad(set_to_none=True)

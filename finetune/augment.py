@@ -1,12 +1,18 @@
 """Training augmentation: (H, W, 3) uint8 patch -> normalised (3, S, S) float32 tensor.
 
-Made by :func:`train_transform` from the recipe's evaluation ``Preprocess`` (``embedder.factory.preprocess``; input size
-and normalisation come from there). Order: RandomResizedCrop(S, scale) on the 128 px patch (the
-paper's LoRA scripts crop the raw patch, which upsamples it to 224), or with ``crop_from="view"`` on
-the recipe's evaluation view (e.g. its centre crop, so training sees what inference sees) -> horizontal flip -> optional
-dihedral (vertical flip + 90-degree turns) -> optional small rotation -> ColorJitter -> optional HED
-stain jitter -> normalise. Randomness comes from torch's global generator (seeded per DataLoader
-worker, and per epoch by the trainer), so a seeded run is reproducible.
+Made by :func:`train_transform` from the run's evaluation ``Preprocess`` (``FinetuneConfig.eval_preprocess``: input
+size, evaluation geometry and normalisation come from there). The geometry follows ``train_crop``:
+
+* ``"random"``: RandomResizedCrop(S, scale) on the 128 px patch (the paper's LoRA scripts crop the raw patch,
+  which upsamples it to 224), or with ``crop_from="view"`` on the evaluation view, first;
+* ``"none"``: the evaluation geometry (resize + centre crop), no random crop (H-optimus-1, UNI2-h);
+* ``"last"``: the evaluation geometry first, RandomResizedCrop(S, scale) after the colour jitter (end-to-end).
+
+Then horizontal flip -> optional vertical flip -> optional rotation -> ColorJitter -> [the "last" crop] ->
+optional quarter turns -> optional HED stain jitter -> normalise. The per-sample pipeline runs torchvision's
+ops on the PIL image, as the paper's scripts do (``transforms.Compose`` on ``Image.open(...)``), so under the
+same torch seed it gives the scripts' exact tensors (tests/test_finetune_paper.py). Randomness comes from torch's
+global generator (seeded per DataLoader worker, and per epoch by the trainer), so a seeded run is reproducible.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from embedder.factory import preprocess
+from store.errors import FinetuneError
 
 # Ruifrok & Johnston's H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB), as scikit-image uses.
 _RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
@@ -42,9 +49,10 @@ def hed_jitter(x, sigma: float, generator=None):
 class _Augmentation:
     """The augmentation settings both pipelines share (per sample: ``TrainTransform``; batched: ``BatchAugment``)."""
 
-    def __init__(self, preprocess, crop_scale=(0.8, 1.0), hflip=True, color_jitter=(0.2, 0.2, 0.2, 0.1),
-                 rotate_degrees=0.0, dihedral=False, hed=0.0):
+    def __init__(self, preprocess, train_crop="random", crop_scale=(0.8, 1.0), hflip=True,
+                 color_jitter=(0.2, 0.2, 0.2, 0.1), rotate_degrees=0.0, dihedral=False, hed=0.0):
         self.preprocess = preprocess
+        self.train_crop = train_crop
         self.crop_scale = tuple(crop_scale)
         self.hflip = hflip
         self.color_jitter = tuple(color_jitter) if color_jitter else None
@@ -65,30 +73,34 @@ class TrainTransform(_Augmentation):
         from torchvision.transforms import v2
 
         s = self.preprocess.input_size
-        ops = [v2.RandomResizedCrop(s, scale=self.crop_scale, antialias=True)]
+        crop = v2.RandomResizedCrop(s, scale=self.crop_scale, antialias=True)
+        ops = [crop] if self.train_crop == "random" else []
         if self.hflip:
             ops.append(v2.RandomHorizontalFlip())
         if self.dihedral:
             ops.append(v2.RandomVerticalFlip())
         if self.rotate_degrees:
             ops.append(v2.RandomRotation(self.rotate_degrees))
-        if self.color_jitter:
+        if self.color_jitter and any(self.color_jitter):
             b, c, sat, hue = self.color_jitter
-            ops.append(v2.ColorJitter(brightness=b, contrast=c, saturation=sat, hue=hue))
-        return v2.Compose(ops)
+            ops.append(v2.ColorJitter(brightness=b or None, contrast=c or None, saturation=sat or None, hue=hue or None))
+        if self.train_crop == "last":
+            ops.append(crop)
+        return v2.Compose(ops) if ops else None
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_ops"} | {"_ops": None}
 
     def __call__(self, rgb: np.ndarray):
         import torch
+        from PIL import Image
 
         if self._ops is None:
-            self._ops = self._build()
-        if self.crop_from == "view":
+            self._ops = self._build() or (lambda im: im)
+        if self.crop_from == "view" or self.train_crop != "random":
             rgb = self.preprocess.geometry(rgb)
-        x = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1)  # (3, H, W) uint8
-        x = self._ops(x)
+        im = self._ops(Image.fromarray(np.ascontiguousarray(rgb)))  # PIL in, PIL out: the scripts' kernels
+        x = torch.from_numpy(np.array(im, dtype=np.uint8, copy=True)).permute(2, 0, 1)  # (3, H, W) uint8
         if self.dihedral:
             k = int(torch.randint(0, 4, ()).item())
             x = torch.rot90(x, k, dims=(-2, -1)) if k else x
@@ -100,9 +112,10 @@ class TrainTransform(_Augmentation):
         return ((x - mean) / std).contiguous()
 
 
-def train_transform(recipe, mean=None, std=None, **augment) -> TrainTransform:
-    """The fine-tuning training transform at the recipe's input size, normalised by ``mean``/``std``."""
-    return TrainTransform(preprocess(recipe, mean, std), **augment)
+def train_transform(recipe, mean=None, std=None, *, eval_preprocess=None, **augment) -> TrainTransform:
+    """The fine-tuning training transform at the recipe's input size, normalised by ``mean``/``std``
+    (``eval_preprocess``: the run's evaluation transform, whose geometry ``train_crop`` may reuse)."""
+    return TrainTransform(eval_preprocess or preprocess(recipe, mean, std), **augment)
 
 
 class BatchAugment(_Augmentation):
@@ -212,6 +225,9 @@ class BatchAugment(_Augmentation):
         return ((x - mean) / std).contiguous()
 
 
-def batch_augment(recipe, mean=None, std=None, **augment) -> BatchAugment:
+def batch_augment(recipe, mean=None, std=None, *, eval_preprocess=None, **augment) -> BatchAugment:
     """The batched training augmentation at the recipe's input size, normalised by ``mean``/``std``."""
-    return BatchAugment(preprocess(recipe, mean, std), **augment)
+    if augment.get("train_crop", "random") != "random":
+        raise FinetuneError("batch augmentation crops first (train_crop='random'); use per-sample augmentation "
+                            f"(--sample-augment) for train_crop={augment['train_crop']!r}")
+    return BatchAugment(eval_preprocess or preprocess(recipe, mean, std), **augment)

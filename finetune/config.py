@@ -1,13 +1,18 @@
-"""What a fine-tuning run is: one frozen, hashable config (the paper's recipe by default).
+"""What a fine-tuning run is: one frozen, hashable config (the paper's recipe for its model by default).
 
-``FinetuneConfig.paper(model, method)`` gives the DeepMicroscopy/AMi-Br_Benchmark scripts' settings:
-LoRA (``Foundation_Models/LoRA/*``): peft r=8, alpha=16, dropout 0.3 on qkv/proj/fc1/fc2, a trained
-1-logit head, Adam lr 5e-5 wd 1e-5, batch 8, BCE with a WeightedRandomSampler, ReduceLROnPlateau
-(max, factor 0.5, patience 3, min lr 1e-7), early stop after 10 epochs without a better validation
-balanced accuracy, <= 100 epochs, RandomResizedCrop(224, 0.8-1) + hflip + ColorJitter(0.2, 0.2, 0.2,
-0.1), mean = std = 0.5. Full fine-tuning (``End-to-End_DL_Baselines/*``) differs in lr 1e-4, early
-stop 15, an extra RandomRotation(10) and the model's own (ImageNet) normalisation.
-Every field enters the run's hash; ``options()`` lists what differs from the paper (shown in reports).
+``FinetuneConfig.paper(model, method)`` gives the settings of the DeepMicroscopy/AMi-Br_Benchmark script
+that trains that model (``finetune.paper``: one entry per model and method, each value with its script
+and line). The scripts differ per model: normalisation (0.5 for Virchow/Virchow2, ImageNet for UNI,
+UNI2-h, Prov-GigaPath and the end-to-end baselines, the H&E statistics for H-optimus), training
+augmentation (``train_crop``, ``crop_scale``, rotation, colour jitter; none at all for UNI2-h),
+evaluation geometry (``eval_resize``/``eval_interpolation``), early stopping (10 LoRA, 15 end-to-end)
+and evaluation precision (fp16 autocast for H-optimus on CUDA). Common to all: Adam lr 5e-5 wd 1e-5,
+batch 8, BCE with a class-balanced WeightedRandomSampler, ReduceLROnPlateau on the held-out balanced
+accuracy (max, factor 0.5, patience 3, min lr 1e-7), <= 100 epochs, fp32 training; LoRA r=8, alpha=16,
+dropout 0.3 on qkv/proj/fc1/fc2. docs/protocol.md has the table.
+
+Every field enters the run's hash; ``options()`` lists what differs from the model's own paper entry
+(shown in reports, so an empty ``options`` means "this model's script").
 
 ``PRESETS`` name tuned configurations beyond the paper's (``FinetuneConfig.preset``): ``offline`` is
 the from-scratch small CNN that trains all five folds on a 2-core AVX2 CPU at fp32 within the
@@ -18,12 +23,25 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from embedder.factory import preprocess
 from store.errors import FinetuneError
+
+from .paper import NORM_STATS, PaperEntry, paper_entry
 
 METHODS = ("lora", "full")
 LOSSES = ("bce", "weighted_bce", "focal")
 SAMPLERS = ("weighted", "shuffle")
-NORMS = ("paper", "recipe")  # paper: mean = std = 0.5; recipe: the embedder recipe's mean/std
+# half: mean = std = 0.5; imagenet; hoptimus: Bioptimus' H&E statistics; recipe: the embedder recipe's own.
+# "paper" is the name runs stored before the per-model table used for 0.5 (read back, never a default).
+NORMS = ("half", "imagenet", "hoptimus", "recipe", "paper")
+# Training geometry: "random" = RandomResizedCrop(S, crop_scale) first (LoRA scripts); "none" = the evaluation
+# geometry, no crop (H-optimus-1, UNI2-h); "last" = the evaluation geometry first, RandomResizedCrop(S,
+# crop_scale) after the other augmentations (the end-to-end scripts)
+TRAIN_CROPS = ("random", "none", "last")
+# Autocast dtype on CUDA ("auto": bf16 for training, the training dtype for evaluation: the behaviour
+# before per-model precision). CPU runs fp32 unless ``cpu_bf16`` and the CPU has native bf16.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INTERPOLATIONS = ("", "bilinear", "bicubic", "nearest", "lanczos")  # "": the recipe's
 TTAS = {"none": ("none",), "rot4": ("none", "rot90", "rot180", "rot270"),
         "d8": ("none", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270")}
 THRESHOLDS = ("fixed_0.5", "val_youden")
@@ -36,9 +54,7 @@ CROP_FROM = ("patch", "view")  # RandomResizedCrop on the raw 128 px patch (pape
 TARGETS = ("majority", "votes")
 # Fields added after schema 1: left out of ``to_dict`` at their defaults, so older runs keep their keys.
 _LATER_FIELDS = ("optimizer", "schedule", "select_on", "ema", "mixup", "crop_from", "cpu_bf16", "batch_augment",
-                 "targets")
-# Full fine-tuning: what the paper's end-to-end scripts change relative to its LoRA scripts.
-FULL_PAPER = dict(lr=1e-4, early_stop=15, rotate_degrees=10.0, norm="recipe")
+                 "targets", "train_crop", "eval_resize", "eval_interpolation", "precision", "eval_precision")
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,12 @@ class FinetuneConfig:
     rotate_degrees: float = 0.0
     dihedral: bool = False  # + vertical flips and 90-degree rotations
     hed: float = 0.0  # HED stain jitter strength (0 = off; 0.05 is a common choice)
-    norm: str = "paper"
+    norm: str = "half"
+    train_crop: str = "random"
+    eval_resize: int = 0  # evaluation: resize the short side to this, then centre-crop (0 = the recipe's resize)
+    eval_interpolation: str = ""  # "" = the recipe's
+    precision: str = "auto"  # training autocast dtype on CUDA (PRECISIONS)
+    eval_precision: str = "auto"  # evaluation autocast dtype on CUDA ("auto" = the training dtype)
     tta: str = "none"
     threshold: str = "fixed_0.5"
     optimizer: str = "adam"
@@ -87,7 +108,8 @@ class FinetuneConfig:
         for name, allowed in (("method", METHODS), ("loss", LOSSES), ("sampler", SAMPLERS), ("norm", NORMS),
                               ("tta", tuple(TTAS)), ("threshold", THRESHOLDS), ("optimizer", OPTIMIZERS),
                               ("schedule", SCHEDULES), ("select_on", SELECT_ON), ("crop_from", CROP_FROM),
-                              ("targets", TARGETS)):
+                              ("targets", TARGETS), ("train_crop", TRAIN_CROPS), ("precision", PRECISIONS),
+                              ("eval_precision", PRECISIONS), ("eval_interpolation", INTERPOLATIONS)):
             if getattr(self, name) not in allowed:
                 raise FinetuneError(f"finetune {name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.max_steps < 0:
@@ -97,19 +119,26 @@ class FinetuneConfig:
 
     @classmethod
     def paper(cls, model: str, method: str = "lora", **overrides) -> "FinetuneConfig":
-        """The paper's settings for ``method``, then ``overrides`` (None values are ignored)."""
-        base = dict(FULL_PAPER) if method == "full" else {}
+        """The settings of the paper's script for ``model`` and ``method`` (``finetune.paper``; the method's
+        generic entry for a model without a script), then ``overrides`` (None values are ignored)."""
+        if method not in METHODS:
+            raise FinetuneError(f"finetune method must be one of {list(METHODS)}, not {method!r}")
+        base = paper_entry(model, method).values()
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(model=model, method=method, **base)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "FinetuneConfig":
-        """A named configuration (``PRESETS``), then ``overrides`` (None values are ignored)."""
+        """A named configuration (``PRESETS``: complete in itself), then ``overrides`` (None values ignored)."""
         if name not in PRESETS:
             raise FinetuneError(f"unknown finetune preset {name!r}; choose from {sorted(PRESETS)}")
         base = dict(PRESETS[name])
         base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.paper(**base)
+        return cls(**base)
+
+    def paper_entry(self) -> PaperEntry:
+        """The script this configuration is compared with (``options()``)."""
+        return paper_entry(self.model, self.method)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -117,18 +146,24 @@ class FinetuneConfig:
         return {k: v for k, v in d.items() if k not in _LATER_FIELDS or v != getattr(ref, k)}
 
     def options(self) -> dict:
-        """Fields that differ from the paper's configuration for this method (the report's 'options')."""
+        """Fields that differ from this model's paper script (``paper_entry``; the report's 'options')."""
         ref = FinetuneConfig.paper(self.model, self.method)
         skip = {"model", "method", "schema_version"}
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in skip and getattr(self, f.name) != getattr(ref, f.name)}
 
     def mean_std(self) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
-        return ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if self.norm == "paper" else (None, None)
+        """The normalisation's (mean, std); (None, None) for "recipe" (the recipe's own)."""
+        return NORM_STATS.get("half" if self.norm == "paper" else self.norm, (None, None))
+
+    def eval_preprocess(self, recipe):
+        """The evaluation transform: the recipe's input size, this config's resize, interpolation and norm."""
+        p = preprocess(recipe, *self.mean_std())
+        return replace(p, resize=self.eval_resize or p.resize, interpolation=self.eval_interpolation or p.interpolation)
 
     def augment_kwargs(self) -> dict:
         """The training augmentation settings, as both pipelines take them (``finetune.augment``)."""
-        return dict(crop_scale=self.crop_scale, hflip=self.hflip, color_jitter=self.color_jitter,
+        return dict(train_crop=self.train_crop, crop_scale=self.crop_scale, hflip=self.hflip, color_jitter=self.color_jitter,
                     rotate_degrees=self.rotate_degrees, dihedral=self.dihedral, hed=self.hed)
 
     def with_(self, **kw) -> "FinetuneConfig":
@@ -142,8 +177,9 @@ class FinetuneConfig:
 # ~230 img/s, so ``run --full`` fits 20 epochs in its 30 minutes there (round 2 fitted 6 at 80 px); 20 beat
 # 16 on fold 0's held-out AUROC (0.846 against 0.835). Training on the experts' vote fractions (soft targets)
 # raised the CNN's 5-fold held-out AUROC from 0.833 to 0.848, and the named fusion's from 0.865 to 0.871.
+# The preset is complete in itself (not layered on a paper entry), so its run key never moves with the table.
 PRESETS: dict[str, dict] = {
-    "offline": dict(model="offline_cnn64.random", method="full", lr=2e-3, weight_decay=0.05, optimizer="adamw",
+    "offline": dict(model="offline_cnn64.random", method="full", norm="recipe", lr=2e-3, weight_decay=0.05, optimizer="adamw",
                     schedule="cosine", batch_size=64, max_epochs=20, early_stop=100, select_on="auroc",
                     loss="weighted_bce", sampler="shuffle", crop_from="view", crop_scale=(0.7, 1.0),
                     rotate_degrees=0.0, dihedral=True, hed=0.05, color_jitter=(0.2, 0.2, 0.1, 0.02),

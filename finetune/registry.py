@@ -25,6 +25,7 @@ from store.hashing import file_sha256
 
 from .config import FinetuneConfig
 from .model import add_lora
+from .paper import NORM_STATS
 from .train import DONE_FILE, MODEL_FILE
 
 FINETUNE_DIR = "finetune"  # <store>/finetune/<run_key>/: one folder per fine-tuning run
@@ -107,8 +108,13 @@ def finetuned_recipe(store: Store | str | Path | None, name: str, run_dir: str |
     canonical = f"ft-{conf['run_key'][:8]}-fold{k}.{sha[:8]}"
     fields_.update(name=canonical, family="finetune", kwargs=tuple(sorted(kw.items())),
                    note=f"{cfg['method']} fine-tune of {base.name}, fold {k} (run {conf['run_key'][:8]})")
-    mean, std = ((0.5,) * 3, (0.5,) * 3) if cfg["norm"] == "paper" else (base.mean, base.std)
-    fields_.update(mean=mean, std=std)
+    # the fold's own evaluation transform and precision (runs stored before these fields read as the recipe's)
+    norm = "half" if cfg["norm"] == "paper" else cfg["norm"]
+    mean, std = NORM_STATS.get(norm, (base.mean, base.std))
+    fields_.update(mean=mean, std=std, resize=cfg.get("eval_resize") or base.resize,
+                   interpolation=cfg.get("eval_interpolation") or base.interpolation)
+    if cfg.get("eval_precision", "auto") != "auto":
+        fields_.update(precision=cfg["eval_precision"])
     recipe = FinetunedRecipe(**fields_, base=base.name, method=cfg["method"], finetune_fold=k,
                              run_key=conf["run_key"],
                              lora=(cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"], tuple(cfg["lora_targets"])),

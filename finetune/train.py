@@ -37,14 +37,13 @@ from store.progress import progress as progress_bar
 
 from classifiers import metrics as M
 from embedder.dihedral import apply_view_torch
-from embedder.factory import preprocess
 from embedder.transforms import decode_png
 
 from .augment import batch_augment, train_transform
 from .config import TTAS, FinetuneConfig
 from .data import eval_loader, stack_pixels, tensor_batches, train_loader
 from .model import build_classifier, load_weights, parameter_counts, save_weights
-from .precision import cpu_capability, training_precision
+from .precision import autocast, cpu_capability, evaluation_precision, training_precision
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +86,7 @@ def epoch_seed(seed: int, fold: int, epoch: int) -> int:
     return int(config_hash({"seed": seed, "fold": fold, "epoch": epoch}), 16) % (2**31 - 1)
 
 
-def _amp(device: str, cpu_bf16: bool = False):
-    """bf16 autocast on GPU; on CPU only when ``cpu_bf16`` (already resolved by ``precision``)."""
-    import torch
-
-    on_gpu = device.startswith("cuda")
-    return torch.autocast("cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=on_gpu or cpu_bf16)
+LOG_EVERY = 25  # steps between progress-bar loss readouts (each is a host sync on CUDA)
 
 
 def lr_schedule(cfg: FinetuneConfig, opt, steps_per_epoch: int):
@@ -178,9 +172,10 @@ def decode_for_eval(pngs: list[bytes], transform):
 
 
 def predict_proba(model, pngs: list[bytes], transform, views: tuple[str, ...], rt: Runtime,
-                  cpu_bf16: bool = False, decoded=None, channels_last: bool = False) -> np.ndarray:
+                  precision: str = "fp32", decoded=None, channels_last: bool = False) -> np.ndarray:
     """P(atypical) per patch; with several views, the mean over views (rotation TTA).
 
+    ``precision``: the resolved evaluation autocast dtype (``finetune.precision.evaluation_precision``).
     ``decoded``: ``decode_for_eval(pngs, transform)`` when the caller keeps it (else decoded here, per batch);
     ``channels_last``: the model is in that memory format, so the batches are put in it too."""
     import torch
@@ -192,7 +187,7 @@ def predict_proba(model, pngs: list[bytes], transform, views: tuple[str, ...], r
     else:
         loader = eval_loader(pngs, transform, rt.eval_batch_size, rt.num_workers, rt.device.startswith("cuda"))
         batches = (x for x, _ in loader)
-    with torch.inference_mode(), _amp(rt.device, cpu_bf16):
+    with torch.inference_mode(), autocast(rt.device, precision):
         for x in batches:
             x = x.to(rt.device, non_blocking=True)
             fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -245,21 +240,23 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
     k = data.fold
     model, recipe = build_classifier(cfg, rt.weights, rt.overrides, hf_token_env=rt.hf_token_env)
     model.to(rt.device)
-    mean, std = cfg.mean_std()
     augment = cfg.augment_kwargs()
-    tf_eval = preprocess(recipe, mean, std)
+    tf_eval = cfg.eval_preprocess(recipe)  # the script's evaluation geometry and normalisation
     if cfg.batch_augment:
-        tf_train = batch_augment(recipe, mean, std, **augment)
+        tf_train = batch_augment(recipe, eval_preprocess=tf_eval, **augment)
     else:
-        tf_train = train_transform(recipe, mean, std, crop_from=cfg.crop_from, **augment)
-    precision = training_precision(rt.device, cfg.cpu_bf16)  # bf16 on CPU only where it is native
-    cpu_bf16 = precision == "bf16" and not rt.device.startswith("cuda")
-    # channels-last: with bf16 on CPU, and for ResNets on CPU at fp32 too (+11-19% training, +13-55%
-    # inference for the offline preset's CNN on a 2-core AVX2 CPU; the embedder does the same)
-    on_cpu = not rt.device.startswith("cuda")
-    channels_last = on_cpu and not recipe.is_vit and (cpu_bf16 or recipe.arch.startswith("resnet"))
+        tf_train = train_transform(recipe, eval_preprocess=tf_eval, crop_from=cfg.crop_from, **augment)
+    precision = training_precision(rt.device, cfg.cpu_bf16, cfg.precision)  # bf16 on CPU only where it is native
+    eval_precision = evaluation_precision(rt.device, precision, cfg.eval_precision)
+    on_gpu = rt.device.startswith("cuda")
+    # channels-last: CNNs on CUDA; with bf16 on CPU, and for ResNets on CPU at fp32 too (+11-19% training,
+    # +13-55% inference for the offline preset's CNN on a 2-core AVX2 CPU; the embedder does the same)
+    is_cnn = not recipe.is_vit and not recipe.arch.startswith("swin")
+    channels_last = is_cnn and (on_gpu or precision == "bf16" or recipe.arch.startswith("resnet"))
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels once
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(cfg, params)
     steps_per_epoch = -(-len(data.train_ids) // cfg.batch_size)
@@ -300,7 +297,8 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                 loader = train_loader(train_pngs, data.train_y, tf_train, cfg.batch_size, cfg.sampler, seed,
                                       rt.num_workers, rt.device.startswith("cuda"), targets=data.train_target)
             model.train()
-            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            t0, seen = time.perf_counter(), 0
+            loss_sum = torch.zeros((), device=rt.device)  # summed on the device: no host sync per step
             with progress_bar(total=steps_per_epoch * cfg.batch_size, desc=f"fold {k} epoch {epoch + 1}",
                               unit="img", enabled=rt.progress) as bar:
                 for step, (x, y) in enumerate(loader):
@@ -311,7 +309,7 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                         x, y = mix(x, y, cfg.mixup)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    with _amp(rt.device, cpu_bf16):
+                    with autocast(rt.device, precision):
                         logits = model(x)
                     loss = crit(logits.float(), y)
                     opt.zero_grad(set_to_none=True)
@@ -322,13 +320,15 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                     if ema is not None:
                         ema.update_parameters(model)
                     seen += len(y)
-                    loss_sum += float(loss.detach()) * len(y)
+                    loss_sum += loss.detach() * len(y)
                     bar.update(len(y))
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-            if rt.device.startswith("cuda"):
+                    if rt.progress and step % LOG_EVERY == 0:
+                        bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
+            if on_gpu:
                 torch.cuda.synchronize()
             secs = time.perf_counter() - t0
-        p_val = predict_proba(scored, val_pngs, tf_eval, ("none",), rt, cpu_bf16, val_decoded, channels_last)
+            loss_sum = float(loss_sum)
+        p_val = predict_proba(scored, val_pngs, tf_eval, ("none",), rt, eval_precision, val_decoded, channels_last)
         score = selection_score(cfg, data.val_y, p_val)
         improved = score > st["best_score"]  # the paper's rule: strictly better held-out score
         if improved:
@@ -349,11 +349,12 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                  cfg.select_on, score, " (best)" if improved else "")
         if rt.on_epoch is not None:
             rt.on_epoch(epoch + 1)
-    return _finish(cfg, data, fold_dir, scored, tf_eval, st, counts, rt, precision, channels_last, val_decoded)
+    return _finish(cfg, data, fold_dir, scored, tf_eval, st, counts, rt, (precision, eval_precision), channels_last,
+                   val_decoded)
 
 
 def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, counts: dict, rt: Runtime,
-            precision: str, channels_last: bool = False, val_decoded=None) -> dict:
+            precisions: tuple[str, str], channels_last: bool = False, val_decoded=None) -> dict:
     """Select the best checkpoint, predict held-out + tests, write DONE (the fold's commit point)."""
 
     # never improved on 0 (NaN scores): keep the last epoch
@@ -362,13 +363,13 @@ def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, cou
     best.replace(fold_dir / MODEL_FILE)
     views = TTAS[cfg.tta]
     t0 = time.perf_counter()
-    cpu_bf16 = precision == "bf16" and not rt.device.startswith("cuda")
-    p_val = predict_proba(model, [data.images[p] for p in data.val_ids], tf_eval, views, rt, cpu_bf16,
+    precision, eval_precision = precisions
+    p_val = predict_proba(model, [data.images[p] for p in data.val_ids], tf_eval, views, rt, eval_precision,
                           decoded=val_decoded, channels_last=channels_last)
     threshold = M.best_threshold(data.val_y, p_val) if cfg.threshold == "val_youden" else 0.5
     frames = [pd.DataFrame(dict(split="val", patch_id=data.val_ids, probability=p_val))]
     for name, ids in data.test_ids.items():
-        p = predict_proba(model, [data.images[i] for i in ids], tf_eval, views, rt, cpu_bf16,
+        p = predict_proba(model, [data.images[i] for i in ids], tf_eval, views, rt, eval_precision,
                           channels_last=channels_last)
         frames.append(pd.DataFrame(dict(split=name, patch_id=ids, probability=p)))
     predict_seconds = time.perf_counter() - t0
@@ -381,7 +382,8 @@ def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, cou
                   checkpoint=MODEL_FILE, checkpoint_sha256=file_sha256(fold_dir / MODEL_FILE),
                   parameters=counts, fit_seconds=st["train_seconds"], predict_seconds=predict_seconds,
                   images_per_s=st["train_images"] / st["train_seconds"] if st["train_seconds"] else 0.0,
-                  device=rt.device, precision=precision, cpu_capability=cpu_capability(), history=st["history"])
+                  device=rt.device, precision=precision, eval_precision=eval_precision, cpu_capability=cpu_capability(),
+                  history=st["history"])
     write_json(record, fold_dir / DONE_FILE)
     for f in list(fold_dir.glob("last-e*.safetensors")) + [fold_dir / STATE_FILE]:
         f.unlink(missing_ok=True)

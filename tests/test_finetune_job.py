@@ -52,10 +52,12 @@ def test_config_defaults_are_the_papers():
     c = FinetuneConfig.paper("virchow2.hf", "lora")
     assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_targets) == (8, 16, 0.3, ("qkv", "proj", "fc1", "fc2"))
     assert (c.lr, c.weight_decay, c.batch_size, c.max_epochs, c.early_stop) == (5e-5, 1e-5, 8, 100, 10)
-    assert (c.lr_factor, c.lr_patience, c.loss, c.sampler, c.norm) == (0.5, 3, "bce", "weighted", "paper")
+    assert (c.lr_factor, c.lr_patience, c.loss, c.sampler, c.norm) == (0.5, 3, "bce", "weighted", "half")
     assert c.crop_scale == (0.8, 1.0) and c.color_jitter == (0.2, 0.2, 0.2, 0.1) and c.options() == {}
+    assert (c.precision, c.eval_resize, c.eval_interpolation) == ("fp32", 224, "bilinear")
     full = FinetuneConfig.paper("swin_base.hf", "full")
-    assert (full.lr, full.early_stop, full.norm) == (1e-4, 15, "recipe") and full.options() == {}
+    assert (full.lr, full.early_stop, full.norm, full.train_crop) == (5e-5, 15, "imagenet", "last")
+    assert full.options() == {}
     assert FinetuneConfig.paper(TINY, "lora", loss="focal", tta="rot4").options() == {"loss": "focal", "tta": "rot4"}
     assert parse_folds("1..5", 5) == [0, 1, 2, 3, 4] and parse_folds("0,3", 5) == [0, 3]
     with pytest.raises(FinetuneError):
