@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from store.hashing import canonical_json, config_hash, source_version
 from store.schema import VOTE_COLUMNS
 
 from .config import FinetuneConfig
+from .paper import REPO as PAPER_REPO
+from .paper import SCRIPTS_AT
 from .registry import runs_root
 from .train import DONE_FILE, FoldImages, Runtime, read_predictions, train_fold
 
@@ -105,6 +108,9 @@ def check_config(cfg: FinetuneConfig) -> None:
          f"color_jitter {c.color_jitter} must be 4 values >= 0 (hue <= 0.5)"),
         (c.rotate_degrees >= 0, f"rotate_degrees {c.rotate_degrees} must be >= 0"),
         (c.hed >= 0, f"hed {c.hed} must be >= 0"),
+        (c.eval_resize >= 0, f"eval_resize {c.eval_resize} must be >= 0 (0 = the recipe's)"),
+        (not c.batch_augment or c.train_crop == "random",
+         f"batch augmentation crops first: train_crop {c.train_crop!r} needs per-sample augmentation (--sample-augment)"),
         (c.seed >= 0, f"seed {c.seed} must be >= 0"),
     ) if not ok]
     if bad:
@@ -119,6 +125,14 @@ def check_device(device: str, recipe, overrides: dict | None, allow_cpu: bool) -
                             f"CPU would take days. Run on a CUDA machine, or pass --allow-cpu to do it anyway "
                             f"(models up to {CPU_PARAM_LIMIT / 1e6:.0f}M parameters run on CPU without it).")
     return dev, n
+
+
+def default_workers(device: str) -> int:
+    """DataLoader workers when none are asked for: the scripts' 8 on CUDA (bounded by the cores, one left for the
+    trainer), none on CPU, where a worker takes a core from the training step (batch augmentation needs none)."""
+    if not device.startswith("cuda"):
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 def vote_fractions(st: Store, patch_ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -206,12 +220,13 @@ def _ensemble(run_dir: Path, proto: Protocol, records: dict[int, dict], cfg: Fin
 
 def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str | list[int] | None = None, *,
              device: str = "auto", allow_cpu: bool = False, out: str | Path | None = None,
-             num_workers: int = 0, progress: bool = True, weights: str | Path | None = None,
+             num_workers: int | None = None, progress: bool = True, weights: str | Path | None = None,
              overrides: dict | None = None, n_boot: int | None = None, hf_token_env: str = "HF_TOKEN",
              eval_batch_size: int | None = None, on_epoch=None) -> FinetuneSummary:
     """Train the requested folds of ``cfg`` (skipping finished ones) and append their result rows.
 
     ``overrides`` replaces the recipe's timm kwargs (tests: tiny stand-ins); it enters the run key.
+    ``num_workers``: PNG-decoding DataLoader workers (None: ``default_workers(device)``).
     """
     # Everything that can fail on the arguments fails here, before the run folder or config.json exists.
     want = parse_folds(folds, N_FOLDS)
@@ -225,6 +240,7 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
     if recipe.arch == "handcrafted":
         raise FinetuneError(f"{recipe.name} has no network to fine-tune; pick a backbone (`mitoprobe embed --list`)")
     dev, n_params = check_device(device, recipe, overrides, allow_cpu)
+    num_workers = default_workers(dev) if num_workers is None else num_workers
     check_weights(recipe, weights, hf_token_env=hf_token_env, overrides=overrides)
     rid = embedder.recipe_id_of(recipe, weights)
     key = run_key(cfg, rid if not overrides else config_hash({"recipe_id": rid, "overrides": overrides}))
@@ -242,8 +258,10 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
         want = parse_folds(folds, proto.n_folds)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not conf_path.is_file():
+        entry = cfg.paper_entry()
         write_json(dict(run_key=key, family=FAMILY, model=cfg.model, recipe_id=rid, head=cfg.method,
                         options=cfg.options(), config=cfg.to_dict(),
+                        paper_entry=dict(key=entry.key, script=entry.script, repo=f"{PAPER_REPO}@{SCRIPTS_AT}"),
                         overrides=overrides, weights=str(weights) if weights else None,
                         threshold_rule=THRESHOLD_RULES[cfg.threshold], code_version=code_version(),
                         protocol=dict(n_folds=N_FOLDS, fold_seed=FOLD_SEED, test_sets=sorted(proto.tests)),

@@ -64,7 +64,9 @@ class PaperEntry:
     def source(self, name: str) -> str:
         """'script:line' of one setting (for tables and error messages)."""
         s = self.settings[name]
-        return f"{s.file or self.script}:{s.line}" if self.script else "generic (no script)"
+        if not self.script:
+            return "generic (no script)"
+        return f"{s.file or (self.notebook if name == 'eval_precision' else self.script)}:{s.line}"
 
 
 def _common(lora: int | None, batch: int, adam: int, sched: int, sampler: int, select: int, forward: int,
@@ -90,8 +92,8 @@ def _eval(resize: int, interpolation: str, line: int, precision: Setting) -> dic
                 eval_precision=precision)
 
 
-_FP32_EVAL = "inference notebook: plain torch.no_grad(), no autocast"
-_FP16_EVAL = 'inference notebook: torch.autocast(device_type="cuda", dtype=torch.float16)'
+_FP32_EVAL = "no autocast (plain torch.no_grad())"  # eval_precision's "line": a quote from the notebook
+_FP16_EVAL = 'torch.autocast(device_type="cuda", dtype=torch.float16)'
 
 
 def _virchow(stem: str, folder: str, script: str, select: int, val_threshold: int) -> PaperEntry:
