@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import metrics as M
 from .protocol import TEST_SETS, load_protocol
+from .runs import read_runs
 
 # our recipe names -> the paper's model names (paper_results.csv)
 PAPER_MODEL_NAMES = {"virchow.hf": "Virchow", "virchow2.hf": "Virchow2", "hoptimus0.hf": "h-optimus-0",
@@ -127,7 +128,7 @@ def paper_rows(families: set[str] | None = None, models: set[str] | None = None)
 def leaderboard(store, model: str | None = None, family: str | None = None, with_paper: bool = True) -> pd.DataFrame:
     """One row per (model, head, options, test set), best balanced accuracy first within a test set,
     followed by the paper's rows for the same family."""
-    runs = store.results.read("runs")
+    runs = read_runs(store)
     if runs.empty:
         ours = pd.DataFrame(columns=COLUMNS)
     else:

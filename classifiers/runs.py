@@ -29,6 +29,30 @@ RUN_COLUMNS = list(schema.RUN_COLUMNS)
 PREDICTION_COLUMNS = list(schema.PREDICTION_COLUMNS)
 
 
+# Fine-tuning rows appended before the per-model paper table (issue 20) said ``options = {}`` ("the paper's
+# settings") while most models had trained under Virchow2's settings. Their config has no ``paper_entry``;
+# ``relabel_legacy_finetune`` shows them with this option instead, at read time (nothing is rewritten).
+LEGACY_FINETUNE_OPTIONS = '{"settings": "pre-table defaults (not the script\'s)"}'
+
+
+def relabel_legacy_finetune(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with the legacy fine-tuning rows that claimed paper settings relabelled (see above)."""
+    if runs.empty or "config_json" not in runs:
+        return runs
+    legacy = (runs["family"] == "finetune") & (runs["options"] == "{}") & \
+        ~runs["config_json"].fillna("").str.contains('"paper_entry"', regex=False)
+    if not legacy.any():
+        return runs
+    runs = runs.copy()
+    runs.loc[legacy, "options"] = LEGACY_FINETUNE_OPTIONS
+    return runs
+
+
+def read_runs(store) -> pd.DataFrame:
+    """The ``runs`` table as reports show it (legacy fine-tuning rows relabelled)."""
+    return relabel_legacy_finetune(store.results.read("runs"))
+
+
 def code_version() -> str:
     """Package version + a digest of the classifiers' source: results from changed code never mix."""
     return source_version(Path(__file__).parent)

@@ -23,6 +23,7 @@ import streamlit as st
 
 import classifiers
 from classifiers import report, robustness, significance
+from classifiers.runs import read_runs
 import embedder
 from store import Fingerprint, Store, images, paths
 from store.dataset import check_png, pixels_sha256
@@ -136,7 +137,7 @@ def runs(root: str, stamp_: Fingerprint) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _runs(root: str, key: tuple) -> pd.DataFrame:
-    df = Store(root).results.read("runs")
+    df = read_runs(Store(root))
     if df.empty:
         return df
     if "repeat" not in df:

@@ -23,6 +23,17 @@ def autocast_dtype(recipe: Recipe, device: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[recipe.precision]
 
 
+def is_cnn(recipe: Recipe) -> bool:
+    """A convolutional network (not a ViT, not Swin, not handcrafted): where channels-last pays."""
+    return recipe.arch != "handcrafted" and not recipe.is_vit and not recipe.arch.startswith("swin")
+
+
+def prefers_channels_last(recipe: Recipe, device: str) -> bool:
+    """Channels-last memory format: every CNN on CUDA (cuDNN's NHWC kernels); ResNets on CPU too (+13-55%
+    inference for the offline CNN on a 2-core AVX2 CPU, docs/offline-accuracy.md)."""
+    return is_cnn(recipe) and (device.startswith("cuda") or recipe.arch.startswith("resnet"))
+
+
 class Prepare:
     """Worker-side: PNG bytes -> model input (neural) or per-view feature rows (handcrafted)."""
 

@@ -23,7 +23,7 @@ from store import Store
 from store.errors import ConfigError, MitoprobeError
 from store.progress import progress as progress_bar
 
-from .batches import CHUNK_ROWS, Prepare, autocast_dtype, batch_rows
+from .batches import CHUNK_ROWS, Prepare, autocast_dtype, batch_rows, prefers_channels_last
 from .dihedral import view_names
 from .factory import build, check_weights, check_weights_option, hub_revision
 from .hub import hub_commit
@@ -131,7 +131,7 @@ def _run_local(st, model, transform, patch_ids, views, device, dtype, batch_size
 
     for idx, x in loader:
         ids = [patch_ids[i] for i in idx.tolist()]
-        if not pixel_views and model.recipe.arch.startswith("resnet"):
+        if not pixel_views and prefers_channels_last(model.recipe, device):
             x = x.contiguous(memory_format=torch.channels_last)
         keys, vecs = batch_rows(model, x if not pixel_views else x.numpy(), ids, views, device, dtype)
         buf_keys += keys
@@ -269,6 +269,8 @@ def _build_local(recipe: Recipe, weights, trust_pickle: bool, hf_token_env: str,
     net, transform = build(recipe, weights, trust_pickle=trust_pickle, hf_token_env=hf_token_env)
     if net is not None:
         net.to(dev)
-        if recipe.arch.startswith("resnet"):
+        if prefers_channels_last(recipe, dev):
             net.to(memory_format=torch.channels_last)
+        if dev.startswith("cuda"):
+            torch.backends.cudnn.benchmark = True  # one input size: cuDNN picks its fastest kernels once
     return net, transform

@@ -36,6 +36,7 @@ from store.hashing import config_hash, file_sha256
 from store.progress import progress as progress_bar
 
 from classifiers import metrics as M
+from embedder.batches import is_cnn, prefers_channels_last
 from embedder.dihedral import apply_view_torch
 from embedder.transforms import decode_png
 
@@ -249,10 +250,9 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
     precision = training_precision(rt.device, cfg.cpu_bf16, cfg.precision)  # bf16 on CPU only where it is native
     eval_precision = evaluation_precision(rt.device, precision, cfg.eval_precision)
     on_gpu = rt.device.startswith("cuda")
-    # channels-last: CNNs on CUDA; with bf16 on CPU, and for ResNets on CPU at fp32 too (+11-19% training,
-    # +13-55% inference for the offline preset's CNN on a 2-core AVX2 CPU; the embedder does the same)
-    is_cnn = not recipe.is_vit and not recipe.arch.startswith("swin")
-    channels_last = is_cnn and (on_gpu or precision == "bf16" or recipe.arch.startswith("resnet"))
+    # channels-last: as the embedder (CNNs on CUDA, ResNets on CPU: +11-19% training for the offline preset's CNN
+    # on a 2-core AVX2 CPU), and any CNN under bf16 on CPU
+    channels_last = prefers_channels_last(recipe, rt.device) or (is_cnn(recipe) and precision == "bf16")
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if on_gpu:

@@ -347,3 +347,18 @@ def test_every_cited_line_says_what_the_table_says(entry):
         first = int(str(s.line).split()[0].split(",")[0].split("-")[0])
         tokens = LINE_TOKENS[name] if isinstance(LINE_TOKENS[name], tuple) else (LINE_TOKENS[name],)
         assert any(t in lines[first - 1] for t in tokens), f"{entry.key} {name}: line {first} is {lines[first - 1]!r}"
+
+
+def test_runs_stored_before_the_table_are_not_shown_as_paper_settings():
+    import pandas as pd
+
+    from classifiers.report import options_text
+    from classifiers.runs import LEGACY_FINETUNE_OPTIONS, relabel_legacy_finetune
+
+    runs = pd.DataFrame(dict(
+        family=["finetune", "finetune", "probe", "finetune"], options=["{}", "{}", "{}", '{"lr": 0.001}'],
+        config_json=['{"config": {"norm": "paper"}}', '{"paper_entry": {"key": "uni/lora"}}', "{}", "{}"]))
+    out = relabel_legacy_finetune(runs)
+    assert list(out["options"]) == [LEGACY_FINETUNE_OPTIONS, "{}", "{}", '{"lr": 0.001}']
+    assert options_text(out["options"][0]).startswith("settings=pre-table defaults")
+    assert list(runs["options"]) == ["{}", "{}", "{}", '{"lr": 0.001}']  # the caller's frame is untouched

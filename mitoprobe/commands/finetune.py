@@ -9,6 +9,7 @@ import click
 
 import pandas as pd
 
+from classifiers.runs import LEGACY_FINETUNE_OPTIONS
 from finetune import FinetuneConfig, finetuned_recipe, runs_root
 from finetune import finetune as run_finetune
 from finetune.paper import REPO as PAPER_REPO
@@ -25,8 +26,9 @@ def _list_runs(store_path) -> None:
     for d in sorted(root.glob("*/config.json")) if root.is_dir() else []:
         conf = json.loads(d.read_text())
         done = sorted(int(p.parent.name[4:]) for p in d.parent.glob("fold*/DONE.json"))
+        legacy = not conf["options"] and "paper_entry" not in conf  # stored before the per-model table
         rows.append(dict(run=conf["run_key"][:8], model=conf["model"], method=conf["head"],
-                         options=json.dumps(conf["options"]), folds_done=",".join(map(str, done)) or "-",
+                         options=LEGACY_FINETUNE_OPTIONS if legacy else json.dumps(conf["options"]), folds_done=",".join(map(str, done)) or "-",
                          embedders=" ".join(f"ft:{conf['run_key'][:8]}/fold{k}" for k in done)))
     print_frame(pd.DataFrame(rows, columns=["run", "model", "method", "options", "folds_done", "embedders"]),
                 title=f"fine-tuning runs in {root}")
