@@ -362,3 +362,35 @@ def test_runs_stored_before_the_table_are_not_shown_as_paper_settings():
     assert list(out["options"]) == [LEGACY_FINETUNE_OPTIONS, "{}", "{}", '{"lr": 0.001}']
     assert options_text(out["options"][0]).startswith("settings=pre-table defaults")
     assert list(runs["options"]) == ["{}", "{}", "{}", '{"lr": 0.001}']  # the caller's frame is untouched
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPT_EVAL))
+def test_cli_records_the_scripts_configuration(name, monkeypatch, capsys, tmp_path):
+    """``mitoprobe finetune --model M --method <its script's>`` hands the job that script's configuration."""
+    from types import SimpleNamespace
+
+    import mitoprobe.commands.finetune as cmd
+    from conftest import run_cli
+
+    seen = {}
+
+    def fake(store, cfg, folds, **kw):
+        seen["cfg"] = cfg
+        return SimpleNamespace(records={}, run_key="0" * 16, run_dir=tmp_path, folds_done=[], rows_appended=0,
+                               ensemble=False)
+
+    monkeypatch.setattr(cmd, "run_finetune", fake)
+    code, out = run_cli(monkeypatch, capsys, "finetune", "--model", name, "--method", METHOD[name],
+                        "--store", str(tmp_path))
+    assert code == 0, out
+    cfg = seen["cfg"]
+    assert cfg == FinetuneConfig.paper(name, METHOD[name]) and cfg.options() == {}
+    assert cfg.paper_entry().script.endswith(".py")
+    # and a departure on purpose is recorded as one
+    code, out = run_cli(monkeypatch, capsys, "finetune", "--model", name, "--method", METHOD[name], "--store",
+                        str(tmp_path), "--precision", "bf16", "--color-jitter", "0.1,0.1,0,0", "--train-crop", "none")
+    assert code == 0, out
+    want = {"precision": "bf16", "color_jitter": (0.1, 0.1, 0.0, 0.0), "train_crop": "none"}
+    if cfg.train_crop == "none":  # H-optimus-1 and UNI2-h train without a crop already
+        want.pop("train_crop")
+    assert seen["cfg"].options() == want
