@@ -35,19 +35,15 @@ def _subset_store(src: Path | None, n: int, root: Path):
     """A store holding ``n`` patches: the first n of ``src``, else synthetic 128 px PNGs."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from PIL import Image
+
+    from gpu_check import synthetic_pngs  # this folder (on sys.path when run as a script)
 
     st = Store(root)
     root.mkdir(parents=True, exist_ok=True)
     if src is not None and (src / "patches.parquet").is_file():
         t = pq.read_table(src / "patches.parquet", columns=["patch_id", "png"]).slice(0, n)
     else:
-        rng = np.random.default_rng(0)
-        pngs = []
-        for _ in range(n):
-            buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(buf, format="PNG")
-            pngs.append(buf.getvalue())
+        pngs = synthetic_pngs(n)
         t = pa.table({"patch_id": [f"{i:016x}" for i in range(n)], "png": pa.array(pngs, pa.binary())})
     pq.write_table(t, st.patches_path)
     return st

@@ -259,6 +259,19 @@ def loader_throughput(stem: str, pngs: list[bytes], labels: np.ndarray, device: 
 
 # -- patches ---------------------------------------------------------------------------------------------
 
+def synthetic_pngs(n: int, seed: int = 0) -> list[bytes]:
+    """``n`` random 128 px RGB PNGs (where no real patches are at hand)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
 def load_patches(folder: Path, n: int) -> tuple[list[bytes], np.ndarray, str]:
     """The first ``n`` PNGs under ``folder`` (recursive, sorted; label 1 under an ``Atypical`` folder), else
     ``n`` synthetic 128 px PNGs. Returns the bytes, the 0/1 labels (both classes present) and the source."""
@@ -268,14 +281,7 @@ def load_patches(folder: Path, n: int) -> tuple[list[bytes], np.ndarray, str]:
         labels = np.array([int("Atypical" in f.parts) for f in files])
         source = f"{len(files)} PNGs from {folder}"
     else:
-        from PIL import Image
-
-        rng = np.random.default_rng(0)
-        pngs = []
-        for _ in range(n):
-            buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(buf, format="PNG")
-            pngs.append(buf.getvalue())
+        pngs = synthetic_pngs(n)
         labels = np.zeros(n, dtype=np.int64)
         source = f"{n} synthetic 128 px PNGs ({folder} not found)"
     if labels.min() == labels.max():  # the weighted sampler wants both classes; label figures are irrelevant here

@@ -394,3 +394,10 @@ def test_cli_records_the_scripts_configuration(name, monkeypatch, capsys, tmp_pa
     if cfg.train_crop == "none":  # H-optimus-1 and UNI2-h train without a crop already
         want.pop("train_crop")
     assert seen["cfg"].options() == want
+
+
+def test_the_offline_presets_identity_did_not_move():
+    """Stores trained by `mitoprobe run --full` before the per-model table keep their run key (nothing retrains)."""
+    from store.hashing import config_hash
+
+    assert config_hash(FinetuneConfig.preset("offline").to_dict()) == "4e18b66d83444c75"
