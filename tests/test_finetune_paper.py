@@ -401,3 +401,15 @@ def test_the_offline_presets_identity_did_not_move():
     from store.hashing import config_hash
 
     assert config_hash(FinetuneConfig.preset("offline").to_dict()) == "4e18b66d83444c75"
+
+
+def test_every_setting_has_a_cli_option():
+    from dataclasses import fields
+
+    from mitoprobe.commands.finetune import finetune_cmd
+
+    cli = {p.name for p in finetune_cmd.params}
+    renamed = {"max_epochs": "epochs"}
+    missing = [f.name for f in fields(FinetuneConfig)
+               if f.name not in ("model", "method", "schema_version") and renamed.get(f.name, f.name) not in cli]
+    assert missing == []

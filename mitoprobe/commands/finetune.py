@@ -79,15 +79,29 @@ def _show_paper(model: str, method: str) -> None:
 @click.option("--max-steps", type=click.IntRange(min=0), default=None, help="At most N optimizer steps per epoch (smoke tests).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate (paper: 5e-5 in every script).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="Adam weight decay (paper: 1e-5).")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default=None, help="Optimizer (paper: adam).")
+@click.option("--lr-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="ReduceLROnPlateau factor (paper: 0.5).")
+@click.option("--lr-patience", type=click.IntRange(min=0), default=None, help="ReduceLROnPlateau patience (paper: 3).")
+@click.option("--min-lr", type=click.FloatRange(min=0), default=None, help="Learning-rate floor (paper: 1e-7).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (paper: 8).")
+@click.option("--lora-r", type=click.IntRange(min=1), default=None, help="LoRA rank (paper: 8).")
+@click.option("--lora-alpha", type=click.IntRange(min=1), default=None, help="LoRA alpha (paper: 16).")
+@click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help="LoRA dropout (paper: 0.3).")
+@click.option("--lora-targets", default=None, metavar="A,B,...",
+              callback=lambda ctx, param, v: tuple(t.strip() for t in v.split(",") if t.strip()) if v else None,
+              help="Module names LoRA adapts (paper: qkv,proj,fc1,fc2).")
 @click.option("--loss", type=click.Choice(["bce", "weighted_bce", "focal"]), default=None,
               help="bce (paper, with the weighted sampler); weighted_bce/focal replace the sampler by plain shuffling.")
+@click.option("--focal-gamma", type=click.FloatRange(min=0), default=None, help="Focal loss gamma (with --loss focal; 2).")
 @click.option("--sampler", type=click.Choice(["weighted", "shuffle"]), default=None,
               help="Default: weighted for bce, shuffle for the weighted losses.")
 @click.option("--train-crop", type=click.Choice(["random", "none", "last"]), default=None,
               help="Training geometry: random = RandomResizedCrop first (LoRA scripts); none = the evaluation resize, "
                    "no crop (H-optimus-1, UNI2-h); last = resize first, RandomResizedCrop after the colour jitter "
                    "(end-to-end scripts).")
+@click.option("--crop-from", type=click.Choice(["patch", "view"]), default=None,
+              help="RandomResizedCrop on the raw 128 px patch (paper) or on the evaluation view.")
 @click.option("--crop-scale", callback=_floats(2), default=None, metavar="MIN,MAX",
               help="RandomResizedCrop area scale (paper: 0.8,1 Virchow and end-to-end; 0.08,1 UNI, Prov-GigaPath, H-optimus-0).")
 @click.option("--hflip/--no-hflip", default=None, help="Random horizontal flips (paper: on, except UNI2-h).")
@@ -110,6 +124,8 @@ def _show_paper(model: str, method: str) -> None:
                    "unless the preset allows bf16 and the CPU has it natively.")
 @click.option("--eval-precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
               help="Evaluation autocast dtype on CUDA (paper: fp16 for H-optimus, fp32 otherwise; auto = the training one).")
+@click.option("--cpu-bf16/--no-cpu-bf16", default=None,
+              help="Allow bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX); elsewhere fp32 regardless.")
 @click.option("--tta", type=click.Choice(["none", "rot4", "d8"]), default=None,
               help="Test-time augmentation at inference: mean probability over 4 rotations or 8 dihedral views.")
 @click.option("--threshold", type=click.Choice(["fixed_0.5", "val_youden"]), default=None,
