@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import embedder  # noqa: E402  (after the path insert: runs from a checkout without an install too)
-from store import Store  # noqa: E402
+from store import Store, schema  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}
 
@@ -41,10 +41,12 @@ def _subset_store(src: Path | None, n: int, root: Path):
     st = Store(root)
     root.mkdir(parents=True, exist_ok=True)
     if src is not None and (src / "patches.parquet").is_file():
-        t = pq.read_table(src / "patches.parquet", columns=["patch_id", "png"]).slice(0, n)
+        t = pq.read_table(src / "patches.parquet").slice(0, n)
     else:
-        pngs = synthetic_pngs(n)
-        t = pa.table({"patch_id": [f"{i:016x}" for i in range(n)], "png": pa.array(pngs, pa.binary())})
+        cols = {f.name: pa.nulls(n, f.type) for f in schema.PATCHES}  # a whole patches table, metadata null
+        cols.update(patch_id=pa.array([f"{i:016x}" for i in range(n)], schema.PATCHES.field("patch_id").type),
+                    png=pa.array(synthetic_pngs(n), pa.binary()))
+        t = pa.table(cols, schema=schema.PATCHES)
     pq.write_table(t, st.patches_path)
     return st
 
