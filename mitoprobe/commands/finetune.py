@@ -166,6 +166,7 @@ def finetune_cmd(model, preset, method, show_paper, folds, epochs, max_steps, de
     geometry, early stopping and precision: --show-paper lists them with their script lines); every other
     option is recorded in the run's config and shown as its options.
 
+    \b
     Example: mitoprobe finetune --model uni.hf --method lora --folds 0
     Example: mitoprobe finetune --model hoptimus1.hf --show-paper
     Example (no downloads, CPU): mitoprobe finetune --preset offline
