@@ -14,27 +14,29 @@ from store.errors import ProtocolError
 
 from . import metrics as M
 from .features import Features, patch_mean
-from .heads import HEADS, make_head, positive_proba
+from .heads import HeadSpec, positive_proba
+from .own_heads import resolve_head
 from .protocol import FoldData, TestSet
 from .scoring import decision_threshold
 
 SELECTION_RULE = "max AUROC on the fold's held-out part (whole slides; training data only)"
 
 
-def _fit(head: str, params: dict, X, y, X_val, y_val):
-    est = make_head(head, **params)
-    if HEADS[head].uses_val:
+def _fit(spec: HeadSpec, params: dict, X, y, X_val, y_val):
+    est = spec.factory(**params)
+    if spec.uses_val:
         est.fit(X, y, X_val=X_val, y_val=y_val)
     else:
         est.fit(X, y)
     return est
 
 
-def _seeded_params(head: str, params: dict, seed: int) -> dict:
+def _seeded_params(head: str | HeadSpec, params: dict, seed: int) -> dict:
     """``params`` plus ``random_state=seed`` when the head is stochastic and takes one."""
-    sig = inspect.signature(HEADS[head].factory).parameters
+    spec = resolve_head(head)
+    sig = inspect.signature(spec.factory).parameters
     takes = "random_state" in sig or any(p.kind == p.VAR_KEYWORD for p in sig.values())
-    est = make_head(head)
+    est = spec.factory()
     last = est.steps[-1][1] if hasattr(est, "steps") else est
     if takes and "random_state" in last.get_params(deep=False):
         return {"random_state": seed, **params}
@@ -52,14 +54,14 @@ def grid_points(spec, params: dict) -> list[dict]:
     return points
 
 
-def fit_fold(head: str, params: dict, feats: Features, fd: FoldData, train_ids: np.ndarray,
+def fit_fold(head: str | HeadSpec, params: dict, feats: Features, fd: FoldData, train_ids: np.ndarray,
              points: list[dict] | None = None) -> dict:
     """Selection and fitting for one fold, from training-side data only (``fd``: no test labels).
 
     ``points``: the grid points to try (default: the head's grid less the explicit ``params``); a
     refit of a recorded fold passes the one point that was chosen.
     Returns the fitted estimator, the chosen grid point, the held-out probabilities and threshold."""
-    spec = HEADS[head]
+    spec = resolve_head(head)
     if feats.only_fold is not None and fd.fold != feats.only_fold:
         raise ProtocolError(f"{feats.name} comes from fold {feats.only_fold}'s fine-tuned checkpoint; probing it under "
                          f"fold {fd.fold} would validate on patches its backbone was trained on (leakage)")
@@ -72,7 +74,7 @@ def fit_fold(head: str, params: dict, feats: Features, fd: FoldData, train_ids: 
     best = None
     tried = []
     for cand in (grid_points(spec, params) if points is None else points):
-        est = _fit(head, {**cand, **params}, X_tr, y_tr, X_va, y_val_patch[va_owner])
+        est = _fit(spec, {**cand, **params}, X_tr, y_tr, X_va, y_val_patch[va_owner])
         p_val = patch_mean(positive_proba(est, X_va), va_owner, len(fd.val_idx))
         score = M.auroc(y_val_patch, p_val)
         tried.append({"params": cand, "val_auroc": score})

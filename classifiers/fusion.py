@@ -41,6 +41,7 @@ from store.hashing import canonical_json, config_hash
 
 from . import metrics as M
 from . import runs as R
+from .labels import check_name, without_name
 from .protocol import Protocol, load_protocol
 from .report import pooled_model_name
 from .scoring import ENSEMBLE_RULE, decision_threshold, fold_ensemble, heldout_frame, prediction_frame, score_test_set
@@ -200,9 +201,11 @@ def test_sets_of(runs: pd.DataFrame, family_ids) -> list[str]:
 
 
 def fuse(store, specs: list[str], rule: str = "mean", n_boot: int = M.N_BOOTSTRAP, seed: int = 0,
-         protocol: Protocol | None = None) -> pd.DataFrame | None:
+         protocol: Protocol | None = None, name: str | None = None) -> pd.DataFrame | None:
     """Fuse the families named by ``specs`` (two or more) and append the fused family; returns its run rows,
-    or None when that exact fusion is already stored."""
+    or None when that exact fusion is already stored. ``name``: the label tables show for it (kept in the
+    rows' options, outside the family id; ``classifiers.labels``)."""
+    name = check_name(name)
     if rule not in RULES:
         raise ProtocolError(f"unknown fusion rule {rule!r}; choose from {sorted(RULES)}")
     runs = store.results.read("runs")
@@ -217,6 +220,12 @@ def fuse(store, specs: list[str], rule: str = "mean", n_boot: int = M.N_BOOTSTRA
                   members=[dict(label=m.label, family_ids=list(m.family_ids)) for m in members],
                   code_version=R.code_version(), test_sets=sorted(proto.tests), n_boot=n_boot)
     fam = R.family_id(config)
+    with R.family_lock(store, fam, f"fusion {fam}"):  # "stored yet?" and the append under one writer's lock
+        return _fuse(store, runs, members, all_ids, proto, config, fam, rule, n_boot, seed, name)
+
+
+def _fuse(store, runs: pd.DataFrame, members: list, all_ids: list[str], proto: Protocol, config: dict, fam: str,
+          rule: str, n_boot: int, seed: int, name: str | None = None) -> pd.DataFrame | None:
     if R.next_repeat(store, fam) is not None:
         return None
     preds = store.results.read("predictions")
@@ -225,7 +234,7 @@ def fuse(store, specs: list[str], rule: str = "mean", n_boot: int = M.N_BOOTSTRA
     fused = fuse_probabilities(probas, proto, rule)
     model = f"fusion({', '.join(m.label for m in members)})"
     recipe_id = config_hash({"fusion": sorted(all_ids)})
-    options = dict(members=[m.label for m in members])
+    options = dict(members=[m.label for m in members], **({"name": name} if name else {}))
     base = dict(family_id=fam, family=FAMILY, model=model, recipe_id=recipe_id, head=rule,
                 options=canonical_json(options), code_version=config["code_version"], seed=seed, repeat=0,
                 threshold_rule=THRESHOLD_RULE, fit_seconds=0.0, predict_seconds=0.0)
@@ -264,6 +273,7 @@ def rank_by_heldout(runs: pd.DataFrame) -> pd.DataFrame:
     options) counts, and fine-tuned fold sets pool into one ``ft-<run>-folds`` entry; only families with
     every fold are ranked."""
     keys = ["family", "model", "head", "options"]
+    runs = runs.assign(options=runs["options"].map(without_name))  # a fusion's --name makes no other family
     last = runs.groupby(keys + ["family_id"], dropna=False)["created_at"].max().reset_index()
     keep = set(last.sort_values("created_at").groupby(keys, dropna=False).tail(1)["family_id"])
     rows = runs[runs["family_id"].isin(keep) & (runs["fold"] >= 0)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -388,6 +388,8 @@ class HeadSpec:
     grid: tuple[dict, ...] = field(default_factory=lambda: ({},))
     threshold_rule: str = "val_youden"
     uses_val: bool = False
+    name: str = ""  # the ``head`` column of its runs
+    source: object = None  # own heads: their ``own_heads.HeadSource`` (built-in heads: None, the package's code)
 
 
 def _logreg(C=0.01, max_iter=300):
@@ -429,6 +431,7 @@ HEADS: dict[str, HeadSpec] = {
     "mlp": HeadSpec(_mlp),
     "torch_linear": HeadSpec(_torch_linear, threshold_rule="fixed_0.5", uses_val=True),
 }
+HEADS = {name: replace(spec, name=name) for name, spec in HEADS.items()}
 DEFAULT_HEADS = ("logreg", "lgbm", "knn", "simpleshot", "mlp")  # `--head all`; torch_linear on request
 
 
@@ -439,17 +442,19 @@ def make_head(name: str, **params) -> BaseEstimator:
     return HEADS[name].factory(**params)
 
 
-def parse_head_params(specs: list[str] | tuple[str, ...]) -> dict[str, dict]:
+def parse_head_params(specs: list[str] | tuple[str, ...], heads: dict[str, HeadSpec] | None = None) -> dict[str, dict]:
     """``["torch_linear.lr=1e-3", "knn.n_neighbors=25"]`` -> ``{head: {key: value}}``; values are JSON
-    (numbers, true/false, null) or else strings. Every head and key is checked by building the head."""
+    (numbers, true/false, null) or else strings. Every head and key is checked by building the head.
+    ``heads``: the heads this run knows besides the built-in ones (own heads, by name)."""
+    known = {**HEADS, **(heads or {})}
     out: dict[str, dict] = {}
     for spec in specs:
         name, sep, value = spec.partition("=")
         head, dot, key = name.strip().partition(".")
         if not (sep and dot and head and key):
             raise ProtocolError(f"--param {spec!r}: write HEAD.KEY=VALUE, e.g. torch_linear.lr=1e-3")
-        if head not in HEADS:
-            raise ProtocolError(f"--param {spec!r}: unknown head {head!r}; choose from {sorted(HEADS)}")
+        if head not in known:
+            raise ProtocolError(f"--param {spec!r}: unknown head {head!r}; choose from {sorted(known)}")
         try:
             parsed = json.loads(value)
         except ValueError:
@@ -457,19 +462,19 @@ def parse_head_params(specs: list[str] | tuple[str, ...]) -> dict[str, dict]:
         out.setdefault(head, {})[key] = parsed
     for head, params in out.items():
         try:
-            make_head(head, **params)
-        except TypeError as exc:
+            known[head].factory(**params)
+        except (TypeError, ValueError) as exc:
             raise ProtocolError(f"--param: head {head} has no parameter among {sorted(params)} ({exc}); "
-                                f"its parameters: {sorted(_head_param_names(head))}") from None
+                                f"its parameters: {sorted(_head_param_names(known[head]))}") from None
     return out
 
 
-def _head_param_names(head: str) -> set[str]:
-    """What ``make_head(head, **params)`` accepts: the factory's own keywords and its estimator's."""
-    sig = inspect.signature(HEADS[head].factory).parameters
+def _head_param_names(spec: HeadSpec) -> set[str]:
+    """What ``spec.factory(**params)`` accepts: the factory's own keywords and its estimator's."""
+    sig = inspect.signature(spec.factory).parameters
     names = {n for n, p in sig.items() if p.kind != p.VAR_KEYWORD}
     if any(p.kind == p.VAR_KEYWORD for p in sig.values()):
-        est = make_head(head)
+        est = spec.factory()
         last = est.steps[-1][1] if hasattr(est, "steps") else est
         names |= set(last.get_params(deep=False))
     return names

@@ -18,6 +18,7 @@ from store.dataset import LABELS, POSITIVE_LABEL
 from store.errors import ProtocolError, StoreError
 
 from . import runs as R
+from .labels import family_labels
 from .refit import refit_family
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def choose_family(store, model: str, head: str, family_id: str | None = None) ->
 
 def predict_dataset(store, model: str, head: str, dataset: str, family_id: str | None = None) -> pd.DataFrame:
     """One row per patch of ``dataset``: P(atypical) of the fold ensemble, the decision at the family's
-    threshold, each fold model's probability, and the family / recipe / threshold that made them."""
+    threshold, each fold model's probability, and the family (id and label) / recipe / threshold that made them."""
     patches = store.patches()
     mine = patches[patches["dataset"] == dataset]
     if mine.empty:
@@ -74,6 +75,7 @@ def predict_dataset(store, model: str, head: str, dataset: str, family_id: str |
         out[f"p_fold{f.fold}"] = p
         out[f"threshold_fold{f.fold}"] = f.threshold
     out["family_id"] = fam
+    out["family_label"] = family_labels(store.results.read("runs")).get(fam, fam)  # as report and dashboard name it
     out["model"] = model
     out["head"] = head
     out["recipe_id"] = fitted.recipe_id

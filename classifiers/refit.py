@@ -24,6 +24,7 @@ from store.errors import ProtocolError, StaleFeaturesError, StoreError
 from . import runs as R
 from .features import Features, load_features
 from .fitting import _seeded_params, fit_fold, predict_test_set
+from .own_heads import head_from_record
 from .protocol import PAPER_TRAIN, TestSet, load_protocol
 from .scoring import prediction_frame, score_test_set
 
@@ -99,6 +100,8 @@ def refit_family(store, family_id: str) -> FittedFamily:
     folds = rows[rows["fold"] >= 0].drop_duplicates("fold").sort_values("fold")
     cfg0 = json.loads(folds["config_json"].iloc[0])
     model, head, recipe_id = cfg0["model"], cfg0["head"], cfg0["recipe_id"]
+    # an own head is imported again from where it was; refused when its code changed since the run
+    spec = head_from_record(cfg0["head_source"], cfg0.get("head_where", "")) if "head_source" in cfg0 else head
     options = cfg0.get("options", {})
     try:
         feats = load_features(store, model, options.get("pooling", "all"), bool(options.get("tta", False)))
@@ -118,9 +121,9 @@ def refit_family(store, family_id: str) -> FittedFamily:
         for _, r in folds.iterrows():
             cfg = json.loads(r["config_json"])
             k = int(r["fold"])
-            params = _seeded_params(head, cfg.get("params", {}), int(cfg["seed"]))
+            params = _seeded_params(spec, cfg.get("params", {}), int(cfg["seed"]))
             fd = proto.fold_data(k)
-            fit = fit_fold(head, params, feats, fd, train_ids, points=[cfg.get("selected", {})])
+            fit = fit_fold(spec, params, feats, fd, train_ids, points=[cfg.get("selected", {})])
             _check_reproduced(family_id, k, r["run_id"], train_ids[fd.val_idx], fit["val_proba"], stored_val)
             fitted.append(FittedFold(k, r["run_id"], fit["estimator"], float(r["threshold"])))
     ens = rows[rows["fold"] == -1]
@@ -153,7 +156,16 @@ def extend_family(store, family_id: str, tests: dict[str, TestSet], n_boot: int)
     """Score test sets the family has not scored yet with its own fold models (refitted and checked)
     and fold ensemble threshold; appends run and prediction rows under the family's run ids, so the
     family's rows on the other test sets are untouched (bootstrap seeded with the family's seed).
-    Returns the new run rows."""
+    Returns the new run rows (none when another job scored them meanwhile: checked under the family's
+    lock, which ``run_family`` already holds)."""
+    with R.family_lock(store, family_id):
+        todo = missing_test_sets(store, family_id, tests)
+        if not todo:
+            return pd.DataFrame(columns=R.RUN_COLUMNS)
+        return _extend_family(store, family_id, {n: tests[n] for n in todo}, n_boot)
+
+
+def _extend_family(store, family_id: str, tests: dict[str, TestSet], n_boot: int) -> pd.DataFrame:
     fitted = refit_family(store, family_id)
     rows = fitted.runs
     base_cols = ["family_id", "family", "model", "recipe_id", "head", "options", "code_version", "seed", "repeat",

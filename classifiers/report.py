@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
+from .labels import family_label, options_text, unique_labels, without_name
 from .protocol import TEST_SETS, load_protocol
 from .runs import read_runs
 
@@ -39,7 +40,8 @@ NUMERIC = ["n_folds", "balanced_accuracy_mean", "balanced_accuracy_std", "auroc_
 # Mean ± std over the fold models with the paper's convention (np.std over the 5 folds: population
 # std, ddof=0; the benchmark's inference notebooks), so our rows and the paper's compare like for like.
 STD_DDOF = 0
-COLUMNS = ["source", "family", "model", "head", "pooling", "tta", "test_set", *NUMERIC, "family_id"]
+# ``label``: the family's short name (``classifiers.labels``), the paper's rows "paper · <model> · <family>"
+COLUMNS = ["source", "family", "model", "head", "pooling", "tta", "test_set", *NUMERIC, "family_id", "label"]
 
 
 def paper_results() -> pd.DataFrame:
@@ -49,8 +51,9 @@ def paper_results() -> pd.DataFrame:
 
 
 def _latest_families(runs: pd.DataFrame) -> pd.DataFrame:
-    keys = ["family", "model", "head", "options"]
-    last = runs.groupby(keys + ["family_id"], dropna=False)["created_at"].max().reset_index()
+    keys = ["family", "model", "head", "options"]  # options without a display name: a named family replaces its
+    last = (runs.assign(options=runs["options"].map(without_name))  # unnamed code-version predecessor
+            .groupby(keys + ["family_id"], dropna=False)["created_at"].max().reset_index())
     keep = last.sort_values("created_at").groupby(keys, dropna=False).tail(1)["family_id"]
     return runs[runs["family_id"].isin(set(keep))]
 
@@ -65,15 +68,18 @@ def pooled_model_name(model: str) -> str:
 
 
 def _ours(runs: pd.DataFrame) -> pd.DataFrame:
-    rows = []
+    rows, keys = [], []
     runs = runs.assign(model=runs["model"].map(pooled_model_name))
     for (fam, model, head, options, ts), g in runs.groupby(["family", "model", "head", "options", "test_set"]):
         folds = g[g["fold"] >= 0]
         ens = g[g["fold"] == -1]
         opt = json.loads(options)
+        first = g.iloc[0]
         r = dict(source="mitoprobe", family=fam, model=model, head=head, pooling=opt.get("pooling"),
                  tta=bool(opt.get("tta")), test_set=ts, n_folds=int(folds["fold"].nunique()),
-                 family_id=g["family_id"].iloc[0])  # one per group after _latest_families (dashboard links)
+                 family_id=first["family_id"],  # one per group after _latest_families (dashboard links)
+                 label=family_label(dict(family=fam, model=model, head=head, options=options,
+                                         config_json=first.get("config_json"), family_id=first["family_id"])))
         for m in ("balanced_accuracy", "auroc"):
             r[f"{m}_mean"] = folds[m].mean()
             r[f"{m}_std"] = folds[m].std(ddof=STD_DDOF) if len(folds) > 1 else np.nan
@@ -84,23 +90,14 @@ def _ours(runs: pd.DataFrame) -> pd.DataFrame:
             for s in ("low", "high"):
                 r[f"ensemble_{m}_ci_{s}"] = ens[f"{m}_ci_{s}"].mean() if len(ens) else np.nan
         rows.append(r)
-    return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def options_text(options) -> str:
-    """A run's options JSON as 'key=value, ...' (empty values left out): how people read a family."""
-    try:
-        opts = json.loads(options) if isinstance(options, str) and options else {}
-    except ValueError:
-        return str(options)
-    if not isinstance(opts, dict):
-        return str(opts)
-
-    def text(v):
-        return "+".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-
-    return ", ".join(f"{k}={text(v)}" for k, v in sorted(opts.items())
-                     if v not in (None, "", False, "none", ["none"], ("none",)))
+        keys.append("\0".join(map(str, (fam, model, head, options))))
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    # one label per family (model, head, options); a label two of them share (one --name given twice)
+    # gets the family id's first characters
+    fixed = unique_labels({k: lab for k, lab in zip(keys, out["label"])})
+    out["label"] = [lab if fixed[k] == lab else f"{lab} #{fid[:6]}"
+                    for k, lab, fid in zip(keys, out["label"], out["family_id"].astype(str))]
+    return out
 
 
 def paper_rows(families: set[str] | None = None, models: set[str] | None = None) -> pd.DataFrame:
@@ -122,7 +119,7 @@ def paper_rows(families: set[str] | None = None, models: set[str] | None = None)
                             auroc_mean=ref["auroc_mean"], auroc_std=ref["auroc_std"],
                             family_id="paper:" + ref["family"] + ":" + ref["model"],
                             label="paper · " + ref["model"] + " · " + ref["family"].str.replace("_", " ")))
-    return out.reindex(columns=[*COLUMNS, "label"])
+    return out.reindex(columns=COLUMNS)
 
 
 def leaderboard(store, model: str | None = None, family: str | None = None, with_paper: bool = True) -> pd.DataFrame:
@@ -144,7 +141,7 @@ def leaderboard(store, model: str | None = None, family: str | None = None, with
     parts = [ours]
     if with_paper:
         fams = set(ours["family"]) or {family or "probe"}
-        parts.append(paper_rows(fams, set(ours["model"])).drop(columns=["label"]))
+        parts.append(paper_rows(fams, set(ours["model"])))
     df = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else ours
     order = {name: i for i, name in enumerate(TEST_SETS)}
     df["_t"] = df["test_set"].map(order).fillna(len(order))
@@ -265,3 +262,51 @@ def best_per_test_set(df: pd.DataFrame) -> pd.DataFrame:
     if ours.empty:
         return ours
     return ours.loc[ours.groupby("test_set")["balanced_accuracy_mean"].idxmax()]
+
+
+def ordered_test_sets(names) -> list[str]:
+    """Test-set names: the benchmark's (``TEST_SETS``, the paper's order) first, then any others (a lab's
+    own cohort) alphabetically."""
+    names = {str(n) for n in names if isinstance(n, str) and n}
+    known = [t for t in TEST_SETS if t in names]
+    return known + sorted(names - set(known))
+
+
+HELDOUT = "held-out AUROC"
+DELTA = "Δ vs paper best"
+
+
+def _num(v, fmt: str = "{:.3f}") -> str:
+    return "" if v is None or pd.isna(v) else fmt.format(v)
+
+
+def compact_board(df: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard a person reads (``mitoprobe report``'s default): one row per family with its
+    short label, balanced accuracy mean ± std over the fold models per test set side by side, the
+    held-out (out-of-fold, training slides) AUROC and Δ = our mean balanced accuracy minus the paper's
+    best comparable row, per test set in the test sets' order; ours sorted by held-out AUROC (best first),
+    then the paper's published rows (by balanced accuracy on the first test set). Strings, plus
+    ``source``; ``leaderboard``'s frame in."""
+    sets = ordered_test_sets(df["test_set"].unique()) if len(df) else []
+    delta_sets = [t for t in sets if "delta_vs_paper" in df and df.loc[df["test_set"] == t, "delta_vs_paper"].notna().any()]
+    rows = []
+    for (source, label), g in df.groupby(["source", "label"], sort=False, dropna=False):
+        by = g.drop_duplicates("test_set").set_index("test_set")
+        r = {"source": source, "family": label}
+        for t in sets:
+            r[t] = _pm(by.at[t, "balanced_accuracy_mean"], by.at[t, "balanced_accuracy_std"]) if t in by.index else ""
+        oof = pd.to_numeric(g["oof_auroc"], errors="coerce").dropna()
+        r[HELDOUT] = _num(oof.iloc[0]) if len(oof) else ""
+        deltas = [by.at[t, "delta_vs_paper"] if t in by.index and "delta_vs_paper" in by else np.nan for t in delta_sets]
+        r[DELTA] = " ".join(_num(d, "{:+.2f}") or "–" for d in deltas) if any(pd.notna(deltas)) else ""
+        r["_oof"] = oof.iloc[0] if len(oof) else -np.inf
+        first = by["balanced_accuracy_mean"].get(sets[0]) if sets else np.nan
+        r["_first"] = -np.inf if first is None or pd.isna(first) else first
+        rows.append(r)
+    cols = ["source", "family", *sets, HELDOUT, DELTA]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    out = pd.DataFrame(rows)
+    out["_s"] = (out["source"] != "mitoprobe").astype(int)
+    out = out.sort_values(["_s", "_oof", "_first", "family"], ascending=[True, False, False, True], kind="mergesort")
+    return out[cols].reset_index(drop=True)

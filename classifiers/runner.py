@@ -15,7 +15,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import embedder
-from store.errors import ProtocolError, RecipeError
+from store.errors import RecipeError
 from store.hashing import canonical_json
 from store.progress import progress
 
@@ -23,7 +23,8 @@ from . import metrics as M
 from . import runs as R
 from .features import POOLINGS, Features, current_recipe_id, load_features
 from .fitting import SELECTION_RULE, _seeded_params, fit_fold, predict_test_set
-from .heads import DEFAULT_HEADS, HEADS, paper_probe_params
+from .heads import DEFAULT_HEADS, HeadSpec, paper_probe_params
+from .own_heads import resolve_head
 from .protocol import FOLD_SEED, N_FOLDS, PAPER_TRAIN, TEST_SETS, Protocol, load_protocol
 from .refit import extend_family, missing_test_sets
 from .scoring import ENSEMBLE_RULE, fold_ensemble, heldout_frame, prediction_frame, score_test_set
@@ -33,18 +34,34 @@ log = logging.getLogger(__name__)
 __all__ = ["POOLINGS", "Features", "current_recipe_id", "fit_fold", "load_features", "run_family", "sweep"]
 
 
-def run_family(store, feats: Features, proto: Protocol, head: str, options: dict, params: dict | None = None,
-               seed: int = 0, repeat: bool = False, n_boot: int = M.N_BOOTSTRAP, progress=None) -> pd.DataFrame | None:
+def run_family(store, feats: Features, proto: Protocol, head: str | HeadSpec, options: dict,
+               params: dict | None = None, seed: int = 0, repeat: bool = False, n_boot: int = M.N_BOOTSTRAP,
+               progress=None) -> pd.DataFrame | None:
     """One head on one feature set: 5 fold models + the fold ensemble, scored on every test set,
-    appended to ``runs``/``predictions``. Returns the run rows (None when skipped as a duplicate)."""
-    spec = HEADS[head]
+    appended to ``runs``/``predictions``. Returns the run rows (None when skipped as a duplicate).
+
+    ``head``: a built-in head's name, an own head (``module:factory``, ``file.py:factory``) or a ``HeadSpec``
+    (``own_heads.estimator_head``); an own head's source enters the family id (``own_heads``)."""
+    spec = resolve_head(head)
+    head = spec.name
     params = {**_paper_defaults(head, feats.name), **(params or {})}  # recorded in the config: the family id
     config = dict(family=R.FAMILY, model=feats.name, recipe_id=feats.recipe_id, head=head, options=options,
                   params=params, grid=list(spec.grid), selection_rule=SELECTION_RULE,
                   threshold_rule=spec.threshold_rule, code_version=R.code_version(),
                   protocol=protocol_record(proto),
                   n_boot=n_boot)
+    if spec.source is not None:  # an own head: its code's identity (an edited file is another family)
+        config["head_source"] = spec.source.identity()
     fam = R.family_id(config)
+    # One writer per family: "stored yet?" is asked under the lock, so a second job started together waits,
+    # then finds the first one's rows and skips (never appends them twice).
+    with R.family_lock(store, fam, f"{feats.name}/{head} ({fam})"):
+        return _run_family(store, feats, proto, spec, head, options, params, config, fam, seed, repeat, n_boot,
+                           progress)
+
+
+def _run_family(store, feats: Features, proto: Protocol, spec, head: str, options: dict, params: dict,
+                config: dict, fam: str, seed: int, repeat: bool, n_boot: int, progress) -> pd.DataFrame | None:
     rep = R.next_repeat(store, fam)
     if rep is not None and not repeat:
         new_sets = missing_test_sets(store, fam, proto.tests)
@@ -56,7 +73,7 @@ def run_family(store, feats: Features, proto: Protocol, head: str, options: dict
         return None
     rep = rep or 0
     run_seed = seed + rep
-    est_params = _seeded_params(head, params, run_seed)
+    est_params = _seeded_params(spec, params, run_seed)
     train_ids = proto.train["patch_id"].to_numpy()
     base = dict(family_id=fam, family=R.FAMILY, model=feats.name, recipe_id=feats.recipe_id, head=head,
                 options=canonical_json(options), code_version=config["code_version"], seed=run_seed,
@@ -68,12 +85,14 @@ def run_family(store, feats: Features, proto: Protocol, head: str, options: dict
         if feats.only_fold is not None and k != feats.only_fold:
             continue
         fd = proto.fold_data(k)
-        fit = fit_fold(head, est_params, feats, fd, train_ids)
+        fit = fit_fold(spec, est_params, feats, fd, train_ids)
         oof[fd.val_idx] = fit["val_proba"]
         rid = R.run_id(fam, k, rep)
         preds.append(heldout_frame(rid, train_ids[fd.val_idx], k, fit["val_proba"], fit["threshold"]))
         cfg = dict(config, fold=k, seed=run_seed, selected=fit["chosen"], tried=fit["tried"],
                    estimator=_jsonable_params(fit["estimator"]))
+        if spec.source is not None:  # where to import it again (predict); machine-specific, so not in the family id
+            cfg["head_where"] = spec.source.where
         for name, ts in proto.tests.items():
             p, secs = predict_test_set(fit["estimator"], feats, ts)
             fold_probs[name].append(p)
@@ -150,9 +169,7 @@ def sweep(store, model: str, heads=None, pooling: str = "all", tta: bool = False
 def _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_stale, n_boot, head_params,
            show_progress, protocol, train_on) -> pd.DataFrame:
     heads = list(DEFAULT_HEADS) if heads in (None, "all", ["all"]) else list(heads)
-    unknown = [h for h in heads if h not in HEADS]
-    if unknown:
-        raise ProtocolError(f"unknown head(s) {unknown}; choose from {sorted(HEADS)} or 'all'")
+    heads = [resolve_head(h) for h in heads]  # own heads imported and checked here, before any write
     feats = load_features(store, model, pooling, tta, recipe_id, allow_stale)  # first: a bad set writes nothing
     proto = protocol or load_protocol(store, train_on=train_on)  # (persists the paper's folds on first use)
     options = dict(pooling=pooling, views=feats.views, tta=bool(tta))
@@ -160,8 +177,8 @@ def _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_sta
     with progress(total=len(heads) * proto.n_folds, desc=f"probe {model}", unit="fold",
                   enabled=show_progress) as bar:
         for head in heads:
-            bar.set_postfix_str(head)
-            rows = run_family(store, feats, proto, head, options, (head_params or {}).get(head), seed=seed,
+            bar.set_postfix_str(head.name)
+            rows = run_family(store, feats, proto, head, options, (head_params or {}).get(head.name), seed=seed,
                               repeat=repeat, n_boot=n_boot, progress=bar)
             if rows is None:
                 bar.update(proto.n_folds)

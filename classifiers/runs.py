@@ -9,19 +9,29 @@ Re-running an identical configuration (same ``family_id``: model, recipe id, hea
 hyper-parameter grid, rules, code version) is **skipped**; ``repeat=True`` records it again as
 ``repeat = previous + 1`` with ``seed = base seed + repeat``. Nothing is ever overwritten: each sweep
 appends new Parquet parts through ``store.results``.
+
+One writer per family: every writer holds :func:`family_lock` from "is this family stored yet?" to
+its append, so two jobs started together on the same family append its rows once (the second waits,
+then finds them stored).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from store import schema
 from store.hashing import config_hash, source_version
+from store.lock import SetLock
 
+log = logging.getLogger(__name__)
 
 FAMILY = "probe"
 # The columns (and types) of both tables live in ``store.schema``; the store validates every append.
@@ -74,6 +84,37 @@ def next_repeat(store, fam: str) -> int | None:
         return None
     done = runs.loc[runs["family_id"] == fam, "repeat"]
     return None if done.empty else int(done.max()) + 1
+
+
+# How long a writer waits for another job holding the same family (then StoreLockedError, exit 2,
+# naming it); MITOPROBE_LOCK_WAIT (seconds) overrides it, 0 = fail at once.
+LOCK_WAIT_S = 3600.0
+
+
+def lock_wait_s() -> float:
+    value = os.environ.get("MITOPROBE_LOCK_WAIT", "").strip()
+    try:
+        return max(0.0, float(value)) if value else LOCK_WAIT_S
+    except ValueError:
+        return LOCK_WAIT_S
+
+
+@contextlib.contextmanager
+def family_lock(store, family_id: str, label: str | None = None, wait_s: float | None = None) -> Iterator[SetLock]:
+    """Hold the write lock of one family's result rows (``store/lock.py``; re-entrant in a process).
+
+    Take it *before* checking whether the family is stored, and append inside it. Another live job
+    holding it is waited for (``wait_s``, default :func:`lock_wait_s`), with one warning naming it;
+    after that, :class:`StoreLockedError` naming the holder (the CLI exits 2)."""
+    lock = store.results.lock(family_id, label)
+    wait = lock_wait_s() if wait_s is None else wait_s
+    lock.acquire(wait_s=wait, on_wait=lambda who: log.warning(
+        "%s is being written by %s; waiting for it (up to %g s; MITOPROBE_LOCK_WAIT sets the limit)",
+        lock.label, who, wait))
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def append(store, runs: list[dict], predictions: list[pd.DataFrame]) -> None:

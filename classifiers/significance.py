@@ -16,27 +16,24 @@ import pandas as pd
 from store.errors import ProtocolError
 
 from . import metrics as M
+from .labels import family_labels
 from .protocol import load_test_sets
-from .report import options_text
 
 COLUMNS = ["test_set", "family_a", "family_b", "label_a", "label_b", "fold", "n", "metric", "a", "b", "diff",
            "ci_low", "ci_high", "p", "p_holm"]
 
 
-def family_labels(runs: pd.DataFrame) -> dict[str, str]:
-    """family_id -> 'model · head' (+ options when any), for tables a person reads."""
-    first = runs.drop_duplicates("family_id").set_index("family_id")
-    labels = {}
-    for fid, r in first.iterrows():
-        opts = options_text(r.get("options"))
-        labels[fid] = f"{r['model']} · {r['head']}" + (f" · {opts}" if opts else "")
-    return labels
-
-
 def resolve_families(runs: pd.DataFrame, specs: list[str]) -> list[str]:
-    """``MODEL:HEAD`` (the newest family of that model and head) or a family id (or its prefix)."""
+    """A family's label as the report shows it (e.g. a fusion's ``--name``), ``MODEL:HEAD`` (the newest
+    family of that model and head) or a family id (or its prefix)."""
     out = []
+    by_label: dict[str, list[str]] = {}
+    for fid, lab in family_labels(runs).items():
+        by_label.setdefault(lab, []).append(fid)
     for spec in specs:
+        if len(by_label.get(spec, ())) == 1:
+            out.append(by_label[spec][0])
+            continue
         model, sep, head = spec.rpartition(":")
         if sep:
             hits = runs[(runs["model"] == model) & (runs["head"] == head)]

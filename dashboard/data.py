@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import streamlit as st
 
 import classifiers
-from classifiers import report, robustness, significance
+from classifiers import labels, robustness, significance
 from classifiers.runs import read_runs
 import embedder
 from store import Fingerprint, Store, images, paths
@@ -131,7 +131,7 @@ def enlarged(png_bytes: bytes, scale: int) -> bytes:
 
 # -- results -------------------------------------------------------------------------------------
 def runs(root: str, stamp_: Fingerprint) -> pd.DataFrame:
-    """The runs table with a readable ``label`` per family (model · head · options)."""
+    """The runs table with each family's short ``label`` (``classifiers.labels.family_labels``)."""
     return _runs(root, stamp_.results)
 
 
@@ -142,20 +142,13 @@ def _runs(root: str, key: tuple) -> pd.DataFrame:
         return df
     if "repeat" not in df:
         df["repeat"] = 0
-    df["label"] = df.apply(family_label, axis=1)
+    df["label"] = df["family_id"].map(labels.family_labels(df))
     return df
 
 
-options_text = report.options_text  # one home: classifiers.report
-
-
-def family_label(row) -> str:
-    extra = options_text(row.get("options"))
-    parts = [str(row.get("model")), str(row.get("head"))] + ([extra] if extra else [])
-    fam = row.get("family")
-    if isinstance(fam, str) and fam and fam != "probe":
-        parts.append(fam)
-    return " · ".join(parts)
+options_text = labels.options_text  # one home: classifiers.labels
+family_label = labels.family_label  # the short label every page and the report show
+family_labels = labels.family_labels  # family_id -> label, unique over a runs table (what pickers show)
 
 
 @st.cache_resource(show_spinner="Reading predictions…", max_entries=2)
@@ -249,7 +242,8 @@ def fold_name(fold: int) -> str:
 
 def leaderboard(root: str, stamp_: Fingerprint) -> pd.DataFrame:
     """``classifiers.leaderboard`` (one row per latest family × test set: mean ± std over folds,
-    fold-ensemble 95% CI), with a readable ``label``, followed by every published row of the paper."""
+    fold-ensemble 95% CI), with its short ``label`` (``classifiers.labels``), followed by every published row
+    of the paper."""
     return _leaderboard(root, stamp_.results)
 
 
@@ -257,16 +251,25 @@ def leaderboard(root: str, stamp_: Fingerprint) -> pd.DataFrame:
 def _leaderboard(root: str, key: tuple) -> pd.DataFrame:
     st_ = Store(root)
     ours = classifiers.leaderboard(st_, with_paper=False) if status(root)["runs"] else pd.DataFrame()
-    if not ours.empty:
-        labels = _runs(root, key).drop_duplicates("family_id").set_index("family_id")["label"]
-        ours["label"] = ours["family_id"].map(labels)
+    if not ours.empty:  # the label the pages' family pickers show (unique over every family in the store),
+        # except on a row pooling fine-tuned fold sets (``ft-<run>-folds``: the report's label)
+        first = _runs(root, key).drop_duplicates("family_id").set_index("family_id")
+        same = ours["family_id"].map(first["model"]).eq(ours["model"])
+        ours["label"] = ours["family_id"].map(first["label"]).where(same, ours["label"])
     return pd.concat([ours, classifiers.report.paper_rows()], ignore_index=True)
 
 
 # -- embeddings ----------------------------------------------------------------------------------
 def embedding_sets(root: str) -> list:
-    """Complete sets only: one still being written (or damaged) is refused by the store's readers."""
-    return [s for s in Store(root).features.sets() if s.complete]
+    """Complete sets only: one still being written (or damaged) is refused by the store's readers. In
+    the pickers' order (``ordered_sets``): the first is the pages' default."""
+    return ordered_sets([s for s in Store(root).features.sets() if s.complete])
+
+
+def ordered_sets(sets: list) -> list:
+    """General embedding sets first (in the store's order), fine-tuned fold checkpoints
+    (``ft-<run8>-fold<k>.<sha8>``, each trained on four folds) last: a page opens on a general set."""
+    return sorted(sets, key=lambda s: labels.is_finetuned_set(s.name))
 
 
 def embedding_matrix(root: str, stamp_: Fingerprint, recipe_id: str, output: str, view: str = "none"

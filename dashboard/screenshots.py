@@ -105,7 +105,7 @@ def deep_links(store_root) -> list[DeepLink]:
         return []
     meta = st.patches(columns=["patch_id", "dataset", "split"])
     runs = st.results.read("runs")
-    sets = [s for s in st.features.sets() if s.complete]
+    sets = data.ordered_sets([s for s in st.features.sets() if s.complete])  # as the pickers list them
     test_patch = meta.loc[meta["split"] == "test", "patch_id"]
     pid = str((test_patch if len(test_patch) else meta["patch_id"]).iloc[-1])
     out = []
@@ -116,7 +116,7 @@ def deep_links(store_root) -> list[DeepLink]:
         return out + [DeepLink("link-patch", href("patch", patch=pid), "Patch viewer", (pid,))]
     row = runs.sort_values("family_id").iloc[-1]
     fam, ts = row["family_id"], sorted(runs["test_set"].unique())[-1]
-    label = data.family_label(row)  # what the family's selectbox shows
+    label = data.family_labels(runs)[fam]  # what the family's selectbox shows
     out += [DeepLink("link-patch", href("patch", patch=pid, family=fam), "Patch viewer", (pid, label)),
             DeepLink("link-compare", href("compare", family=fam, test_set=ts), "Compare", (label, f"checked:{ts}")),
             DeepLink("link-errors", href("errors", family=fam, test_set=ts), "Errors",

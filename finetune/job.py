@@ -21,6 +21,7 @@ import pandas as pd
 import embedder
 from classifiers import metrics as M
 from classifiers import runs as R
+from classifiers.labels import check_name
 from classifiers.protocol import FOLD_SEED, N_FOLDS, Protocol, load_protocol
 from classifiers.scoring import (ENSEMBLE_RULE, THRESHOLD_RULES, Ensemble, fold_ensemble, heldout_frame,
                                  prediction_frame, score_test_set)
@@ -222,13 +223,16 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
              device: str = "auto", allow_cpu: bool = False, out: str | Path | None = None,
              num_workers: int | None = None, progress: bool = True, weights: str | Path | None = None,
              overrides: dict | None = None, n_boot: int | None = None, hf_token_env: str = "HF_TOKEN",
-             eval_batch_size: int | None = None, on_epoch=None) -> FinetuneSummary:
+             eval_batch_size: int | None = None, on_epoch=None, name: str | None = None) -> FinetuneSummary:
     """Train the requested folds of ``cfg`` (skipping finished ones) and append their result rows.
 
     ``overrides`` replaces the recipe's timm kwargs (tests: tiny stand-ins); it enters the run key.
     ``num_workers``: PNG-decoding DataLoader workers (None: ``default_workers(device)``).
+    ``name``: the run's label in tables (``classifiers.labels``), written to a new run's ``config.json``
+    only when given (so an unnamed run's family id is what it always was); a started run keeps its own.
     """
     # Everything that can fail on the arguments fails here, before the run folder or config.json exists.
+    name = check_name(name)
     want = parse_folds(folds, N_FOLDS)
     check_config(cfg)
     for name, value, low in (("num_workers", num_workers, 0), ("eval_batch_size", eval_batch_size, 1),
@@ -265,29 +269,35 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
                         overrides=overrides, weights=str(weights) if weights else None,
                         threshold_rule=THRESHOLD_RULES[cfg.threshold], code_version=code_version(),
                         protocol=dict(n_folds=N_FOLDS, fold_seed=FOLD_SEED, test_sets=sorted(proto.tests)),
-                        n_params=n_params), conf_path)
+                        n_params=n_params, **({"name": name} if name else {})), conf_path)
+    elif name and (given := json.loads(conf_path.read_text()).get("name")) != name:
+        log.warning("run %s was started %s and keeps that label (--name names a new run only)", key[:8],
+                    f"as {given!r}" if given else "without --name")
     rt = Runtime(device=dev, num_workers=num_workers, progress=progress, weights=str(weights) if weights else None,
                  overrides=overrides, hf_token_env=hf_token_env, on_epoch=on_epoch,
                  eval_batch_size=eval_batch_size or (256 if dev.startswith("cuda") else 32))
     nb = M.N_BOOTSTRAP if n_boot is None else n_boot
     fam, _ = _family(run_dir)
+    label = f"fine-tuning {cfg.model}/{cfg.method} ({fam})"
     appended = 0
     for k in want:
         rec = train_fold(cfg, fold_images(st, proto, k, list(proto.tests), cfg.targets), run_dir / f"fold{k}", rt)
-        if R.run_id(fam, k, 0) not in _appended(st):
-            runs, frames = _rows(run_dir, k, rec, proto, _fold_test_proba(run_dir, k, proto), rec["threshold"], nb,
-                                 _fold_heldout(run_dir, k))
-            R.append(st, runs, frames)
-            appended += len(runs)
+        with R.family_lock(st, fam, label):  # "appended yet?" and the append under one writer's lock
+            if R.run_id(fam, k, 0) not in _appended(st):
+                runs, frames = _rows(run_dir, k, rec, proto, _fold_test_proba(run_dir, k, proto), rec["threshold"],
+                                     nb, _fold_heldout(run_dir, k))
+                R.append(st, runs, frames)
+                appended += len(runs)
     records = {k: json.loads((run_dir / f"fold{k}" / DONE_FILE).read_text())
                for k in range(proto.n_folds) if (run_dir / f"fold{k}" / DONE_FILE).is_file()}
     ensemble = len(records) == proto.n_folds
-    if ensemble and R.run_id(fam, -1, 0) not in _appended(st):
-        ens, oof = _ensemble(run_dir, proto, records, cfg)
-        rec = dict(val_auroc=ens.val_auroc, val_balanced_accuracy=ens.val_balanced_accuracy, n_train=ens.n_train,
-                   threshold=ens.threshold, ensemble=ENSEMBLE_RULE)
-        runs, frames = _rows(run_dir, -1, rec, proto, ens.proba, ens.threshold, nb,
-                             (proto.train["patch_id"].to_numpy(), oof))
-        R.append(st, runs, frames)
-        appended += len(runs)
+    with R.family_lock(st, fam, label):
+        if ensemble and R.run_id(fam, -1, 0) not in _appended(st):
+            ens, oof = _ensemble(run_dir, proto, records, cfg)
+            rec = dict(val_auroc=ens.val_auroc, val_balanced_accuracy=ens.val_balanced_accuracy,
+                       n_train=ens.n_train, threshold=ens.threshold, ensemble=ENSEMBLE_RULE)
+            runs, frames = _rows(run_dir, -1, rec, proto, ens.proba, ens.threshold, nb,
+                                 (proto.train["patch_id"].to_numpy(), oof))
+            R.append(st, runs, frames)
+            appended += len(runs)
     return FinetuneSummary(key, run_dir, sorted(records), appended, ensemble, records, fam)

@@ -17,6 +17,7 @@ import click
 import embedder
 from classifiers.fusion import fuse, rank_by_heldout
 from classifiers.heads import HEADS
+from classifiers.labels import label_of
 from embedder.dihedral import view_names
 from classifiers.runner import sweep
 from finetune import FinetuneConfig, finetune
@@ -134,10 +135,12 @@ def run_offline_full(store_path: Path | None = None, folds: str | None = None, h
 
 def best_offline_family(store_path: Path | None = None) -> str:
     """One line naming the best family in the store by fold-mean held-out AUROC (training data only)."""
-    ranked = rank_by_heldout(Store(store_path).results.read("runs"))
+    runs = Store(store_path).results.read("runs")
+    ranked = rank_by_heldout(runs)
     if ranked.empty:
         return "no complete family to rank yet"
     b = ranked.iloc[0]
-    return (f"best offline family by held-out AUROC (training data only): {b['model']} · {b['head']} "
+    label = label_of(runs, b["family_ids"].split(",")[0], b["model"])
+    return (f"best offline family by held-out AUROC (training data only): {label} "
             f"(family {b['family_ids'][:12]}, held-out AUROC {b['heldout_auroc']:.3f}, held-out balanced accuracy "
             f"{b['heldout_balanced_accuracy']:.3f}, of {len(ranked)} families)")

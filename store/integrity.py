@@ -6,8 +6,10 @@ schema (``store/schema.py``; result parts may lack newer columns), each embeddin
 ``recipe.json`` parses and names its folder, its row count equals its ``COMPLETE`` record, no
 (patch_id, view) key is stored twice, every key's patch exists, ``folds.parquet`` lists the AMi-Br
 train patches in ``train_row`` order, and every LanceDB table matches its Parquet vectors (row count
-and a sample of rows), standardised search columns and ``search_stats.json`` included. Warnings (an interrupted embedding job, folds to recompute) are reported but
-are not damage.
+and a sample of rows), standardised search columns and ``search_stats.json`` included, and no result
+row is stored twice (``runs``: run_id + test_set; ``predictions``: run_id + test_set + split + patch_id;
+two jobs that appended the same family). Warnings (an interrupted embedding job, folds to recompute)
+are reported but are not damage.
 
 :func:`repair` plans (``dry_run``, the default) or takes these actions, and never deletes: a file it
 takes out moves to ``<store>/quarantine/<timestamp>/<its relative path>``.
@@ -15,6 +17,10 @@ takes out moves to ``<store>/quarantine/<timestamp>/<its relative path>``.
 * an unreadable file, or a set whose ``recipe.json`` is unreadable: quarantined;
 * duplicate keys: the later part (by mtime, then name) is quarantined, or, when it also holds new
   keys, rewritten without the duplicates first (nothing readable is lost);
+* result rows stored twice: the same, per result part: the first copy of each row (oldest part first)
+  stays, a part holding only copies is quarantined, and a part holding both is rewritten with its
+  first copies (same mtime) before the original, with its extra rows, moves to the quarantine;
+  parts without copies are never touched;
 * ``COMPLETE``: rewritten from the readable rows when every patch x view is there, else removed
   (quarantined) so the next ``mitoprobe embed`` recomputes what is missing;
 * a missing, unreadable or stale LanceDB table, or one without the standardised search columns
@@ -30,6 +36,7 @@ The store never imports the classifiers: recomputing folds is their job.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import uuid
@@ -37,7 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import schema
@@ -45,7 +54,7 @@ from .atomic import READ_ERRORS, write_json, write_parquet
 from .errors import DamagedStoreError, StoreLockedError
 from .features import EmbeddingSet, parse_recipe_json, z_column
 from .lock import describe
-from .results import KEYS, RESULT_TABLES, SCHEMAS
+from .results import KEYS, RESULT_TABLES, SCHEMAS, UNIQUE_KEYS
 
 QUARANTINE_DIR = "quarantine"
 LANCE_SAMPLE = 8  # rows compared between a LanceDB table and its Parquet parts
@@ -112,6 +121,7 @@ class _Part:
     path: Path
     error: str | None  # unreadable or wrong schema
     keep: np.ndarray | None = None  # rows that are not duplicates of earlier ones
+    dup_runs: list[str] = field(default_factory=list)  # the run ids of its duplicated rows, for the message
 
 
 @dataclass
@@ -296,8 +306,9 @@ def _scan_lance(st, s: _Set) -> str | None:
 
 
 def _scan_results(scan: _Scan, table: str) -> list[_Part]:
-    out, kinds = [], {}
-    for path in scan.store.results.parts(table):
+    out, kinds, keys = [], {}, []
+    by_age = sorted(scan.store.results.parts(table), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    for path in by_age:  # oldest first: the first copy of a row is the one that stays
         t, err = _read(path)
         if err is None:
             bad = _type_problems(t.schema, SCHEMAS[table], missing_ok=True)
@@ -307,8 +318,38 @@ def _scan_results(scan: _Scan, table: str) -> list[_Part]:
                 if k != "null" and kinds.setdefault(f.name, k) != k:
                     bad.append(f"column {f.name!r} is {f.type}, other parts hold {kinds[f.name]}")
             err = "does not match the results schema: " + "; ".join(bad) if bad else None
-        out.append(_Part(path, err))
-    return out
+        part = _Part(path, err)
+        if err is None:
+            keys.append((part, _row_keys(t, table)))
+        out.append(part)
+    if keys:
+        hashes = np.concatenate([_key_hashes(k) for _, k in keys])
+        dup = pd.DataFrame(hashes).duplicated(keep="first").to_numpy()
+        start = 0
+        for part, k in keys:
+            part.keep = ~dup[start:start + len(k)]
+            start += len(k)
+            if not part.keep.all():
+                part.dup_runs = sorted({key.split("\x1f", 1)[0] for key in k[~part.keep].tolist()})
+    return sorted(out, key=lambda p: p.path.name)
+
+
+def _row_keys(t: pa.Table, table: str) -> np.ndarray:
+    """Each row's unique key (``results.UNIQUE_KEYS``) as one string, fields joined by a unit separator;
+    a missing ``split`` means "test" (parts written before it existed)."""
+    cols = []
+    for c in UNIQUE_KEYS[table]:
+        col = pc.cast(t[c], pa.large_string()) if c in t.column_names else pa.nulls(t.num_rows, pa.large_string())
+        cols.append(pc.fill_null(col, "test" if c == "split" else "\x00"))
+    joined = pc.binary_join_element_wise(*cols, pa.scalar("\x1f", pa.large_string())) if len(cols) > 1 else cols[0]
+    return np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _key_hashes(keys: np.ndarray) -> np.ndarray:
+    """Two independent 64-bit hashes per key (128 bits: a collision among a store's rows is out of reach),
+    so every key of a large ``predictions`` table fits in memory at 16 bytes a row."""
+    return np.column_stack([pd.util.hash_array(keys, hash_key=k, categorize=False)
+                            for k in ("mitoprobe-dup-k1", "mitoprobe-dup-k2")])
 
 
 def _scan(store) -> _Scan:
@@ -356,6 +397,14 @@ def _problems(scan: _Scan) -> list[Problem]:
     for table, parts in scan.results.items():
         out += [P(p.path, p.error, f"{REPAIR} (quarantines it; the other results stay)", "unreadable")
                 for p in parts if p.error]
+        for p in parts:
+            if p.keep is not None and not p.keep.all():
+                n, ids = int((~p.keep).sum()), p.dup_runs
+                shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+                out.append(P(p.path, f"{n} {table} rows already stored (same {' + '.join(UNIQUE_KEYS[table])}; "
+                             f"run id(s) {shown}): the same results appended twice (two jobs on one family)",
+                             f"{REPAIR} (moves the extra rows to the quarantine; one copy of each stays)",
+                             "duplicates"))
     return out
 
 
@@ -507,6 +556,25 @@ def _repair_set(r: _Repair, s: _Set) -> None:
         r.quarantine(lance, "its set has no readable vectors left")
 
 
+def _repair_result_part(r: _Repair, table: str, p: _Part) -> None:
+    """Result rows stored twice: the part's extra copies go to the quarantine, its first copies stay."""
+    n_dup, n_keep = int((~p.keep).sum()), int(p.keep.sum())
+    if not n_keep:
+        r.quarantine(p.path, f"its {n_dup} {table} rows are all stored already")
+        return
+    new = p.path.with_name(f"{p.path.stem}-dedup-{uuid.uuid4().hex[:8]}.parquet")
+
+    def rewrite(a: Action, keep=p.keep) -> None:
+        mtime = p.path.stat().st_mtime_ns
+        write_parquet(pq.read_table(p.path).filter(pa.array(keep)), new)  # atomic
+        os.utime(new, ns=(mtime, mtime))  # keeps its place in "oldest copy stays"
+        a.target = new
+
+    r.act(p.path, "rewrite part", f"keeps its {n_keep} rows stored once in a new part, without its {n_dup} "
+          "extra copies", rewrite)
+    r.quarantine(p.path, f"the original, with its {n_dup} extra {table} rows (its other rows were rewritten)")
+
+
 def repair(store, dry_run: bool = True) -> list[Action]:
     """The actions that make ``store`` pass :func:`check` without guessing; taken unless ``dry_run``.
 
@@ -519,10 +587,12 @@ def repair(store, dry_run: bool = True) -> list[Action]:
         r.quarantine(store.patches_path, scan.patches_error)
     if scan.folds_error:
         r.quarantine(store.folds_path, scan.folds_error)
-    for parts in scan.results.values():
+    for table, parts in scan.results.items():
         for p in parts:
             if p.error:
                 r.quarantine(p.path, p.error)
+            elif p.keep is not None and not p.keep.all():
+                _repair_result_part(r, table, p)
     for s in scan.sets:
         if s.holder is not None:
             r.act(s.folder, "skip", f"being written by {describe(s.holder)}")

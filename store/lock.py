@@ -4,8 +4,13 @@ Why an OS lock (``filelock``, ``flock`` on POSIX) and not a PID file: taking it 
 (no check-then-create race), and the kernel drops it when its process dies, so a killed job never
 wedges a set. Beside the lock file, ``<name>.json`` records the holder (pid, host, command line,
 start time) only for messages: a second job is told who holds the set and exits 2
-(:class:`StoreLockedError`; it never waits), and a record left behind by a dead process is reported
-when its lock is taken over.
+(:class:`StoreLockedError`; an embedding job never waits), and a record left behind by a dead process
+is reported when its lock is taken over.
+
+The same lock guards the result rows of one family (:func:`family_lock`): a probe, fusion or
+fine-tuning job takes it around "is this family stored yet? compute, append", so two jobs on the
+same family never append the same rows twice. Such a writer may wait for the holder, bounded
+(``acquire(wait_s=...)``: it is told who it waits for, then gets the same error when time runs out).
 
 Within one process the lock is re-entrant (two writers opened by one job share it; ``finalize``
 still catches duplicate keys). Layout: ``<store>/locks/<kind>-<id>.lock`` and ``.json``.
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 
 LOCKS_DIR = "locks"
 
+POLL_S = 0.2  # how often a waiting writer retries
 _held: dict[str, list] = {}  # lock path -> [FileLock, count, pid]: this process's holds
 _guard = threading.Lock()
 
@@ -105,7 +111,27 @@ class SetLock:
             os.close(fd)
         return None
 
-    def acquire(self) -> "SetLock":
+    def acquire(self, wait_s: float = 0.0, on_wait=None) -> "SetLock":
+        """Take the lock; raise :class:`StoreLockedError` naming the holder when another live process
+        holds it. ``wait_s`` > 0: retry until then first; ``on_wait(holder_text)`` is called once when
+        the first try fails (to tell the user whom it waits for)."""
+        deadline = time.monotonic() + max(0.0, float(wait_s))
+        told = False
+        while not self._try_acquire():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = f" (waited {wait_s:g} s)" if wait_s > 0 else ""
+                raise StoreLockedError(
+                    f"{self.label} is being written by {describe(self._holder_record())}{waited}; lock "
+                    f"{self.path}. Wait for that job to finish (a lock whose process has died is taken over "
+                    "automatically)") from None
+            if on_wait is not None and not told:
+                told = True
+                on_wait(describe(self._holder_record()))
+            time.sleep(min(POLL_S, left))
+        return self
+
+    def _try_acquire(self) -> bool:
         import filelock
 
         key = str(self.path)
@@ -114,17 +140,14 @@ class SetLock:
             if entry and entry[2] == os.getpid():
                 entry[1] += 1
                 self._mine = True
-                return self
+                return True
             make_dirs(self.path.parent)
             lock = filelock.FileLock(key, timeout=0, thread_local=False)
             try:
                 with env_errors(self.path):
                     lock.acquire()
             except filelock.Timeout:
-                raise StoreLockedError(
-                    f"{self.label} is being written by {describe(self._holder_record())}; lock {self.path}. "
-                    "Wait for that job to finish (a lock whose process has died is taken over "
-                    "automatically)") from None
+                return False
             try:
                 self._take_over_stale()
                 command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "?"
@@ -136,7 +159,7 @@ class SetLock:
                 raise
             _held[key] = [lock, 1, os.getpid()]
             self._mine = True
-            return self
+            return True
 
     def _take_over_stale(self) -> None:
         old = self.record()
@@ -189,3 +212,8 @@ def set_lock(root: str | Path, recipe_id: str, name: str | None = None) -> SetLo
     """The write lock of the embedding set ``recipe_id`` (not taken yet)."""
     label = f"embedding set {name} ({recipe_id})" if name else f"embedding set {recipe_id}"
     return SetLock(root, f"embeddings-{recipe_id}", label)
+
+
+def family_lock(root: str | Path, family_id: str, label: str | None = None) -> SetLock:
+    """The write lock of one result family's rows in ``runs``/``predictions`` (not taken yet)."""
+    return SetLock(root, f"family-{family_id}", f"result family {label or family_id}")

@@ -1,7 +1,9 @@
 """Append-only result tables (``runs``, ``predictions``, ...) as Parquet parts.
 
 Each append writes one new part file atomically under ``<store>/results/<table>/``; nothing is
-ever rewritten, so a crash mid-append loses only that append and earlier results stay intact.
+ever rewritten (only ``store repair`` rewrites a part that holds rows stored twice), so a crash
+mid-append loses only that append and earlier results stay intact. Writers of one family hold its
+lock (:meth:`ResultTables.lock`) from "is it stored yet?" to the append.
 Parts written before a column was added lack it: readers combine parts by column name (union).
 A part that cannot be read raises :class:`DamagedStoreError` naming it.
 """
@@ -19,15 +21,24 @@ import pyarrow.parquet as pq
 from . import schema
 from .atomic import read_guard, sweep_tmp, write_parquet
 from .errors import StoreError
+from .lock import SetLock, family_lock
 
 RESULT_TABLES = ("runs", "predictions")
 SCHEMAS = {"runs": schema.RUNS, "predictions": schema.PREDICTIONS}
 KEYS = {"runs": ("run_id",), "predictions": ("run_id", "patch_id")}  # a row without these means nothing
+# One row per value of these (a row stored twice is two writers' work, ``store check`` reports it); a
+# predictions row without ``split`` was written before it existed and means "test".
+UNIQUE_KEYS = {"runs": ("run_id", "test_set"), "predictions": ("run_id", "test_set", "split", "patch_id")}
 
 
 class ResultTables:
     def __init__(self, root: Path):
         self.dir = Path(root) / "results"
+
+    def lock(self, family_id: str, label: str | None = None) -> SetLock:
+        """The write lock of one family's rows (not taken yet): held around "stored yet? compute,
+        append" so two jobs never append the same family twice (``store/lock.py``)."""
+        return family_lock(self.dir.parent, family_id, label)
 
     def table_dir(self, table: str) -> Path:
         return self.dir / table

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
 
 from store import Store
+from store.example_benchmark import png_bytes, write_example_benchmark  # noqa: F401  (tests import png_bytes from here)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("MITOPROBE_DATA", REPO.parent / "shared/datasets/AMi-Br_Benchmark"))
@@ -37,52 +34,8 @@ def real_store(real_data_dir, tmp_path_factory) -> Store:
     return st
 
 
-def png_bytes(rgb: np.ndarray, mode: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb, mode=mode).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def make_benchmark(root: Path, n_per_class: int = 6, seed: int = 0, with_amibr_csv: bool = True) -> Path:
-    """Write a small, valid benchmark folder in the public layout; returns its path.
-
-    AMi-Br: 2 slides per class-balanced group, half of the patches in the train CSV.
-    """
-    rng = np.random.default_rng(seed)
-    bench = root / "AMi-Br_Benchmark"
-    train_rows, amibr_rows, md_rows = [], [], []
-    for ds in ("AMi-Br", "AtNorM-Br", "AtNorM-MD"):
-        for label in ("Atypical", "Normal"):
-            d = bench / ds / label
-            d.mkdir(parents=True)
-            for i in range(n_per_class):
-                img = rng.integers(0, 255, size=(128, 128, 3), dtype=np.uint8)
-                if label == "Atypical":
-                    img[40:88, 40:88] //= 3  # a dark "figure" so the classes differ
-                if ds == "AMi-Br":
-                    uid = i + (0 if label == "Atypical" else 100)
-                    name = f"MIDOG21_{uid}.png"
-                    slide = f"{i % 4:03d}.tiff"
-                    atyp = label == "Atypical"
-                    amibr_rows.append(dict(slide=slide, dataset="MIDOG21", uid=uid, x=10 * i, y=20 * i,
-                                           expert1_label="AMF other" if atyp else "NMF metaphase",
-                                           expert2_label="AMF other" if atyp else "NMF metaphase",
-                                           expert1_atypical=atyp, expert2_atypical=atyp,
-                                           expert3_atypical=not atyp if i == 0 else atyp, majority_atypical=atyp))
-                    if i % 4 < 2:
-                        train_rows.append(dict(slide=slide, dataset="MIDOG21", uid=uid, final_label=label,
-                                               dataset_uid=name))
-                else:
-                    name = f"{i + (0 if label == 'Atypical' else 100)}.png"
-                    if ds == "AtNorM-MD":
-                        md_rows.append(dict(Filename=name, **{f"Expert_{k}": label for k in range(1, 6)},
-                                            Majority=label))
-                (d / name).write_bytes(png_bytes(img))
-    pd.DataFrame(train_rows).to_csv(bench / "amibr_train_split.csv")
-    pd.DataFrame(md_rows).to_csv(bench / "AtNorM-MD_expert_votes.csv", index=False)
-    if with_amibr_csv:
-        pd.DataFrame(amibr_rows).to_csv(bench / "AMI-BR.csv")
-    return bench
+# The synthetic benchmark folder lives in the package (the tutorial notebook builds its store from it).
+make_benchmark = write_example_benchmark
 
 
 @pytest.fixture
@@ -99,10 +52,7 @@ def tiny_store(tmp_path, tiny_benchmark) -> Store:
 
 def make_six_slide_store(root: Path) -> Store:
     """A tiny benchmark store whose AMi-Br train part spans 6 slides (the 5-fold split needs >= 5)."""
-    bench = make_benchmark(root, n_per_class=10)
-    tr = pd.read_csv(bench / "amibr_train_split.csv", index_col=0)
-    tr["slide"] = [f"s{u % 6}.tiff" for u in tr["uid"]]
-    tr.to_csv(bench / "amibr_train_split.csv")
+    bench = write_example_benchmark(root, n_per_class=10, train_slides=6)
     st = Store(root / "store")
     st.import_dataset(bench, bench / "AMI-BR.csv")
     return st

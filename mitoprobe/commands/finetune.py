@@ -9,6 +9,7 @@ import click
 
 import pandas as pd
 
+from classifiers.labels import MAX_NAME, family_label
 from classifiers.runs import LEGACY_FINETUNE_OPTIONS
 from finetune import FinetuneConfig, finetuned_recipe, runs_root
 from finetune import finetune as run_finetune
@@ -27,10 +28,11 @@ def _list_runs(store_path) -> None:
         conf = json.loads(d.read_text())
         done = sorted(int(p.parent.name[4:]) for p in d.parent.glob("fold*/DONE.json"))
         legacy = not conf["options"] and "paper_entry" not in conf  # stored before the per-model table
-        rows.append(dict(run=conf["run_key"][:8], model=conf["model"], method=conf["head"],
+        label = family_label(dict(family="finetune", model=conf["model"], head=conf["head"], config_json=conf))
+        rows.append(dict(run=conf["run_key"][:8], label=label, model=conf["model"], method=conf["head"],
                          options=LEGACY_FINETUNE_OPTIONS if legacy else json.dumps(conf["options"]), folds_done=",".join(map(str, done)) or "-",
                          embedders=" ".join(f"ft:{conf['run_key'][:8]}/fold{k}" for k in done)))
-    print_frame(pd.DataFrame(rows, columns=["run", "model", "method", "options", "folds_done", "embedders"]),
+    print_frame(pd.DataFrame(rows, columns=["run", "label", "model", "method", "options", "folds_done", "embedders"]),
                 title=f"fine-tuning runs in {root}")
 
 
@@ -156,10 +158,14 @@ def _show_paper(model: str, method: str) -> None:
 @click.option("--hf-token-env", default="HF_TOKEN", show_default=True, help="Variable holding the Hugging Face token.")
 @click.option("--register-embedder", is_flag=True,
               help="Afterwards, print the embedder name of each finished fold (embed it with `mitoprobe embed --model`).")
+@click.option("--name", default=None, metavar="LABEL",
+              help=f"A short label for this run in the report, --compare and the dashboard (at most {MAX_NAME} "
+                   "characters; default: ft MODEL METHOD RUN8). Recorded in the new run's config.json; a run already "
+                   "started keeps its own.")
 @click.option("--list", "list_", is_flag=True, help="List the fine-tuning runs in the store and their finished folds.")
 @STORE_OPTION
 def finetune_cmd(model, preset, method, show_paper, folds, epochs, max_steps, device, allow_cpu, num_workers, threads,
-                 out, weights, hf_token_env, register_embedder, list_, store_path, **settings) -> None:
+                 out, weights, hf_token_env, register_embedder, name, list_, store_path, **settings) -> None:
     """Fine-tune MODEL (LoRA or fully) per fold and add its rows to the leaderboard (resumable).
 
     By default the settings of the paper's script for MODEL (its normalisation, augmentation, evaluation
@@ -192,7 +198,7 @@ def finetune_cmd(model, preset, method, show_paper, folds, epochs, max_steps, de
     else:
         cfg = FinetuneConfig.paper(model, method, **settings)
     s = run_finetune(store_path, cfg, folds, device=device, allow_cpu=allow_cpu, out=out, num_workers=num_workers,
-                     weights=weights, hf_token_env=hf_token_env)
+                     weights=weights, hf_token_env=hf_token_env, name=name)
     for k, rec in sorted(s.records.items()):
         click.echo(f"fold {k}: best epoch {rec['best_epoch']}/{rec['epochs']}, held-out balanced accuracy "
                    f"{rec['val_balanced_accuracy']:.3f}, AUROC {rec['val_auroc']:.3f}, "

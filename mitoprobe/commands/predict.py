@@ -50,7 +50,7 @@ def predict_cmd(model: str, head: str, dataset: str, family_id: str | None, out:
     write_csv(df, out, "predictions")
     if out is not None:
         counts = df.groupby("prediction").size().rename("patches").reset_index()
-        print_frame(counts, title=f"{dataset}: {model}/{head}, family {df['family_id'].iloc[0]}, "
+        print_frame(counts, title=f"{dataset}: {df['family_label'].iloc[0]} (family {df['family_id'].iloc[0]}), "
                                   f"threshold {df['threshold'].iloc[0]:.3f}")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from classifiers.heads import parse_head_params
+from classifiers.own_heads import is_own_head_spec, own_head, parse_grid
 from classifiers.report import best_per_test_set, format_board, leaderboard
 from classifiers.robustness import robustness_table
 from classifiers.significance import compare, format_comparison, resolve_families
@@ -32,7 +33,12 @@ def check_sets(st: Store, model: str, pooling: str, allow_stale: bool) -> None:
 @click.command()
 @click.option("--model", "-m", required=True, help="Embedding set (recipe name), e.g. handcrafted.")
 @click.option("--head", "heads", default="all", show_default=True,
-              help="'all' (logreg,lgbm,knn,simpleshot,mlp) or a comma list; torch_linear = the paper's probe.")
+              help="'all' (logreg,lgbm,knn,simpleshot,mlp) or a comma list; torch_linear = the paper's probe. Your own "
+                   "head: MODULE:FACTORY or path/to/heads.py:FACTORY, a callable returning an unfitted scikit-learn "
+                   "classifier with predict_proba.")
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2,...",
+              help="Your own head's grid, searched on each fold's held-out part (repeatable: the product), e.g. "
+                   "C=0.1,1,10. Default: the factory's `grid` attribute, else its defaults.")
 @click.option("--pooling", type=click.Choice(["all", "cls", "mean", "both", "vector"]), default="all",
               show_default=True, help="Which stored outputs to use ('all': every output, concatenated).")
 @click.option("--tta", is_flag=True, help="Train on every stored view; average each patch's views at test time.")
@@ -46,8 +52,8 @@ def check_sets(st: Store, model: str, pooling: str, allow_stale: bool) -> None:
               help="Train on this dataset's split=train patches (5 slide-grouped folds) instead of the paper's "
                    "AMi-Br training split; recorded in the run (a different family).")
 @STORE_OPTION
-def probe(model: str, heads: str, pooling: str, tta: bool, repeat: bool, seed: int, allow_stale: bool,
-          params: tuple[str, ...], train_on: str, store_path: Path | None) -> None:
+def probe(model: str, heads: str, grid: tuple[str, ...], pooling: str, tta: bool, repeat: bool, seed: int,
+          allow_stale: bool, params: tuple[str, ...], train_on: str, store_path: Path | None) -> None:
     """Fit every head x 5 folds on MODEL's stored vectors; score every test set; append to runs.
 
     The test sets are AMi-Br-test, AtNorM-Br, AtNorM-MD and each imported cohort with labelled
@@ -58,10 +64,17 @@ def probe(model: str, heads: str, pooling: str, tta: bool, repeat: bool, seed: i
 
     Example: mitoprobe probe --model handcrafted --head logreg,lgbm --tta
     Example: mitoprobe probe --model resnet18.random --head torch_linear --param torch_linear.lr=1e-3
+    Example: mitoprobe probe --model handcrafted --head my_heads.py:make_svm --grid C=0.1,1,10
     """
-    head_params = parse_head_params(params)
-    st = Store(store_path)
     head_list = None if heads == "all" else [h.strip() for h in heads.split(",") if h.strip()]
+    own = [own_head(h, parse_grid(grid)) for h in head_list or [] if is_own_head_spec(h)]  # checked, no write yet
+    if grid and not own:
+        raise click.UsageError("--grid sets your own head's grid; built-in heads search their own (--param fixes a value)")
+    if head_list is not None:
+        own_by_spec = {h: spec for h, spec in zip([h for h in head_list if is_own_head_spec(h)], own)}
+        head_list = [own_by_spec.get(h, h) for h in head_list]
+    head_params = parse_head_params(params, {spec.name: spec for spec in own})
+    st = Store(store_path)
     check_sets(st, model, pooling, allow_stale)
     new = sweep(st, model, heads=head_list, pooling=pooling, tta=tta, seed=seed, repeat=repeat,
                 allow_stale=allow_stale, head_params=head_params, train_on=train_on)
@@ -77,6 +90,9 @@ def probe(model: str, heads: str, pooling: str, tta: bool, repeat: bool, seed: i
 @click.option("--model", "-m", default=None, help="Only this model.")
 @click.option("--family", default=None, help="Only this family (probe, finetune).")
 @click.option("--no-paper", is_flag=True, help="Leave out the paper's published rows.")
+@click.option("--wide", is_flag=True,
+              help="Every column, one row per family x test set (CIs, AUROC, AUPRC, Brier, κ); the default table is "
+                   "one row per family and fits 120 columns. --format csv/markdown always have every column.")
 @click.option("--compare", "compare_specs", multiple=True, metavar="MODEL:HEAD",
               help="Instead of the leaderboard: paired bootstrap tests between these run families (repeat, >= 2) "
                    "on the same patches, Holm-adjusted per test set.")
@@ -87,10 +103,12 @@ def probe(model: str, heads: str, pooling: str, tta: bool, repeat: bool, seed: i
                    "or the site (dataset)? Robustness index = same label, other site / (that + other label, same site).")
 @click.option("--k", "k", type=click.IntRange(1, 500), default=10, show_default=True, help="Neighbours for --robustness.")
 @STORE_OPTION
-def report(fmt: str, model: str | None, family: str | None, no_paper: bool, compare_specs: tuple[str, ...],
+def report(fmt: str, model: str | None, family: str | None, no_paper: bool, wide: bool, compare_specs: tuple[str, ...],
            fold: int, robustness: bool, k: int, store_path: Path | None) -> None:
-    """Print the leaderboard: mean ± std over folds, the fold ensemble with 95% CI, the paper's rows.
+    """Print the leaderboard: one row per family (short label), balanced accuracy mean ± std over folds per
+    test set, held-out AUROC and Δ vs the paper's best, sorted by held-out AUROC; then the paper's rows.
 
+    Example: mitoprobe report --wide
     Example: mitoprobe report --format markdown
     Example: mitoprobe report --compare handcrafted:lgbm --compare resnet18.random:logreg
     """
@@ -106,7 +124,7 @@ def report(fmt: str, model: str | None, family: str | None, no_paper: bool, comp
                         floatfmt="{:.3f}")
         return
     if not compare_specs:
-        print_report(st, fmt, model, family, with_paper=not no_paper)
+        print_report(st, fmt, model, family, with_paper=not no_paper, wide=wide)
         return
     fams = resolve_families(st.results.read("runs"), list(compare_specs))
     table = compare(st, fams, fold=fold)

@@ -53,7 +53,8 @@ def check_cmd(store_path: Path | None) -> None:
     """Read every stored file and list every problem with its fix (exit 2 if any).
 
     Checks that every Parquet file opens and matches its schema, each embedding set's recipe.json,
-    COMPLETE record, keys (no duplicates, known patches) and LanceDB table, and the saved folds.
+    COMPLETE record, keys (no duplicates, known patches) and LanceDB table, the saved folds, and that
+    no result row is stored twice (runs: run_id + test set; predictions: + split + patch id).
     Warnings (an interrupted embedding job, say) are listed but are not damage.
 
     Example: mitoprobe store check
@@ -76,7 +77,8 @@ def check_cmd(store_path: Path | None) -> None:
 def repair_cmd(store_path: Path | None, yes: bool) -> None:
     """Fix what needs no guessing; nothing is deleted (taken-out files go to <store>/quarantine/).
 
-    Quarantines unreadable files and duplicate parts, rewrites or removes a wrong COMPLETE record,
+    Quarantines unreadable files and duplicate parts, moves result rows stored twice to the quarantine
+    (one copy of each stays; only parts holding copies are rewritten), rewrites or removes a wrong COMPLETE record,
     rebuilds LanceDB tables from the Parquet parts, and sets aside folds that no longer match.
     Without --yes it only prints the plan.
 

@@ -1,0 +1,53 @@
+"""The Python API (``mitoprobe.open``): probing an estimator object and a built-in head, without re-reading
+vectors for a second head, results in the CLI's tables, and a protocol view without test labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+import mitoprobe
+from conftest import make_six_slide_store
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    st = make_six_slide_store(tmp_path_factory.mktemp("api"))
+    w = mitoprobe.open(st.root)
+    w.embed("handcrafted")
+    return w
+
+
+def test_probe_an_estimator_and_a_builtin_head_from_one_read(ws, monkeypatch):
+    import classifiers.features as F
+
+    rows = ws.probe("handcrafted", estimator=LogisticRegression(max_iter=300), name="lr", grid={"C": [0.1, 1.0]})
+    assert set(rows["head"]) == {"lr"} and rows["fold"].nunique() == 6
+
+    def no_reads(*a, **k):  # the second head must use the vectors the workspace already holds
+        raise AssertionError("vectors read again")
+
+    monkeypatch.setattr(F, "load_features", no_reads)
+    monkeypatch.setattr("mitoprobe.api.load_features", no_reads)
+    rows = ws.probe("handcrafted", head="simpleshot", n_boot=50)
+    assert set(rows["head"]) == {"simpleshot"}
+    assert ws.probe("handcrafted", head="simpleshot", n_boot=50).empty  # the same family: skipped, not duplicated
+    board = ws.leaderboard(model="handcrafted", paper=False)
+    assert {"lr", "simpleshot"} <= set(board["head"])
+    assert len(ws.compare("handcrafted:lr", "handcrafted:simpleshot", n_boot=100)) > 0
+    with pytest.raises(ValueError, match="either head"):
+        ws.probe("handcrafted")
+
+
+def test_protocol_view_has_no_test_labels_and_score_reads_them(ws):
+    view = ws.protocol()
+    assert set(view.train.columns) == {"patch_id", "slide", "y", "fold"}
+    tr, held = view.fold(0)
+    assert len(tr) and len(held) and not set(tr) & set(held)
+    name, ids = next(iter(view.test_sets.items()))
+    assert isinstance(ids, np.ndarray) and not hasattr(ids, "y")
+    m = ws.score(name, np.full(len(ids), 0.5), threshold=0.5, n_boot=20)
+    assert 0 <= m["balanced_accuracy"] <= 1
+    with pytest.raises(ValueError, match="patches"):
+        ws.score(name, np.zeros(len(ids) + 1))
