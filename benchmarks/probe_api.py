@@ -117,22 +117,24 @@ def main(argv=None) -> int:
         heads_file = tmp / "bench_heads.py"
         heads_file.write_text(HEADS_FILE)
         for model in ("handcrafted", WIDE):
-            for way in ("api", "cli"):
-                st = _workspace(a.store, tmp / f"{model}-{way}")
-                if model == WIDE:
+            stores = {way: _workspace(a.store, tmp / f"{model}-{way}") for way in ("api", "cli")}
+            if model == WIDE:
+                for st in stores.values():
                     _add_wide_set(st)
-                ws = mitoprobe.open(st.root)
-                for head in HEADS:
-                    spec = f"{heads_file}:{head}"
+            ws = mitoprobe.open(stores["api"].root)
+            for head in HEADS:  # the two ways alternate, so a change in the machine's load hits both alike
+                spec = f"{heads_file}:{head}"
+                for way in ("api", "cli"):
                     t0 = time.perf_counter()
                     if way == "api":
                         ws.probe(model, head=spec)  # the CLI's defaults (n_boot enters the family)
                     else:
-                        res = CliRunner().invoke(cli, ["probe", "--store", str(st.root), "--model", model, "--head",
-                                                       spec], catch_exceptions=False)
+                        res = CliRunner().invoke(cli, ["probe", "--store", str(stores["cli"].root), "--model", model,
+                                                       "--head", spec], catch_exceptions=False)
                         assert res.exit_code == 0, res.output
                     rows.append(dict(model=model, way=way, head=head, seconds=time.perf_counter() - t0))
                     print(json.dumps(rows[-1]), flush=True)
+            for st in stores.values():
                 shutil.rmtree(st.root)
     load = os.getloadavg()
     print(f"\nCPU {cpu_capability()}, {os.cpu_count()} cores, load average {load[0]:.2f}; "

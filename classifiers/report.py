@@ -124,7 +124,8 @@ def paper_rows(families: set[str] | None = None, models: set[str] | None = None)
 
 def leaderboard(store, model: str | None = None, family: str | None = None, with_paper: bool = True) -> pd.DataFrame:
     """One row per (model, head, options, test set), best balanced accuracy first within a test set,
-    followed by the paper's rows for the same family."""
+    followed by the paper's rows for the same family; each row with its short ``label``
+    (``classifiers.labels``; :func:`compact_board` makes the one-row-per-family table of it)."""
     runs = read_runs(store)
     if runs.empty:
         ours = pd.DataFrame(columns=COLUMNS)
@@ -288,7 +289,8 @@ def compact_board(df: pd.DataFrame) -> pd.DataFrame:
     then the paper's published rows (by balanced accuracy on the first test set). Strings, plus
     ``source``; ``leaderboard``'s frame in."""
     sets = ordered_test_sets(df["test_set"].unique()) if len(df) else []
-    delta_sets = [t for t in sets if "delta_vs_paper" in df and df.loc[df["test_set"] == t, "delta_vs_paper"].notna().any()]
+    has_delta = df["delta_vs_paper"].notna() if "delta_vs_paper" in df else pd.Series(False, index=df.index)
+    delta_sets = [t for t in sets if has_delta[df["test_set"] == t].any()]  # the paper's test sets
     rows = []
     for (source, label), g in df.groupby(["source", "label"], sort=False, dropna=False):
         by = g.drop_duplicates("test_set").set_index("test_set")
@@ -297,8 +299,9 @@ def compact_board(df: pd.DataFrame) -> pd.DataFrame:
             r[t] = _pm(by.at[t, "balanced_accuracy_mean"], by.at[t, "balanced_accuracy_std"]) if t in by.index else ""
         oof = pd.to_numeric(g["oof_auroc"], errors="coerce").dropna()
         r[HELDOUT] = _num(oof.iloc[0]) if len(oof) else ""
-        deltas = [by.at[t, "delta_vs_paper"] if t in by.index and "delta_vs_paper" in by else np.nan for t in delta_sets]
-        r[DELTA] = " ".join(_num(d, "{:+.2f}") or "–" for d in deltas) if any(pd.notna(deltas)) else ""
+        deltas = [by.at[t, "delta_vs_paper"] if t in by.index and "delta_vs_paper" in by else np.nan
+                  for t in delta_sets]
+        r[DELTA] = " ".join(_num(d, "{:+.3f}") or "–" for d in deltas) if any(pd.notna(deltas)) else ""
         r["_oof"] = oof.iloc[0] if len(oof) else -np.inf
         first = by["balanced_accuracy_mean"].get(sets[0]) if sets else np.nan
         r["_first"] = -np.inf if first is None or pd.isna(first) else first

@@ -36,9 +36,12 @@ __all__ = ["POOLINGS", "Features", "current_recipe_id", "fit_fold", "load_featur
 
 def run_family(store, feats: Features, proto: Protocol, head: str | HeadSpec, options: dict,
                params: dict | None = None, seed: int = 0, repeat: bool = False, n_boot: int = M.N_BOOTSTRAP,
-               progress=None) -> pd.DataFrame | None:
+               progress=None, exact_seed: bool = False) -> pd.DataFrame | None:
     """One head on one feature set: 5 fold models + the fold ensemble, scored on every test set,
     appended to ``runs``/``predictions``. Returns the run rows (None when skipped as a duplicate).
+
+    ``exact_seed`` (``--seeds``): record a repeat with exactly this seed, unless the family has one already;
+    otherwise a repeat ``r`` runs with ``seed + r``.
 
     ``head``: a built-in head's name, an own head (``module:factory``, ``file.py:factory``) or a ``HeadSpec``
     (``own_heads.estimator_head``); an own head's source enters the family id (``own_heads``)."""
@@ -57,12 +60,18 @@ def run_family(store, feats: Features, proto: Protocol, head: str | HeadSpec, op
     # then finds the first one's rows and skips (never appends them twice).
     with R.family_lock(store, fam, f"{feats.name}/{head} ({fam})"):
         return _run_family(store, feats, proto, spec, head, options, params, config, fam, seed, repeat, n_boot,
-                           progress)
+                           progress, exact_seed)
 
 
 def _run_family(store, feats: Features, proto: Protocol, spec, head: str, options: dict, params: dict,
-                config: dict, fam: str, seed: int, repeat: bool, n_boot: int, progress) -> pd.DataFrame | None:
+                config: dict, fam: str, seed: int, repeat: bool, n_boot: int, progress,
+                exact_seed: bool = False) -> pd.DataFrame | None:
     rep = R.next_repeat(store, fam)
+    if exact_seed and rep is not None:
+        if seed in R.recorded_seeds(store, fam):
+            log.info("skipping %s/%s seed %d: already in runs (family %s)", feats.name, head, seed, fam)
+            return None
+        repeat = True
     if rep is not None and not repeat:
         new_sets = missing_test_sets(store, fam, proto.tests)
         if new_sets:  # e.g. a cohort imported since: scored by the family's own (refitted, checked) fold models
@@ -72,7 +81,7 @@ def _run_family(store, feats: Features, proto: Protocol, spec, head: str, option
                  feats.name, head, options, fam)
         return None
     rep = rep or 0
-    run_seed = seed + rep
+    run_seed = seed if exact_seed else seed + rep
     est_params = _seeded_params(spec, params, run_seed)
     train_ids = proto.train["patch_id"].to_numpy()
     base = dict(family_id=fam, family=R.FAMILY, model=feats.name, recipe_id=feats.recipe_id, head=head,
@@ -151,8 +160,12 @@ def _jsonable_params(est) -> dict:
 def sweep(store, model: str, heads=None, pooling: str = "all", tta: bool = False, seed: int = 0,
           repeat: bool = False, recipe_id: str | None = None, allow_stale: bool = False,
           n_boot: int = M.N_BOOTSTRAP, head_params: dict | None = None, show_progress: bool = True,
-          protocol: Protocol | None = None, n_threads: int | None = 1, train_on: str = PAPER_TRAIN) -> pd.DataFrame:
+          protocol: Protocol | None = None, n_threads: int | None = 1, train_on: str = PAPER_TRAIN,
+          seeds: list[int] | None = None) -> pd.DataFrame:
     """Run every head on one model's stored vectors; returns the new run rows (skipped heads absent).
+
+    ``seeds``: run each head once per seed (repeats of one family; the report gives the spread over seeds
+    beside the spread over folds); seeds already recorded are skipped.
 
     ``train_on``: the dataset whose ``split=train`` patches are the 5 slide-grouped folds (the paper:
     AMi-Br; another is a named protocol option, recorded in the family). A family that already ran is
@@ -163,23 +176,24 @@ def sweep(store, model: str, heads=None, pooling: str = "all", tta: bool = False
     2-core machine extra threads mostly spin; None leaves the libraries' defaults)."""
     with threadpool_limits(n_threads):
         return _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_stale, n_boot,
-                      head_params, show_progress, protocol, train_on)
+                      head_params, show_progress, protocol, train_on, seeds)
 
 
 def _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_stale, n_boot, head_params,
-           show_progress, protocol, train_on) -> pd.DataFrame:
+           show_progress, protocol, train_on, seeds=None) -> pd.DataFrame:
     heads = list(DEFAULT_HEADS) if heads in (None, "all", ["all"]) else list(heads)
     heads = [resolve_head(h) for h in heads]  # own heads imported and checked here, before any write
     feats = load_features(store, model, pooling, tta, recipe_id, allow_stale)  # first: a bad set writes nothing
     proto = protocol or load_protocol(store, train_on=train_on)  # (persists the paper's folds on first use)
     options = dict(pooling=pooling, views=feats.views, tta=bool(tta))
     out = []
-    with progress(total=len(heads) * proto.n_folds, desc=f"probe {model}", unit="fold",
+    runs_of = [(head, s) for head in heads for s in (seeds or [seed])]
+    with progress(total=len(runs_of) * proto.n_folds, desc=f"probe {model}", unit="fold",
                   enabled=show_progress) as bar:
-        for head in heads:
-            bar.set_postfix_str(head.name)
-            rows = run_family(store, feats, proto, head, options, (head_params or {}).get(head.name), seed=seed,
-                              repeat=repeat, n_boot=n_boot, progress=bar)
+        for head, s in runs_of:
+            bar.set_postfix_str(head.name if not seeds else f"{head.name} seed {s}")
+            rows = run_family(store, feats, proto, head, options, (head_params or {}).get(head.name), seed=s,
+                              repeat=repeat, n_boot=n_boot, progress=bar, exact_seed=bool(seeds))
             if rows is None:
                 bar.update(proto.n_folds)
             else:

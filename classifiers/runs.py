@@ -117,6 +117,12 @@ def family_lock(store, family_id: str, label: str | None = None, wait_s: float |
         lock.release()
 
 
+def recorded_seeds(store, fam: str) -> set[int]:
+    """The seeds a family's repeats ran with."""
+    runs = store.results.read("runs", columns=["family_id", "seed"]) if store.results.parts("runs") else pd.DataFrame()
+    return set(runs.loc[runs["family_id"] == fam, "seed"].astype(int)) if len(runs) else set()
+
+
 def append(store, runs: list[dict], predictions: list[pd.DataFrame]) -> None:
     """Append one family's rows (predictions first, so a run row never lacks its predictions)."""
     if predictions:

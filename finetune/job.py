@@ -232,7 +232,7 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
     only when given (so an unnamed run's family id is what it always was); a started run keeps its own.
     """
     # Everything that can fail on the arguments fails here, before the run folder or config.json exists.
-    name = check_name(name)
+    display_name = check_name(name)  # (``name`` is reused by the checks below)
     want = parse_folds(folds, N_FOLDS)
     check_config(cfg)
     for name, value, low in (("num_workers", num_workers, 0), ("eval_batch_size", eval_batch_size, 1),
@@ -269,8 +269,8 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
                         overrides=overrides, weights=str(weights) if weights else None,
                         threshold_rule=THRESHOLD_RULES[cfg.threshold], code_version=code_version(),
                         protocol=dict(n_folds=N_FOLDS, fold_seed=FOLD_SEED, test_sets=sorted(proto.tests)),
-                        n_params=n_params, **({"name": name} if name else {})), conf_path)
-    elif name and (given := json.loads(conf_path.read_text()).get("name")) != name:
+                        n_params=n_params, **({"name": display_name} if display_name else {})), conf_path)
+    elif display_name and (given := json.loads(conf_path.read_text()).get("name")) != display_name:
         log.warning("run %s was started %s and keeps that label (--name names a new run only)", key[:8],
                     f"as {given!r}" if given else "without --name")
     rt = Runtime(device=dev, num_workers=num_workers, progress=progress, weights=str(weights) if weights else None,

@@ -2,7 +2,7 @@
 
     import mitoprobe
     ws = mitoprobe.open("mitoprobe-store")
-    ws.probe("handcrafted", estimator=SVC(probability=True), name="svm-rbf", grid={"C": [0.1, 1, 10]})
+    ws.probe("handcrafted", estimator=RandomForestClassifier(), name="forest", grid={"max_depth": [4, 8, None]})
     ws.leaderboard()
 
 Results land in the same tables as the CLI's (``runs``/``predictions``), under the same protocol: each
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 import embedder
 from classifiers import metrics as M
@@ -112,14 +113,17 @@ class Workspace:
     # -- probing -------------------------------------------------------------------------------------
     def probe(self, model: str, head: str | None = None, *, estimator=None, name: str | None = None, grid=None,
               params: dict | None = None, pooling: str = "all", tta: bool = False, seed: int = 0,
-              repeat: bool = False, n_boot: int = M.N_BOOTSTRAP, train_on: str = PAPER_TRAIN) -> pd.DataFrame:
+              seeds=None, repeat: bool = False, n_boot: int = M.N_BOOTSTRAP,
+              train_on: str = PAPER_TRAIN, n_threads: int | None = 1) -> pd.DataFrame:
         """One head on ``model``'s vectors under the protocol; returns the new run rows (empty when this exact
         family already ran: pass ``repeat=True`` to record it again).
 
         ``head``: a built-in head (``"lgbm"``) or your own factory (``"mypkg.heads:make_svm"``,
         ``"heads.py:make_svm"``); or ``estimator``: an unfitted scikit-learn classifier with ``predict_proba``
         (cloned per fold, shown as ``name``). ``grid``: dict of lists searched on each fold's held-out part
-        (own heads and estimators; built-in heads search their own). ``params``: fixed parameters."""
+        (own heads and estimators; built-in heads search their own). ``params``: fixed parameters.
+        ``seeds``: one repeat of the family per seed (already recorded seeds are skipped). ``n_threads``: BLAS/
+        OpenMP threads, 1 as the CLI (None: the libraries' defaults)."""
         if (head is None) == (estimator is None):
             raise ValueError("pass either head= (a name or MODULE:FACTORY) or estimator= (a scikit-learn classifier)")
         if estimator is not None:
@@ -130,9 +134,14 @@ class Workspace:
             spec = resolve_head(head)
         feats = self.features(model, pooling, tta)
         options = dict(pooling=pooling, views=feats.views, tta=bool(tta))
-        rows = run_family(self.store, feats, self._protocol(train_on), spec, options, params, seed=seed,
-                          repeat=repeat, n_boot=n_boot)
-        return rows if rows is not None else pd.DataFrame()
+        out = []
+        with threadpool_limits(n_threads):  # as the CLI's sweep: one BLAS/OpenMP thread (small matrices)
+            for s in seeds if seeds is not None else [seed]:
+                rows = run_family(self.store, feats, self._protocol(train_on), spec, options, params, seed=s,
+                                  repeat=repeat, n_boot=n_boot, exact_seed=seeds is not None)
+                if rows is not None:
+                    out.append(rows)
+        return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
     # -- results ---------------------------------------------------------------------------------------
     def runs(self) -> pd.DataFrame:

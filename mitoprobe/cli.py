@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "P(atypical) and the decision for every patch of a dataset, from a probe family's fold ensemble."),
     "probe": ("mitoprobe.commands.probe:probe",
               "Fit every head x 5 folds on a model's vectors; score the test sets (yours included)."),
-    "report": ("mitoprobe.commands.probe:report", "Print the leaderboard with CIs and the paper's numbers beside it."),
+    "report": ("mitoprobe.commands.probe:report", "Print the leaderboard, one row per family, with the paper's rows."),
     "search": ("mitoprobe.commands.predict:search_cmd",
                "The k nearest labelled reference mitoses (AMi-Br) of every patch of a dataset."),
     "run": ("mitoprobe.commands.run:run", "The main job: import, embed (offline defaults), probe, report."),

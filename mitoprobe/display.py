@@ -132,5 +132,6 @@ def print_report(store, fmt: str = "table", model: str | None = None, family: st
                 click.echo("\nHuman reference (each expert vs the others' majority, ties left out):\n")
                 click.echo(ref.to_markdown(index=False, floatfmt=".3f"))
             else:
+                click.echo("")
                 print_frame(ref, title="human reference: each expert vs the others' majority (ties left out)",
                             floatfmt="{:.3f}", width=width)

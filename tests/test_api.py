@@ -51,3 +51,11 @@ def test_protocol_view_has_no_test_labels_and_score_reads_them(ws):
     assert 0 <= m["balanced_accuracy"] <= 1
     with pytest.raises(ValueError, match="patches"):
         ws.score(name, np.zeros(len(ids) + 1))
+
+
+def test_seeds_are_repeats_of_one_family_and_recorded_once(ws):
+    rows = ws.probe("handcrafted", head="mlp", seeds=[0, 1, 2], n_boot=20)
+    assert rows["family_id"].nunique() == 1 and sorted(rows["seed"].unique()) == [0, 1, 2]
+    assert sorted(rows["repeat"].unique()) == [0, 1, 2]
+    again = ws.probe("handcrafted", head="mlp", seeds=[1, 3], n_boot=20)  # 1 is recorded: only 3 runs
+    assert sorted(again["seed"].unique()) == [3]

@@ -74,6 +74,7 @@ def test_a_cohort_from_manifest_to_predictions_and_neighbours(tmp_path, monkeypa
         assert len(p) == n_patches and p["patch_id"].is_unique
         assert p["p_atypical"].between(0, 1).all() and p["label"].isna().sum() == 4
         assert {"family_id", "recipe_id", "threshold", "prediction"} <= set(p.columns)
+        assert set(p["family_label"]) == {f"{model} · logreg"}  # as the report and the dashboard name it
     nb = tmp_path / "neighbours.csv"
     cli("search", "--model", "tinynet.mylab", "--dataset", "MyLab", "--k", "5", "--out", str(nb), *s)
     n = pd.read_csv(nb)

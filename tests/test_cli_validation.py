@@ -179,7 +179,7 @@ def test_embed_library_checks_options_before_writing(populated):
 
 # -- probe ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args,expected", [
-    (["--model", "handcrafted", "--head", "nosuch"], ["unknown head(s) ['nosuch']"]),
+    (["--model", "handcrafted", "--head", "nosuch"], ["unknown head 'nosuch'", "MODULE:FACTORY"]),
     (["--model", "handcrafted", "--pooling", "cls"], ["--pooling cls", "['vector']"]),
     (["--model", "nosuch"], ["unknown embedder 'nosuch'"]),
     (["--model", "resnet18.random"], ["no embeddings stored for 'resnet18.random'"]),

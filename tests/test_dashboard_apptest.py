@@ -218,7 +218,7 @@ def test_leaderboard_delta_vs_paper_and_empty_cells(full_store, monkeypatch):
     assert df.loc[df["source"] == "paper", "delta_vs_paper"].isna().all()
     shown = list(table.proto.column_order)
     assert {"delta_vs_paper", "auprc_mean", "brier_mean"} <= set(shown)
-    assert shown[:4] == ["source", "model", "head", "test_set"]  # the pinned key columns first
+    assert shown[:3] == ["source", "label", "test_set"]  # the pinned key columns first (label: the family)
     # missing values render as empty cells, never "None"/"nan" (paper rows have no AUPRC, pooling, ...)
     assert table.proto.placeholder == ""
     assert df[shown].isna().any().any()  # there are missing values to leave empty
@@ -313,7 +313,7 @@ def test_compare_charts_share_family_colours(full_store, monkeypatch):
     at = open_page(full_store.root, "compare", monkeypatch)
     specs = lambda: [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]  # noqa: E731
     points, roc, pr = (_colours(s) for s in specs())
-    labels = {f"handcrafted · {h} · pooling=all": f for f, h, _ in FAMILIES}
+    labels = {f"handcrafted · {h}": f for f, h, _ in FAMILIES}  # the default pooling is left out
     ours = {lab: charts.family_colour(f) for lab, f in labels.items()}
     assert roc == pr == ours
     assert {k: points[k] for k in ours} == ours

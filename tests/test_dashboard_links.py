@@ -171,3 +171,26 @@ def test_a_lab_test_set_and_dataset_show_up(tmp_path, monkeypatch):
         assert "MyLab-test" in at.radio[0].options and at.radio[0].value == "MyLab-test"
     at = open_url(st.root, "leaderboard", monkeypatch)
     assert "MyLab-test" in set(at.dataframe[0].value["test_set"])
+
+
+def test_pages_open_on_a_general_embedding_set_not_a_fine_tuned_fold(tmp_path, monkeypatch):
+    """A fine-tuned fold checkpoint's set (``ft-<run8>-fold<k>.<sha8>``, trained on four folds) is listed
+    last, so the pages' default set is a general one, whatever the recipe ids' order on disk."""
+    from dashboard import data
+
+    st = build_dashboard_store(tmp_path / "d", n_per_class=4)
+    hand = st.features.sets()[0]
+    keys, X = st.features.read(hand.name, hand.recipe_id)
+    ft_name, ft_rid = "ft-1a2b3c4d-fold0.0123abcd", "0" * 16  # its folder sorts first on disk
+    cuts = np.cumsum([0, *hand.outputs.values()])  # X: the outputs side by side, in order
+    with st.features.writer(ft_rid, ft_name, dict(hand.outputs), {"finetuned": True}) as w:
+        w.write_chunk(keys["patch_id"], keys["view"].tolist(),
+                      {o: X[:, a:b].astype(np.float32) for o, a, b in zip(hand.outputs, cuts[:-1], cuts[1:])})
+        w.finalize()
+    assert [s.name for s in st.features.sets()][0] == ft_name
+    assert [s.name for s in data.embedding_sets(str(st.root))] == [hand.name, ft_name]
+    for page in ("map", "similarity"):
+        at = open_url(st.root, page, monkeypatch)
+        assert at.selectbox[0].value == hand.recipe_id, page
+    at = open_url(st.root, "map", monkeypatch, set=ft_rid)  # still chosen by URL (or by hand)
+    assert at.selectbox[0].value == ft_rid

@@ -215,10 +215,10 @@ def test_errors_csv_name_has_family_and_fold(full_store, monkeypatch):
     at = open_page(full_store.root, "errors", monkeypatch)
     at.selectbox[0].set_value("fam-knn").run()
     at.radio[0].set_value(ts).run()
-    assert at.dataframe and names[-1] == f"errors_handcrafted_knn_pooling_all_fold-ensemble_{ts}.csv"
+    assert at.dataframe and names[-1] == f"errors_handcrafted_knn_fold-ensemble_{ts}.csv"
     at.selectbox[1].set_value(3).run()
     assert not at.exception
-    assert names[-1] == f"errors_handcrafted_knn_pooling_all_fold-3_{ts}.csv"
+    assert names[-1] == f"errors_handcrafted_knn_fold-3_{ts}.csv"
 
 
 def test_errors_file_name_is_sanitised():

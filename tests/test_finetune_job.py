@@ -200,3 +200,24 @@ def test_finetuned_fold_as_embedder_is_probed_under_its_fold_only(ft_store, lora
     proto = load_protocol(ft_store)
     with pytest.raises(ProtocolError, match="leakage"):
         fit_fold("logreg", {}, feats, proto.fold_data(1), proto.train["patch_id"].to_numpy())
+
+
+def test_a_run_is_labelled_ft_model_method_run8_or_by_its_name(ft_store, lora_run, tmp_path, caplog):
+    """Tables label a fine-tuning run ``ft <model> <method> <run8>``; ``name=`` (``finetune --name``) is written
+    to a new run's config.json only when given, so an unnamed run's config (and family id) is unchanged."""
+    from classifiers.labels import family_labels
+
+    assert "name" not in json.loads((lora_run.run_dir / "config.json").read_text())
+    labels = family_labels(ft_store.results.read("runs"))
+    assert labels[lora_run.family_id] == f"ft {TINY} lora {lora_run.run_key[:8]}"
+    cfg = FinetuneConfig.paper(TINY, "lora", **FAST)
+    with pytest.raises(ProtocolError, match="--name"):
+        finetune(ft_store, cfg, folds="3", progress=False, n_boot=10, out=tmp_path / "bad", name="x" * 41)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+    named = finetune(ft_store, cfg, folds="3", progress=False, n_boot=10, out=tmp_path / "named", name="tiny lora")
+    assert json.loads((named.run_dir / "config.json").read_text())["name"] == "tiny lora"
+    assert family_labels(ft_store.results.read("runs"))[named.family_id] == "tiny lora"
+    with caplog.at_level("WARNING"):  # a started run keeps its label
+        again = finetune(ft_store, cfg, folds="3", progress=False, n_boot=10, out=tmp_path / "named", name="other")
+    assert again.rows_appended == 0 and "keeps that label" in caplog.text
+    assert family_labels(ft_store.results.read("runs"))[named.family_id] == "tiny lora"

@@ -92,7 +92,7 @@ if compact:
                          on_select="rerun", selection_mode="single-row", key="lb_compact",
                          height=min(35 * (len(pivot) + 1) + 3, 640),
                          column_order=["source", "row", *sets_],
-                         column_config={"source": pin("source", width="small"), "row": pin("model · head"),
+                         column_config={"source": pin("source", width="small"), "row": pin("family"),
                                         **{t: num(t, f"mean balanced accuracy on {t}") for t in sets_}})
     table = pivot
     rows = view.drop_duplicates("label").set_index("label")
@@ -102,16 +102,17 @@ else:
         _paper_rows(view), hide_index=True, width="stretch", placeholder="",
         on_select="rerun", selection_mode="single-row", key="lb_table",
         height=min(35 * (len(view) + 1) + 3, 640),
-        column_order=["source", "model", "head", "test_set", "pooling", "tta", "balanced_accuracy_mean",
+        column_order=["source", "label", "test_set", "model", "head", "pooling", "tta", "balanced_accuracy_mean",
                       "balanced_accuracy_std", "delta_vs_paper", "auroc_mean", "auroc_std", "auprc_mean",
                       "brier_mean", "ensemble_balanced_accuracy", "ensemble_balanced_accuracy_ci_low",
                       "ensemble_balanced_accuracy_ci_high", "ensemble_auroc", "ensemble_auroc_ci_low",
                       "ensemble_auroc_ci_high", "oof_auroc", "kappa_experts_mean", "ece_mean", "n_folds"],
         column_config={
             "source": pin("source", width="small"),
-            "model": pin("model"),
-            "head": pin("head"),
+            "label": pin("family", help="the family's short label (as `mitoprobe report` shows it)"),
             "test_set": pin("test set"),
+            "model": st.column_config.TextColumn("model"),
+            "head": st.column_config.TextColumn("head"),
             "tta": st.column_config.CheckboxColumn("TTA", width="small"),
             "balanced_accuracy_mean": num("BA", "balanced accuracy, mean over the 5 fold models"),
             "balanced_accuracy_std": num("± BA", "standard deviation over the 5 fold models"),
@@ -137,7 +138,7 @@ else:
             "n_folds": st.column_config.NumberColumn("folds", width="small"),
         },
     )
-    table = view.drop(columns=["label"], errors="ignore")
+    table = view  # the download: every column, the label included
     picked = [view.iloc[i] for i in (event.selection.rows if event else []) if i < len(view)]
 
 # a selected row of ours opens Compare and Errors with its family (and test set) filled in

@@ -44,7 +44,8 @@ def fuse_cmd(members: tuple[str, ...], rule: str, name: str | None, rank: bool, 
         raise click.UsageError("name at least two --member families (or pass --rank)")
     rows = fuse(st, list(members), rule=rule, name=name)
     if rows is None:
-        click.echo("this fusion is already stored (same members, rule and code version)" + _stored_as(st, members, rule, name))
+        click.echo("this fusion is already stored (same members, rule and code version)"
+                   + _stored_as(st, members, rule, name))
         return
     folds = rows[rows["fold"] >= 0].groupby("test_set")["balanced_accuracy"].mean()
     click.echo(f"fused {family_label(rows.iloc[0])} ({rule}), family {rows['family_id'].iloc[0][:12]}: held-out AUROC "

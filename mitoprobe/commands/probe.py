@@ -44,6 +44,9 @@ def check_sets(st: Store, model: str, pooling: str, allow_stale: bool) -> None:
 @click.option("--tta", is_flag=True, help="Train on every stored view; average each patch's views at test time.")
 @click.option("--repeat", is_flag=True, help="Record an identical configuration again (default: skip it).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Base seed of the stochastic heads.")
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="Run each head once per seed (repeats of one family); the report shows the spread over seeds "
+                   "beside the spread over folds. Seeds already recorded are skipped.")
 @click.option("--allow-stale", is_flag=True, help="Use vectors made by an older recipe id (logged loudly).")
 @click.option("--param", "params", multiple=True, metavar="HEAD.KEY=VALUE",
               help="Set a head's parameter (repeatable), e.g. torch_linear.lr=1e-3; it is fixed, not searched, "
@@ -53,7 +56,7 @@ def check_sets(st: Store, model: str, pooling: str, allow_stale: bool) -> None:
                    "AMi-Br training split; recorded in the run (a different family).")
 @STORE_OPTION
 def probe(model: str, heads: str, grid: tuple[str, ...], pooling: str, tta: bool, repeat: bool, seed: int,
-          allow_stale: bool, params: tuple[str, ...], train_on: str, store_path: Path | None) -> None:
+          seeds: str | None, allow_stale: bool, params: tuple[str, ...], train_on: str, store_path: Path | None) -> None:
     """Fit every head x 5 folds on MODEL's stored vectors; score every test set; append to runs.
 
     The test sets are AMi-Br-test, AtNorM-Br, AtNorM-MD and each imported cohort with labelled
@@ -76,7 +79,11 @@ def probe(model: str, heads: str, grid: tuple[str, ...], pooling: str, tta: bool
     head_params = parse_head_params(params, {spec.name: spec for spec in own})
     st = Store(store_path)
     check_sets(st, model, pooling, allow_stale)
-    new = sweep(st, model, heads=head_list, pooling=pooling, tta=tta, seed=seed, repeat=repeat,
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else None
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r}: give comma-separated integers, e.g. 0,1,2", param_hint="--seeds") from None
+    new = sweep(st, model, heads=head_list, pooling=pooling, tta=tta, seed=seed, repeat=repeat, seeds=seed_list,
                 allow_stale=allow_stale, head_params=head_params, train_on=train_on)
     click.echo(f"{new['run_id'].nunique() if len(new) else 0} new runs appended to {st.root / 'results/runs'}"
                + (f" ({len(new)} rows: run x test set)" if len(new) else ""))
@@ -95,7 +102,8 @@ def probe(model: str, heads: str, grid: tuple[str, ...], pooling: str, tta: bool
                    "one row per family and fits 120 columns. --format csv/markdown always have every column.")
 @click.option("--compare", "compare_specs", multiple=True, metavar="MODEL:HEAD",
               help="Instead of the leaderboard: paired bootstrap tests between these run families (repeat, >= 2) "
-                   "on the same patches, Holm-adjusted per test set.")
+                   "on the same patches, Holm-adjusted per test set. A family's label (as the report shows it) "
+                   "or id works too.")
 @click.option("--fold", type=click.IntRange(-1, 4), default=-1, show_default=True,
               help="With --compare: the fold ensemble (-1) or one fold model's predictions.")
 @click.option("--robustness", is_flag=True,
@@ -108,6 +116,7 @@ def report(fmt: str, model: str | None, family: str | None, no_paper: bool, wide
     """Print the leaderboard: one row per family (short label), balanced accuracy mean ± std over folds per
     test set, held-out AUROC and Δ vs the paper's best, sorted by held-out AUROC; then the paper's rows.
 
+    \b
     Example: mitoprobe report --wide
     Example: mitoprobe report --format markdown
     Example: mitoprobe report --compare handcrafted:lgbm --compare resnet18.random:logreg
