@@ -36,7 +36,8 @@ PAPER_HEADS = {"linear_probe": "torch linear (paper)", "lora": "LoRA (paper)", "
 NUMERIC = ["n_folds", "balanced_accuracy_mean", "balanced_accuracy_std", "auroc_mean", "auroc_std",
            "auprc_mean", "brier_mean", "ece_mean", "kappa_experts_mean",
            "ensemble_balanced_accuracy", "ensemble_balanced_accuracy_ci_low", "ensemble_balanced_accuracy_ci_high",
-           "ensemble_auroc", "ensemble_auroc_ci_low", "ensemble_auroc_ci_high", "oof_auroc", "oof_balanced_accuracy"]
+           "ensemble_auroc", "ensemble_auroc_ci_low", "ensemble_auroc_ci_high", "oof_auroc", "oof_balanced_accuracy",
+           "n_seeds", "balanced_accuracy_seed_std"]  # seeds: the family's repeats (``probe --seeds``)
 # Mean ± std over the fold models with the paper's convention (np.std over the 5 folds: population
 # std, ddof=0; the benchmark's inference notebooks), so our rows and the paper's compare like for like.
 STD_DDOF = 0
@@ -83,6 +84,9 @@ def _ours(runs: pd.DataFrame) -> pd.DataFrame:
         for m in ("balanced_accuracy", "auroc"):
             r[f"{m}_mean"] = folds[m].mean()
             r[f"{m}_std"] = folds[m].std(ddof=STD_DDOF) if len(folds) > 1 else np.nan
+        per_seed = folds.groupby("repeat")["balanced_accuracy"].mean()  # each repeat's fold mean
+        r["n_seeds"] = int(len(per_seed))
+        r["balanced_accuracy_seed_std"] = per_seed.std(ddof=STD_DDOF) if len(per_seed) > 1 else np.nan
         for m in ("auprc", "brier", "ece", "kappa_experts_mean"):
             r[m if m.endswith("_mean") else f"{m}_mean"] = folds[m].mean()
         for m in ("balanced_accuracy", "auroc"):
@@ -275,6 +279,7 @@ def ordered_test_sets(names) -> list[str]:
 
 HELDOUT = "held-out AUROC"
 DELTA = "Δ vs paper best"
+SEEDS = "seeds ± BA"  # repeats of a family and the std of their mean balanced accuracy on the first test set
 
 
 def _num(v, fmt: str = "{:.3f}") -> str:
@@ -299,6 +304,10 @@ def compact_board(df: pd.DataFrame) -> pd.DataFrame:
             r[t] = _pm(by.at[t, "balanced_accuracy_mean"], by.at[t, "balanced_accuracy_std"]) if t in by.index else ""
         oof = pd.to_numeric(g["oof_auroc"], errors="coerce").dropna()
         r[HELDOUT] = _num(oof.iloc[0]) if len(oof) else ""
+        seeds = pd.to_numeric(by.get("n_seeds"), errors="coerce").max() if "n_seeds" in by else np.nan
+        first_set = sets[0] if sets and sets[0] in by.index else by.index[0]
+        r[SEEDS] = (f"{int(seeds)} ±{by.at[first_set, 'balanced_accuracy_seed_std']:.3f}"
+                    if pd.notna(seeds) and seeds > 1 else "")
         deltas = [by.at[t, "delta_vs_paper"] if t in by.index and "delta_vs_paper" in by else np.nan
                   for t in delta_sets]
         r[DELTA] = " ".join(_num(d, "{:+.3f}") or "–" for d in deltas) if any(pd.notna(deltas)) else ""
@@ -307,6 +316,8 @@ def compact_board(df: pd.DataFrame) -> pd.DataFrame:
         r["_first"] = -np.inf if first is None or pd.isna(first) else first
         rows.append(r)
     cols = ["source", "family", *sets, HELDOUT, DELTA]
+    if any(r[SEEDS] for r in rows):  # only when some family ran several seeds
+        cols.insert(cols.index(HELDOUT), SEEDS)
     if not rows:
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame(rows)

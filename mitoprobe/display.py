@@ -123,7 +123,9 @@ def print_report(store, fmt: str = "table", model: str | None = None, family: st
                 title="leaderboard: balanced accuracy, mean ± std over the fold models; best held-out AUROC first",
                 caption="std with ddof=0, as the paper. held-out AUROC: the fold ensemble's out-of-fold probabilities "
                         "on the training slides (what selection saw). Δ: our mean balanced accuracy minus the paper's "
-                        "best comparable published row, on each of the paper's test sets in turn. --wide: every "
+                        "best comparable published row, on each of the paper's test sets in turn. seeds ± BA (when a "
+                        "family ran several `--seeds`): their number and the std of their mean balanced accuracy on the "
+                        "first test set, beside the fold spread. --wide: every "
                         "column (CIs, AUROC, AUPRC, Brier, κ); --format csv or markdown: all of it."))
     if human:
         ref = human_reference(store)

@@ -59,3 +59,14 @@ def test_seeds_are_repeats_of_one_family_and_recorded_once(ws):
     assert sorted(rows["repeat"].unique()) == [0, 1, 2]
     again = ws.probe("handcrafted", head="mlp", seeds=[1, 3], n_boot=20)  # 1 is recorded: only 3 runs
     assert sorted(again["seed"].unique()) == [3]
+
+
+def test_the_leaderboard_gives_the_spread_over_seeds(ws):
+    from classifiers.report import SEEDS, compact_board
+
+    ws.probe("handcrafted", head="mlp", seeds=[0, 1, 2], n_boot=20)
+    board = ws.leaderboard(model="handcrafted", paper=False)
+    mlp = board[(board["head"] == "mlp") & (board["n_seeds"] >= 3)]  # 4 after the test above added seed 3
+    assert len(mlp) and mlp["balanced_accuracy_seed_std"].notna().all()
+    compact = compact_board(board)
+    assert SEEDS in compact.columns and compact.loc[compact["family"].str.contains("mlp"), SEEDS].str.match(r"\d ±").any()
