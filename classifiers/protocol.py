@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from store import datasets, schema
-from store.errors import ProtocolError, StoreError
+from store.errors import DamagedStoreError, ProtocolError, StoreError
 
 N_FOLDS = 5
 FOLD_SEED = 42
@@ -98,12 +98,18 @@ def folds(store, create: bool = True, train_on: str = PAPER_TRAIN) -> pd.DataFra
     stored = store.read_folds()
     expected = compute_folds(patches)
     if stored is not None:
-        same = (len(stored) == len(expected)
-                and (stored["patch_id"].to_numpy() == expected["patch_id"].to_numpy()).all()
-                and (stored["fold"].to_numpy() == expected["fold"].to_numpy()).all())
-        if not same:
-            raise StoreError(f"{store.folds_path} does not match the stored patches (data re-imported?); "
-                             "delete that file to recompute the folds")
+        same_patches = ({"patch_id", "fold"} <= set(stored.columns) and len(stored) == len(expected)
+                        and (stored["patch_id"].to_numpy() == expected["patch_id"].to_numpy()).all())
+        if not same_patches:  # what `store check` finds too (it compares the patches, not the folds)
+            raise DamagedStoreError(f"{store.folds_path} does not list the stored {PAPER_TRAIN} training patches "
+                                    "(data re-imported, or the file of another store?); run `mitoprobe store "
+                                    "repair --yes` to set it aside: the folds are then recomputed "
+                                    "(deterministic) and saved again")
+        if not (stored["fold"].to_numpy() == expected["fold"].to_numpy()).all():
+            raise DamagedStoreError(f"{store.folds_path} lists the stored {PAPER_TRAIN} training patches but other "
+                                    "folds than the paper's split of them (edited?); `mitoprobe store repair` "
+                                    "cannot tell such a file from the right one: move it out of the store and the "
+                                    "folds are recomputed (deterministic) and saved again")
         return stored
     if create:
         store.write_folds(expected)

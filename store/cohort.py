@@ -19,6 +19,9 @@ shape is declared in ``DatasetSpec``s; a cohort is described by its user, row by
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -100,14 +103,74 @@ def _inside(root: Path, rel: str) -> Path | None:
     return p
 
 
-def list_manifest(manifest: Path, problems: _Problems) -> list[_Entry]:
-    """The manifest's rows as entries; every bad row is a problem naming the row and the fix."""
+MANIFEST_DELIMITERS = {",": "comma", ";": "';'", "\t": "tab"}
+MANIFEST_SAVE_HINT = "save it as CSV text (UTF-8, comma-separated) with a header"
+
+
+def _decode_manifest(manifest: Path, raw: bytes) -> tuple[str, str | None]:
+    """The manifest's text and, when it is not UTF-8, the encoding assumed: UTF-8 (a BOM is dropped),
+    UTF-16 with a BOM (a spreadsheet's "Unicode text"), else Windows-1252 (a spreadsheet's CSV on
+    Windows). DataError for bytes that are none of these or hold NUL characters (not text)."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encodings = [("utf-16", "UTF-16")]
+    else:
+        encodings = [("utf-8-sig", None), ("cp1252", "Windows-1252")]
+    for codec, assumed in encodings:
+        try:
+            text = raw.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if "\x00" in text:
+            break
+        return text, assumed
+    raise DataError(f"{manifest}: is not a text file (neither UTF-8 nor Windows-1252; a spreadsheet workbook?); "
+                    f"{MANIFEST_SAVE_HINT}")
+
+
+def _manifest_delimiter(header: str) -> str:
+    """The header line's delimiter among comma, ';' and tab: the one that makes a 'path' column when
+    exactly one does, else ``csv.Sniffer``'s guess, else a comma."""
+    def fields(d: str) -> list[str]:
+        return [c.strip() for c in next(csv.reader([header], delimiter=d), [])]
+
+    with_path = [d for d in MANIFEST_DELIMITERS if "path" in fields(d) and len(fields(d)) > 1]
+    if len(with_path) == 1:
+        return with_path[0]
+    try:
+        return csv.Sniffer().sniff(header, delimiters="".join(MANIFEST_DELIMITERS)).delimiter
+    except csv.Error:  # one column, or nothing to tell them apart
+        return ","
+
+
+def read_manifest(manifest: Path) -> tuple[pd.DataFrame, str | None]:
+    """The manifest as strings (header stripped) and a note saying what was assumed when it is not
+    plain comma-separated UTF-8: a spreadsheet often saves ';'-separated (a decimal-comma locale),
+    tab-separated or Windows-1252 text. DataError for a file that cannot be read as such."""
     if not manifest.is_file():
         raise DataError(f"{manifest}: manifest not found; pass the path of a CSV with at least a 'path' column")
     try:
-        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        raw = manifest.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{manifest}: cannot be read ({exc.strerror or exc})") from exc
+    text, encoding = _decode_manifest(manifest, raw)
+    header = next(iter(text.splitlines()), "")
+    sep = _manifest_delimiter(header)
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
     except Exception as exc:  # pandas raises many types for broken CSVs
-        raise DataError(f"{manifest}: cannot be read as CSV ({exc}); save it as comma-separated text with a header")
+        raise DataError(f"{manifest}: cannot be read as CSV ({exc}); {MANIFEST_SAVE_HINT}")
+    assumed = [f"{MANIFEST_DELIMITERS[sep]}-separated"] if sep != "," else []
+    assumed += [encoding] if encoding else []
+    note = f"{manifest}: read as {', '.join(assumed)} (assumed from its header line and bytes)" if assumed else None
+    return df, note
+
+
+def list_manifest(manifest: Path, problems: _Problems, notes: list[str] | None = None) -> list[_Entry]:
+    """The manifest's rows as entries; every bad row is a problem naming the row and the fix. What was
+    assumed to read it (a ';' or tab delimiter, Windows-1252) is added to ``notes``."""
+    df, note = read_manifest(manifest)
+    if note is not None and notes is not None:
+        notes.append(note)
     cols = [c.strip() for c in df.columns]
     df.columns = cols
     if "path" not in cols:
@@ -214,13 +277,13 @@ def scan_cohort(dataset: str, *, manifest: str | Path | None = None, folder: str
     if (manifest is None) == (folder is None):
         raise DataError("give exactly one of a manifest CSV (--manifest FILE.csv) or a folder of patches")
     problems = _Problems()
-    entries = (list_manifest(Path(manifest), problems) if manifest is not None
+    notes: list[str] = []
+    entries = (list_manifest(Path(manifest), problems, notes) if manifest is not None
                else list_folder(Path(folder), split, problems))
     known = {}
     if stored is not None and len(stored):
         known = {r["patch_id"]: r for r in stored[["patch_id", "png", "width", "height", "content_sha256"]]
                  .to_dict("records")}
-    notes: list[str] = []
     rows = []
     for e in progress_bar(entries, desc=f"checking {dataset}", unit="patch", enabled=progress):
         raw = e.path.read_bytes()

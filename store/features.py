@@ -524,6 +524,23 @@ class FeatureStore:
                 raise damaged(where, exc, "is not a readable LanceDB table (run `mitoprobe store repair "
                               "--yes` to rebuild it)") from exc
 
+    def check_table_rows(self, eset: EmbeddingSet, n: int) -> None:
+        """Refuse a LanceDB table of ``n`` rows when the set's ``COMPLETE`` record says otherwise: a
+        table that lost rows (or gained some) would answer every search silently over other patches
+        than the set holds. The one check every reader runs (``searcher``: ``search``, ``mitoprobe
+        search`` through ``classifiers.neighbours``, the dashboard's similarity page); cheap (a row count and a small JSON
+        file). A set without ``COMPLETE`` (unfinished) or that a live job is writing is not judged."""
+        rows = read_complete(eset)
+        if rows is None or rows == n or self.lock(eset.recipe_id, eset.name).held_elsewhere() is not None:
+            return
+        where = self.lance_path(eset.recipe_id)
+        err = DamagedStoreError(
+            f"{where}: the LanceDB table of set {eset.name} has {n} rows but its COMPLETE record says {rows} "
+            "(rows were lost or added after it was built, so a search would answer over other patches than "
+            "the set holds); run `mitoprobe store repair --yes` to rebuild it from the Parquet parts")
+        err.path, err.reason = where, f"has {n} rows, its COMPLETE record {rows}"
+        raise err
+
     def search(self, eset: EmbeddingSet, query: np.ndarray, output: str | None = None, k: int = 10,
                view: str = "none", standardized: bool = True, among: Sequence[str] | None = None) -> pd.DataFrame:
         """The k nearest stored vectors (cosine distance) to the raw vector ``query`` in one output.
@@ -532,7 +549,8 @@ class FeatureStore:
         with the set's AMi-Br-train statistics (``search_stats.json``) and compared with the stored
         vectors z-scored the same way; ``standardized=False`` compares raw vectors. A table built
         before the standardised columns existed is refused (``DamagedStoreError``: run
-        ``mitoprobe store repair --yes``); a reader never rebuilds it (that needs the set's lock).
+        ``mitoprobe store repair --yes``); a reader never rebuilds it (that needs the set's lock). A
+        table whose row count disagrees with the set's ``COMPLETE`` record is refused too (``check_table_rows``).
         Exact (flat) search below ``ANN_MIN_ROWS`` rows or when the column has no index; the ANN
         index with the parameters of ``ann_params`` above it. ``among``: only these patch ids may be
         returned (a prefilter, so k hits come back whenever k such patches exist).
@@ -562,6 +580,7 @@ class FeatureStore:
         with read_guard(where, "cannot be searched", errors=(RuntimeError, OSError)):
             n = tbl.count_rows()
             indexed = any(column in ix.columns for ix in tbl.list_indices())
+        self.check_table_rows(eset, n)
         params = ann_params(n, eset.outputs[output]) if indexed and n >= ANN_MIN_ROWS else None
         return Searcher(self, eset, output, column, tbl, where, stats, params)
 

@@ -66,6 +66,10 @@ def test_a_head_from_a_file_runs_like_a_builtin_and_records_its_source(synth, he
     assert "make_svm" in set(board["head"])
     fams = resolve_families(synth.results.read("runs"), ["handcrafted:make_svm", "handcrafted:logreg"])
     assert len(compare(synth, fams)) > 0
+    from classifiers.fusion import fuse
+
+    fused = fuse(synth, ["handcrafted:make_svm", "handcrafted:logreg"], rule="mean", n_boot=50, name="svm+lr")
+    assert fused is not None and len(fused) > 0
     out = predict_dataset(synth, "handcrafted", "make_svm", "AtNorM-MD")
     n_md = (synth.patches(columns=["dataset"])["dataset"] == "AtNorM-MD").sum()
     assert out["p_atypical"].between(0, 1).all() and len(out) == n_md > 0

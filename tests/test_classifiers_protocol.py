@@ -115,3 +115,25 @@ def test_too_few_slides_is_a_protocol_error_not_a_traceback(tiny_store):
     with pytest.raises(ProtocolError, match="at least 5 slides; the store has 2"):
         load_protocol(tiny_store)
     assert not tiny_store.folds_path.exists()
+
+
+def test_a_foreign_folds_file_points_to_store_repair(synth, tmp_path):
+    """A folds.parquet of other patches (another store's, or saved before a re-import) is refused
+    with the `store repair` hint that `store check` gives (tests/test_store_damage.py runs the repair)."""
+    import re
+
+    from store.errors import DamagedStoreError
+
+    store = Store(shutil.copytree(synth.root, tmp_path / "store"))
+    ours = folds(store)
+    store.write_folds(compute_folds(synthetic_patches(n_train=250, seed=3)))  # another store's file
+    with pytest.raises(DamagedStoreError, match=re.escape(str(store.folds_path)) + " does not list the stored "
+                       r"AMi-Br training patches.*run `mitoprobe store repair --yes`") as e:
+        folds(store)
+    assert "delete" not in str(e.value)
+    store.folds_path.unlink()
+    pd.testing.assert_frame_equal(folds(store), ours)
+    # the right patches but other folds: `store check` cannot tell, so the message says so
+    store.write_folds(ours.assign(fold=(ours["fold"] + 1) % 5))
+    with pytest.raises(DamagedStoreError, match="other folds than the paper's split.*cannot tell"):
+        folds(store)

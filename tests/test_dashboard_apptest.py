@@ -143,6 +143,21 @@ def test_similarity_on_a_table_without_search_columns(full_store, tmp_path, monk
     assert any("mitoprobe store repair --yes" in e.value for e in at.error), [e.value for e in at.error]
 
 
+def test_similarity_on_a_table_that_lost_rows(full_store, tmp_path, monkeypatch):
+    """A LanceDB table with fewer rows than the set's COMPLETE record: the page refuses to search
+    over the patches left and says to run `store repair` (issue 22)."""
+    import shutil
+
+    from store import Store
+
+    st = Store(shutil.copytree(full_store.root, tmp_path / "lost"))
+    eset = st.features.sets()[0]
+    st.features.lance_table(eset).delete(f"patch_id = '{st.patches()['patch_id'].iloc[0]}'")
+    at = open_page(st.root, "similarity", monkeypatch)
+    assert any("COMPLETE record says" in e.value and "mitoprobe store repair --yes" in e.value
+               for e in at.error), [e.value for e in at.error]
+
+
 def test_similarity_upload_refused_when_recipe_changed(full_store, monkeypatch):
     import embedder
 

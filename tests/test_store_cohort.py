@@ -124,6 +124,7 @@ BAD_MANIFESTS = [
     ("path,label,split\nimages/a.png,1,validation\n", "row 2: split 'validation'"),
     ("path,label,x,y\nimages/a.png,1,1.5,3\n", "row 2: x/y"),
     ("path,label\nimages/none.png,1\n", "row 2: "),
+    ("path;label\n\"images/a.png;1\n", "cannot be read as CSV"),  # ';'-separated, a quote never closed
 ]
 
 
@@ -155,6 +156,39 @@ def test_every_problem_is_listed_at_once(tmp_path):
         Store(tmp_path / "s").import_cohort("Lab", manifest=d / "m.csv")
     assert "3 problem(s)" in str(e.value) and "row 2" in str(e.value) and "row 3" in str(e.value)
     assert not (tmp_path / "s" / "patches.parquet").exists()
+
+
+@pytest.mark.parametrize("sep, encoding, note", [
+    (";", "cp1252", "read as ';'-separated, Windows-1252"),
+    (";", "utf-8-sig", "read as ';'-separated ("),
+    ("\t", "utf-16", "read as tab-separated, UTF-16"),  # a spreadsheet's "Unicode text"
+    (",", "cp1252", "read as Windows-1252 ("),
+])
+def test_a_spreadsheets_manifest_is_read_with_a_note(tiny_store, cohort, monkeypatch, capsys, sep, encoding, note):
+    """A spreadsheet saves ';'-separated (decimal-comma locales), tab-separated or Windows-1252 text:
+    imported as the comma-separated UTF-8 manifest would be, with a note saying what was assumed."""
+    df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    df.loc[1, "scanner"] = "Zürich Scanner é"
+    df.loc[3, "slide"] = "lame-3 (coupe n°2)"
+    df.to_csv(cohort, sep=sep, encoding=encoding, index=False)
+    code, out = run_cli(monkeypatch, capsys, "data", "import", "--manifest", str(cohort), "--dataset", "MyLab",
+                        "--store", str(tiny_store.root))
+    assert code == 0, out
+    assert f"{cohort}: {note}" in out.replace("\n", " "), out
+    mine = tiny_store.patches().query("dataset == 'MyLab'").set_index("relpath")
+    assert len(mine) == 20 and mine["label"].isna().sum() == 4
+    assert json.loads(mine.loc["images/patch_001.jpg", "metadata"]) == {"scanner": "Zürich Scanner é"}
+    assert mine.loc["images/patch_003.jpg", ["slide", "coord_x", "coord_y"]].tolist() == ["lame-3 (coupe n°2)", 130,
+                                                                                          215]
+
+
+def test_plain_manifest_has_no_note_and_a_workbook_is_refused(tmp_path, cohort):
+    out = Store(tmp_path / "s").import_cohort("MyLab", manifest=cohort)
+    assert not any("read as" in n for n in out.notes)
+    book = cohort.with_suffix(".xlsx")
+    book.write_bytes(b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00" + bytes(range(256)))
+    with pytest.raises(DataError, match=r"manifest\.xlsx: is not a text file.*save it as CSV"):
+        Store(tmp_path / "s").import_cohort("MyLab", manifest=book)
 
 
 @pytest.mark.parametrize("name", ["AMi-Br", "AtNorM-MD", "AMi-Br-test", "bad name", "", "../x"])

@@ -179,6 +179,33 @@ def test_deleted_lance_table(st, monkeypatch, capsys):
     assert st.features.search(eset, q, k=3)["patch_id"].tolist() == hits["patch_id"].tolist()
 
 
+def test_lance_table_that_lost_rows(st, monkeypatch, capsys):
+    """A table that lost rows would answer over fewer patches: every reader compares its row count
+    with the COMPLETE record and stops with the repair hint (issue 22)."""
+    eset = st.features.sets()[0]
+    lance = st.features.lance_path(eset.recipe_id)
+    q = st.features.read(MODEL, eset.recipe_id)[1][0]
+    hits = st.features.search(eset, q, k=3)
+    before = snapshot(st.root)
+    rows = st.features.require_complete(eset)
+    lost = sorted(st.patches()["patch_id"])[:3]
+    tbl = st.features.lance_table(eset)
+    tbl.delete("patch_id IN (" + ", ".join(f"'{p}'" for p in lost) + ")")
+    n = tbl.count_rows()
+    assert 0 < n < rows
+    want = rf"{lance}: the LanceDB table of set {MODEL} has {n} rows but its COMPLETE record says {rows}.*" \
+           r"mitoprobe store repair --yes"
+    with pytest.raises(DamagedStoreError, match=want):
+        st.features.search(eset, q, k=3)
+    with pytest.raises(DamagedStoreError, match=want):
+        st.features.searcher(eset)  # what `mitoprobe search` (classifiers.neighbours) opens
+    rc, out = cli(monkeypatch, capsys, st, "search", "--model", MODEL, "--dataset", "AMi-Br", "--k", "2")
+    assert rc == 2 and "Traceback" not in out and str(lance) in out and "mitoprobe store repair" in out, out
+    check_repair_check(monkeypatch, capsys, st, lance, "lance")
+    assert_nothing_lost(before, st.root)
+    assert st.features.search(eset, q, k=3)["patch_id"].tolist() == hits["patch_id"].tolist()
+
+
 def test_deleted_complete(st, monkeypatch, capsys):
     eset = st.features.sets()[0]
     eset.complete_path.unlink()
@@ -215,8 +242,13 @@ def test_deleted_folds(st, monkeypatch, capsys, caplog):
 def test_mismatched_folds_are_set_aside(st, monkeypatch, capsys):
     folds = st.read_folds()
     st.write_folds(folds.iloc[::-1].reset_index(drop=True))  # readable, but not the train order
+    rc, out = cli(monkeypatch, capsys, st, *PROBE)  # probe points to repair, as store check does
+    assert rc == 2 and "Traceback" not in out and str(st.folds_path) in out, out
+    assert "mitoprobe store repair --yes" in " ".join(out.split()) and "delete" not in out, out
     check_repair_check(monkeypatch, capsys, st, st.folds_path, "folds")
     assert not st.folds_path.exists()
+    rc, out = cli(monkeypatch, capsys, st, *PROBE)
+    assert rc == 0 and st.read_folds().equals(folds), out
 
 
 def test_part_copied_into_finished_set(st, monkeypatch, capsys):
