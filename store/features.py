@@ -528,8 +528,9 @@ class FeatureStore:
         """Refuse a LanceDB table of ``n`` rows when the set's ``COMPLETE`` record says otherwise: a
         table that lost rows (or gained some) would answer every search silently over other patches
         than the set holds. The one check every reader runs (``searcher``: ``search``, ``mitoprobe
-        search`` through ``classifiers.neighbours``, the dashboard's similarity page); cheap (a row count and a small JSON
-        file). A set without ``COMPLETE`` (unfinished) or that a live job is writing is not judged."""
+        search`` through ``classifiers.neighbours``, the dashboard's similarity page); cheap (a row
+        count and a small JSON file). A set without ``COMPLETE`` (unfinished) or that a live job is
+        writing is not judged."""
         rows = read_complete(eset)
         if rows is None or rows == n or self.lock(eset.recipe_id, eset.name).held_elsewhere() is not None:
             return
