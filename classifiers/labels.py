@@ -26,6 +26,8 @@ import pandas as pd
 from store.errors import ProtocolError
 from store.hashing import canonical_json
 
+from .runs import LEGACY_FINETUNE_OPTIONS
+
 # A probe's options at their defaults say nothing in a label (``mitoprobe probe``: every output, one view).
 PROBE_DEFAULTS = {"pooling": "all"}
 MAX_NAME = 40  # a user's --name: short enough for the report's label column
@@ -115,8 +117,17 @@ def _fusion_label(row) -> str:
 
 
 def _finetune_label(row) -> str:
-    run = str(_json(_get(row, "config_json")).get("run_key") or _get(row, "family_id") or "")[:8]
-    return " ".join(str(p) for p in ("ft", _get(row, "model"), _get(row, "head"), run) if p)
+    """``ft <model> <method> <run8>``, then ``(paper)`` when the run has exactly its model's script settings,
+    or ``(pre-table)`` for a run stored before the per-model table that claimed them (``runs.read_runs``)."""
+    cfg = _json(_get(row, "config_json"))
+    run = str(cfg.get("run_key") or _get(row, "family_id") or "")[:8]
+    label = " ".join(str(p) for p in ("ft", _get(row, "model"), _get(row, "head"), run) if p)
+    options = _get(row, "options")
+    if options == LEGACY_FINETUNE_OPTIONS:
+        return f"{label} (pre-table)"
+    if options in ("{}", {}) and (cfg.get("paper_entry") or {}).get("script"):
+        return f"{label} (paper)"
+    return label
 
 
 def family_label(row) -> str:

@@ -361,6 +361,12 @@ def test_runs_stored_before_the_table_are_not_shown_as_paper_settings():
     out = relabel_legacy_finetune(runs)
     assert list(out["options"]) == [LEGACY_FINETUNE_OPTIONS, "{}", "{}", '{"lr": 0.001}']
     assert options_text(out["options"][0]).startswith("settings=pre-table defaults")
+    from classifiers.labels import family_label
+
+    legacy = dict(out.iloc[0], model="uni.hf", head="lora", family_id="f" * 16)
+    assert family_label(legacy).endswith("(pre-table)")
+    scripted = dict(out.iloc[1], model="uni.hf", head="lora", family_id="e" * 16)
+    assert family_label(scripted).endswith("(paper)")
     assert list(runs["options"]) == ["{}", "{}", "{}", '{"lr": 0.001}']  # the caller's frame is untouched
 
 
