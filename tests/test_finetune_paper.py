@@ -357,7 +357,7 @@ def test_runs_stored_before_the_table_are_not_shown_as_paper_settings():
 
     runs = pd.DataFrame(dict(
         family=["finetune", "finetune", "probe", "finetune"], options=["{}", "{}", "{}", '{"lr": 0.001}'],
-        config_json=['{"config": {"norm": "paper"}}', '{"paper_entry": {"key": "uni/lora"}}', "{}", "{}"]))
+        config_json=['{"config": {"norm": "paper"}}', '{"paper_entry": {"key": "uni/lora", "script": "uni_lora.py"}}', "{}", "{}"]))
     out = relabel_legacy_finetune(runs)
     assert list(out["options"]) == [LEGACY_FINETUNE_OPTIONS, "{}", "{}", '{"lr": 0.001}']
     assert options_text(out["options"][0]).startswith("settings=pre-table defaults")
