@@ -8,12 +8,12 @@ import click
 
 from classifiers.heads import parse_head_params
 from classifiers.own_heads import is_own_head_spec, own_head, parse_grid
-from classifiers.report import best_per_test_set, format_board, leaderboard
+from classifiers.report import compact_board, leaderboard
 from classifiers.robustness import robustness_table
 from classifiers.significance import compare, format_comparison, resolve_families
 from classifiers.protocol import PAPER_TRAIN
 from classifiers.runner import POOLINGS, current_recipe_id, sweep
-from mitoprobe.display import print_frame, print_report
+from mitoprobe.display import console, leaderboard_table, print_frame, print_report
 from store import Store
 from store.errors import ProtocolError
 
@@ -87,9 +87,10 @@ def probe(model: str, heads: str, grid: tuple[str, ...], pooling: str, tta: bool
                 allow_stale=allow_stale, head_params=head_params, train_on=train_on)
     click.echo(f"{new['run_id'].nunique() if len(new) else 0} new runs appended to {st.root / 'results/runs'}"
                + (f" ({len(new)} rows: run x test set)" if len(new) else ""))
-    best = best_per_test_set(leaderboard(st, model=model, with_paper=False))
-    if len(best):
-        print_frame(format_board(best), title=f"best head per test set for {model}")
+    board = leaderboard(st, model=model, with_paper=False)
+    if len(board):  # the default report's table, for this model's families only
+        console(120).print(leaderboard_table(compact_board(board), title=f"{model}: every head, best held-out AUROC "
+                                             "first (balanced accuracy, mean ± std over the folds)"))
 
 
 @click.command()
