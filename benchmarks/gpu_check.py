@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import json
 import os
 import platform
@@ -261,15 +260,10 @@ def loader_throughput(stem: str, pngs: list[bytes], labels: np.ndarray, device: 
 
 def synthetic_pngs(n: int, seed: int = 0) -> list[bytes]:
     """``n`` random 128 px RGB PNGs (where no real patches are at hand)."""
-    from PIL import Image
+    from store.example_benchmark import png_bytes
 
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
+    return [png_bytes(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) for _ in range(n)]
 
 
 def load_patches(folder: Path, n: int) -> tuple[list[bytes], np.ndarray, str]:

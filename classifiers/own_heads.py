@@ -14,7 +14,6 @@ head from where it was and refuses when the source's sha256 changed. Code is imp
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -28,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from store.errors import ProtocolError
+from store.hashing import bytes_sha256, file_sha256
 
 from .heads import HEADS, HeadSpec
 
@@ -53,10 +53,6 @@ class HeadSource:
         return {k: v for k, v in dict(kind=self.kind, name=self.name, sha256=self.sha256, dist=self.dist).items() if v}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _dist_of(module_name: str) -> str:
     """``name==version`` of the installed distribution providing ``module_name`` ('' when none)."""
     from importlib.metadata import packages_distributions, version
@@ -78,7 +74,7 @@ def _import_factory(spec: str) -> tuple[Callable, HeadSource]:
     if where.endswith(".py") or path.is_file():
         if not path.is_file():
             raise ProtocolError(f"--head {spec!r}: no file {path}")
-        digest = _sha256(path)
+        digest = file_sha256(path)
         mod_name = f"mitoprobe_own_head_{digest[:16]}"  # one module per content: an edited file is a new module
         module = sys.modules.get(mod_name)
         if module is None:
@@ -96,7 +92,7 @@ def _import_factory(spec: str) -> tuple[Callable, HeadSource]:
         except Exception as exc:
             raise ProtocolError(f"--head {spec!r}: cannot import module {where!r}: {type(exc).__name__}: {exc}") from None
         file = getattr(module, "__file__", None)
-        source = HeadSource("module", f"{where}:{attr}", _sha256(Path(file)) if file else "", _dist_of(where), spec)
+        source = HeadSource("module", f"{where}:{attr}", file_sha256(file) if file else "", _dist_of(where), spec)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ProtocolError(f"--head {spec!r}: {where} has no callable {attr!r}")
@@ -168,7 +164,7 @@ def estimator_head(estimator, name: str | None = None, grid=None) -> HeadSpec:
         text = json.dumps(params, sort_keys=True, default=repr)
     except TypeError:
         text = repr(sorted(params.items()))
-    source = HeadSource("estimator", f"{module}.{cls.__qualname__}", hashlib.sha256(text.encode()).hexdigest(),
+    source = HeadSource("estimator", f"{module}.{cls.__qualname__}", bytes_sha256(text.encode()),
                         _dist_of(module), "")
 
     def factory(**point):
