@@ -319,18 +319,19 @@ def _scan_results(scan: _Scan, table: str) -> list[_Part]:
                     bad.append(f"column {f.name!r} is {f.type}, other parts hold {kinds[f.name]}")
             err = "does not match the results schema: " + "; ".join(bad) if bad else None
         part = _Part(path, err)
-        if err is None:
-            keys.append((part, _row_keys(t, table)))
+        if err is None:  # only the 16-byte hashes are kept, never the key strings of every row
+            keys.append((part, _key_hashes(_row_keys(t, table))))
         out.append(part)
+        del t
     if keys:
-        hashes = np.concatenate([_key_hashes(k) for _, k in keys])
-        dup = pd.DataFrame(hashes).duplicated(keep="first").to_numpy()
+        dup = pd.DataFrame(np.concatenate([h for _, h in keys])).duplicated(keep="first").to_numpy()
         start = 0
-        for part, k in keys:
-            part.keep = ~dup[start:start + len(k)]
-            start += len(k)
-            if not part.keep.all():
-                part.dup_runs = sorted({key.split("\x1f", 1)[0] for key in k[~part.keep].tolist()})
+        for part, h in keys:
+            part.keep = ~dup[start:start + len(h)]
+            start += len(h)
+            if not part.keep.all():  # rare: read the run ids of this part's copies for the message
+                run_ids = pq.read_table(part.path, columns=["run_id"])["run_id"].to_numpy(zero_copy_only=False)
+                part.dup_runs = sorted(set(run_ids[~part.keep].tolist()))
     return sorted(out, key=lambda p: p.path.name)
 
 
