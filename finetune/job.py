@@ -232,13 +232,13 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
     only when given (so an unnamed run's family id is what it always was); a started run keeps its own.
     """
     # Everything that can fail on the arguments fails here, before the run folder or config.json exists.
-    display_name = check_name(name)  # (``name`` is reused by the checks below)
+    display_name = check_name(name)
     want = parse_folds(folds, N_FOLDS)
     check_config(cfg)
-    for name, value, low in (("num_workers", num_workers, 0), ("eval_batch_size", eval_batch_size, 1),
-                             ("n_boot", n_boot, 0)):
+    for option, value, low in (("num_workers", num_workers, 0), ("eval_batch_size", eval_batch_size, 1),
+                               ("n_boot", n_boot, 0)):
         if value is not None and value < low:
-            raise FinetuneError(f"finetune {name} {value} must be >= {low}")
+            raise FinetuneError(f"finetune {option} {value} must be >= {low}")
     st = store if isinstance(store, Store) else Store(store)
     recipe = embedder.get_recipe(cfg.model)
     if recipe.arch == "handcrafted":
