@@ -25,6 +25,7 @@ from classifiers import metrics as M
 from classifiers.features import Features, load_features
 from classifiers.own_heads import estimator_head, own_head, resolve_head
 from classifiers.protocol import PAPER_TRAIN, Protocol, load_protocol
+from classifiers.refit import stored_predictions
 from classifiers.report import leaderboard
 from classifiers.runner import run_family
 from classifiers.runs import read_runs
@@ -165,8 +166,7 @@ class Workspace:
         if mine.empty:
             raise ValueError(f"no fold ensemble of {model}/{head} in the store; probe it first")
         rid = mine.sort_values("created_at")["run_id"].iloc[-1]
-        preds = self.store.results.read("predictions")
-        preds = preds[(preds["run_id"] == rid) & (preds["split"].fillna("test") == "test")]
+        preds = stored_predictions(self.store, [rid], split="test")  # one DuckDB scan, not the whole table
         y = self.store.patches(columns=["patch_id", "y"]).set_index("patch_id")["y"]
         return preds.assign(y=y.reindex(preds["patch_id"]).to_numpy())
 
