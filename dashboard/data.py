@@ -4,7 +4,7 @@ Cache keys are the store path plus its cheap fingerprint (``Store.fingerprint``:
 mtimes of the store's files), so a new run, embedding set or import shows up on the next rerun
 without restarting the app, while an unchanged store is never read twice. Big immutable things (embedding
 matrices, the predictions table) live in ``st.cache_resource`` (shared, not copied); small frames in
-``st.cache_data``. PNGs are read only for the patches shown (``store.images``), never all up front.
+``st.cache_data``. PNGs are read only for the patches shown (``Store.images``), never all up front.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import classifiers
 from classifiers import labels, robustness, significance
 from classifiers.runs import read_runs
 import embedder
-from store import Fingerprint, Store, images, paths
+from store import Fingerprint, Store, paths
 from store.dataset import check_png, pixels_sha256
 from store.errors import StoreError
 from store.features import SEARCH_STATS_FILE
@@ -92,7 +92,7 @@ def _thumb_memo(root: str, key: tuple) -> dict[str, str]:
 def thumbnails(root: str, stamp_: Fingerprint, patch_ids) -> list[str | None]:
     """``data:`` URLs of small JPEG thumbnails, made once per patch and memoised per store state.
 
-    Only the patches asked for are read (``store.images.read_pngs``: the row groups holding them),
+    Only the patches asked for are read (``Store.images``: the row groups holding them),
     never the whole PNG column, so the first page that shows a dozen thumbnails stays fast."""
     from PIL import Image
 
@@ -100,7 +100,7 @@ def thumbnails(root: str, stamp_: Fingerprint, patch_ids) -> list[str | None]:
     ids = [str(p) for p in patch_ids]
     missing = [p for p in dict.fromkeys(ids) if p not in memo]
     if missing:
-        for pid, png_ in images.read_pngs(Store(root).patches_path, missing).items():
+        for pid, png_ in Store(root).images(missing).items():
             img = Image.open(io.BytesIO(png_)).convert("RGB").resize((THUMB_PX, THUMB_PX), Image.LANCZOS)
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=88)
@@ -115,7 +115,7 @@ def png(root: str, stamp_: Fingerprint, patch_id: str) -> bytes | None:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _png(root: str, key: tuple, patch_id: str) -> bytes | None:
-    return images.read_pngs(Store(root).patches_path, [patch_id]).get(patch_id)
+    return Store(root).images([patch_id]).get(patch_id)
 
 
 def enlarged(png_bytes: bytes, scale: int) -> bytes:
@@ -452,8 +452,9 @@ def _by_content(root: str, key: tuple) -> dict[str, list[str]]:
 @st.cache_resource(show_spinner="Hashing the stored patches' pixels…", max_entries=2)
 def _by_pixels(root: str, key: tuple) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for pid, png_ in Store(root).images().items():  # every PNG, once per store state: uploads only
-        out.setdefault(pixels_sha256(png_), []).append(pid)
+    for t in Store(root).iter_images():  # every PNG, a row group at a time, once per store state: uploads only
+        for pid, png_ in zip(t["patch_id"].to_pylist(), t["png"].to_pylist()):
+            out.setdefault(pixels_sha256(png_), []).append(pid)
     return out
 
 

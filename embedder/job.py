@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 
 from store import Store
+from store.patch_parts import read_row_group
 from store.errors import ConfigError, MitoprobeError
 from store.progress import progress as progress_bar
 
@@ -82,15 +84,33 @@ def default_workers(recipe: Recipe | None = None) -> int:
     return max(1, min(8, n if recipe is not None and recipe.arch == "handcrafted" else n - 1))
 
 
-class _Dataset:
-    def __init__(self, pngs: list[bytes], prepare: Prepare):
-        self.pngs, self.prepare = pngs, prepare
+class _RowGroups:
+    """The patches to embed as a stream of the store's row groups (``torch`` IterableDataset protocol):
+    worker ``i`` of ``n`` reads row groups ``i, i + n, ...`` itself, keeps the wanted rows and yields
+    ``(patch_id, prepared pixels)``. No process ever holds more than a row group of PNGs."""
 
-    def __len__(self) -> int:
-        return len(self.pngs)
+    def __init__(self, groups: list, wanted, prepare: Prepare):
+        self.groups, self.wanted, self.prepare = groups, wanted, prepare
 
-    def __getitem__(self, i: int):
-        return i, self.prepare(self.pngs[i])
+    def __iter__(self):
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        for path, g in self.groups[wid::n]:
+            t = read_row_group(path, g, ("patch_id", "png"), self.wanted)
+            for pid, png in zip(t["patch_id"].to_pylist(), t["png"].to_pylist()):
+                yield pid, self.prepare(png)
+
+
+def _iterable(ds: _RowGroups):
+    """``ds`` as a torch ``IterableDataset`` (torch is imported only when a job runs)."""
+    from torch.utils.data import IterableDataset
+
+    class _Stream(IterableDataset):
+        def __iter__(self):
+            return iter(ds)
+    return _Stream()
 
 
 def _worker_init(_):
@@ -105,13 +125,15 @@ def _run_local(st, model, transform, patch_ids, views, device, dtype, batch_size
     from torch.utils.data import DataLoader
 
     pixel_views = model is None
-    images = st.images(patch_ids)
-    pngs = [images[p] for p in patch_ids]
+    wanted = pa.array(list(patch_ids), pa.string())
+    groups = st.patch_parts.row_groups(wanted)
+    num_workers = min(num_workers, len(groups))
     # The workers only decode PNGs; they never touch LanceDB, whose "fork support is experimental"
     # warning (an earlier set's table build started its runtime in this process) is noise here.
     warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
-    loader = DataLoader(_Dataset(pngs, Prepare(transform, views, pixel_views)), batch_size=batch_size,
-                        num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
+    dataset = _iterable(_RowGroups(groups, wanted, Prepare(transform, views, pixel_views)))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                        worker_init_fn=_worker_init if num_workers else None,
                         pin_memory=device.startswith("cuda"), persistent_workers=False,
                         prefetch_factor=4 if num_workers else None)
     written, chunks = 0, 0
@@ -129,8 +151,8 @@ def _run_local(st, model, transform, patch_ids, views, device, dtype, batch_size
         if on_chunk is not None:
             on_chunk(chunks)
 
-    for idx, x in loader:
-        ids = [patch_ids[i] for i in idx.tolist()]
+    for ids, x in loader:
+        ids = list(ids)
         if not pixel_views and prefers_channels_last(model.recipe, device):
             x = x.contiguous(memory_format=torch.channels_last)
         keys, vecs = batch_rows(model, x if not pixel_views else x.numpy(), ids, views, device, dtype)

@@ -3,8 +3,9 @@ over the patches still to do; the driver writes every chunk through the same sto
 resumability and the no-duplicate guarantee are the local engine's.
 
 On a multi-node cluster: ``ray start --head`` / ``ray start --address=...`` on the nodes, put the
-store where the driver runs (it streams the PNG bytes of the patches still to do through Ray's
-object store to the actors), then
+store on a file system every node mounts at the same path (Ray tasks read the PNGs of the patches
+still to do from the store's part files, a row group each, and stream them to the actors; only the
+driver writes), then
 ``RAY_ADDRESS=auto mitoprobe embed --model NAME --engine ray --store /shared/store``.
 One actor per GPU is started (``num_gpus=1`` each) when CUDA is used.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from store.patch_parts import read_row_group
 from store.progress import progress as progress_bar
 
 from .batches import CHUNK_ROWS, Prepare, autocast_dtype, batch_rows
@@ -51,6 +53,15 @@ class EmbedActor:
         return out
 
 
+def _read_groups(batch: pa.Table) -> pa.Table:
+    """A Ray task: the rows (patch_id, png) of the ids still to do in the row groups named in ``batch``."""
+    from pathlib import Path
+
+    tables = [read_row_group(Path(p), int(g), ("patch_id", "png"), ids)
+              for p, g, ids in zip(batch["path"].to_pylist(), batch["group"].to_pylist(), batch["ids"].to_pylist())]
+    return pa.concat_tables(tables)
+
+
 def run_ray(st, recipe, todo, views, device, batch_size, writer, *, weights=None, trust_pickle=False,
             hf_token_env="HF_TOKEN", progress=True, on_chunk=None, chunk_rows: int = CHUNK_ROWS,
             num_actors: int | None = None) -> int:
@@ -62,13 +73,13 @@ def run_ray(st, recipe, todo, views, device, batch_size, writer, *, weights=None
     if num_actors is None:
         res = ray.cluster_resources()
         num_actors = max(1, int(res.get("GPU", 0)) if gpus else min(4, int(res.get("CPU", 1))))
-    # The driver reads only the rows still to do (PNG bytes, ~32 kB each) into the object store;
-    # the actors are then the only stage that needs cluster resources.
-    images = st.images(todo)
-    table = pa.table({"patch_id": pa.array(todo, pa.string()), "png": pa.array([images[p] for p in todo], pa.binary())})
-    blocks = max(1, min(len(todo) // max(1, batch_size), 4 * num_actors))
-    bounds = [i * len(todo) // blocks for i in range(blocks + 1)]
-    ds = ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
+    # Nothing holds the PNGs: Ray tasks read the store's row groups holding patches still to do
+    # (one row group, <= 1024 patches, per task) straight from the part files, so the store must be
+    # on a path every node reads (a shared file system: docs/design.md), and stream them to the actors.
+    groups = st.patch_parts.row_group_ids(todo)
+    ds = ray.data.from_items([{"path": str(p), "group": g, "ids": ids} for p, g, ids in groups],
+                             override_num_blocks=max(1, len(groups)))
+    ds = ds.map_batches(_read_groups, batch_size=1, batch_format="pyarrow")
     ds = ds.map_batches(
         EmbedActor, batch_size=batch_size, batch_format="numpy",
         fn_constructor_kwargs=dict(recipe_name=recipe.name, views=tuple(views), device=device,

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import click
+import pyarrow as pa
+import pyarrow.compute as pc
 
 import embedder
 from classifiers.fusion import fuse, rank_by_heldout
@@ -21,7 +23,7 @@ from classifiers.labels import label_of
 from embedder.dihedral import view_names
 from classifiers.runner import sweep
 from finetune import FinetuneConfig, finetune
-from store import Store
+from store import BENCHMARK, Store
 from store.dataset import difference_from_stored
 from store.errors import ProtocolError, StoreError
 
@@ -33,7 +35,9 @@ def check_data_matches(st: Store, data_dir: Path) -> None:
     """``run --data PATH`` on a store that already holds patches: go on when PATH holds exactly the
     stored data, else refuse (never ignore PATH, never replace stored patches silently)."""
     data_dir, amibr_csv = resolve_data(data_dir, None)
-    diff = difference_from_stored(st.patches_path, data_dir, amibr_csv)
+    stored = st.patch_table()
+    stored = stored.filter(pc.is_in(stored["dataset"], value_set=pa.array([s.name for s in BENCHMARK])))
+    diff = difference_from_stored(stored, data_dir, amibr_csv)
     if diff is not None:
         raise StoreError(f"--data {data_dir} differs from the patches already in {st.root} ({diff}); the main "
                         f"job does not replace stored data: run `mitoprobe data import {data_dir} --replace "

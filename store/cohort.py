@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .datasets import BENCHMARK, BINARY_LABELS
-from .dataset import ImportScan, _Problems, check_image, patch_id_for
+from .dataset import ImportScan, Sink, _Problems, check_image, patch_id_for
 from .errors import DataError
 from .hashing import bytes_sha256
 from .progress import progress as progress_bar
@@ -267,12 +267,15 @@ def list_folder(root: Path, split: str, problems: _Problems) -> list[_Entry]:
 
 
 def scan_cohort(dataset: str, *, manifest: str | Path | None = None, folder: str | Path | None = None,
-                split: str = DEFAULT_SPLIT, stored: pd.DataFrame | None = None, progress: bool = False) -> ImportScan:
+                split: str = DEFAULT_SPLIT, stored: pd.DataFrame | None = None, progress: bool = False,
+                sink: Sink | None = None) -> ImportScan:
     """Validate a cohort (``manifest`` or ``folder``) and build its rows of the ``patches`` table.
 
-    ``stored``: the dataset's rows already in the store (with ``png``); a listed file whose bytes are
-    unchanged reuses its stored row's pixels instead of being decoded again (a re-import of a grown
-    folder checks the added files only). Raises DataError listing every problem; writes nothing."""
+    ``stored``: the dataset's rows already in the store (``patch_id``, ``width``, ``height``,
+    ``content_sha256``; no pixels); a listed file whose bytes are unchanged keeps its stored row's
+    facts and is neither decoded again nor handed to ``sink`` (a re-import of a grown folder checks
+    and stages the added files only). Every other checked row, PNG included, goes to ``sink``; the
+    returned rows hold no PNG. Raises DataError listing every problem; writes nothing."""
     check_dataset_name(dataset)
     if (manifest is None) == (folder is None):
         raise DataError("give exactly one of a manifest CSV (--manifest FILE.csv) or a folder of patches")
@@ -282,7 +285,7 @@ def scan_cohort(dataset: str, *, manifest: str | Path | None = None, folder: str
                else list_folder(Path(folder), split, problems))
     known = {}
     if stored is not None and len(stored):
-        known = {r["patch_id"]: r for r in stored[["patch_id", "png", "width", "height", "content_sha256"]]
+        known = {r["patch_id"]: r for r in stored[["patch_id", "width", "height", "content_sha256"]]
                  .to_dict("records")}
     rows = []
     for e in progress_bar(entries, desc=f"checking {dataset}", unit="patch", enabled=progress):
@@ -290,7 +293,7 @@ def scan_cohort(dataset: str, *, manifest: str | Path | None = None, folder: str
         pid = patch_id_for(dataset, e.relpath, raw)
         if pid in known:
             k = known[pid]
-            png, width, height, sha = k["png"], k["width"], k["height"], k["content_sha256"]
+            png, width, height, sha = None, k["width"], k["height"], k["content_sha256"]
         else:
             try:
                 checked = check_image(raw, e.where if e.where.endswith(str(e.path)) else f"{e.where}: {e.path}",
@@ -299,13 +302,16 @@ def scan_cohort(dataset: str, *, manifest: str | Path | None = None, folder: str
                 problems.add(str(exc))
                 continue
             png, width, height, sha = checked.png, checked.width, checked.height, bytes_sha256(checked.png)
-        rows.append(dict(
+        row = dict(
             patch_id=pid, dataset=dataset, split=e.split, label=e.label,
             y=None if e.label is None else BINARY_LABELS[e.label],
             filename=e.path.name, relpath=e.relpath, slide=e.slide, source=None,
             coord_x=e.x, coord_y=e.y, train_row=e.order if e.split == "train" else None, n_experts=0,
             **dict.fromkeys(VOTE_COLUMNS), **dict.fromkeys(SUBTYPE_COLUMNS),
-            width=width, height=height, content_sha256=sha, png=png, duplicate_group=None, metadata=e.metadata))
+            width=width, height=height, content_sha256=sha, png=png, duplicate_group=None, metadata=e.metadata)
+        if sink is not None and png is not None and not problems.items:
+            sink(row)
+        rows.append({k: v for k, v in row.items() if k != "png"})  # the sink may keep ``row``
     problems.raise_if_any()
     df = pd.DataFrame(rows)
     dup = df["content_sha256"].duplicated(keep=False)

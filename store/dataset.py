@@ -20,12 +20,11 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from .datasets import AMIBR_CSV, ANNOTATIONS, BENCHMARK, BINARY_LABELS, SPLIT, CsvSpec, DatasetSpec
@@ -54,10 +53,16 @@ IMPORT_FIX = "replace it with a 128x128 8-bit RGB PNG or remove it (and its CSV 
 
 @dataclass
 class ImportScan:
-    """What a scan found: the table to store and human-readable notes (conversions, duplicates)."""
+    """What a scan found: the rows to store (every column but ``png``: the scan hands each checked
+    PNG to its ``sink`` as it goes and keeps none) and human-readable notes (conversions, duplicates)."""
 
     patches: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+
+
+# A scan's sink: called once per checked patch with its row (``png`` included), in scan order; the
+# store's import stages the rows it has to write (``store.store._Staging``). None: PNGs are dropped.
+Sink = Callable[[dict], None]
 
 
 class _Problems:
@@ -379,11 +384,12 @@ def _count_notes(df: pd.DataFrame, specs: tuple[DatasetSpec, ...]) -> list[str]:
 
 def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None, progress: bool = False,
                    specs: tuple[DatasetSpec, ...] = BENCHMARK,
-                   csv_paths: Mapping[str, str | Path] | None = None) -> ImportScan:
+                   csv_paths: Mapping[str, str | Path] | None = None, sink: Sink | None = None) -> ImportScan:
     """Validate the benchmark folder and build the ``patches`` table; raise DataError on any problem.
 
     ``specs`` say which datasets to read (in row order); an optional CSV is read from
-    ``csv_paths[file name]`` (``amibr_csv`` is the path of AMI-BR.csv).
+    ``csv_paths[file name]`` (``amibr_csv`` is the path of AMI-BR.csv). Each checked row, PNG
+    included, goes to ``sink``; the returned rows hold no PNG (memory does not grow with pixels).
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -440,7 +446,7 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None, pr
         f = facts[spec.name].get(fn, {})
         votes = [*f.get("votes", ()), *[None] * len(VOTE_COLUMNS)][:len(VOTE_COLUMNS)]  # null = no such expert
         subtypes = [*f.get("subtypes", ()), *[None] * len(SUBTYPE_COLUMNS)][:len(SUBTYPE_COLUMNS)]
-        rows.append(dict(
+        row = dict(
             patch_id=patch_id_for(spec.name, fn, raw),
             dataset=spec.name,
             split=f.get("split", spec.split),
@@ -461,7 +467,10 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None, pr
             content_sha256=bytes_sha256(png),
             png=png,
             metadata=None,
-        ))
+        )
+        if sink is not None and not problems.items:
+            sink(row)
+        rows.append({k: v for k, v in row.items() if k != "png"})  # the sink may keep ``row``
     problems.raise_if_any()
 
     df = pd.DataFrame(rows)
@@ -485,9 +494,9 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None, pr
     return ImportScan(patches=df, notes=notes)
 
 
-def patches_table(scan: ImportScan, where: str) -> pa.Table:
-    """The scanned patches as the table the store writes (checked against ``schema.PATCHES``)."""
-    return schema.validate(pa.Table.from_pandas(scan.patches, preserve_index=False), schema.PATCHES, where)
+def metadata_table(scan: ImportScan, where: str) -> pa.Table:
+    """The scanned rows as the store's metadata columns (``schema.PATCHES`` less ``png``), checked."""
+    return schema.validate(pa.Table.from_pandas(scan.patches, preserve_index=False), schema.PATCH_METADATA, where)
 
 
 @dataclass(frozen=True)
@@ -502,7 +511,8 @@ class PatchDifference:
 
 
 def patch_difference(stored: pa.Table, new: pa.Table) -> PatchDifference:
-    cols = [c for c in new.column_names if c in stored.column_names and c != "png"]
+    cols = [c for c in new.column_names if c in stored.column_names and c != "png"
+            and not (c in schema.ADDED_PATCH_COLUMNS and stored[c].null_count == len(stored))]
     old_rows = {r["patch_id"]: r for r in stored.select(cols).to_pylist()}
     new_rows = {r["patch_id"]: r for r in new.select(cols).to_pylist()}
     changed = [p for p in new_rows.keys() & old_rows.keys() if new_rows[p] != old_rows[p]]
@@ -512,27 +522,26 @@ def patch_difference(stored: pa.Table, new: pa.Table) -> PatchDifference:
 
 
 def describe_difference(stored: pa.Table, new: pa.Table) -> str | None:
-    """None when ``new`` holds exactly the ``stored`` patches table, else a short account of what
-    differs (patches only on one side, patches whose metadata changed, and in which columns)."""
-    if stored.schema.equals(new.schema) and stored.equals(new):
-        return None
+    """None when ``new`` holds exactly the ``stored`` patches (by id, every metadata column; the id and
+    ``content_sha256`` stand for the pixels), else a short account of what differs (patches only on one
+    side, patches whose metadata changed, and in which columns)."""
     d = patch_difference(stored, new)
+    if not (d.only_new or d.only_old or d.changed):
+        return None
     only_new, only_old, changed, which = d.only_new, d.only_old, d.changed, d.columns
     parts = [f"{only_new} patch(es) only in the data", f"{only_old} only in the store"]
     if changed:
         parts.append(f"{changed} with other {', '.join(which[:6])}")
-    if not (only_new or only_old or changed):
-        parts = ["the same patches, stored differently (column order, types or pixels)"]
     return "; ".join(parts)
 
 
-def difference_from_stored(stored_path: str | Path, data_dir: str | Path, amibr_csv: str | Path | None = None,
+def difference_from_stored(stored: pa.Table, data_dir: str | Path, amibr_csv: str | Path | None = None,
                            specs: tuple[DatasetSpec, ...] = BENCHMARK, progress: bool = False) -> str | None:
-    """Validate ``data_dir`` like an import and compare it with the patches table at ``stored_path``
-    without writing anything: None when importing it would change nothing, else what differs."""
+    """Validate ``data_dir`` like an import and compare it with the ``stored`` patch rows (metadata,
+    of ``specs``' datasets) without writing anything: None when importing it would change nothing,
+    else what differs."""
     scan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs)
-    new = patches_table(scan, str(stored_path))
-    return describe_difference(pq.read_table(stored_path), new)
+    return describe_difference(stored, metadata_table(scan, "the scanned benchmark"))
 
 
 def summarize_counts(patches: pd.DataFrame) -> pd.DataFrame:

@@ -42,6 +42,7 @@ from . import paths
 from .atomic import (CHECK_HINT, damaged, env_errors, make_dirs, read_guard, remove_dirs, sweep_tmp, write_json,
                      write_parquet)
 from .errors import DamagedStoreError, StaleFeaturesError, StoreError
+from .patch_parts import PatchParts
 from .lock import SetLock, describe, set_lock
 from .schema import KEY_COLUMNS, embedding_schema, validate
 
@@ -407,29 +408,28 @@ class FeatureStore:
 
     def compute_search_stats(self, eset: EmbeddingSet, table: pa.Table | None = None) -> dict:
         """Per output, the mean and std per dimension of the set's vectors of the AMi-Br *train*
-        patches (``patches.parquet``: dataset == "AMi-Br" and split == "train"; the ``none`` view
+        patches (the patches table: dataset == "AMi-Br" and split == "train"; the ``none`` view
         when the set has it, else every view), the rows that fit the probes: test and hold-out
         patches never move the statistics. When the store holds fewer than 2 such rows (no
-        ``patches.parquet``, or a set of other patches), every row of the set is used and the record
+        patches, or a set of other patches), every row of the set is used and the record
         says so (``basis`` "all rows", ``fallback``). A zero std is stored as 1 (that dimension is
         only centred). Deterministic (no timestamp): a rebuild from the same rows writes the same bytes.
-        ``DamagedStoreError`` when ``patches.parquet`` cannot be read."""
+        ``DamagedStoreError`` when the patches table cannot be read."""
         table = table if table is not None else self.read_table(eset)
         pids = np.asarray(table["patch_id"].to_pylist(), dtype=object)
         views = np.asarray(table["view"].to_pylist(), dtype=object)
         view_mask = views == "none" if (views == "none").any() else np.ones(len(views), dtype=bool)
         used_views = sorted(set(views[view_mask].tolist()))
-        patches_file = self.root / paths.PATCHES_FILE
+        patch_parts = PatchParts(self.root)
         fallback = None
-        if patches_file.is_file():
-            with read_guard(patches_file):
-                meta = pq.read_table(patches_file, columns=["patch_id", "dataset", "split"]).to_pandas()
+        if patch_parts.exists():
+            meta = patch_parts.read(["patch_id", "dataset", "split"]).to_pandas()
             train = set(meta.loc[(meta["dataset"] == STATS_DATASET) & (meta["split"] == STATS_SPLIT), "patch_id"])
             mask = view_mask & np.fromiter((p in train for p in pids), dtype=bool, count=len(pids))
             if mask.sum() < 2:
                 fallback = f"{int(mask.sum())} of the set's rows are {STATS_DATASET} {STATS_SPLIT} patches"
         else:
-            fallback = f"the store has no {paths.PATCHES_FILE}"
+            fallback = "the store has no patches"
         if fallback is not None:
             mask = view_mask
             log.warning("set %s: search statistics from all %d rows (%s)", eset.name, int(mask.sum()), fallback)

@@ -2,7 +2,9 @@
 
 In the spirit of SQLite's ``PRAGMA integrity_check``, :func:`check` reads every byte and lists every
 problem, each with its path, what is wrong and the fix: every Parquet file opens and matches its
-schema (``store/schema.py``; result parts may lack newer columns), each embedding set's
+schema (``store/schema.py``; result parts may lack newer columns), every part the patches manifest
+lists exists and holds the rows it records (a part no manifest lists, left by a killed import, is a
+warning), each embedding set's
 ``recipe.json`` parses and names its folder, its row count equals its ``COMPLETE`` record, no
 (patch_id, view) key is stored twice, every key's patch exists, ``folds.parquet`` lists the AMi-Br
 train patches in ``train_row`` order, and every LanceDB table matches its Parquet vectors (row count
@@ -14,7 +16,9 @@ are reported but are not damage.
 :func:`repair` plans (``dry_run``, the default) or takes these actions, and never deletes: a file it
 takes out moves to ``<store>/quarantine/<timestamp>/<its relative path>``.
 
-* an unreadable file, or a set whose ``recipe.json`` is unreadable: quarantined;
+* an unreadable file, or a set whose ``recipe.json`` is unreadable: quarantined (a bad patches part
+  also leaves ``patches/MANIFEST.json``, rewritten; an unreadable manifest is rebuilt from the
+  readable part files; an unlisted part is quarantined);
 * duplicate keys: the later part (by mtime, then name) is quarantined, or, when it also holds new
   keys, rewritten without the duplicates first (nothing readable is lost);
 * result rows stored twice: the same, per result part: the first copy of each row (oldest part first)
@@ -54,6 +58,7 @@ from .atomic import READ_ERRORS, write_json, write_parquet
 from .errors import DamagedStoreError, StoreLockedError
 from .features import EmbeddingSet, parse_recipe_json, z_column
 from .lock import describe
+from .patch_parts import LEGACY_ENTRY, readable
 from .results import KEYS, RESULT_TABLES, SCHEMAS, UNIQUE_KEYS
 
 QUARANTINE_DIR = "quarantine"
@@ -163,7 +168,10 @@ class _Set:
 class _Scan:
     store: object
     patches_error: str | None = None
-    patch_ids: set | None = None  # None: unknown (no or unreadable patches.parquet)
+    patches_path: Path | None = None  # what patches_error is about (the manifest), when not its parts
+    bad_patch_parts: list = field(default_factory=list)  # (part, why): missing, unreadable, wrong schema or rows
+    unlisted_parts: list = field(default_factory=list)  # part files no manifest lists (a killed import)
+    patch_ids: set | None = None  # None: unknown (no or unreadable patches table)
     duplicate_patch_ids: int = 0
     n_patches: int = 0
     folds_error: str | None = None
@@ -174,21 +182,43 @@ class _Scan:
 
 
 def _scan_patches(scan: _Scan) -> None:
-    st = scan.store
-    if not st.patches_path.is_file():
+    """Every listed part read in full, a row group at a time (memory: one row group, plus the metadata)."""
+    parts = scan.store.patch_parts
+    if not parts.exists():
         return
-    t, err = _read(st.patches_path)
-    if err is None:
-        bad = _type_problems(t.schema, schema.PATCHES, missing_ok=schema.ADDED_PATCH_COLUMNS)
-        err = "does not match the patches schema: " + "; ".join(bad) if bad else None
-    if err:
-        scan.patches_error = err
+    try:
+        entries = parts.entries()
+    except DamagedStoreError as exc:
+        scan.patches_error = getattr(exc, "reason", str(exc))
+        scan.patches_path = parts.manifest_path
         return
-    ids = t["patch_id"].to_pylist()
+    scan.unlisted_parts = parts.unlisted()
+    metas = []
+    for e in entries:
+        path = parts.path_of(e)
+        if not path.is_file():
+            scan.bad_patch_parts.append((path, "is listed in patches/MANIFEST.json but missing"))
+            continue
+        err = readable(path)
+        if err is None:
+            bad = _type_problems(pq.read_schema(path), schema.PATCHES, missing_ok=schema.ADDED_PATCH_COLUMNS)
+            err = "does not match the patches schema: " + "; ".join(bad) if bad else None
+        if err is None:
+            meta = pq.read_table(path, columns=[c for c in schema.PATCH_COLUMNS if c in pq.read_schema(path).names])
+            if e.get("rows") is not None and meta.num_rows != e["rows"]:
+                err = f"holds {meta.num_rows} rows, patches/MANIFEST.json records {e['rows']}"
+        if err:
+            scan.bad_patch_parts.append((path, err))
+            continue
+        metas.append(meta.to_pandas())
+    if scan.bad_patch_parts:  # the rest is checked against the readable parts: the table a repair leaves
+        scan.patches_error = "; ".join(f"{p.name} {why}" for p, why in scan.bad_patch_parts)
+    meta = pd.concat(metas, ignore_index=True) if metas else pd.DataFrame(columns=list(schema.PATCH_COLUMNS))
+    ids = meta["patch_id"].tolist()
     scan.patch_ids, scan.n_patches = set(ids), len(ids)
     scan.duplicate_patch_ids = len(ids) - len(scan.patch_ids)
-    if st.folds_path.is_file():
-        _scan_folds(scan, t.drop_columns(["png"]).to_pandas())
+    if scan.store.folds_path.is_file():
+        _scan_folds(scan, meta)
 
 
 def _scan_folds(scan: _Scan, patches) -> None:
@@ -374,13 +404,20 @@ def _scan(store) -> _Scan:
 def _problems(scan: _Scan) -> list[Problem]:
     st, out = scan.store, []
     P = Problem
-    if scan.patches_error:
-        out.append(P(st.patches_path, f"cannot be read ({scan.patches_error})",
-                     f"{REPAIR} (quarantines it), then `mitoprobe data import` the same data", "unreadable"))
-    elif scan.patch_ids is None and (scan.sets or any(scan.results.values())):
+    fix = f"{REPAIR} (quarantines it), then `mitoprobe data import` the same data"
+    if scan.patches_path is not None:
+        out.append(P(scan.patches_path, f"cannot be read ({scan.patches_error})", fix, "unreadable"))
+    for path, why in scan.bad_patch_parts:
+        what = why if why.startswith(("is listed", "does not", "holds")) else f"cannot be read ({why})"
+        out.append(P(path, what, fix.replace("quarantines it", "quarantines it and drops it from the manifest"),
+                     "unreadable"))
+    if not scan.patches_error and scan.patch_ids is None and (scan.sets or any(scan.results.values())):
         out.append(P(st.patches_path, "missing while embeddings or results exist",
                      "`mitoprobe data import` the same data (vectors and results are keyed by patch id)",
                      "no-patches", "warning"))
+    for path in scan.unlisted_parts:
+        out.append(P(path, "a patches part no manifest lists (an import stopped before its commit)",
+                     f"{REPAIR} (quarantines it; nothing stored refers to it)", "unlisted-part", "warning"))
     if scan.duplicate_patch_ids:
         out.append(P(st.patches_path, f"{scan.duplicate_patch_ids} patch ids occur twice",
                      "re-import with `mitoprobe data import --replace`", "duplicate-patches"))
@@ -427,8 +464,9 @@ def _set_problems(st, s: _Set) -> list[Problem]:
                      "writing", "warning"))
         return out
     if s.orphans:
-        out.append(P(s.folder, f"{s.orphans} stored patch ids are not in patches.parquet (data re-imported?)",
-                     "nothing to do: probes ignore them", "orphans", "warning"))
+        out.append(P(s.folder, f"{s.orphans} stored patch ids are not in the patches table (data re-imported, or "
+                     "a damaged patches part quarantined?)", "nothing to do if they were dropped on purpose (probes "
+                     "ignore them); else `mitoprobe data import` the same data again", "orphans", "warning"))
     complete = s.folder / "COMPLETE"
     if s.complete_error:
         out.append(P(complete, f"cannot be read ({s.complete_error})", f"{REPAIR} (rewrites or removes it)",
@@ -470,7 +508,7 @@ def summary(store) -> str:
     rows = sum(pq.ParquetFile(p).metadata.num_rows for s in sets for p in s.parts)
     res = ", ".join(f"{sum(pq.ParquetFile(p).metadata.num_rows for p in store.results.parts(t))} {t}"
                     for t in RESULT_TABLES if store.results.parts(t))
-    n = pq.ParquetFile(store.patches_path).metadata.num_rows if store.has_patches() else 0
+    n = sum(pq.ParquetFile(p).metadata.num_rows for p in store.patch_parts.part_paths()) if store.has_patches() else 0
     return (f"{n} patches, {len(sets)} embedding set(s) ({rows} rows), results: {res or 'none'}, "
             f"folds: {'saved' if store.folds_path.is_file() else 'not saved yet'}")
 
@@ -576,6 +614,44 @@ def _repair_result_part(r: _Repair, table: str, p: _Part) -> None:
     r.quarantine(p.path, f"the original, with its {n_dup} extra {table} rows (its other rows were rewritten)")
 
 
+def _repair_patches(r: _Repair, scan: _Scan) -> None:
+    """Bad parts go to the quarantine and leave the manifest (their datasets are then re-imported); an
+    unreadable manifest is quarantined and rebuilt listing every readable part file; unlisted parts of
+    a killed import are quarantined."""
+    parts = r.store.patch_parts
+    if scan.patches_path is not None:
+        r.quarantine(scan.patches_path, scan.patches_error)
+        found = [p for p in sorted(parts.dir.glob("part-*.parquet")) if readable(p) is None]
+        if parts.legacy_path.is_file() and readable(parts.legacy_path) is None:
+            found.insert(0, parts.legacy_path)
+        r.act(parts.manifest_path, "write manifest", f"lists the {len(found)} readable part file(s) found",
+              lambda a: parts.commit([_entry_of(parts, p) for p in found]))
+        return
+    bad = {p for p, _ in scan.bad_patch_parts}
+    if bad:
+        entries = parts.entries()
+        keep = [e for e in entries if parts.path_of(e) not in bad]
+        lost = sorted({d for e in entries if parts.path_of(e) in bad for d in (e.get("datasets") or {})})
+        for path, why in scan.bad_patch_parts:
+            if path.exists():
+                r.quarantine(path, why)
+        if parts.manifest_path.is_file():
+            r.quarantine(parts.manifest_path, "replaced by one without the bad part(s)")
+        r.act(parts.manifest_path, "write manifest", f"without the {len(bad)} bad part(s): `mitoprobe data import` "
+              f"the data of {', '.join(lost) or 'their datasets'} again", lambda a: parts.commit(keep))
+    for path in scan.unlisted_parts:
+        r.quarantine(path, "a part no manifest lists (an import stopped before its commit)")
+
+
+def _entry_of(parts, path: Path) -> dict:
+    ds = pq.read_table(path, columns=["dataset"])["dataset"].to_pylist()
+    counts: dict[str, int] = {}
+    for d in ds:
+        counts[d] = counts.get(d, 0) + 1
+    name = path.name if path.parent == parts.dir else LEGACY_ENTRY
+    return dict(file=name, rows=len(ds), datasets=counts)
+
+
 def repair(store, dry_run: bool = True) -> list[Action]:
     """The actions that make ``store`` pass :func:`check` without guessing; taken unless ``dry_run``.
 
@@ -584,8 +660,7 @@ def repair(store, dry_run: bool = True) -> list[Action]:
         return []
     scan = _scan(store)
     r = _Repair(store, dry_run)
-    if scan.patches_error:
-        r.quarantine(store.patches_path, scan.patches_error)
+    _repair_patches(r, scan)
     if scan.folds_error:
         r.quarantine(store.folds_path, scan.folds_error)
     for table, parts in scan.results.items():

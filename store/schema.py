@@ -39,6 +39,7 @@ PATCHES = pa.schema([
     ("metadata", _STR),  # a user manifest's extra columns, as a JSON object (null for the benchmark)
 ])
 PATCH_COLUMNS = tuple(n for n in PATCHES.names if n != "png")  # metadata only: never read the pixels by accident
+PATCH_METADATA = pa.schema([f for f in PATCHES if f.name != "png"])
 # Columns added after a store format was published: a patches table written before lacks them and is
 # still whole (readers treat the column as all-null; the next import writes it).
 ADDED_PATCH_COLUMNS = ("metadata",)

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
@@ -19,12 +19,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import paths, schema
-from .atomic import READ_ERRORS, damaged, read_guard, sweep_tmp, write_parquet
+from .atomic import READ_ERRORS, damaged, env_errors, read_guard, sweep_tmp, write_parquet
 from .cohort import scan_cohort
-from .dataset import ImportScan, patch_difference, patches_table, scan_benchmark, summarize_counts
+from .dataset import ImportScan, metadata_table, scan_benchmark, summarize_counts
 from .datasets import BENCHMARK, DatasetSpec
 from .errors import DamagedStoreError, StoreError
 from .features import FeatureStore, part_rows, read_complete
+from .lock import SetLock
+from .patch_import import Staging, StoredPatches, Written, commit_import, read_stored
+from .patch_parts import PatchParts
 from .results import RESULT_TABLES, ResultTables
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,7 @@ class Fingerprint(NamedTuple):
     job adding parts changes ``sets`` only, appending a run changes ``results`` only.
     """
 
-    patches: tuple  # patches.parquet: (name, size, mtime_ns, inode), or (name, None) when absent
+    patches: tuple  # patches/MANIFEST.json (or a format-1 patches.parquet): (name, size, mtime_ns, inode)
     results: tuple  # per result table, its part file names
     sets: tuple  # ((recipe_id, (COMPLETE's stat, part file names)), ...)
 
@@ -97,6 +100,7 @@ class ImportOutcome:
     counts: pd.DataFrame
     notes: list[str]
     path: Path
+    written: Written | None = None  # the new part files and their bytes (None: nothing written)
 
 
 class Store:
@@ -105,6 +109,7 @@ class Store:
     def __init__(self, root: str | Path | None = None):
         self.root = paths.store_root(root)
         self.features = FeatureStore(self.root)
+        self.patch_parts = PatchParts(self.root)
         self.results = ResultTables(self.root)
 
     def __repr__(self) -> str:
@@ -113,112 +118,114 @@ class Store:
     # -- patches ---------------------------------------------------------------------------
     @property
     def patches_path(self) -> Path:
-        return self.root / PATCHES_FILE
+        """Where the patches table lives: ``patches/`` (its ``MANIFEST.json`` and parts,
+        ``store.patch_parts``); a store written before parts has ``patches.parquet`` instead."""
+        return self.patch_parts.legacy_path if self.patch_parts.anchor == self.patch_parts.legacy_path \
+            else self.patch_parts.dir
 
     def has_patches(self) -> bool:
-        return self.patches_path.is_file()
+        return self.patch_parts.exists()
 
     def import_dataset(self, data_dir: str | Path, amibr_csv: str | Path | None = None,
                        progress: bool = False, specs: tuple[DatasetSpec, ...] = BENCHMARK,
                        replace: bool = False) -> ImportOutcome:
         """Validate and import the benchmark; a no-op (changed=False) when the same data is already stored.
 
-        Adding new patches to the stored ones is always allowed. Dropping a stored patch (its id is
-        absent from the new import) or changing a stored patch's row needs ``replace=True``
-        (``mitoprobe data import --replace``): vectors, folds and results are keyed by patch id.
-        Without it the import raises ``StoreError`` saying how many patches would be dropped/changed,
-        and the store is left byte-identical. An unreadable ``patches.parquet`` is overwritten only
-        with ``replace=True``. Other datasets in the store (users' cohorts) are kept as they are."""
+        Adding new patches to the stored ones is always allowed, and writes only the new rows (one new
+        part per dataset). Dropping a stored patch (its id is absent from the new import) or changing a
+        stored patch's row needs ``replace=True`` (``mitoprobe data import --replace``): vectors, folds
+        and results are keyed by patch id. Without it the import raises ``StoreError`` saying how many
+        patches would be dropped/changed, and the store is left byte-identical. An unreadable part is
+        dropped only with ``replace=True``. Other datasets in the store (users' cohorts) are kept."""
         self._check_root()
-        scan: ImportScan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs)
-        return self._store_scan(scan, {s.name for s in specs}, replace, self._stored_patches(replace))
+        stored = read_stored(self.patch_parts, replace)
+        staging = Staging(self.patch_parts, _ids(stored))
+        try:
+            scan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs, sink=staging)
+        except BaseException:
+            staging.abort()
+            raise
+        return self._commit(scan, {s.name for s in specs}, replace, stored, staging)
 
     def import_cohort(self, dataset: str, *, manifest: str | Path | None = None, folder: str | Path | None = None,
                       split: str = "test", progress: bool = False, replace: bool = False) -> ImportOutcome:
         """Validate and import a user's cohort as dataset ``dataset`` (``store.cohort``: a manifest CSV
-        or a folder). Re-importing adds new files (unchanged ones are not decoded again); dropping or
-        changing stored patches of the dataset needs ``replace=True``. Other datasets stay as they are."""
+        or a folder). Re-importing adds new files (unchanged ones are not decoded again) and writes only
+        them; dropping or changing stored patches of the dataset needs ``replace=True``. Other datasets
+        stay as they are."""
         self._check_root()
-        stored = None
-        old = self._stored_patches(replace)
-        if old is not None:
-            mine = old.filter(pc.equal(old["dataset"], dataset))
-            stored = mine.select(["patch_id", "png", "width", "height", "content_sha256"]).to_pandas()
-        scan = scan_cohort(dataset, manifest=manifest, folder=folder, split=split, stored=stored, progress=progress)
-        if old is not None:
-            scan.notes.extend(_shared_pixel_notes(old, scan.patches, dataset))
-        return self._store_scan(scan, {dataset}, replace, old)
+        stored = read_stored(self.patch_parts, replace)
+        mine = None
+        if stored.meta is not None:
+            m = stored.meta.filter(pc.equal(stored.meta["dataset"], dataset))
+            mine = m.select(["patch_id", "width", "height", "content_sha256"]).to_pandas()
+        staging = Staging(self.patch_parts, _ids(stored))
+        try:
+            scan = scan_cohort(dataset, manifest=manifest, folder=folder, split=split, stored=mine,
+                               progress=progress, sink=staging)
+        except BaseException:
+            staging.abort()
+            raise
+        if stored.meta is not None:
+            scan.notes.extend(_shared_pixel_notes(stored.meta, scan.patches, dataset))
+        return self._commit(scan, {dataset}, replace, stored, staging)
 
     def _check_root(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} is a file, not a store folder; pass --store with a folder path")
 
-    def _stored_patches(self, replace: bool) -> pa.Table | None:
-        """The stored patches table (None when there is none, or it is unreadable and ``replace``)."""
-        sweep_tmp(self.root)
-        if not self.has_patches():
-            return None
-        try:
-            with read_guard(self.patches_path):
-                return pq.read_table(self.patches_path)
-        except DamagedStoreError as exc:
-            if not replace:
-                raise DamagedStoreError(f"{exc}; or overwrite it with `mitoprobe data import --replace`") from exc
-            return None
-
-    def _store_scan(self, scan: ImportScan, datasets: set[str], replace: bool, old: pa.Table | None) -> ImportOutcome:
-        """Write ``scan``'s rows as the whole of ``datasets``, keeping every other dataset's rows of the
-        stored table ``old``; refuse (unless ``replace``) to drop or change a stored patch of ``datasets``."""
-        new = patches_table(scan, str(self.patches_path))
+    def _commit(self, scan: ImportScan, datasets: set[str], replace: bool, stored, staging) -> ImportOutcome:
+        """Write what the scan staged (``store.patch_import``) under the patches lock, taken only for
+        the commit (a scan's bad input then leaves no trace, not even a lock file)."""
         counts = summarize_counts(scan.patches)
-        if old is not None:
-            old = schema.validate(old, schema.PATCHES, str(self.patches_path), fill_missing=True)
-            mine = pa.array([d in datasets for d in old["dataset"].to_pylist()], pa.bool_())
-            old_mine, others = old.filter(mine), old.filter(pc.invert(mine))
-            merged = _ordered(pa.concat_tables([others, new]), old)
-            if merged.equals(old) and old.schema.equals(new.schema):
-                return ImportOutcome(False, counts, scan.notes, self.patches_path)
-            diff = patch_difference(old_mine, new)
-            dropped, changed = diff.only_old, diff.changed
-            if (dropped or changed) and not replace:
-                raise StoreError(
-                    f"{self.patches_path}: this import would drop {dropped} and change {changed} of the "
-                    f"{old_mine.num_rows} stored patches of {sorted(datasets)} (stored vectors, folds and results "
-                    "refer to them by patch id); nothing was changed. `mitoprobe data import --replace` allows it")
-            n_ids = len(set(merged["patch_id"].to_pylist()))
-            if n_ids != merged.num_rows:
-                raise StoreError(f"{self.patches_path}: the import would store {merged.num_rows - n_ids} patch id(s) "
-                                 "twice; nothing was changed")
-            new = merged
-        write_parquet(new, self.patches_path, row_group_size=1024)
-        return ImportOutcome(True, counts, scan.notes, self.patches_path)
+        try:
+            new = metadata_table(scan, str(self.patch_parts.dir))
+        except BaseException:
+            staging.abort()
+            raise
+        sweep_tmp(self.root)
+        lock = SetLock(self.root, "patches", "the patches table")
+        with env_errors(self.patches_path):
+            written = commit_import(self.patch_parts, stored, staging, new, datasets, replace, lock)
+        if written is None:
+            return ImportOutcome(False, counts, scan.notes, self.patches_path)
+        return ImportOutcome(True, counts, scan.notes, self.patches_path, written)
 
     def _require_patches(self) -> None:
         if not self.has_patches():
             raise StoreError(f"{self.patches_path} not found; run `mitoprobe data import` first")
 
-    def patches(self, columns: list[str] | None = None, with_images: bool = False) -> pd.DataFrame:
-        """Patch metadata (the ``png`` column only when ``with_images``)."""
+    def patch_table(self, columns: list[str] | None = None) -> pa.Table:
+        """Patch metadata as Arrow (every column but ``png`` by default; ask for ``png`` through
+        :meth:`iter_images`, which never holds every PNG)."""
         self._require_patches()
-        with read_guard(self.patches_path):
-            names = pq.read_schema(self.patches_path).names
+        names = self.patch_parts.column_names()
         if columns is None:
-            columns = [c for c in names if with_images or c != "png"]
+            columns = [c for c in names if c != "png"]
+        if "png" in columns:
+            raise StoreError("the png column is read a row group at a time: use Store.iter_images() or Store.images(ids)")
         missing = [c for c in columns if c not in names]
         if missing:
             raise StoreError(f"{self.patches_path} lacks column(s) {missing} (written by an older mitoprobe?); "
                              "re-run `mitoprobe data import`")
-        with read_guard(self.patches_path):
-            return pq.read_table(self.patches_path, columns=columns).to_pandas()
+        return self.patch_parts.read(columns)
 
-    def images(self, patch_ids: list[str] | None = None) -> dict[str, bytes]:
-        """PNG bytes by patch id (all patches when ``patch_ids`` is None)."""
+    def patches(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """Patch metadata (every column but ``png``), one row per patch, in the table's order."""
+        return self.patch_table(columns).to_pandas()
+
+    def images(self, patch_ids: list[str]) -> dict[str, bytes]:
+        """PNG bytes of the given patches (for a page of thumbnails or one fold's training set; ids not
+        stored are left out). Reads only the row groups holding them. To visit every patch, use
+        :meth:`iter_images`."""
         self._require_patches()
-        with read_guard(self.patches_path):
-            t = pq.read_table(self.patches_path, columns=["patch_id", "png"])
-        if patch_ids is not None:
-            t = t.filter(pc.is_in(t["patch_id"], pa.array(list(patch_ids), pa.string())))
-        return dict(zip(t["patch_id"].to_pylist(), t["png"].to_pylist()))
+        return self.patch_parts.pngs(patch_ids)
+
+    def iter_images(self, patch_ids: list[str] | None = None) -> Iterator[pa.Table]:
+        """``(patch_id, png)`` tables, one row group (<= 1024 patches) at a time, of every patch or of
+        ``patch_ids`` (in the table's order, not theirs): memory is one row group, whatever the store's size."""
+        self._require_patches()
+        return self.patch_parts.iter_images(patch_ids)
 
     # -- folds -----------------------------------------------------------------------------
     @property
@@ -251,12 +258,12 @@ class Store:
         if self.features.dir.is_dir():
             for d in sorted(p for p in self.features.dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 sets.append((d.name, (_stat_key(d / "COMPLETE"), _part_names(d))))
-        return Fingerprint(_stat_key(self.patches_path), results, tuple(sets))
+        return Fingerprint(_stat_key(self.patch_parts.anchor), results, tuple(sets))
 
     # -- queries ---------------------------------------------------------------------------
     def table_files(self) -> list[Path]:
         """Every Parquet file a view reads: patches, folds, each set's parts, each result part."""
-        files = [p for p in (self.patches_path, self.folds_path) if p.is_file()]
+        files = [*self.patch_parts.part_paths(), *([self.folds_path] if self.folds_path.is_file() else [])]
         for s in self.features.sets():
             files += s.parts
         for table in RESULT_TABLES:
@@ -294,8 +301,10 @@ class Store:
         con = duckdb.connect()
         q = lambda p: str(root / Path(p).relative_to(self.root)).replace("'", "''")  # noqa: E731
         if self.has_patches():
-            con.execute(f"create view patches as select * exclude (png) from read_parquet('{q(self.patches_path)}')")
-            con.execute(f"create view patch_images as select patch_id, png from read_parquet('{q(self.patches_path)}')")
+            files = "[" + ", ".join(f"'{q(p)}'" for p in self.patch_parts.part_paths()) + "]"
+            cols = ", ".join(f'"{c}"' for c in self.patch_parts.column_names() if c != "png")
+            con.execute(f"create view patches as select {cols} from read_parquet({files}, union_by_name=true)")
+            con.execute(f"create view patch_images as select patch_id, png from read_parquet({files})")
         if self.folds_path.is_file():
             con.execute(f"create view folds as select * from read_parquet('{q(self.folds_path)}')")
         rows = []
@@ -361,7 +370,8 @@ class Store:
         out: dict = {"root": str(self.root.resolve()), "patches": None, "embeddings": [], "results": []}
         if self.has_patches():
             df = self.patches(columns=["patch_id", "dataset", "split", "y"])
-            out["patches"] = {"counts": summarize_counts(df), "bytes": size(self.patches_path)}
+            out["patches"] = {"counts": summarize_counts(df), "parts": len(self.patch_parts.entries()),
+                              "bytes": sum(size(p) for p in self.patch_parts.part_paths())}
         for s in self.features.sets():
             n = sum(part_rows(p) for p in s.parts)
             recorded = read_complete(s)
@@ -381,15 +391,8 @@ class Store:
         return out
 
 
-def _ordered(table: pa.Table, old: pa.Table) -> pa.Table:
-    """Rows grouped by dataset: the benchmark's in spec order, then the others in the order the stored
-    table first holds them (a new dataset last); rows keep their order within a dataset."""
-    rank = {s.name: i for i, s in enumerate(BENCHMARK)}
-    for d in [*old["dataset"].to_pylist(), *table["dataset"].to_pylist()]:
-        rank.setdefault(d, len(rank))
-    keys = [rank[d] for d in table["dataset"].to_pylist()]
-    order = sorted(range(table.num_rows), key=lambda i: (keys[i], i))
-    return table.take(pa.array(order, pa.int64()))
+def _ids(stored: StoredPatches) -> set[str]:
+    return set() if stored.meta is None else set(stored.meta["patch_id"].to_pylist())
 
 
 def _shared_pixel_notes(old: pa.Table, new: pd.DataFrame, dataset: str) -> list[str]:

@@ -75,3 +75,11 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 def copy_benchmark(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def patch_files(st: Store) -> dict[str, bytes]:
+    """Every file of the store's patches table (manifest and parts, or a format-1 ``patches.parquet``)
+    by path relative to the store: what "the store's patches are byte-identical" compares."""
+    files = [*st.patch_parts.dir.glob("*")] if st.patch_parts.dir.is_dir() else []
+    files += [st.patch_parts.legacy_path] if st.patch_parts.legacy_path.is_file() else []
+    return {str(p.relative_to(st.root)): p.read_bytes() for p in sorted(files) if p.is_file()}

@@ -123,8 +123,8 @@ def test_opaque_rgba_converted_and_reported(monkeypatch, capsys, stored):
     code, out = run_cli(monkeypatch, capsys, "data", "import", str(bench), "--store", str(store_dir), "--replace")
     assert code == 0, out
     assert f"{p}: RGBA with fully opaque alpha, converted to RGB" in out.replace("\n", "")
-    row = Store(store_dir).patches(with_images=True).set_index("relpath").loc[f"AtNorM-Br/Normal/{p.name}"]
-    with Image.open(io.BytesIO(row["png"])) as img:
+    row = Store(store_dir).patches().set_index("relpath").loc[f"AtNorM-Br/Normal/{p.name}"]
+    with Image.open(io.BytesIO(Store(store_dir).images([row["patch_id"]])[row["patch_id"]])) as img:
         assert img.mode == "RGB"
         np.testing.assert_array_equal(np.asarray(img), rgb)
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import run_cli, patch_files
 from store import Store
 from store.cohort_example import write_example_cohort
 from store.errors import DataError, StoreError
@@ -57,9 +57,9 @@ def test_manifest_import_keeps_sizes_labels_and_metadata(tiny_store, cohort):
 def test_reimport_is_idempotent_incremental_and_benchmark_reimport_keeps_the_cohort(tiny_store, tiny_benchmark,
                                                                                     cohort):
     tiny_store.import_cohort("MyLab", manifest=cohort)
-    before = tiny_store.patches_path.read_bytes()
+    before = patch_files(tiny_store)
     assert not tiny_store.import_cohort("MyLab", manifest=cohort).changed
-    assert tiny_store.patches_path.read_bytes() == before
+    assert patch_files(tiny_store) == before
     # the benchmark re-import leaves the cohort alone
     assert not tiny_store.import_dataset(tiny_benchmark, tiny_benchmark / "AMI-BR.csv").changed
     # one added row: added, the others reused (not decoded again: a corrupt stored copy would show)
@@ -81,13 +81,13 @@ def test_reimport_is_idempotent_incremental_and_benchmark_reimport_keeps_the_coh
 
 def test_dropping_or_relabelling_a_stored_cohort_patch_needs_replace(tiny_store, cohort):
     tiny_store.import_cohort("MyLab", manifest=cohort)
-    before = tiny_store.patches_path.read_bytes()
+    before = patch_files(tiny_store)
     m = pd.read_csv(cohort, keep_default_na=False)
     m.loc[0, "label"] = "normal"
     m.iloc[:-1].to_csv(cohort, index=False)
     with pytest.raises(StoreError, match=r"drop 1 and change 1 of the 20 stored patches of \['MyLab'\]"):
         tiny_store.import_cohort("MyLab", manifest=cohort)
-    assert tiny_store.patches_path.read_bytes() == before
+    assert patch_files(tiny_store) == before
     tiny_store.import_cohort("MyLab", manifest=cohort, replace=True)
     p = tiny_store.patches()
     assert (p["dataset"] == "MyLab").sum() == 19 and (p["dataset"] == "AMi-Br").sum() == 12
@@ -138,13 +138,13 @@ def test_bad_manifest_is_refused_naming_the_row_and_the_store_is_unchanged(tiny_
     (d / "images/gray.jpg").write_bytes(image_bytes(fmt="JPEG", mode="L"))
     (d / "images/pages.tif").write_bytes(image_bytes(fmt="TIFF", frames=2))
     (d / "manifest.csv").write_text(text)
-    before = tiny_store.patches_path.read_bytes()
+    before = patch_files(tiny_store)
     code, out = run_cli(monkeypatch, capsys, "data", "import", "--manifest", str(d / "manifest.csv"),
                         "--dataset", "Bad", "--store", str(tiny_store.root))
     assert code == 2, out
     assert message in out.replace("\n", " ")
     assert "Traceback" not in out
-    assert tiny_store.patches_path.read_bytes() == before
+    assert patch_files(tiny_store) == before
 
 
 def test_every_problem_is_listed_at_once(tmp_path):

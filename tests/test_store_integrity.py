@@ -14,7 +14,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-from conftest import make_benchmark
+from conftest import make_benchmark, patch_files
+from store import integrity
 
 from store import StaleFeaturesError, Store, StoreError
 from store.atomic import TMP_PREFIX, atomic_write
@@ -35,14 +36,14 @@ def open_writer(st: Store, recipe_id: str = "r1", name: str = "toy"):
 def test_second_import_changes_nothing(tiny_store, tiny_benchmark, monkeypatch, capsys):
     from mitoprobe.cli import main
 
-    before = tiny_store.patches_path.read_bytes()
-    mtime = tiny_store.patches_path.stat().st_mtime_ns
+    before = patch_files(tiny_store)
+    mtime = tiny_store.patch_parts.manifest_path.stat().st_mtime_ns
     monkeypatch.setattr(sys, "argv", ["mitoprobe", "data", "import", str(tiny_benchmark), "--store", str(tiny_store.root)])
     main()
     out = capsys.readouterr().out
     assert "nothing changed" in out
-    assert tiny_store.patches_path.read_bytes() == before
-    assert tiny_store.patches_path.stat().st_mtime_ns == mtime
+    assert patch_files(tiny_store) == before
+    assert tiny_store.patch_parts.manifest_path.stat().st_mtime_ns == mtime
     assert not tiny_store.import_dataset(tiny_benchmark, tiny_benchmark / "AMI-BR.csv").changed
 
 
@@ -52,33 +53,37 @@ def test_changed_data_is_reimported(tiny_store, tmp_path):
 
 
 def test_crash_between_write_and_rename_keeps_previous_state(tiny_store, tmp_path):
-    """Kill the process (os._exit, no cleanup) after the new patches file is written, before the
-    rename: the old table stays readable everywhere and the half-file is invisible to readers."""
-    before = tiny_store.patches_path.read_bytes()
+    """Kill the process (os._exit, no cleanup) after the new parts are written, before the manifest's
+    rename: the old table stays readable everywhere, the new parts are invisible to readers, `store
+    check` names them, and the next import removes them."""
+    before = patch_files(tiny_store)
     other = make_benchmark(tmp_path / "other", seed=7)
     script = textwrap.dedent(f"""
         import os
         import store.atomic as atomic
         real = atomic.atomic_write
-        atomic.atomic_write = lambda path, write, **kw: real(path, write, _before_rename=lambda: os._exit(3))
+        crash = lambda: os._exit(3)
+        atomic.atomic_write = lambda path, write, **kw: real(
+            path, write, _before_rename=crash if str(path).endswith("MANIFEST.json") else None)
         from store import Store
         Store({str(tiny_store.root)!r}).import_dataset({str(other)!r}, {str(other / 'AMI-BR.csv')!r}, replace=True)
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr
-    leftovers = list(tiny_store.root.glob(f"{TMP_PREFIX}*"))
-    assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0  # the crash left a complete temp file ...
-    assert tiny_store.patches_path.read_bytes() == before  # ... and the real one untouched
+    manifest_tmp = list(tiny_store.patch_parts.dir.glob(f"{TMP_PREFIX}*"))
+    assert len(manifest_tmp) == 1 and manifest_tmp[0].name.startswith(f"{TMP_PREFIX}MANIFEST.json")
+    unlisted = tiny_store.patch_parts.unlisted()
+    assert len(unlisted) == 3  # one new part per dataset, written but never committed ...
+    assert {k: v for k, v in patch_files(tiny_store).items() if k in before} == before  # ... the table untouched
     assert len(tiny_store.patches()) == 36
     assert tiny_store.sql("select count(*) n from patches")["n"][0] == 36
-    # A later import succeeds; it leaves a young temp file alone (it may be another writer's) ...
+    found = {p.path: p for p in integrity.check(tiny_store)}
+    assert all(found[p].kind == "unlisted-part" and found[p].severity == "warning" for p in unlisted)
+    # The next import (holding the patches lock: no other import writes) removes the leftovers.
     assert tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True).changed
-    assert list(tiny_store.root.glob(f"{TMP_PREFIX}*")) == leftovers
-    # ... and sweeps it once it is old enough to be a crash leftover.
-    old = time.time() - 2 * 3600
-    os.utime(leftovers[0], (old, old))
+    assert not list(tiny_store.patch_parts.dir.glob(f"{TMP_PREFIX}*")) and not tiny_store.patch_parts.unlisted()
+    assert not any(p.exists() for p in unlisted)
     assert not tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True).changed
-    assert not list(tiny_store.root.glob(f"{TMP_PREFIX}*"))
 
 
 def test_failed_rename_leaves_no_half_file(tmp_path, monkeypatch):
@@ -95,7 +100,7 @@ def test_failed_rename_leaves_no_half_file(tmp_path, monkeypatch):
 
 
 def test_os_replace_failure_during_import(tiny_store, tmp_path, monkeypatch):
-    before = tiny_store.patches_path.read_bytes()
+    before = patch_files(tiny_store)
     other = make_benchmark(tmp_path / "other", seed=7)
     import store.atomic
 
@@ -106,8 +111,8 @@ def test_os_replace_failure_during_import(tiny_store, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated crash"):
         tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True)
     monkeypatch.undo()
-    assert tiny_store.patches_path.read_bytes() == before
-    assert not list(tiny_store.root.glob(f"{TMP_PREFIX}*"))
+    assert patch_files(tiny_store) == before
+    assert not list(tiny_store.root.glob(f"{TMP_PREFIX}*")) and not list(tiny_store.patch_parts.dir.glob(f"{TMP_PREFIX}*"))
 
 
 def test_crash_mid_embedding_job_resumes_without_duplicates(tiny_store, tmp_path):

@@ -164,7 +164,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tiny_store, caplog):
 
 def test_stale_record_with_a_dead_pid(tiny_store, caplog):
     lock = tiny_store.features.lock("r2")
-    lock.record_path.parent.mkdir(parents=True)
+    lock.record_path.parent.mkdir(parents=True, exist_ok=True)  # the import's patches lock made it
     dead = _dead_pid()
     lock.record_path.write_text(json.dumps(dict(pid=dead, host=socket.gethostname(), command="mitoprobe embed",
                                                 started="2026-01-01T00:00:00+00:00")))

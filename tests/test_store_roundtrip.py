@@ -47,16 +47,21 @@ def _matrix(col) -> np.ndarray:
 
 
 def test_patches_pyarrow_duckdb_equal(tiny_store: Store):
-    path = str(tiny_store.patches_path)
-    ours = tiny_store.patches(with_images=True).sort_values("patch_id").reset_index(drop=True)
-    arrow = pq.read_table(path).to_pandas().sort_values("patch_id").reset_index(drop=True)
-    duck = duckdb.connect().execute(f"select * from read_parquet('{path}') order by patch_id").df()
-    pd.testing.assert_frame_equal(ours, arrow)
+    parts = [str(p) for p in tiny_store.patch_parts.part_paths()]
+    assert parts and all("/patches/part-" in p for p in parts)  # a new store is written in parts
+    ours = tiny_store.patches().sort_values("patch_id").reset_index(drop=True)
+    arrow = pa.concat_tables([pq.read_table(p) for p in parts]).to_pandas().sort_values("patch_id")
+    arrow = arrow.reset_index(drop=True)
+    duck = duckdb.connect().execute(f"select * from read_parquet({parts}) order by patch_id").df()
+    pd.testing.assert_frame_equal(ours, arrow.drop(columns=["png"]))
     assert list(duck.columns) == list(arrow.columns)
     for col in ("patch_id", "dataset", "split", "label", "slide", "content_sha256"):
         assert duck[col].tolist() == arrow[col].tolist()
     assert [bytes(b) for b in duck["png"]] == arrow["png"].tolist()
     assert duck["y"].tolist() == arrow["y"].tolist()
+    streamed = {p: b for t in tiny_store.iter_images() for p, b in zip(t["patch_id"].to_pylist(), t["png"].to_pylist())}
+    assert streamed == dict(zip(arrow["patch_id"], arrow["png"]))
+    assert tiny_store.sql("select count(*) n from patches")["n"][0] == len(ours)
 
 
 def test_embeddings_pyarrow_duckdb_lancedb_equal(filled):

@@ -62,7 +62,7 @@ def test_a_new_dataset_is_one_spec(tmp_path):
     # Toy matches its expected counts; the tiny AMi-Br datasets do not, which is a note, not an error.
     (note,) = [n for n in out.notes if n.startswith("counts differ")]
     assert "AMi-Br train has 8 patches" in note and "Toy" not in note
-    assert pq.read_schema(st.patches_path).equals(schema.PATCHES)
+    assert all(pq.read_schema(p).equals(schema.PATCHES) for p in st.patch_parts.part_paths())
 
 
 def test_a_new_spec_gets_every_check(tmp_path):
@@ -105,7 +105,7 @@ def test_csv_for_no_dataset_refused(tmp_path):
 
 # -- schemas -----------------------------------------------------------------------------------
 def test_stored_tables_match_the_schemas(tiny_store):
-    assert pq.read_schema(tiny_store.patches_path).equals(schema.PATCHES)
+    assert all(pq.read_schema(p).equals(schema.PATCHES) for p in tiny_store.patch_parts.part_paths())
     assert tuple(tiny_store.patches().columns) == schema.PATCH_COLUMNS
     # duplicate_group has no value in the tiny data: stored as a string column all the same.
     assert tiny_store.patches()["duplicate_group"].isna().all()
@@ -204,4 +204,4 @@ def test_fingerprint_never_opens_parquet(tiny_store, monkeypatch):
     monkeypatch.setattr(pyarrow.parquet, "read_table", boom)
     monkeypatch.setattr(pyarrow.parquet, "read_schema", boom)
     monkeypatch.setattr(pyarrow.parquet, "ParquetFile", boom)
-    assert tiny_store.fingerprint().patches[0] == "patches.parquet"
+    assert tiny_store.fingerprint().patches[0] == "MANIFEST.json"

@@ -44,7 +44,12 @@ def report_import(outcome, quiet: bool = False) -> None:
     for note in outcome.notes:
         click.secho(f"note: {note}", fg="yellow")
     if outcome.changed:
-        click.echo(f"imported into {outcome.path}")
+        w = outcome.written
+        wrote = f" ({len(w.files)} new part(s), {w.bytes / 2**20:.1f} MiB written)" if w is not None else ""
+        click.echo(f"imported into {outcome.path}{wrote}")
+        if w is not None and w.migrated:
+            click.echo("  the store's patches.parquet (format 1) is now the first part of patches/MANIFEST.json "
+                       "(migrated in place: nothing moved or rewritten)")
     else:
         click.echo(f"nothing changed: {outcome.path} already holds exactly this data")
     if not quiet:

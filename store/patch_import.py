@@ -1,0 +1,270 @@
+"""How an import changes the parted ``patches`` table: stage new rows while scanning, then commit.
+
+The scan (``store.dataset`` / ``store.cohort``) hands each checked row to :class:`Staging`, which
+writes the rows whose patch id is not stored yet into one new part per dataset, a row group at a
+time: the import never holds the PNGs. :func:`commit_import` then compares the scanned metadata
+with the stored metadata and either
+
+* changes nothing (same patches: the staged parts are removed),
+* adds the staged parts (new patches only: bytes written = the new rows),
+* or, with ``replace``, rewrites the imported datasets: their new rows plus the kept stored rows
+  (pixels streamed from the old parts, metadata from the scan) in one part each, and the old parts
+  holding them are dropped, or rewritten without them when they also hold other datasets' rows,
+
+refusing (``StoreError``) to drop or change stored patches without ``replace``. On any error every
+staged file is removed and the store is byte-identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import schema
+from .atomic import env_errors, read_guard
+from .dataset import patch_difference
+from .errors import DamagedStoreError, StoreError
+from .patch_parts import PartWriter, PatchParts, _dataset_counts, copy_rows
+
+STAGE_ROWS = 256  # rows buffered before they go to the staged part's writer
+
+
+class Staging:
+    """The scans' sink: stages rows of patch ids not in ``known`` as new parts (one per dataset)."""
+
+    def __init__(self, parts: PatchParts, known: set[str]):
+        self.parts, self.known = parts, known
+        self.writers: dict[str, PartWriter] = {}
+        self._rows: dict[str, list[dict]] = {}
+
+    def __call__(self, row: dict) -> None:
+        if row["patch_id"] in self.known:
+            return
+        buf = self._rows.setdefault(row["dataset"], [])
+        buf.append(row)
+        if len(buf) >= STAGE_ROWS:
+            self._flush(row["dataset"])
+
+    def _flush(self, dataset: str) -> None:
+        rows = self._rows.pop(dataset, [])
+        if rows:
+            if dataset not in self.writers:
+                with env_errors(self.parts.dir):
+                    self.writers[dataset] = PartWriter(self.parts, dataset)
+            self.writers[dataset].write(pa.Table.from_pylist(rows, schema=schema.PATCHES))
+
+    def finish(self) -> dict[str, PartWriter]:
+        for d in list(self._rows):
+            self._flush(d)
+        return self.writers
+
+    def abort(self) -> None:
+        self._rows.clear()
+        for w in self.writers.values():
+            w.abort()
+
+
+@dataclass
+class StoredPatches:
+    """The stored table's metadata and manifest entries, as an import sees them."""
+
+    meta: pa.Table | None  # every column but png, all datasets (None: nothing stored)
+    entries: list[dict] = field(default_factory=list)
+    unreadable: list[Path] = field(default_factory=list)  # parts skipped under ``replace``
+    stamp: tuple = ()  # ``PatchParts.stamp()`` when read: the commit checks nobody changed the table since
+
+
+def read_stored(parts: PatchParts, replace: bool) -> StoredPatches:
+    """The stored metadata; a damaged part (or manifest) raises unless ``replace``, which skips it
+    (its rows are then dropped by the commit)."""
+    stamp = parts.stamp()
+    if not parts.exists():
+        return StoredPatches(None, stamp=stamp)
+    try:
+        entries = parts.entries()
+    except DamagedStoreError as exc:
+        if not replace:
+            raise DamagedStoreError(f"{exc}; or overwrite it with `mitoprobe data import --replace`") from exc
+        return StoredPatches(None, [], [parts.manifest_path], stamp)
+    cols = list(schema.PATCH_COLUMNS)
+    tables, kept, bad = [], [], []
+    for e in entries:
+        p = parts.path_of(e)
+        try:
+            tables.append(_OnePart(parts, e).read(cols))
+            kept.append(e)
+        except DamagedStoreError as exc:
+            if not replace:
+                raise DamagedStoreError(f"{exc}; or overwrite it with `mitoprobe data import --replace`") from exc
+            bad.append(p)
+    meta = pa.concat_tables(tables) if tables else None
+    return StoredPatches(meta, kept, bad, stamp)
+
+
+class _OnePart(PatchParts):
+    """The table as if ``entry`` were its only part (to read the parts one by one)."""
+
+    def __init__(self, parts: PatchParts, entry: dict):
+        super().__init__(parts.root)
+        self._entry = entry
+
+    def entries(self) -> list[dict]:
+        return [self._entry]
+
+
+@dataclass
+class Written:
+    """What a commit wrote: the new part files and their bytes (the figures an import reports)."""
+
+    files: list[Path] = field(default_factory=list)
+    bytes: int = 0
+    dropped: list[Path] = field(default_factory=list)
+    migrated: bool = False
+
+
+def _in(column: pa.ChunkedArray, values) -> pa.Array:
+    return pc.is_in(column, value_set=pa.array(sorted(values), pa.string()))
+
+
+def _with_metadata(meta: pa.Table):
+    """A row selector for ``copy_rows``: rows whose id is in ``meta``, their metadata taken from it."""
+    ids = meta["patch_id"]
+
+    def select(t: pa.Table) -> pa.Table:
+        t = t.filter(pc.is_in(t["patch_id"], value_set=ids))
+        if not t.num_rows:
+            return t
+        rows = meta.take(pc.index_in(t["patch_id"], value_set=ids))
+        cols = {n: (t["png"] if n == "png" else rows[n]) for n in schema.PATCHES.names}
+        return pa.table(cols, schema=schema.PATCHES)
+    return select
+
+
+def commit_import(parts: PatchParts, stored: StoredPatches, staging: Staging, new: pa.Table,
+                  datasets: set[str], replace: bool, lock) -> Written | None:
+    """Make ``new`` (scanned metadata) the whole of ``datasets`` in the table; None when nothing
+    changes. Raises ``StoreError`` (nothing changed) for drops/changes without ``replace``, for patch
+    ids another dataset already holds, and when another import changed the table since ``stored``
+    was read. ``lock``: the patches lock (not taken yet), held from the check to the manifest write."""
+    writers = staging.finish()
+    try:
+        plan = _plan(stored, new, datasets, replace)
+        if plan is None:
+            staging.abort()
+            return None
+        with lock:
+            if parts.stamp() != stored.stamp:
+                raise StoreError(f"{parts.dir}: another import changed the patches table while this one ran; "
+                                 "nothing was changed by this one: run it again")
+            parts.sweep(own=[w.tmp for w in writers.values()])
+            return _write(parts, stored, writers, new, datasets, plan)
+    except BaseException:
+        staging.abort()
+        raise
+
+
+def _plan(stored: StoredPatches, new: pa.Table, datasets: set[str], replace: bool) -> str | None:
+    """"add" (new rows only), "replace" (rewrite ``datasets``) or None (no change)."""
+    if stored.meta is None:
+        return "replace" if stored.unreadable else "add"
+    mine_mask = _in(stored.meta["dataset"], datasets)
+    mine, others = stored.meta.filter(mine_mask), stored.meta.filter(pc.invert(mine_mask))
+    clash = pc.is_in(new["patch_id"], value_set=others["patch_id"])
+    if pc.any(clash).as_py():
+        n = pc.sum(clash.cast(pa.int64())).as_py()
+        raise StoreError(f"{parts_where(stored)}: the import would store {n} patch id(s) twice (already held by "
+                         "another dataset); nothing was changed")
+    diff = patch_difference(mine, new)
+    if not (diff.only_new or diff.only_old or diff.changed):
+        return "replace" if stored.unreadable else None
+    if (diff.only_old or diff.changed) and not replace:
+        raise StoreError(
+            f"{parts_where(stored)}: this import would drop {diff.only_old} and change {diff.changed} of the "
+            f"{mine.num_rows} stored patches of {sorted(datasets)} (stored vectors, folds and results "
+            "refer to them by patch id); nothing was changed. `mitoprobe data import --replace` allows it")
+    return "replace" if diff.only_old or diff.changed or stored.unreadable else "add"
+
+
+def parts_where(stored: StoredPatches) -> str:
+    return "the stored patches" if not stored.entries else f"the patches table ({len(stored.entries)} part(s))"
+
+
+def _write(parts: PatchParts, stored: StoredPatches, writers: dict[str, PartWriter], new: pa.Table,
+           datasets: set[str], plan: str) -> Written:
+    out = Written()
+    made: list[PartWriter] = []  # every part this commit writes: removed again if it fails before the manifest
+    try:
+        entries = parts.entries() if stored.meta is not None else []
+        entries = [e for e in entries if parts.path_of(e) not in stored.unreadable]
+        touched = [e for e in entries if plan == "replace" and set(_datasets(parts, e)) & datasets]
+        keep = [e for e in entries if e not in touched]
+        added = []
+        for d in dict.fromkeys(new["dataset"].to_pylist()):
+            meta_d = new.filter(pc.equal(new["dataset"], d))
+            staged = writers.get(d)
+            if plan == "add" and staged is not None and _staged_matches(staged, meta_d):
+                made.append(staged)
+                added.append(staged.finish())
+                continue
+            # a new part for d: staged rows (metadata from the scan) + under replace the kept stored rows
+            w = PartWriter(parts, d)
+            made.append(w)
+            if staged is not None:
+                copy_rows([staged.close()], w, _with_metadata(meta_d))
+                staged.abort()
+            if plan == "replace" and stored.meta is not None:
+                known = meta_d.filter(_in(meta_d["patch_id"], stored.meta["patch_id"].to_pylist()))
+                copy_rows([parts.path_of(e) for e in touched if d in _datasets(parts, e)], w, _with_metadata(known))
+            added.append(w.finish())
+        for e in touched:  # old parts that also hold other datasets' rows: rewritten without ours
+            for d in (k for k in _datasets(parts, e) if k not in datasets):
+                w = PartWriter(parts, d)
+                made.append(w)
+                copy_rows([parts.path_of(e)], w, lambda t, d=d: t.filter(pc.equal(t["dataset"], d)))
+                keep.append(w.finish())
+        final = _ordered([e for e in keep + added if e is not None])
+        out.migrated = not parts.manifest_path.is_file() and parts.legacy_path.is_file()
+        out.dropped = parts.commit(final)
+    except BaseException:
+        for w in made:
+            w.abort()
+        raise
+    out.files = [parts.dir / w.name for w in made if w.rows]
+    out.bytes = sum(w.bytes for w in made if w.rows)
+    return out
+
+
+def _datasets(parts: PatchParts, entry: dict) -> dict[str, int]:
+    """The rows per dataset of a part: recorded in the manifest; a format-1 file's counted from its column."""
+    if entry.get("datasets") is None:
+        with read_guard(parts.path_of(entry)):
+            entry["datasets"] = _dataset_counts(pq.read_table(parts.path_of(entry), columns=["dataset"])["dataset"])
+            entry["rows"] = sum(entry["datasets"].values())
+    return entry["datasets"]
+
+
+def _staged_matches(staged: PartWriter, meta: pa.Table) -> bool:
+    """Whether the staged rows already carry the scan's final metadata (a scan sets some columns, e.g.
+    ``duplicate_group``, only once every row is seen); then the staged part is committed as written."""
+    path = staged.close()
+    got = pq.read_table(path, columns=list(schema.PATCH_COLUMNS))
+    if got.num_rows != meta.num_rows:
+        return False
+    want = meta.take(pc.index_in(got["patch_id"], value_set=meta["patch_id"]))
+    return got.equals(pa.table({n: want[n] for n in got.column_names}, schema=got.schema))
+
+
+def _ordered(entries: list[dict]) -> list[dict]:
+    """Benchmark datasets' parts first, in spec order, then the rest as they were (stable)."""
+    from .datasets import BENCHMARK
+
+    rank = {s.name: i for i, s in enumerate(BENCHMARK)}
+
+    def key(e: dict) -> int:
+        ds = list(e.get("datasets") or {})
+        return min((rank.get(d, len(rank)) for d in ds), default=len(rank))
+    return sorted(entries, key=key)

@@ -1,0 +1,309 @@
+"""The ``patches`` table as parts: an import writes only its new rows, never the whole table again.
+
+Layout (store format 2)::
+
+    patches/MANIFEST.json          {"format": 2, "parts": [{"file", "rows", "datasets": {name: rows}}, ...]}
+    patches/part-<time>-<id>.parquet   one import's rows of one dataset (row groups of ROW_GROUP rows)
+
+The table is the union of the parts the manifest lists, in its order. ``MANIFEST.json`` is the
+commit point: a new part is written under a ``.tmp-`` name, renamed into place, and becomes part of
+the table only when the manifest naming it is atomically replaced; a part left unlisted by a crash in
+between is reported by ``store check`` and removed by ``store repair``. Files a commit drops from the
+manifest are deleted after it.
+
+Stores written before (format 1) hold one ``patches.parquet`` at the top. Readers take it as the only
+part. The first import that changes such a store migrates it automatically, in place: its manifest
+lists ``../patches.parquet`` as the first part (nothing is moved or rewritten) beside the import's own
+parts. Only a ``--replace`` touching its datasets ever rewrites (or drops) that file.
+
+Memory: metadata (every column but ``png``) is read whole (~1 kB a patch); PNG bytes are only ever
+read a row group at a time (:meth:`PatchParts.iter_images`), so no reader holds every PNG.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import paths, schema
+from .atomic import TMP_PREFIX, READ_ERRORS, damaged, make_dirs, read_guard, remove_dirs, write_json
+
+PATCHES_DIR = "patches"
+MANIFEST = "MANIFEST.json"
+FORMAT = 2
+ROW_GROUP = 1024  # rows per row group: ~30 MB of 128x128 PNGs, the unit every PNG reader reads
+LEGACY_ENTRY = f"../{paths.PATCHES_FILE}"
+
+
+def new_part_name() -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    return f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+class PatchParts:
+    """Where the patches table's parts are, and how to read them without holding every PNG."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.dir = self.root / PATCHES_DIR
+        self.manifest_path = self.dir / MANIFEST
+        self.legacy_path = self.root / paths.PATCHES_FILE
+
+    # -- what is stored --------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.manifest_path.is_file() or self.legacy_path.is_file()
+
+    @property
+    def anchor(self) -> Path:
+        """The file whose replacement marks every change of the table (the manifest, else the legacy file)."""
+        return self.manifest_path if self.manifest_path.is_file() or not self.legacy_path.is_file() else self.legacy_path
+
+    def entries(self) -> list[dict]:
+        """The manifest's part entries (``file``, ``rows``, ``datasets``); a format-1 store's single file
+        as one entry (``rows``/``datasets`` None: unknown without reading it). [] when nothing is stored."""
+        if not self.manifest_path.is_file():
+            return [dict(file=LEGACY_ENTRY, rows=None, datasets=None)] if self.legacy_path.is_file() else []
+        with read_guard(self.manifest_path, errors=(OSError, ValueError)):
+            doc = json.loads(self.manifest_path.read_text())
+        parts = doc.get("parts") if isinstance(doc, dict) else None
+        if not isinstance(parts, list) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
+                                                  for e in parts):
+            raise damaged(self.manifest_path, "no list of parts with a 'file' each", "is not a patches manifest")
+        return parts
+
+    def path_of(self, entry: dict) -> Path:
+        return (self.dir / entry["file"]) if entry["file"] != LEGACY_ENTRY else self.legacy_path
+
+    def part_paths(self) -> list[Path]:
+        return [self.path_of(e) for e in self.entries()]
+
+    def unlisted(self) -> list[Path]:
+        """Part files in ``patches/`` the manifest does not list (an import killed before its commit)."""
+        if not self.dir.is_dir():
+            return []
+        listed = {p.name for p in self.part_paths() if p.parent == self.dir}
+        return sorted(p for p in self.dir.glob("part-*.parquet") if p.name not in listed)
+
+    def stamp(self) -> tuple:
+        """Changes whenever the table does (the anchor's inode, size and mtime): an import compares it
+        at commit with what it read, so two imports never silently overwrite each other."""
+        try:
+            st = self.anchor.stat()
+        except FileNotFoundError:
+            return (self.anchor.name, None)
+        return (self.anchor.name, st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def sweep(self, own: Iterable[Path] = ()) -> list[Path]:
+        """Remove what killed imports left in ``patches/``: ``.tmp-`` files and unlisted parts, except
+        ``own`` (the calling import's staged files). Only under the patches lock (no other import
+        is then committing); returns what was removed."""
+        if not self.dir.is_dir():
+            return []
+        own = {Path(p) for p in own}
+        gone = [p for p in [*self.dir.glob(f"{TMP_PREFIX}*"), *self.unlisted()] if p not in own]
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return gone
+
+    def column_names(self) -> list[str]:
+        """Columns of the table: the schema's, less added columns no part has (an old store)."""
+        names: set[str] = set()
+        for p in self.part_paths():
+            with read_guard(p):
+                names.update(pq.read_schema(p).names)
+        return [n for n in schema.PATCHES.names if n in names or n in schema.ADDED_PATCH_COLUMNS and names]
+
+    # -- reading ---------------------------------------------------------------------------
+    def read(self, columns: list[str]) -> pa.Table:
+        """``columns`` of every part, concatenated in manifest order (an added column a part lacks is null)."""
+        tables = []
+        for p in self.part_paths():
+            with read_guard(p):
+                have = pq.read_schema(p).names
+                t = pq.read_table(p, columns=[c for c in columns if c in have])
+            tables.append(_with_columns(t, columns, str(p)))
+        if not tables:
+            return _with_columns(pa.table({}), columns, str(self.dir))
+        return pa.concat_tables(tables)
+
+    def row_groups(self, patch_ids: Iterable[str] | None = None) -> list[tuple[Path, int]]:
+        """(part, row group) pairs holding ``patch_ids`` (every row group when None), from the parts'
+        small ``patch_id`` columns: the unit a streaming reader (the embedder's workers, Ray tasks) reads."""
+        return [(p, g) for p, g, _ in self.row_group_ids(patch_ids)]
+
+    def row_group_ids(self, patch_ids: Iterable[str] | None = None) -> list[tuple[Path, int, list[str]]]:
+        """As :meth:`row_groups`, with the wanted ids each row group holds (all of its ids when None)."""
+        wanted = None if patch_ids is None else _id_array(patch_ids)
+        out: list[tuple[Path, int, list[str]]] = []
+        for p in self.part_paths():
+            with read_guard(p):
+                f = pq.ParquetFile(p)
+                ids = f.read(columns=["patch_id"])["patch_id"]
+            start = 0
+            for g in range(f.metadata.num_row_groups):
+                n = f.metadata.row_group(g).num_rows
+                chunk = ids.slice(start, n)
+                start += n
+                if wanted is not None:
+                    chunk = chunk.filter(pc.is_in(chunk, value_set=wanted))
+                if len(chunk):
+                    out.append((p, g, chunk.to_pylist()))
+        return out
+
+    def iter_images(self, patch_ids: Iterable[str] | None = None, columns: tuple[str, ...] = ("patch_id", "png"),
+                    ) -> Iterator[pa.Table]:
+        """``columns`` (with ``png``) a row group at a time: every row, or only ``patch_ids``' rows
+        (row groups holding none of them are not read). Memory: one row group."""
+        wanted = None if patch_ids is None else _id_array(patch_ids)
+        if wanted is not None and len(wanted) == 0:
+            return
+        for path, g in self.row_groups(wanted):
+            t = read_row_group(path, g, columns, wanted)
+            if t.num_rows:
+                yield t
+
+    def pngs(self, patch_ids: Iterable[str]) -> dict[str, bytes]:
+        """PNG bytes by patch id for a few patches (ids not stored are left out)."""
+        out: dict[str, bytes] = {}
+        for t in self.iter_images(patch_ids):
+            out.update(zip(t["patch_id"].to_pylist(), t["png"].to_pylist()))
+        return out
+
+    # -- writing ---------------------------------------------------------------------------
+    def commit(self, entries: list[dict]) -> list[Path]:
+        """Make the table ``entries`` (their parts already in ``patches/``) in one atomic manifest
+        replace; then delete the files no longer listed. Returns those files."""
+        before = {str(self.path_of(e)) for e in self.entries()}
+        self._write_manifest(entries)
+        dropped = [Path(p) for p in sorted(before - {str(self.path_of(e)) for e in entries})]
+        for p in dropped:
+            p.unlink(missing_ok=True)
+        return dropped
+
+    def _write_manifest(self, entries: list[dict]) -> None:
+        make_dirs(self.dir)
+        write_json({"format": FORMAT, "parts": entries}, self.manifest_path)
+
+
+def _id_array(patch_ids: Iterable[str]) -> pa.Array:
+    if isinstance(patch_ids, (pa.Array, pa.ChunkedArray)):
+        return patch_ids
+    return pa.array(list(dict.fromkeys(map(str, patch_ids))), pa.string())
+
+
+def read_row_group(path: Path, group: int, columns=("patch_id", "png"), wanted=None) -> pa.Table:
+    """One row group of one part (only ``wanted`` ids' rows when given); ``DamagedStoreError`` naming
+    the part when it cannot be read. Opens the file itself: callable from a worker process."""
+    with read_guard(path):
+        t = pq.ParquetFile(path).read_row_group(group, columns=list(columns))
+    if wanted is not None:
+        t = t.filter(pc.is_in(t["patch_id"], value_set=_id_array(wanted)))
+    return t
+
+
+def _dataset_counts(datasets: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    vc = pc.value_counts(datasets)
+    return {v["values"].as_py(): int(v["counts"].as_py()) for v in vc}
+
+
+def _with_columns(t: pa.Table, columns: list[str], where: str) -> pa.Table:
+    """``t`` with exactly ``columns`` in the patches schema's types (absent added columns as nulls)."""
+    fields = [schema.PATCHES.field(c) for c in columns]
+    out = schema.validate(t, pa.schema(fields), where, fill_missing=True)
+    return out.replace_schema_metadata(None)
+
+
+class PartWriter:
+    """Writes one new part: rows arrive in any number of tables and leave in row groups of ``ROW_GROUP``;
+    the file is a ``.tmp-`` sibling until :meth:`finish` renames it to its part name."""
+
+    def __init__(self, parts: PatchParts, dataset: str):
+        self.created = make_dirs(parts.dir)  # folders this writer made: removed again by abort()
+        self.parts, self.dataset = parts, dataset
+        self.name = new_part_name()
+        self.tmp = parts.dir / f"{TMP_PREFIX}{self.name}"
+        self._writer: pq.ParquetWriter | None = None
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self.rows = 0
+        self.bytes = 0
+
+    def write(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        self._pending.append(schema.validate(table, schema.PATCHES, str(self.tmp)).replace_schema_metadata(None))
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= ROW_GROUP:
+            self._flush(ROW_GROUP)
+
+    def _flush(self, n: int | None = None) -> None:
+        t = pa.concat_tables(self._pending)
+        head, rest = (t, None) if n is None else (t.slice(0, n), t.slice(n))
+        if self._writer is None:
+            self.created += make_dirs(self.parts.dir)  # again: another writer's abort may have removed it
+            self._writer = pq.ParquetWriter(self.tmp, schema.PATCHES, compression="zstd")
+        self._writer.write_table(head, row_group_size=ROW_GROUP)
+        self.rows += head.num_rows
+        self._pending = [rest] if rest is not None and rest.num_rows else []
+        self._pending_rows = 0 if rest is None else rest.num_rows
+
+    def close(self) -> Path | None:
+        """Flush and close the file, still under its ``.tmp-`` name (None when it got no rows)."""
+        if self._pending_rows:
+            self._flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            with open(self.tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        return self.tmp if self.rows else None
+
+    def finish(self) -> dict | None:
+        """Close and rename into ``patches/``; the part's manifest entry (None when it got no rows)."""
+        if self.close() is None:
+            return None
+        final = self.parts.dir / self.name
+        os.replace(self.tmp, final)
+        self.bytes = final.stat().st_size
+        return dict(file=self.name, rows=self.rows, datasets={self.dataset: self.rows})
+
+    def abort(self) -> None:
+        """Remove whatever this writer wrote (its temp file or its renamed part) and the folders it made."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.tmp.unlink(missing_ok=True)
+        (self.parts.dir / self.name).unlink(missing_ok=True)
+        remove_dirs(self.created)
+
+
+def copy_rows(sources: list[Path], writer: PartWriter,
+              select: Callable[[pa.Table], pa.Table]) -> None:
+    """Stream every row group of ``sources`` through ``select`` into ``writer`` (memory: one row group)."""
+    for p in sources:
+        with read_guard(p):
+            f = pq.ParquetFile(p)
+            for g in range(f.metadata.num_row_groups):
+                t = _with_columns(f.read_row_group(g), list(schema.PATCHES.names), str(p))
+                writer.write(select(t))
+
+
+def readable(path: Path) -> str | None:
+    """None when ``path`` reads as Parquet in full (every row group), else why not. Memory: one row group."""
+    try:
+        f = pq.ParquetFile(path)
+        for g in range(f.metadata.num_row_groups):
+            f.read_row_group(g)
+    except READ_ERRORS as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
+
