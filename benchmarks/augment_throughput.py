@@ -61,7 +61,8 @@ def main() -> None:
     mean, std = cfg.mean_std()
     _, recipe = build_classifier(cfg)
     n = (a.steps + 1) * cfg.batch_size
-    pngs = list(Store(a.store).images().values())[:n]
+    st = Store(a.store)
+    pngs = list(st.images(st.patches(columns=["patch_id"])["patch_id"][:n].tolist()).values())
     y = (np.arange(len(pngs)) % 4 == 0).astype(np.float32)
     per_sample = train_transform(recipe, mean, std, crop_from=cfg.crop_from, **cfg.augment_kwargs())
     batched = batch_augment(recipe, mean, std, **cfg.augment_kwargs())

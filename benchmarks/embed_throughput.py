@@ -40,14 +40,17 @@ def _subset_store(src: Path | None, n: int, root: Path):
 
     st = Store(root)
     root.mkdir(parents=True, exist_ok=True)
-    if src is not None and (src / "patches.parquet").is_file():
-        t = pq.read_table(src / "patches.parquet").slice(0, n)
+    if src is not None and Store(src).has_patches():
+        meta = Store(src).patch_table().slice(0, n)
+        pngs = Store(src).images(meta["patch_id"].to_pylist())
+        t = meta.append_column("png", pa.array([pngs[p] for p in meta["patch_id"].to_pylist()], pa.binary()))
+        t = t.select(schema.PATCHES.names).cast(schema.PATCHES)
     else:
         cols = {f.name: pa.nulls(n, f.type) for f in schema.PATCHES}  # a whole patches table, metadata null
         cols.update(patch_id=pa.array([f"{i:016x}" for i in range(n)], schema.PATCHES.field("patch_id").type),
                     png=pa.array(synthetic_pngs(n), pa.binary()))
         t = pa.table(cols, schema=schema.PATCHES)
-    pq.write_table(t, st.patches_path)
+    pq.write_table(t, st.patch_parts.legacy_path)  # a one-file (format-1) patches table: still read as is
     return st
 
 
@@ -135,7 +138,7 @@ def main() -> None:
     print(f"model {recipe}; device {card}; {n} patches (job), {n_paper} (one at a time)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         st = _subset_store(a.store, n, Path(tmp) / "store")
-        pngs = list(st.images().values())[:n_paper]
+        pngs = list(st.images(st.patches(columns=["patch_id"])["patch_id"][:n_paper].tolist()).values())
         paper = paper_way(recipe, pngs, device, dtype)
         print(f"paper's way (batch 1):      {paper:9.1f} patches/s", flush=True)
         job, wall = job_way(st, recipe, device, bs)

@@ -47,7 +47,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="probe-sweep-"))
     try:
         st = Store(tmp)
-        shutil.copy(src.patches_path, st.patches_path)
+        if src.patch_parts.dir.is_dir():
+            shutil.copytree(src.patch_parts.dir, st.patch_parts.dir)
+        if src.patch_parts.legacy_path.is_file():
+            shutil.copy(src.patch_parts.legacy_path, st.patch_parts.legacy_path)
         patches = st.patches(columns=["patch_id", "y"])
         rng = np.random.default_rng(0)
         X = rng.normal(size=(len(patches), 2560)).astype(np.float32)

@@ -38,7 +38,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import paths
 from .atomic import (CHECK_HINT, damaged, env_errors, make_dirs, read_guard, remove_dirs, sweep_tmp, write_json,
                      write_parquet)
 from .errors import DamagedStoreError, StaleFeaturesError, StoreError

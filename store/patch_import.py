@@ -95,7 +95,7 @@ def read_stored(parts: PatchParts, replace: bool) -> StoredPatches:
     for e in entries:
         p = parts.path_of(e)
         try:
-            tables.append(_OnePart(parts, e).read(cols))
+            tables.append(parts.read(cols, [e]))
             kept.append(e)
         except DamagedStoreError as exc:
             if not replace:
@@ -103,17 +103,6 @@ def read_stored(parts: PatchParts, replace: bool) -> StoredPatches:
             bad.append(p)
     meta = pa.concat_tables(tables) if tables else None
     return StoredPatches(meta, kept, bad, stamp)
-
-
-class _OnePart(PatchParts):
-    """The table as if ``entry`` were its only part (to read the parts one by one)."""
-
-    def __init__(self, parts: PatchParts, entry: dict):
-        super().__init__(parts.root)
-        self._entry = entry
-
-    def entries(self) -> list[dict]:
-        return [self._entry]
 
 
 @dataclass
@@ -200,6 +189,8 @@ def _write(parts: PatchParts, stored: StoredPatches, writers: dict[str, PartWrit
     try:
         entries = parts.entries() if stored.meta is not None else []
         entries = [e for e in entries if parts.path_of(e) not in stored.unreadable]
+        for e in entries:
+            _datasets(parts, e)  # a format-1 file's counts, for its manifest entry (the migration)
         touched = [e for e in entries if plan == "replace" and set(_datasets(parts, e)) & datasets]
         keep = [e for e in entries if e not in touched]
         added = []

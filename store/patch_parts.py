@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -123,10 +122,11 @@ class PatchParts:
         return [n for n in schema.PATCHES.names if n in names or n in schema.ADDED_PATCH_COLUMNS and names]
 
     # -- reading ---------------------------------------------------------------------------
-    def read(self, columns: list[str]) -> pa.Table:
-        """``columns`` of every part, concatenated in manifest order (an added column a part lacks is null)."""
+    def read(self, columns: list[str], entries: list[dict] | None = None) -> pa.Table:
+        """``columns`` of every part (or of ``entries``' parts), concatenated in manifest order (an added
+        column a part lacks is null)."""
         tables = []
-        for p in self.part_paths():
+        for p in (self.part_paths() if entries is None else [self.path_of(e) for e in entries]):
             with read_guard(p):
                 have = pq.read_schema(p).names
                 t = pq.read_table(p, columns=[c for c in columns if c in have])

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import paths, schema
-from .atomic import READ_ERRORS, damaged, env_errors, read_guard, sweep_tmp, write_parquet
+from .atomic import damaged, env_errors, read_guard, sweep_tmp, write_parquet
 from .cohort import scan_cohort
 from .dataset import ImportScan, metadata_table, scan_benchmark, summarize_counts
 from .datasets import BENCHMARK, DatasetSpec
@@ -27,7 +27,7 @@ from .errors import DamagedStoreError, StoreError
 from .features import FeatureStore, part_rows, read_complete
 from .lock import SetLock
 from .patch_import import Staging, StoredPatches, Written, commit_import, read_stored
-from .patch_parts import PatchParts
+from .patch_parts import PatchParts, readable
 from .results import RESULT_TABLES, ResultTables
 
 log = logging.getLogger(__name__)
@@ -211,8 +211,15 @@ class Store:
         return self.patch_parts.read(columns)
 
     def patches(self, columns: list[str] | None = None) -> pd.DataFrame:
-        """Patch metadata (every column but ``png``), one row per patch, in the table's order."""
-        return self.patch_table(columns).to_pandas()
+        """Patch metadata (every column but ``png``), one row per patch, in the table's order. Integer
+        columns with nulls (coordinates, ``train_row``, an unlabelled cohort's ``y``) are pandas ``Int64``
+        and votes ``boolean``, whatever the parts hold: the same frame from every part layout."""
+        t = self.patch_table(columns)
+        df = t.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get)
+        for name in t.column_names:
+            if pa.types.is_integer(t.schema.field(name).type) and not t[name].null_count:
+                df[name] = df[name].astype("int64")
+        return df
 
     def images(self, patch_ids: list[str]) -> dict[str, bytes]:
         """PNG bytes of the given patches (for a page of thumbnails or one fold's training set; ids not
@@ -275,10 +282,9 @@ class Store:
         Reads every byte: only for explaining a failure (``store check`` is the full check)."""
         try:
             for p in self.table_files():
-                try:
-                    pq.read_table(p)
-                except READ_ERRORS as exc:
-                    return damaged(p, exc)
+                why = readable(p)  # a row group at a time: a patches part can be gigabytes
+                if why is not None:
+                    return damaged(p, why)
         except DamagedStoreError as exc:
             return exc
         return None

@@ -59,7 +59,7 @@ def synthetic_store(root, dim: int = 32, signal: float = 1.5, views=("none",), s
     st = Store(root)
     st.root.mkdir(parents=True, exist_ok=True)
     patches = synthetic_patches(seed=seed)
-    pq.write_table(pa.Table.from_pandas(patches, preserve_index=False), st.patches_path)
+    pq.write_table(pa.Table.from_pandas(patches, preserve_index=False), st.patch_parts.legacy_path)  # format 1
     rng = np.random.default_rng(seed + 1)
     base = rng.normal(size=(len(patches), dim)).astype(np.float32)
     base[patches["y"].to_numpy() == 1, : dim // 4] += signal

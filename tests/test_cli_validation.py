@@ -274,7 +274,8 @@ def test_dashboard_upload_validated_like_import(populated):
 
     stamp = populated.fingerprint()
     root = str(populated.root)
-    pid, stored_png = next(iter(populated.images().items()))
+    pid = populated.patches(columns=["patch_id"])["patch_id"][0]
+    stored_png = populated.images([pid])[pid]
     assert data.check_upload(root, stamp, stored_png).same_as == [pid]  # byte-identical: a lookup
     assert data.check_upload(root, stamp, _reencoded(stored_png)).same_as == [pid]  # pixel-identical
     rgb = np.asarray(Image.open(io.BytesIO(stored_png)).convert("RGB"))

@@ -120,7 +120,8 @@ def _upload(at, png: bytes):
 
 
 def test_similarity_upload_embeds_on_the_fly(full_store, monkeypatch):
-    pid, png = next(iter(full_store.images().items()))
+    pid = full_store.patches(columns=["patch_id"])["patch_id"][0]
+    png = full_store.images([pid])[pid]
     at = open_page(full_store.root, "similarity", monkeypatch)
     _upload(at, png)
     assert not at.exception and not at.error

@@ -122,14 +122,12 @@ def test_enlarged_is_nearest_neighbour():
     assert (big == np.repeat(np.repeat(px, 3, axis=0), 3, axis=1)).all()  # every pixel a 3x3 block, no blending
 
 
-def test_read_pngs_reads_only_what_is_asked(full_store, monkeypatch):
+def test_images_reads_only_what_is_asked(full_store, monkeypatch):
     import pyarrow.parquet as pq
 
-    from store.images import read_pngs
-
-    every = full_store.images()
+    every = {p: b for t in full_store.iter_images() for p, b in zip(t["patch_id"].to_pylist(), t["png"].to_pylist())}
     some = list(every)[::7] + ["not-a-patch"]
-    got = read_pngs(full_store.patches_path, some)
+    got = full_store.images(some)
     assert got == {p: every[p] for p in some if p in every}
     # only the row groups holding the wanted patches are read
     seen = []
@@ -140,10 +138,8 @@ def test_read_pngs_reads_only_what_is_asked(full_store, monkeypatch):
         return real(self, i, *a, **k)
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
-    assert read_pngs(full_store.patches_path, [next(iter(every))]).keys() == {next(iter(every))}
-    assert seen == [0] and read_pngs(full_store.patches_path, []) == {}
-
-
+    assert full_store.images([next(iter(every))]).keys() == {next(iter(every))}
+    assert seen == [0] and full_store.images([]) == {}
 def test_test_sets_come_from_the_results():
     from dashboard import data
 
