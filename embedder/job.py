@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pyarrow as pa
 
 from store import Store
 from store.patch_parts import read_row_group
@@ -89,16 +88,16 @@ class _RowGroups:
     worker ``i`` of ``n`` reads row groups ``i, i + n, ...`` itself, keeps the wanted rows and yields
     ``(patch_id, prepared pixels)``. No process ever holds more than a row group of PNGs."""
 
-    def __init__(self, groups: list, wanted, prepare: Prepare):
-        self.groups, self.wanted, self.prepare = groups, wanted, prepare
+    def __init__(self, groups: list, prepare: Prepare):
+        self.groups, self.prepare = groups, prepare  # groups: (part, row group, ids wanted from it)
 
     def __iter__(self):
         from torch.utils.data import get_worker_info
 
         info = get_worker_info()
         wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
-        for path, g in self.groups[wid::n]:
-            t = read_row_group(path, g, ("patch_id", "png"), self.wanted)
+        for path, g, ids in self.groups[wid::n]:
+            t = read_row_group(path, g, ("patch_id", "png"), ids)
             for pid, png in zip(t["patch_id"].to_pylist(), t["png"].to_pylist()):
                 yield pid, self.prepare(png)
 
@@ -125,13 +124,12 @@ def _run_local(st, model, transform, patch_ids, views, device, dtype, batch_size
     from torch.utils.data import DataLoader
 
     pixel_views = model is None
-    wanted = pa.array(list(patch_ids), pa.string())
-    groups = st.patch_parts.row_groups(wanted)
+    groups = st.patch_parts.row_group_ids(patch_ids)
     num_workers = min(num_workers, len(groups))
     # The workers only decode PNGs; they never touch LanceDB, whose "fork support is experimental"
     # warning (an earlier set's table build started its runtime in this process) is noise here.
     warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
-    dataset = _iterable(_RowGroups(groups, wanted, Prepare(transform, views, pixel_views)))
+    dataset = _iterable(_RowGroups(groups, Prepare(transform, views, pixel_views)))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         worker_init_fn=_worker_init if num_workers else None,
                         pin_memory=device.startswith("cuda"), persistent_workers=False,

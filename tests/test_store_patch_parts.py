@@ -196,3 +196,24 @@ def test_store_check_and_repair_cover_the_parts(tiny_store, tmp_path, monkeypatc
     actions = integrity.repair(tiny_store, dry_run=False)
     assert [a.action for a in actions][:2] == ["quarantine", "write manifest"]
     assert integrity.check(tiny_store) == [] and len(tiny_store.patches()) == 36
+
+
+def test_the_embedding_job_reads_a_row_group_at_a_time(tiny_store, tmp_path, monkeypatch):
+    import embedder
+    import embedder.job
+    import store.patch_parts as pp
+
+    monkeypatch.setattr(pp, "ROW_GROUP", 7)
+    tiny_store.import_cohort("MyLab", manifest=write_example_cohort(tmp_path / "cohort"))
+    seen = []
+    real = pp.read_row_group
+
+    def spy(path, group, columns=("patch_id", "png"), wanted=None):
+        t = real(path, group, columns, wanted)
+        seen.append(t.num_rows)
+        return t
+
+    monkeypatch.setattr(embedder.job, "read_row_group", spy)
+    monkeypatch.setattr(Store, "images", lambda *a, **k: pytest.fail("the job asked for PNGs by id list"))
+    s = embedder.embed(tiny_store, "handcrafted", progress=False, num_workers=0)
+    assert s.rows_written == 56 and seen == [12, 12, 12, 7, 7, 6]  # one read per row group (benchmark: 12 each)

@@ -33,7 +33,8 @@ def info_cmd(store_path: Path | None) -> None:
     if info["patches"] is None:
         click.echo("no patches yet: run `mitoprobe data import`")
     else:
-        print_frame(info["patches"]["counts"], title=f"patches ({human_bytes(info['patches']['bytes'])})")
+        p = info["patches"]
+        print_frame(p["counts"], title=f"patches ({human_bytes(p['bytes'])} in {p['parts']} part(s))")
     if info["embeddings"]:
         df = pd.DataFrame(info["embeddings"])
         df["outputs"] = df["outputs"].map(lambda o: ", ".join(f"{k}:{v}" for k, v in o.items()))
