@@ -149,7 +149,7 @@ def commit_import(parts: PatchParts, stored: StoredPatches, staging: Staging, ne
             if parts.stamp() != stored.stamp:
                 raise StoreError(f"{parts.dir}: another import changed the patches table while this one ran; "
                                  "nothing was changed by this one: run it again")
-            parts.sweep(own=[w.tmp for w in writers.values()])
+            parts.sweep()
             return _write(parts, stored, writers, new, datasets, plan)
     except BaseException:
         staging.abort()

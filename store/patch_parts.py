@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import paths, schema
-from .atomic import TMP_PREFIX, READ_ERRORS, damaged, make_dirs, read_guard, remove_dirs, write_json
+from .atomic import TMP_PREFIX, READ_ERRORS, damaged, make_dirs, read_guard, remove_dirs, sweep_tmp, write_json
 
 PATCHES_DIR = "patches"
 MANIFEST = "MANIFEST.json"
@@ -101,17 +101,16 @@ class PatchParts:
             return (self.anchor.name, None)
         return (self.anchor.name, st.st_size, st.st_mtime_ns, st.st_ino)
 
-    def sweep(self, own: Iterable[Path] = ()) -> list[Path]:
-        """Remove what killed imports left in ``patches/``: ``.tmp-`` files and unlisted parts, except
-        ``own`` (the calling import's staged files). Only under the patches lock (no other import
-        is then committing); returns what was removed."""
+    def sweep(self) -> int:
+        """Remove what killed imports left in ``patches/``: unlisted parts (parts are renamed into
+        place only under the patches lock, which the caller holds) and ``.tmp-`` files older than an
+        hour (a younger one may be another import's staging, still scanning). Returns how many went."""
         if not self.dir.is_dir():
-            return []
-        own = {Path(p) for p in own}
-        gone = [p for p in [*self.dir.glob(f"{TMP_PREFIX}*"), *self.unlisted()] if p not in own]
+            return 0
+        gone = self.unlisted()
         for p in gone:
             p.unlink(missing_ok=True)
-        return gone
+        return len(gone) + sweep_tmp(self.dir)
 
     def column_names(self) -> list[str]:
         """Columns of the table: the schema's, less added columns no part has (an old store)."""

@@ -79,11 +79,16 @@ def test_crash_between_write_and_rename_keeps_previous_state(tiny_store, tmp_pat
     assert tiny_store.sql("select count(*) n from patches")["n"][0] == 36
     found = {p.path: p for p in integrity.check(tiny_store)}
     assert all(found[p].kind == "unlisted-part" and found[p].severity == "warning" for p in unlisted)
-    # The next import (holding the patches lock: no other import writes) removes the leftovers.
+    # The next import (holding the patches lock: no other import commits) removes the unlisted parts at
+    # once, and a temp file once it is old enough not to be another import's staging.
     assert tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True).changed
-    assert not list(tiny_store.patch_parts.dir.glob(f"{TMP_PREFIX}*")) and not tiny_store.patch_parts.unlisted()
-    assert not any(p.exists() for p in unlisted)
-    assert not tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True).changed
+    assert not tiny_store.patch_parts.unlisted() and not any(p.exists() for p in unlisted)
+    assert list(tiny_store.patch_parts.dir.glob(f"{TMP_PREFIX}*")) == manifest_tmp
+    old = time.time() - 2 * 3600
+    os.utime(manifest_tmp[0], (old, old))
+    assert not tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True).changed  # no commit: no sweep
+    assert tiny_store.import_dataset(make_benchmark(tmp_path / "again", seed=11), replace=True).changed
+    assert not list(tiny_store.patch_parts.dir.glob(f"{TMP_PREFIX}*"))
 
 
 def test_failed_rename_leaves_no_half_file(tmp_path, monkeypatch):
