@@ -433,13 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         facts: dict = {}
         rows = merged_rows(a.from_json, facts, {})
         header = "\n".join(f"(rows of {m['file']}: {m['header']})" for m in facts["merged"] if m["header"])
-        print((header + "\n\n" if header else "") + table(rows))
-        if a.json:
-            a.json.write_text(json.dumps({"facts": facts, "header": header, "rows": rows}, indent=1, default=str))
-            print(f"\nwrote {a.json}")
-        if a.plot:
-            write_plot(rows, a.plot)
-        return 0
+        return finish(a, facts, header, rows)
     scales = [float(s) for s in a.scales.split(",") if s.strip()]
     facts = cpu_facts()
     facts["load_start"] = os.getloadavg()
@@ -463,9 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     for m in facts.get("merged", []):
         if m["header"]:
             header += f"\n(rows of {m['file']}: {m['header']})"
-    print("\n" + header + "\n\n" + table(rows))
+    return finish(a, facts, "\n" + header, rows)
+
+
+def finish(a, facts: dict, header: str, rows: list[dict]) -> int:
+    """Print the header and the table; write the JSON (``--json``) and the plot (``--plot``)."""
+    print((header + "\n\n" if header else "") + table(rows))
     if a.json:
-        a.json.write_text(json.dumps({"facts": facts, "header": header, "rows": rows}, indent=1, default=str))
+        a.json.write_text(json.dumps({"facts": facts, "header": header.strip(), "rows": rows}, indent=1, default=str))
         print(f"\nwrote {a.json}")
     if a.plot:
         write_plot(rows, a.plot)
