@@ -113,12 +113,13 @@ class PatchParts:
         return len(gone) + sweep_tmp(self.dir)
 
     def column_names(self) -> list[str]:
-        """Columns of the table: the schema's, less added columns no part has (an old store)."""
+        """Columns of the table, in the schema's order: those some part has (an old store may lack an
+        added column; a part lacking one that others have reads it as nulls)."""
         names: set[str] = set()
         for p in self.part_paths():
             with read_guard(p):
                 names.update(pq.read_schema(p).names)
-        return [n for n in schema.PATCHES.names if n in names or n in schema.ADDED_PATCH_COLUMNS and names]
+        return [n for n in schema.PATCHES.names if n in names]
 
     # -- reading ---------------------------------------------------------------------------
     def read(self, columns: list[str], entries: list[dict] | None = None) -> pa.Table:

@@ -80,9 +80,10 @@ def test_replace_rewrites_only_the_parts_of_its_dataset(tiny_store, tmp_path):
     assert len(tiny_store.images(ids)) == 22 and integrity.check(tiny_store) == []
 
 
-def _format1(st: Store) -> None:
-    """Turn a store into the format before parts: one patches.parquet, no patches/ folder."""
-    t = pa.concat_tables([pq.read_table(p) for p in st.patch_parts.part_paths()])
+def _format1(st: Store, drop: tuple[str, ...] = ()) -> None:
+    """Turn a store into the format before parts: one patches.parquet, no patches/ folder (without the
+    columns ``drop``: added to the schema later)."""
+    t = pa.concat_tables([pq.read_table(p) for p in st.patch_parts.part_paths()]).drop_columns(list(drop))
     pq.write_table(t, st.patch_parts.legacy_path, row_group_size=ROW_GROUP)
     for p in st.patch_parts.dir.iterdir():
         p.unlink()
@@ -114,6 +115,17 @@ def test_a_format1_store_is_read_as_it_is_and_migrated_in_place_by_the_next_impo
     tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True)
     assert not legacy.exists()
     assert sorted(set(tiny_store.patches()["dataset"])) == ["AMi-Br", "AtNorM-Br", "AtNorM-MD", "MyLab"]
+    assert integrity.check(tiny_store) == []
+
+
+def test_a_format1_file_older_than_the_metadata_column(tiny_store, tmp_path):
+    _format1(tiny_store, drop=("metadata",))
+    assert "metadata" not in tiny_store.patches().columns
+    assert tiny_store.sql("select count(*) n from patches")["n"][0] == 36
+    tiny_store.import_cohort("MyLab", manifest=write_example_cohort(tmp_path / "cohort"))
+    p = tiny_store.patches()
+    assert p["metadata"].notna().sum() == 20 and p["metadata"].isna().sum() == 36  # the old rows: null
+    assert tiny_store.sql("select count(metadata) n from patches")["n"][0] == 20
     assert integrity.check(tiny_store) == []
 
 
