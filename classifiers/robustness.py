@@ -11,7 +11,10 @@ feature dominates) are counted as
 and the robustness index is SL-OS / (SL-OS + OL-SS), in the spirit of PathoROB's (Kömen et al. 2025):
 1 = neighbours follow the label regardless of site, 0 = they follow the site. Label and site agreement
 are also reported against their base rates (what random neighbours would give), so a reader sees
-whether either is above chance. Exact search (a matrix product), fine for benchmark-sized sets.
+whether either is above chance. Exact search (a matrix product). Above ``MAX_QUERIES`` patches (a
+cohort-sized store) the counts come from a fixed-seed random sample of that many query patches, whose
+neighbours are still searched among all patches: the cost grows linearly with the store, not with its
+square (the result says how many patches were queried).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from store.errors import ProtocolError, RecipeError
 from .runner import current_recipe_id
 
 DEFAULT_K = 10
-COLUMNS = ["model", "recipe_id", "output", "k", "n", "robustness_index", "label_agreement", "label_base_rate",
+MAX_QUERIES = 10_000  # all patches up to this many (the benchmark's 6,573: exact); a sample above
+SAMPLE_SEED = 0
+COLUMNS = ["model", "recipe_id", "output", "k", "n", "queries", "robustness_index", "label_agreement", "label_base_rate",
            "site_agreement", "site_base_rate", "sl_os", "ol_ss"]
 
 
@@ -35,24 +40,29 @@ def _zscore(X: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
     return (X - mu) / np.where(sd > 0, sd, 1.0)
 
 
-def neighbours(X: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
-    """Indices (n, k) of each row's k nearest other rows by cosine similarity."""
+def neighbours(X: np.ndarray, k: int, chunk: int = 1024, queries: np.ndarray | None = None) -> np.ndarray:
+    """Indices (q, k) of the k nearest other rows by cosine similarity of each row in ``queries``
+    (row indices; all rows when None)."""
     U = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    out = np.empty((len(U), k), dtype=np.int64)
-    for a in range(0, len(U), chunk):
-        sim = U[a:a + chunk] @ U.T
-        sim[np.arange(sim.shape[0]), np.arange(a, a + sim.shape[0])] = -np.inf  # not itself
+    rows = np.arange(len(U)) if queries is None else np.asarray(queries)
+    out = np.empty((len(rows), k), dtype=np.int64)
+    for a in range(0, len(rows), chunk):
+        q = rows[a:a + chunk]
+        sim = U[q] @ U.T
+        sim[np.arange(len(q)), q] = -np.inf  # not itself
         top = np.argpartition(-sim, k, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(sim, top, axis=1), axis=1, kind="mergesort")
         out[a:a + chunk] = np.take_along_axis(top, order, axis=1)
     return out
 
 
-def robustness_index(labels: np.ndarray, sites: np.ndarray, nn: np.ndarray) -> dict:
-    """The index and the agreements (with base rates) for neighbour table ``nn``."""
+def robustness_index(labels: np.ndarray, sites: np.ndarray, nn: np.ndarray, queries: np.ndarray | None = None) -> dict:
+    """The index and the agreements (with base rates over every patch) for neighbour table ``nn`` of
+    the rows ``queries`` (all rows when None)."""
     labels, sites = np.asarray(labels), np.asarray(sites)
-    same_label = labels[nn] == labels[:, None]
-    same_site = sites[nn] == sites[:, None]
+    q = np.arange(len(labels)) if queries is None else np.asarray(queries)
+    same_label = labels[nn] == labels[q][:, None]
+    same_site = sites[nn] == sites[q][:, None]
     sl_os = int((same_label & ~same_site).sum())
     ol_ss = int((~same_label & same_site).sum())
 
@@ -66,8 +76,9 @@ def robustness_index(labels: np.ndarray, sites: np.ndarray, nn: np.ndarray) -> d
 
 
 def site_robustness(store, model: str, output: str | None = None, k: int = DEFAULT_K,
-                    allow_stale: bool = False) -> dict:
-    """The index of one stored set over all patches (original view; site = dataset)."""
+                    allow_stale: bool = False, max_queries: int = MAX_QUERIES) -> dict:
+    """The index of one stored set over all patches (original view; site = dataset), or over a
+    fixed-seed sample of ``max_queries`` of them when there are more (``queries`` in the result)."""
     eset = store.features.resolve(model, current_recipe_id(store, model), allow_stale)
     outputs = [output] if output else list(eset.outputs)
     if any(o not in eset.outputs for o in outputs):
@@ -78,8 +89,12 @@ def site_robustness(store, model: str, output: str | None = None, k: int = DEFAU
         raise ProtocolError("site robustness needs patches from at least two datasets (sites) in the store")
     train = ((meta["dataset"] == "AMi-Br") & (meta["split"] == "train")).to_numpy()
     Z = _zscore(np.asarray(X, dtype=np.float64), train if train.any() else np.ones(len(meta), bool))
-    res = robustness_index(meta["y"].to_numpy(), meta["dataset"].to_numpy(), neighbours(Z, k))
-    return dict(model=model, recipe_id=eset.recipe_id, output="+".join(outputs), k=k, n=len(meta), **res)
+    queries = None
+    if len(meta) > max_queries:
+        queries = np.sort(np.random.default_rng(SAMPLE_SEED).choice(len(meta), max_queries, replace=False))
+    res = robustness_index(meta["y"].to_numpy(), meta["dataset"].to_numpy(), neighbours(Z, k, queries=queries), queries)
+    return dict(model=model, recipe_id=eset.recipe_id, output="+".join(outputs), k=k, n=len(meta),
+                queries=len(meta) if queries is None else len(queries), **res)
 
 
 def robustness_table(store, models: list[str] | None = None, k: int = DEFAULT_K) -> pd.DataFrame:

@@ -302,6 +302,9 @@ def _set_patches(root: str, key: tuple, pkey: tuple, recipe_id: str, output: str
     return meta[mask.to_numpy(zero_copy_only=False)]
 
 
+MAP_POINTS = 20_000  # points the embedding map draws at most (a random sample above: the projection uses all)
+
+
 @dataclass(frozen=True)
 class Projection:
     """2-D coordinates of one set's original-view vectors, with what each axis means."""

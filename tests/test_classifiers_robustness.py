@@ -47,4 +47,23 @@ def test_report_robustness_on_a_store(tiny_store, monkeypatch, capsys):
     code, out = run_cli(monkeypatch, capsys, "report", "--robustness", "--k", "3", "--store", str(tiny_store.root),
                         "--format", "csv")
     assert code == 0, out
-    assert out.splitlines()[0].startswith("model,recipe_id,output,k,n,robustness_index") and "handcrafted" in out
+    assert out.splitlines()[0].startswith("model,recipe_id,output,k,n,queries,robustness_index") and "handcrafted" in out
+
+
+def test_a_large_set_is_counted_on_a_sample_of_queries_among_all_neighbours(tiny_store):
+    """Above MAX_QUERIES the cost is queries x patches, not patches squared: the sampled rows' neighbours are
+    exactly those of the full search, and the counts are theirs."""
+    import embedder
+    from classifiers.robustness import site_robustness
+
+    X, labels, sites = _clusters("label", n=90)
+    q = np.array([3, 17, 40, 41, 88])
+    np.testing.assert_array_equal(neighbours(X, 5, chunk=2, queries=q), neighbours(X, 5)[q])
+    full = neighbours(X, 5)
+    r = robustness_index(labels, sites, full[q], q)
+    assert r["sl_os"] == int(((labels[full[q]] == labels[q][:, None]) & (sites[full[q]] != sites[q][:, None])).sum())
+    embedder.embed(tiny_store, "handcrafted", progress=False, num_workers=0)
+    exact = site_robustness(tiny_store, "handcrafted", k=3)
+    sampled = site_robustness(tiny_store, "handcrafted", k=3, max_queries=20)
+    assert (exact["n"], exact["queries"], sampled["n"], sampled["queries"]) == (36, 36, 36, 20)
+    assert sampled == site_robustness(tiny_store, "handcrafted", k=3, max_queries=20)  # fixed seed

@@ -181,6 +181,16 @@ def test_embedding_map(full_store, monkeypatch):
     assert not at.exception
 
 
+def test_embedding_map_draws_a_sample_of_a_large_set(full_store, monkeypatch):
+    from dashboard import data
+
+    monkeypatch.setattr(data, "MAP_POINTS", 10)
+    at = open_page(full_store.root, "map", monkeypatch)
+    assert not at.exception
+    n = len(full_store.patches())
+    assert any(f"{n} patches (10 drawn at random: the projection uses all)" in c.value for c in at.caption)
+
+
 def test_errors(full_store, monkeypatch):
     at = open_page(full_store.root, "errors", monkeypatch)
     fid = "fam-logreg"

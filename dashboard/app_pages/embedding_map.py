@@ -36,6 +36,9 @@ if not runs.empty:
     df["correct"] = np.where(~has, "not predicted", np.where(df["prediction"] == df["label"], "correct", "wrong"))
 if datasets:
     df = df[df["dataset"].isin(datasets)]
+n_all = len(df)
+if n_all > data.MAP_POINTS:  # a browser draws ~20,000 points fluently, not a cohort's 200,000
+    df = df.sample(data.MAP_POINTS, random_state=0)
 
 if proj.explained:
     st.caption(f"PCA of the standardised vectors: the two axes explain {proj.explained[0]:.1%} and "
@@ -62,8 +65,9 @@ if sel:
     st.markdown(f"**{len(picked)} patches selected**" + (" (showing 36)" if len(picked) > 36 else "")
                 + ". Click one to open it as the similarity query.")
 else:
-    st.caption(f"{len(df)} patches. Showing 12 at random (click one to search with it); select a region to see "
-               "its patches.")
+    drawn = f"{n_all} patches ({len(df)} drawn at random: the projection uses all)" if n_all > len(df) \
+        else f"{len(df)} patches"
+    st.caption(f"{drawn}. Showing 12 at random (click one to search with it); select a region to see its patches.")
     picked = df.sample(min(12, len(df)), random_state=0)
 show = picked.head(36)
 ui.thumbnail_grid(ctx, show["patch_id"].tolist(), [f"{r['label']}\n{r['dataset']}" for _, r in show.iterrows()],
@@ -90,7 +94,8 @@ else:
     r3.metric("Site agreement", f"{rob['site_agreement']:.3f}",
               delta=f"{rob['site_agreement'] - rob['site_base_rate']:+.3f} vs base rate {rob['site_base_rate']:.3f}",
               delta_color="off", help="Share of neighbours from the patch's dataset; base rate = random neighbours")
-    st.caption(f"{rob['n']} patches, k = {rob['k']}: {rob['sl_os']} same-label/other-site and {rob['ol_ss']} "
+    queried = f" ({rob['queries']} of them queried, a fixed random sample)" if rob["queries"] < rob["n"] else ""
+    st.caption(f"{rob['n']} patches{queried}, k = {rob['k']}: {rob['sl_os']} same-label/other-site and {rob['ol_ss']} "
                f"other-label/same-site neighbour pairs (output {rob['output']}). "
                + ("The site pulls neighbours together more than the label does."
                   if rob["site_agreement"] - rob["site_base_rate"] > rob["label_agreement"] - rob["label_base_rate"]
