@@ -276,20 +276,8 @@ def dashboard_rows(store: Path, total: int, a, logs: Path, row, status_note: str
             r["exceptions"] = info.get(f"{kind}_exceptions") or []
 
 
-def run_scale(scale: float, a, rows: list[dict], embed_rate: dict) -> None:
-    n = int(round(scale * BASE))
-    base = a.workdir / f"x{scale:g}"
-    base.mkdir(parents=True, exist_ok=True)
-    logs = base / "logs"
-    logs.mkdir(exist_ok=True)
-    print(f"\n== x{scale:g}: {n:,} + {a.added:,} patches under {base}", flush=True)
-    big, t_big = cohort(base / "cohort", n, a.seed, "train", "SYN", a.src)
-    small, t_small = cohort(base / "added", a.added, a.seed + 1000, "test", "ADD", a.src)
-    print(f"   cohorts ready (generated in {t_big:.0f} s + {t_small:.0f} s)", flush=True)
-    store = base / "store"
-    shutil.rmtree(store, ignore_errors=True)
-    total = n + a.added
-    S = ["--store", str(store)]
+def _row_writer(scale: float, rows: list[dict]):
+    """run_scale's ``row(command, patches, res, notes, status)``: appends one row to ``rows`` and prints it."""
 
     def row(command: str, patches: int, res: dict | None, notes: str = "", status: str | None = None) -> dict:
         r = {"command": command, "scale": f"x{scale:g}", "patches": patches, "notes": notes}
@@ -306,6 +294,28 @@ def run_scale(scale: float, a, rows: list[dict], embed_rate: dict) -> None:
         w = "-" if r["wall_s"] is None else f"{r['wall_s']:.1f} s"
         print(f"   {command:<28} {w:>10}  {r.get('peak_rss_mib') or '-'} MiB  {r['status']}  {notes}", flush=True)
         return r
+    return row
+
+
+def run_scale(scale: float, a, rows: list[dict], embed_rate: dict) -> None:
+    n = int(round(scale * BASE))
+    base = a.workdir / f"x{scale:g}"
+    base.mkdir(parents=True, exist_ok=True)
+    logs = base / "logs"
+    logs.mkdir(exist_ok=True)
+    print(f"\n== x{scale:g}: {n:,} + {a.added:,} patches under {base}", flush=True)
+    if a.dashboard_only:  # the page loads alone, on the store an earlier run left there
+        dashboard_rows(base / "store", n + a.added, a, logs, _row_writer(scale, rows))
+        return
+    big, t_big = cohort(base / "cohort", n, a.seed, "train", "SYN", a.src)
+    small, t_small = cohort(base / "added", a.added, a.seed + 1000, "test", "ADD", a.src)
+    print(f"   cohorts ready (generated in {t_big:.0f} s + {t_small:.0f} s)", flush=True)
+    store = base / "store"
+    shutil.rmtree(store, ignore_errors=True)
+    total = n + a.added
+    S = ["--store", str(store)]
+
+    row = _row_writer(scale, rows)
 
     def go(name: str, args: list[str], patches: int, notes: str = "", store_delta: bool = False) -> dict:
         before = snapshot(store) if store_delta else None
@@ -421,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="log-log plot of wall s and peak RSS vs patches (.svg/.png need vl_convert, else HTML "
                          "is written beside it; .html; .json = the Vega-Lite spec)")
     ap.add_argument("--no-dashboard", action="store_true", help="skip the dashboard page loads")
+    ap.add_argument("--dashboard-only", action="store_true",
+                    help="only the page loads, on the stores an earlier run left under --workdir")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--src", type=Path, default=DEFAULT_SRC)
     ap.add_argument("--_page", help=argparse.SUPPRESS)  # the page-load helper (one page, one fresh process)
