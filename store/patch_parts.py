@@ -8,8 +8,8 @@ Layout (store format 2)::
 The table is the union of the parts the manifest lists, in its order. ``MANIFEST.json`` is the
 commit point: a new part is written under a ``.tmp-`` name, renamed into place, and becomes part of
 the table only when the manifest naming it is atomically replaced; a part left unlisted by a crash in
-between is reported by ``store check`` and removed by ``store repair``. Files a commit drops from the
-manifest are deleted after it.
+between is reported by ``store check`` and removed by ``store repair`` or the next import's commit.
+Files a commit drops from the manifest are deleted after it.
 
 Stores written before (format 1) hold one ``patches.parquet`` at the top. Readers take it as the only
 part. The first import that changes such a store migrates it automatically, in place: its manifest
