@@ -24,7 +24,7 @@ _STR = pa.large_string()
 METRICS = ("balanced_accuracy", "auroc", "auprc", "sensitivity", "specificity", "f1", "brier", "ece")
 CI_METRICS = ("balanced_accuracy", "auroc", "sensitivity", "specificity")  # with a 95% bootstrap CI
 
-# -- patches.parquet -----------------------------------------------------------------------------
+# -- patches/part-*.parquet (a format-1 store: one patches.parquet) --------------------------------
 VOTE_COLUMNS = tuple(f"expert{k}_atypical" for k in range(1, 6))  # True = voted atypical, null = no vote
 SUBTYPE_COLUMNS = ("subtype_expert1", "subtype_expert2")
 

@@ -84,8 +84,9 @@ def import_cmd(path: Path | None, manifest: Path | None, dataset: str | None, sp
     ../shared/datasets/AMi-Br_Benchmark, then the download cache). With --dataset NAME, PATH or
     --manifest is your own cohort: PNG, JPEG or TIFF patches of any size, labelled or not; its
     split=test patches become an extra test set named NAME. Idempotent: importing the same data twice
-    changes nothing; new files are added, and an import that would drop or change stored patches
-    is refused unless --replace. Every problem is listed at once and nothing is written on error.
+    changes nothing; new files are added (only their rows are written, as a new part of the table,
+    whatever the store's size), and an import that would drop or change stored patches is refused
+    unless --replace. Every problem is listed at once and nothing is written on error.
 
     \b
     Examples:
