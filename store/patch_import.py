@@ -68,19 +68,32 @@ class Staging:
             w.abort()
 
 
+OTHERS_COLUMNS = ["patch_id", "dataset", "relpath", "content_sha256"]  # what an import needs of other datasets
+
+
 @dataclass
 class StoredPatches:
-    """The stored table's metadata and manifest entries, as an import sees them."""
+    """The stored table as an import of ``datasets`` sees it: their rows' metadata in full, the other
+    datasets' rows as ``OTHERS_COLUMNS`` only (ids must stay unique, pixels shared with them are said):
+    the import's memory grows with the store by ~100 bytes a patch, not by its whole metadata."""
 
-    meta: pa.Table | None  # every column but png, all datasets (None: nothing stored)
+    meta: pa.Table | None  # every column but png, rows of the imported datasets (None: nothing stored)
+    others: pa.Table | None = None  # OTHERS_COLUMNS of every other row
     entries: list[dict] = field(default_factory=list)
     unreadable: list[Path] = field(default_factory=list)  # parts skipped under ``replace``
     stamp: tuple = ()  # ``PatchParts.stamp()`` when read: the commit checks nobody changed the table since
 
+    def ids(self) -> set[str]:
+        """Every stored patch id (the scan stages only rows whose id is not among them)."""
+        if self.meta is None:
+            return set()
+        return set(self.meta["patch_id"].to_pylist()) | set(self.others["patch_id"].to_pylist())
 
-def read_stored(parts: PatchParts, replace: bool) -> StoredPatches:
-    """The stored metadata; a damaged part (or manifest) raises unless ``replace``, which skips it
-    (its rows are then dropped by the commit)."""
+
+def read_stored(parts: PatchParts, replace: bool, datasets: set[str]) -> StoredPatches:
+    """The stored metadata as an import of ``datasets`` needs it (a part holding none of their rows is
+    read for ``OTHERS_COLUMNS`` only); a damaged part (or manifest) raises unless ``replace``, which
+    skips it (its rows are then dropped by the commit)."""
     stamp = parts.stamp()
     if not parts.exists():
         return StoredPatches(None, stamp=stamp)
@@ -89,20 +102,27 @@ def read_stored(parts: PatchParts, replace: bool) -> StoredPatches:
     except DamagedStoreError as exc:
         if not replace:
             raise DamagedStoreError(f"{exc}; or overwrite it with `mitoprobe data import --replace`") from exc
-        return StoredPatches(None, [], [parts.manifest_path], stamp)
-    cols = list(schema.PATCH_COLUMNS)
-    tables, kept, bad = [], [], []
+        return StoredPatches(None, None, [], [parts.manifest_path], stamp)
+    full, light, kept, bad = [], [], [], []
     for e in entries:
-        p = parts.path_of(e)
         try:
-            tables.append(parts.read(cols, [e]))
+            if e.get("datasets") is not None and not set(e["datasets"]) & datasets:
+                light.append(parts.read(OTHERS_COLUMNS, [e]))
+            else:
+                t = parts.read(list(schema.PATCH_COLUMNS), [e])
+                mine = _in(t["dataset"], datasets)
+                full.append(t.filter(mine))
+                light.append(t.filter(pc.invert(mine)).select(OTHERS_COLUMNS))
             kept.append(e)
         except DamagedStoreError as exc:
             if not replace:
                 raise DamagedStoreError(f"{exc}; or overwrite it with `mitoprobe data import --replace`") from exc
-            bad.append(p)
-    meta = pa.concat_tables(tables) if tables else None
-    return StoredPatches(meta, kept, bad, stamp)
+            bad.append(parts.path_of(e))
+    if not kept:
+        return StoredPatches(None, None, [], bad, stamp)
+    empty = pa.schema([f for f in schema.PATCH_METADATA])
+    meta = pa.concat_tables(full) if full else empty.empty_table()
+    return StoredPatches(meta, pa.concat_tables(light), kept, bad, stamp)
 
 
 @dataclass
@@ -160,8 +180,7 @@ def _plan(stored: StoredPatches, new: pa.Table, datasets: set[str], replace: boo
     """"add" (new rows only), "replace" (rewrite ``datasets``) or None (no change)."""
     if stored.meta is None:
         return "replace" if stored.unreadable else "add"
-    mine_mask = _in(stored.meta["dataset"], datasets)
-    mine, others = stored.meta.filter(mine_mask), stored.meta.filter(pc.invert(mine_mask))
+    mine, others = stored.meta, stored.others
     clash = pc.is_in(new["patch_id"], value_set=others["patch_id"])
     if pc.any(clash).as_py():
         n = pc.sum(clash.cast(pa.int64())).as_py()
@@ -208,7 +227,7 @@ def _write(parts: PatchParts, stored: StoredPatches, writers: dict[str, PartWrit
                 copy_rows([staged.close()], w, _with_metadata(meta_d))
                 staged.abort()
             if plan == "replace" and stored.meta is not None:
-                known = meta_d.filter(_in(meta_d["patch_id"], stored.meta["patch_id"].to_pylist()))
+                known = meta_d.filter(pc.is_in(meta_d["patch_id"], value_set=stored.meta["patch_id"]))
                 copy_rows([parts.path_of(e) for e in touched if d in _datasets(parts, e)], w, _with_metadata(known))
             added.append(w.finish())
         for e in touched:  # old parts that also hold other datasets' rows: rewritten without ours

@@ -15,7 +15,6 @@ from typing import Iterator, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import paths, schema
@@ -26,7 +25,7 @@ from .datasets import BENCHMARK, DatasetSpec
 from .errors import DamagedStoreError, StoreError
 from .features import FeatureStore, part_rows, read_complete
 from .lock import SetLock
-from .patch_import import Staging, StoredPatches, Written, commit_import, read_stored
+from .patch_import import Staging, Written, commit_import, read_stored
 from .patch_parts import PatchParts, readable
 from .results import RESULT_TABLES, ResultTables
 
@@ -138,8 +137,8 @@ class Store:
         patches would be dropped/changed, and the store is left byte-identical. An unreadable part is
         dropped only with ``replace=True``. Other datasets in the store (users' cohorts) are kept."""
         self._check_root()
-        stored = read_stored(self.patch_parts, replace)
-        staging = Staging(self.patch_parts, _ids(stored))
+        stored = read_stored(self.patch_parts, replace, {s.name for s in specs})
+        staging = Staging(self.patch_parts, stored.ids())
         try:
             scan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs, sink=staging)
         except BaseException:
@@ -154,20 +153,19 @@ class Store:
         them; dropping or changing stored patches of the dataset needs ``replace=True``. Other datasets
         stay as they are."""
         self._check_root()
-        stored = read_stored(self.patch_parts, replace)
+        stored = read_stored(self.patch_parts, replace, {dataset})
         mine = None
         if stored.meta is not None:
-            m = stored.meta.filter(pc.equal(stored.meta["dataset"], dataset))
-            mine = m.select(["patch_id", "width", "height", "content_sha256"]).to_pandas()
-        staging = Staging(self.patch_parts, _ids(stored))
+            mine = stored.meta.select(["patch_id", "width", "height", "content_sha256"]).to_pandas()
+        staging = Staging(self.patch_parts, stored.ids())
         try:
             scan = scan_cohort(dataset, manifest=manifest, folder=folder, split=split, stored=mine,
                                progress=progress, sink=staging)
         except BaseException:
             staging.abort()
             raise
-        if stored.meta is not None:
-            scan.notes.extend(_shared_pixel_notes(stored.meta, scan.patches, dataset))
+        if stored.others is not None:
+            scan.notes.extend(_shared_pixel_notes(stored.others, scan.patches, dataset))
         return self._commit(scan, {dataset}, replace, stored, staging)
 
     def _check_root(self) -> None:
@@ -397,14 +395,10 @@ class Store:
         return out
 
 
-def _ids(stored: StoredPatches) -> set[str]:
-    return set() if stored.meta is None else set(stored.meta["patch_id"].to_pylist())
-
-
-def _shared_pixel_notes(old: pa.Table, new: pd.DataFrame, dataset: str) -> list[str]:
-    """A note when imported patches are byte-identical to stored patches of another dataset: a
-    cohort holding AMi-Br training patches would leak into a test set."""
-    others = old.filter(pc.not_equal(old["dataset"], dataset))
+def _shared_pixel_notes(others: pa.Table, new: pd.DataFrame, dataset: str) -> list[str]:
+    """A note when imported patches are byte-identical to stored patches of another dataset (``others``:
+    their content_sha256, dataset, relpath): a cohort holding AMi-Br training patches would leak into a
+    test set."""
     others = others.select(["content_sha256", "dataset", "relpath"]).to_pandas()
     hit = new.merge(others, on="content_sha256", suffixes=("", "_stored"))
     if hit.empty:
