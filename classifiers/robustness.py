@@ -40,10 +40,15 @@ def _zscore(X: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
     return (X - mu) / np.where(sd > 0, sd, 1.0)
 
 
-def neighbours(X: np.ndarray, k: int, chunk: int = 1024, queries: np.ndarray | None = None) -> np.ndarray:
+SIM_CELLS = 1 << 23  # similarities held at once (64 MB of float64): the query chunk shrinks as the set grows
+
+
+def neighbours(X: np.ndarray, k: int, chunk: int | None = None, queries: np.ndarray | None = None) -> np.ndarray:
     """Indices (q, k) of the k nearest other rows by cosine similarity of each row in ``queries``
-    (row indices; all rows when None)."""
+    (row indices; all rows when None). ``chunk`` queries at a time (default: as many as keep the
+    similarity block within ``SIM_CELLS``, so memory does not grow with the set)."""
     U = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    chunk = chunk or max(1, min(1024, SIM_CELLS // max(1, len(U))))
     rows = np.arange(len(U)) if queries is None else np.asarray(queries)
     out = np.empty((len(rows), k), dtype=np.int64)
     for a in range(0, len(rows), chunk):
