@@ -24,9 +24,10 @@ from .recipes import get_recipe
 
 
 class EmbedActor:
-    """Holds one model replica; ``__call__`` maps a batch of {patch_id, png} to stored rows."""
+    """Holds one model replica; ``__call__`` maps a block of {patch_id, png} (one row group of the
+    store) to stored rows, ``batch_size`` patches per forward pass."""
 
-    def __init__(self, recipe_name: str, views: tuple[str, ...], device: str, weights=None,
+    def __init__(self, recipe_name: str, views: tuple[str, ...], device: str, batch_size: int, weights=None,
                  trust_pickle: bool = False, hf_token_env: str = "HF_TOKEN"):
         import torch
 
@@ -39,17 +40,24 @@ class EmbedActor:
             self.model.to(device)
         self.prepare = Prepare(transform, self.views, pixel_views=self.model is None)
         self.dtype = autocast_dtype(self.recipe, device)
+        self.batch_size = batch_size
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, block: dict) -> dict:
         import torch
 
-        ids = [str(p) for p in batch["patch_id"]]
-        prepared = np.stack([self.prepare(b) for b in batch["png"]])
-        x = prepared if self.model is None else torch.from_numpy(prepared)
-        keys, vecs = batch_rows(self.model, x, ids, self.views, self.device, self.dtype)
+        keys: list = []
+        parts: dict[str, list] = {}
+        for a in range(0, len(block["patch_id"]), self.batch_size):
+            ids = [str(p) for p in block["patch_id"][a:a + self.batch_size]]
+            prepared = np.stack([self.prepare(b) for b in block["png"][a:a + self.batch_size]])
+            x = prepared if self.model is None else torch.from_numpy(prepared)
+            k, vecs = batch_rows(self.model, x, ids, self.views, self.device, self.dtype)
+            keys += k
+            for name, v in vecs.items():
+                parts.setdefault(name, []).append(v)
         out = {"patch_id": np.array([k[0] for k in keys], dtype=object),
                "view": np.array([k[1] for k in keys], dtype=object)}
-        out.update(vecs)
+        out.update({name: np.concatenate(v) for name, v in parts.items()})
         return out
 
 
@@ -80,9 +88,12 @@ def run_ray(st, recipe, todo, views, device, batch_size, writer, *, weights=None
     ds = ray.data.from_items([{"path": str(p), "group": g, "ids": ids} for p, g, ids in groups],
                              override_num_blocks=max(1, len(groups)))
     ds = ds.map_batches(_read_groups, batch_size=1, batch_format="pyarrow")
+    # batch_size=None: one row group per actor call (the actor makes its own batches). With a batch size
+    # here, Ray would bundle that many row-group *items* into one task, and the first vectors would
+    # come back only after batch_size x 1,024 patches.
     ds = ds.map_batches(
-        EmbedActor, batch_size=batch_size, batch_format="numpy",
-        fn_constructor_kwargs=dict(recipe_name=recipe.name, views=tuple(views), device=device,
+        EmbedActor, batch_size=None, batch_format="numpy",
+        fn_constructor_kwargs=dict(recipe_name=recipe.name, views=tuple(views), device=device, batch_size=batch_size,
                                    weights=str(weights) if weights else None, trust_pickle=trust_pickle,
                                    hf_token_env=hf_token_env),
         compute=ray.data.ActorPoolStrategy(size=num_actors), num_gpus=1 if gpus else 0, num_cpus=1)
