@@ -258,13 +258,15 @@ def _datasets(parts: PatchParts, entry: dict) -> dict[str, int]:
 
 
 def _staged_matches(staged: PartWriter, meta: pa.Table) -> bool:
-    """Whether the staged rows already carry the scan's final metadata (a scan sets some columns, e.g.
-    ``duplicate_group``, only once every row is seen); then the staged part is committed as written."""
+    """Whether the staged rows (the dataset's new ones) already carry the scan's final metadata ``meta``
+    (a scan sets some columns, e.g. ``duplicate_group``, only once every row is seen); then the staged
+    part is committed as written, else rewritten with it."""
     path = staged.close()
     got = pq.read_table(path, columns=list(schema.PATCH_COLUMNS))
-    if got.num_rows != meta.num_rows:
+    at = pc.index_in(got["patch_id"], value_set=meta["patch_id"])
+    if at.null_count:
         return False
-    want = meta.take(pc.index_in(got["patch_id"], value_set=meta["patch_id"]))
+    want = meta.take(at)
     return got.equals(pa.table({n: want[n] for n in got.column_names}, schema=got.schema))
 
 

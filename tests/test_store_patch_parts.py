@@ -33,7 +33,7 @@ def grow(cohort_csv, n: int, start: int = 0) -> None:
     m.to_csv(cohort_csv, index=False)
 
 
-def test_a_cohort_import_writes_only_its_new_rows(tiny_store, tmp_path):
+def test_a_cohort_import_writes_only_its_new_rows(tiny_store, tmp_path, monkeypatch):
     cohort = write_example_cohort(tmp_path / "cohort")
     old = inodes(tiny_store)
     out = tiny_store.import_cohort("MyLab", manifest=cohort)
@@ -43,7 +43,13 @@ def test_a_cohort_import_writes_only_its_new_rows(tiny_store, tmp_path):
     # a grown folder: only the 3 added files are decoded and written, in one more part
     before = inodes(tiny_store)
     grow(cohort, 3)
+    import store.patch_import as pi
+
+    copied = []
+    real_copy = pi.copy_rows
+    monkeypatch.setattr(pi, "copy_rows", lambda *a, **k: copied.append(a[0]) or real_copy(*a, **k))
     out = tiny_store.import_cohort("MyLab", manifest=cohort)
+    assert copied == []  # the staged part is committed as written: the new rows are written once
     (added,) = out.written.files
     assert pq.read_table(added, columns=["relpath"])["relpath"].to_pylist() == [f"images/new{i}.png" for i in range(3)]
     assert inodes(tiny_store).items() >= before.items() and len(inodes(tiny_store)) == len(before) + 1
