@@ -58,7 +58,7 @@ from .atomic import READ_ERRORS, write_json, write_parquet
 from .errors import DamagedStoreError, StoreLockedError
 from .features import EmbeddingSet, parse_recipe_json, z_column
 from .lock import describe
-from .patch_parts import LEGACY_ENTRY, readable
+from .patch_parts import LEGACY_ENTRY, dataset_counts, readable
 from .results import KEYS, RESULT_TABLES, SCHEMAS, UNIQUE_KEYS
 
 QUARANTINE_DIR = "quarantine"
@@ -635,21 +635,18 @@ def _repair_patches(r: _Repair, scan: _Scan) -> None:
         for path, why in scan.bad_patch_parts:
             if path.exists():
                 r.quarantine(path, why)
-        if parts.manifest_path.is_file():
+        if parts.manifest_path.is_file():  # a format-1 store's one file just goes: no manifest to write
             r.quarantine(parts.manifest_path, "replaced by one without the bad part(s)")
-        r.act(parts.manifest_path, "write manifest", f"without the {len(bad)} bad part(s): `mitoprobe data import` "
-              f"the data of {', '.join(lost) or 'their datasets'} again", lambda a: parts.commit(keep))
+            r.act(parts.manifest_path, "write manifest", f"without the {len(bad)} bad part(s): `mitoprobe data "
+                  f"import` the data of {', '.join(lost) or 'their datasets'} again", lambda a: parts.commit(keep))
     for path in scan.unlisted_parts:
         r.quarantine(path, "a part no manifest lists (an import stopped before its commit)")
 
 
 def _entry_of(parts, path: Path) -> dict:
-    ds = pq.read_table(path, columns=["dataset"])["dataset"].to_pylist()
-    counts: dict[str, int] = {}
-    for d in ds:
-        counts[d] = counts.get(d, 0) + 1
+    counts = dataset_counts(pq.read_table(path, columns=["dataset"])["dataset"])
     name = path.name if path.parent == parts.dir else LEGACY_ENTRY
-    return dict(file=name, rows=len(ds), datasets=counts)
+    return dict(file=name, rows=sum(counts.values()), datasets=counts)
 
 
 def repair(store, dry_run: bool = True) -> list[Action]:

@@ -28,7 +28,7 @@ from . import schema
 from .atomic import env_errors, read_guard
 from .dataset import patch_difference
 from .errors import DamagedStoreError, StoreError
-from .patch_parts import PartWriter, PatchParts, _dataset_counts, copy_rows
+from .patch_parts import PartWriter, PatchParts, copy_rows, dataset_counts
 
 STAGE_ROWS = 256  # rows buffered before they go to the staged part's writer
 
@@ -252,7 +252,7 @@ def _datasets(parts: PatchParts, entry: dict) -> dict[str, int]:
     """The rows per dataset of a part: recorded in the manifest; a format-1 file's counted from its column."""
     if entry.get("datasets") is None:
         with read_guard(parts.path_of(entry)):
-            entry["datasets"] = _dataset_counts(pq.read_table(parts.path_of(entry), columns=["dataset"])["dataset"])
+            entry["datasets"] = dataset_counts(pq.read_table(parts.path_of(entry), columns=["dataset"])["dataset"])
             entry["rows"] = sum(entry["datasets"].values())
     return entry["datasets"]
 

@@ -210,7 +210,7 @@ def read_row_group(path: Path, group: int, columns=("patch_id", "png"), wanted=N
     return t
 
 
-def _dataset_counts(datasets: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+def dataset_counts(datasets: pa.ChunkedArray | pa.Array) -> dict[str, int]:
     vc = pc.value_counts(datasets)
     return {v["values"].as_py(): int(v["counts"].as_py()) for v in vc}
 

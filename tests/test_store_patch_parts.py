@@ -235,3 +235,14 @@ def test_the_embedding_job_reads_a_row_group_at_a_time(tiny_store, tmp_path, mon
     monkeypatch.setattr(Store, "images", lambda *a, **k: pytest.fail("the job asked for PNGs by id list"))
     s = embedder.embed(tiny_store, "handcrafted", progress=False, num_workers=0)
     assert s.rows_written == 56 and seen == [12, 12, 12, 7, 7, 6]  # one read per row group (benchmark: 12 each)
+
+
+def test_a_damaged_format1_file_is_quarantined_without_writing_a_manifest(tiny_store):
+    _format1(tiny_store)
+    legacy = tiny_store.patch_parts.legacy_path
+    legacy.write_bytes(legacy.read_bytes()[: legacy.stat().st_size // 2])
+    (e,) = integrity.errors(integrity.check(tiny_store))
+    assert e.path == legacy and e.kind == "unreadable"
+    integrity.repair(tiny_store, dry_run=False)
+    assert not legacy.exists() and not tiny_store.patch_parts.dir.exists() and not tiny_store.has_patches()
+    assert integrity.check(tiny_store) == []
