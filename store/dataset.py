@@ -61,7 +61,7 @@ class ImportScan:
 
 
 # A scan's sink: called once per checked patch with its row (``png`` included), in scan order; the
-X
+# store's import stages the rows it has to write (``store.patch_import.Staging``). None: PNGs are dropped.
 Sink = Callable[[dict], None]
 
 
