@@ -199,12 +199,8 @@ def _scan_patches(scan: _Scan) -> None:
         if not path.is_file():
             scan.bad_patch_parts.append((path, "is listed in patches/MANIFEST.json but missing"))
             continue
-        err = readable(path)
+        meta, err = _read_patch_part(path)
         if err is None:
-            bad = _type_problems(pq.read_schema(path), schema.PATCHES, missing_ok=schema.ADDED_PATCH_COLUMNS)
-            err = "does not match the patches schema: " + "; ".join(bad) if bad else None
-        if err is None:
-            meta = pq.read_table(path, columns=[c for c in schema.PATCH_COLUMNS if c in pq.read_schema(path).names])
             if e.get("rows") is not None and meta.num_rows != e["rows"]:
                 err = f"holds {meta.num_rows} rows, patches/MANIFEST.json records {e['rows']}"
         if err:
@@ -219,6 +215,21 @@ def _scan_patches(scan: _Scan) -> None:
     scan.duplicate_patch_ids = len(ids) - len(scan.patch_ids)
     if scan.store.folds_path.is_file():
         _scan_folds(scan, meta)
+
+
+def _read_patch_part(path: Path) -> tuple[pa.Table | None, str | None]:
+    """(metadata, None) when every row group of the part reads and its schema is the patches', else
+    (None, why). One pass, a row group at a time: the PNGs are read (that is the check) and dropped."""
+    try:
+        f = pq.ParquetFile(path)
+        bad = _type_problems(f.schema_arrow, schema.PATCHES, missing_ok=schema.ADDED_PATCH_COLUMNS)
+        if bad:
+            return None, "does not match the patches schema: " + "; ".join(bad)
+        cols = [c for c in schema.PATCH_COLUMNS if c in f.schema_arrow.names]
+        groups = [f.read_row_group(g).select(cols) for g in range(f.metadata.num_row_groups)]
+    except READ_ERRORS as exc:
+        return None, " ".join(str(exc).split()) or type(exc).__name__
+    return (pa.concat_tables(groups) if groups else f.schema_arrow.empty_table().select(cols)), None
 
 
 def _scan_folds(scan: _Scan, patches) -> None:

@@ -94,7 +94,8 @@ class PatchParts:
 
     def stamp(self) -> tuple:
         """Changes whenever the table does (the anchor's inode, size and mtime): an import compares it
-        at commit with what it read, so two imports never silently overwrite each other."""
+        at commit with what it read, so two imports never silently overwrite each other; the store's
+        fingerprint (a cache key) uses it too."""
         try:
             st = self.anchor.stat()
         except FileNotFoundError:
@@ -163,11 +164,8 @@ class PatchParts:
                     ) -> Iterator[pa.Table]:
         """``columns`` (with ``png``) a row group at a time: every row, or only ``patch_ids``' rows
         (row groups holding none of them are not read). Memory: one row group."""
-        wanted = None if patch_ids is None else _id_array(patch_ids)
-        if wanted is not None and len(wanted) == 0:
-            return
-        for path, g in self.row_groups(wanted):
-            t = read_row_group(path, g, columns, wanted)
+        for path, g, ids in self.row_group_ids(patch_ids):
+            t = read_row_group(path, g, columns, None if patch_ids is None else ids)
             if t.num_rows:
                 yield t
 

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
@@ -138,12 +138,8 @@ class Store:
         dropped only with ``replace=True``. Other datasets in the store (users' cohorts) are kept."""
         self._check_root()
         stored = read_stored(self.patch_parts, replace, {s.name for s in specs})
-        staging = Staging(self.patch_parts, stored.ids())
-        try:
-            scan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs, sink=staging)
-        except BaseException:
-            staging.abort()
-            raise
+        scan, staging = self._staged_scan(
+            stored, lambda sink: scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs, sink=sink))
         return self._commit(scan, {s.name for s in specs}, replace, stored, staging)
 
     def import_cohort(self, dataset: str, *, manifest: str | Path | None = None, folder: str | Path | None = None,
@@ -157,13 +153,8 @@ class Store:
         mine = None
         if stored.meta is not None:
             mine = stored.meta.select(["patch_id", "width", "height", "content_sha256"]).to_pandas()
-        staging = Staging(self.patch_parts, stored.ids())
-        try:
-            scan = scan_cohort(dataset, manifest=manifest, folder=folder, split=split, stored=mine,
-                               progress=progress, sink=staging)
-        except BaseException:
-            staging.abort()
-            raise
+        scan, staging = self._staged_scan(stored, lambda sink: scan_cohort(
+            dataset, manifest=manifest, folder=folder, split=split, stored=mine, progress=progress, sink=sink))
         if stored.others is not None:
             scan.notes.extend(_shared_pixel_notes(stored.others, scan.patches, dataset))
         return self._commit(scan, {dataset}, replace, stored, staging)
@@ -171,6 +162,15 @@ class Store:
     def _check_root(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} is a file, not a store folder; pass --store with a folder path")
+
+    def _staged_scan(self, stored, scan: Callable[[Staging], ImportScan]) -> tuple[ImportScan, Staging]:
+        """Run ``scan`` with a sink staging the rows not stored yet; a failed scan leaves nothing behind."""
+        staging = Staging(self.patch_parts, stored.ids())
+        try:
+            return scan(staging), staging
+        except BaseException:
+            staging.abort()
+            raise
 
     def _commit(self, scan: ImportScan, datasets: set[str], replace: bool, stored, staging) -> ImportOutcome:
         """Write what the scan staged (``store.patch_import``) under the patches lock, taken only for
@@ -263,7 +263,7 @@ class Store:
         if self.features.dir.is_dir():
             for d in sorted(p for p in self.features.dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 sets.append((d.name, (_stat_key(d / "COMPLETE"), _part_names(d))))
-        return Fingerprint(_stat_key(self.patch_parts.anchor), results, tuple(sets))
+        return Fingerprint(self.patch_parts.stamp(), results, tuple(sets))
 
     # -- queries ---------------------------------------------------------------------------
     def table_files(self) -> list[Path]:
