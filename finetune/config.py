@@ -52,9 +52,14 @@ CROP_FROM = ("patch", "view")  # RandomResizedCrop on the raw 128 px patch (pape
 # Training targets: the majority label (paper), or the fraction of experts who called the figure atypical
 # (AMi-Br has 3 votes per patch: a soft BCE target that tells the network which figures are ambiguous)
 TARGETS = ("majority", "votes")
+# The experts' subtype vocabulary of AMi-Br (AMI-BR.csv ``expert1_label``/``expert2_label``, spelling as published):
+# the classes of the auxiliary subtype head (``aux_subtypes``). Fixed here, so a checkpoint's head always has
+# this size; a subtype outside it counts as no subtype for that expert.
+SUBTYPES = ("NMF prometaphase", "NMF metaphase", "NMF anaphase-telophase", "NMF ring shape",
+            "AMF segregation", "AMF multipolar", "AMF bipolar assymetric", "AMF other")
 # Fields added after schema 1: left out of ``to_dict`` at their defaults, so older runs keep their keys.
 _LATER_FIELDS = ("optimizer", "schedule", "select_on", "ema", "mixup", "crop_from", "cpu_bf16", "batch_augment",
-                 "targets", "train_crop", "eval_resize", "eval_interpolation", "precision", "eval_precision")
+                 "targets", "aux_subtypes", "train_crop", "eval_resize", "eval_interpolation", "precision", "eval_precision")
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,9 @@ class FinetuneConfig:
     # augment whole batches in the main process from patches decoded once (finetune.augment.BatchAugment)
     batch_augment: bool = False
     targets: str = "majority"  # TARGETS; "votes" falls back to the label for patches without expert votes
+    # weight of an auxiliary loss: a second head predicts the two experts' subtype calls (SUBTYPES, a soft target
+    # where they differ) from the same features; 0 = off. Training patches only; predictions use the main head.
+    aux_subtypes: float = 0.0
     cpu_bf16: bool = False  # allow bf16 autocast + channels-last on CPU where it is native (finetune.precision)
     seed: int = 0
     schema_version: int = 1
@@ -114,8 +122,8 @@ class FinetuneConfig:
                 raise FinetuneError(f"finetune {name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.max_steps < 0:
             raise FinetuneError("finetune needs batch_size >= 1, max_epochs >= 1 and max_steps >= 0")
-        if not 0 <= self.ema < 1 or self.mixup < 0:
-            raise FinetuneError("finetune needs 0 <= ema < 1 and mixup >= 0")
+        if not 0 <= self.ema < 1 or self.mixup < 0 or self.aux_subtypes < 0:
+            raise FinetuneError("finetune needs 0 <= ema < 1, mixup >= 0 and aux_subtypes >= 0")
 
     @classmethod
     def paper(cls, model: str, method: str = "lora", **overrides) -> "FinetuneConfig":

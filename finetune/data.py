@@ -9,7 +9,8 @@ from store.errors import FinetuneError
 
 
 class PatchDataset:
-    """``(x, y)`` pairs: ``x`` = ``transform(rgb)`` as a float tensor, ``y`` = 1.0 for atypical."""
+    """``(x, y)`` pairs: ``x`` = ``transform(rgb)`` as a float tensor, ``y`` = 1.0 for atypical (a row of
+    targets when ``y`` is 2-D: the main target, then the auxiliary subtype distribution)."""
 
     def __init__(self, pngs: list[bytes], y: np.ndarray | None, transform):
         self.pngs, self.y, self.transform = pngs, y, transform
@@ -22,7 +23,7 @@ class PatchDataset:
 
         x = self.transform(decode_png(self.pngs[i]))
         x = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
-        return x, torch.tensor(float(self.y[i]) if self.y is not None else -1.0)
+        return x, torch.as_tensor(self.y[i] if self.y is not None else -1.0, dtype=torch.float32)
 
 
 def _worker_init(_):

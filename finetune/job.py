@@ -31,9 +31,9 @@ from store import Store
 from store.atomic import write_json
 from store.errors import FinetuneError, StoreError
 from store.hashing import canonical_json, config_hash, source_version
-from store.schema import VOTE_COLUMNS
+from store.schema import SUBTYPE_COLUMNS, VOTE_COLUMNS
 
-from .config import FinetuneConfig
+from .config import SUBTYPES, FinetuneConfig
 from .paper import REPO as PAPER_REPO
 from .paper import SCRIPTS_AT
 from .registry import runs_root
@@ -144,15 +144,34 @@ def vote_fractions(st: Store, patch_ids: np.ndarray, labels: np.ndarray) -> np.n
     return np.where(voted > 0, atypical / np.maximum(voted, 1), labels).astype(np.float32)
 
 
-def fold_images(st: Store, proto: Protocol, k: int, test_sets: list[str], targets: str = "majority") -> FoldImages:
+def subtype_targets(st: Store, patch_ids: np.ndarray) -> np.ndarray:
+    """Per training patch, its experts' subtype calls as a distribution over ``SUBTYPES`` (N, 8): one expert's
+    call counts 1/(experts who called one); all zeros where nobody did (the auxiliary loss skips that row)."""
+    calls = st.patches(columns=["patch_id", *SUBTYPE_COLUMNS]).set_index("patch_id").loc[patch_ids, list(SUBTYPE_COLUMNS)]
+    index = {name: i for i, name in enumerate(SUBTYPES)}
+    out = np.zeros((len(patch_ids), len(SUBTYPES)), np.float32)
+    for col in SUBTYPE_COLUMNS:
+        cls = calls[col].map(index).to_numpy(dtype=np.float64, na_value=np.nan)
+        rows = np.flatnonzero(~np.isnan(cls))
+        out[rows, cls[rows].astype(int)] += 1
+    n = out.sum(axis=1, keepdims=True)
+    return np.divide(out, n, out=out, where=n > 0)
+
+
+def fold_images(st: Store, proto: Protocol, k: int, test_sets: list[str], targets: str = "majority",
+                aux_subtypes: bool = False) -> FoldImages:
     """Fold ``k`` of the protocol as pixels: the training side with labels (and, for ``targets="votes"``, the
-    experts' vote fractions as soft targets), the test sets without labels."""
+    experts' vote fractions as soft targets; with ``aux_subtypes``, their subtype calls as columns 1-8 of the
+    targets), the test sets without labels."""
     fd = proto.fold_data(k)
     ids = proto.train["patch_id"].to_numpy()
     tests = {name: proto.tests[name].patch_ids for name in test_sets}
     need = list(ids) + [p for v in tests.values() for p in v]
     train_ids, train_y = ids[fd.train_idx], fd.y[fd.train_idx]
     soft = vote_fractions(st, train_ids, train_y) if targets == "votes" else None
+    if aux_subtypes:
+        main = (train_y if soft is None else soft).astype(np.float32)
+        soft = np.column_stack([main, subtype_targets(st, train_ids)])
     return FoldImages(fold=k, train_ids=train_ids, train_y=train_y, val_ids=ids[fd.val_idx],
                       val_y=fd.y[fd.val_idx], test_ids=tests, images=st.images(need), train_target=soft)
 
@@ -281,7 +300,7 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
     label = f"fine-tuning {cfg.model}/{cfg.method} ({fam})"
     appended = 0
     for k in want:
-        rec = train_fold(cfg, fold_images(st, proto, k, list(proto.tests), cfg.targets), run_dir / f"fold{k}", rt)
+        rec = train_fold(cfg, fold_images(st, proto, k, list(proto.tests), cfg.targets, cfg.aux_subtypes > 0), run_dir / f"fold{k}", rt)
         with R.family_lock(st, fam, label):  # "appended yet?" and the append under one writer's lock
             if R.run_id(fam, k, 0) not in _appended(st):
                 runs, frames = _rows(run_dir, k, rec, proto, _fold_test_proba(run_dir, k, proto), rec["threshold"],

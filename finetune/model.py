@@ -1,4 +1,5 @@
-"""The fine-tuned classifier: an embedder backbone (``embedder.build``) + a 1-logit linear head.
+"""The fine-tuned classifier: an embedder backbone (``embedder.build``) + a 1-logit linear head (+ an
+auxiliary subtype head when ``FinetuneConfig.aux_subtypes``: trained, saved, never used to predict).
 
 Features are the recipe's pooled output the paper's heads read: the final-norm CLS token for ViTs
 (the LoRA scripts take ``outputs[:, 0]`` of the timm head), the global pool for CNNs and Swin.
@@ -14,7 +15,7 @@ import embedder
 from store.atomic import atomic_write
 from store.errors import FinetuneError, WeightsError
 
-from .config import FinetuneConfig
+from .config import SUBTYPES, FinetuneConfig
 
 HEAD_PREFIX = "head."
 
@@ -29,8 +30,10 @@ def feature_output(recipe) -> str:
     return "cls" if recipe.is_vit else next(iter(recipe.output_dims))
 
 
-def make_classifier(features, output: str):
-    """``features``: an ``embedder.factory.FeatureModel``; returns an ``nn.Module`` (B, 3, S, S) -> (B,) logits."""
+def make_classifier(features, output: str, aux_classes: int = 0):
+    """``features``: an ``embedder.factory.FeatureModel``; returns an ``nn.Module`` (B, 3, S, S) -> (B,) logits.
+
+    ``aux_classes``: also an ``aux`` head of that many logits on the same features (``forward_aux``)."""
     torch = _torch()
 
     class Classifier(torch.nn.Module):
@@ -38,6 +41,7 @@ def make_classifier(features, output: str):
             super().__init__()
             self.backbone = features.backbone
             self.head = torch.nn.Linear(features.output_dims[output], 1)
+            self.aux = torch.nn.Linear(features.output_dims[output], aux_classes) if aux_classes else None
             self._features, self._output = features, output
 
         def embed(self, x):
@@ -45,6 +49,11 @@ def make_classifier(features, output: str):
 
         def forward(self, x):
             return self.head(self.embed(x).float()).squeeze(-1)
+
+        def forward_aux(self, x):
+            """(main logits (B,), auxiliary logits (B, aux_classes)) from one pass of the backbone."""
+            f = self.embed(x).float()
+            return self.head(f).squeeze(-1), self.aux(f)
 
     return Classifier()
 
@@ -83,7 +92,7 @@ def build_classifier(cfg: FinetuneConfig, weights=None, overrides: dict | None =
         torch.manual_seed(cfg.seed)  # the adapters' and the head's initial weights
         if cfg.method == "lora":
             add_lora(features.backbone, cfg)
-        model = make_classifier(features, feature_output(recipe))
+        model = make_classifier(features, feature_output(recipe), len(SUBTYPES) if cfg.aux_subtypes else 0)
     return model, recipe
 
 

@@ -136,6 +136,17 @@ def mix(x, y, alpha: float):
     return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
 
 
+def subtype_loss(aux_logits, target):
+    """Soft cross-entropy of the auxiliary head against the experts' subtype distribution, over the rows
+    where at least one expert called a subtype (all-zero rows carry no subtype and add nothing)."""
+    import torch
+
+    has = target.sum(1) > 0
+    if not bool(has.any()):
+        return aux_logits.sum() * 0.0
+    return -(target[has] * torch.log_softmax(aux_logits[has].float(), dim=1)).sum(1).mean()
+
+
 def selection_score(cfg: FinetuneConfig, y_val: np.ndarray, p_val: np.ndarray) -> float:
     """The held-out score that selects the checkpoint: the paper's balanced accuracy at 0.5, or AUROC
     (threshold-free, steadier under class imbalance). Held-out labels only; test sets never enter."""
@@ -310,8 +321,14 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with autocast(rt.device, precision):
-                        logits = model(x)
-                    loss = crit(logits.float(), y)
+                        if cfg.aux_subtypes:  # y: (B, 1 + len(SUBTYPES)): the main target, then the subtypes
+                            logits, aux_logits = model.forward_aux(x)
+                        else:
+                            logits = model(x)
+                    if cfg.aux_subtypes:
+                        loss = crit(logits.float(), y[:, 0]) + cfg.aux_subtypes * subtype_loss(aux_logits, y[:, 1:])
+                    else:
+                        loss = crit(logits.float(), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

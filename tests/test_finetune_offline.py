@@ -217,3 +217,60 @@ def test_channels_last_and_decoded_eval_give_the_same_probabilities(bench):
     assert plain.shape == (12,)
     np.testing.assert_allclose(decoded, plain, rtol=1e-6)
     np.testing.assert_allclose(fast, plain, atol=1e-5)
+
+
+def test_subtype_head_learns_the_experts_subtype_calls_of_training_patches_only(bench, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import embedder
+    from classifiers.protocol import load_protocol
+    from finetune.config import SUBTYPES
+    from finetune.job import fold_images, subtype_targets
+    from finetune.train import subtype_loss
+
+    proto = load_protocol(bench)
+    data = fold_images(bench, proto, 0, list(proto.tests), targets="votes", aux_subtypes=True)
+    votes = fold_images(bench, proto, 0, list(proto.tests), targets="votes").train_target
+    assert data.train_target.shape == (len(data.train_ids), 1 + len(SUBTYPES))
+    np.testing.assert_allclose(data.train_target[:, 0], votes)
+    pt = bench.patches().set_index("patch_id").loc[data.train_ids]
+    want = np.array([SUBTYPES.index(s) for s in pt["subtype_expert1"]])  # the example's experts agree
+    np.testing.assert_array_equal(data.train_target[:, 1:].argmax(1), want)
+    np.testing.assert_allclose(data.train_target[:, 1:].sum(1), 1.0)
+    # experts who differ share the mass; a call outside SUBTYPES or no call counts as none
+    st = _store_copy(bench, tmp_path, "subtypes")
+    for part in st.patch_parts.part_paths():
+        t = pq.read_table(part)
+        e1 = ["AMF multipolar", None, "not a subtype"] + [None] * (len(t) - 3)
+        t = t.set_column(t.schema.get_field_index("subtype_expert1"), "subtype_expert1", pa.array(e1, pa.string()))
+        t = t.set_column(t.schema.get_field_index("subtype_expert2"), "subtype_expert2",
+                         pa.array(["NMF metaphase", None, None] + [None] * (len(t) - 3), pa.string()))
+        pq.write_table(t, part)
+        ids = t.column("patch_id").to_numpy(zero_copy_only=False)[:3]
+        break
+    got = subtype_targets(st, ids)
+    assert got[0, SUBTYPES.index("AMF multipolar")] == 0.5 and got[0, SUBTYPES.index("NMF metaphase")] == 0.5
+    assert not got[1:].any()
+    # rows without a call add nothing to the auxiliary loss
+    logits = torch.randn(3, len(SUBTYPES), requires_grad=True)
+    target = torch.zeros(3, len(SUBTYPES))
+    target[0, 2] = 1.0
+    subtype_loss(logits, target).backward()
+    assert logits.grad[0].abs().sum() > 0 and not logits.grad[1:].any()
+    # both augmentation paths train with the auxiliary head; the checkpoint holds it, the fold embedder ignores it
+    for batch_augment in (True, False):
+        cfg = FinetuneConfig.preset("offline", **FAST, aux_subtypes=0.5, batch_augment=batch_augment, mixup=0.2)
+        assert cfg.options()["aux_subtypes"] == 0.5 and "aux_subtypes" in cfg.to_dict()
+        target = _store_copy(bench, tmp_path, f"aux{batch_augment}")
+        s = finetune(target, cfg, folds="0", progress=False, n_boot=10)
+        assert s.records[0]["epochs"] == 2
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(s.run_dir / "fold0" / "model.safetensors"))
+    assert tensors["aux.weight"].shape[0] == len(SUBTYPES)
+    summary = embedder.embed(target, f"ft:{s.run_key[:8]}/fold0")
+    assert summary.rows_written > 0
+    assert "aux_subtypes" not in FinetuneConfig.preset("offline").to_dict()
+    with pytest.raises(FinetuneError):
+        FinetuneConfig.preset("offline", aux_subtypes=-1)

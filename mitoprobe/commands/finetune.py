@@ -141,6 +141,9 @@ def _show_paper(model: str, method: str) -> None:
 @click.option("--targets", type=click.Choice(["majority", "votes"]), default=None,
               help="Training targets: majority = the label (paper); votes = the fraction of experts who called "
                    "the figure atypical (a soft target; patches without votes keep their label).")
+@click.option("--aux-subtypes", type=click.FloatRange(min=0), default=None, metavar="WEIGHT",
+              help="Weight of an auxiliary loss on the experts' subtype calls (8 AMi-Br subtypes, a second head on "
+                   "the same features; training patches only; 0 = off).")
 @click.option("--batch-augment/--sample-augment", default=None,
               help="Augment whole batches from patches decoded once (fast on CPU; the offline preset's default) "
                    "or each patch in DataLoader workers (paper).")
