@@ -37,7 +37,7 @@ def _store_copy(st: Store, tmp_path, name: str) -> Store:
 def test_offline_preset_is_a_small_cnn_with_its_settings():
     cfg = FinetuneConfig.preset("offline")
     assert cfg.model == "offline_cnn64.random" and cfg.method == "full" and cfg.batch_augment
-    assert cfg.targets == "votes"
+    assert cfg.targets == "votes" and cfg.aux_subtypes == 1.0
     assert (cfg.dihedral, cfg.tta, cfg.threshold, cfg.crop_from, cfg.schedule) == (True, "rot4", "val_youden", "view",
                                                                                     "cosine")
     assert cfg.options()["schedule"] == "cosine" and "model" not in cfg.options()
@@ -271,6 +271,6 @@ def test_subtype_head_learns_the_experts_subtype_calls_of_training_patches_only(
     assert tensors["aux.weight"].shape[0] == len(SUBTYPES)
     summary = embedder.embed(target, f"ft:{s.run_key[:8]}/fold0")
     assert summary.rows_written > 0
-    assert "aux_subtypes" not in FinetuneConfig.preset("offline").to_dict()
+    assert "aux_subtypes" not in FinetuneConfig.paper("virchow2.hf").to_dict()
     with pytest.raises(FinetuneError):
         FinetuneConfig.preset("offline", aux_subtypes=-1)
