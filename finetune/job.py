@@ -300,7 +300,8 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
     label = f"fine-tuning {cfg.model}/{cfg.method} ({fam})"
     appended = 0
     for k in want:
-        rec = train_fold(cfg, fold_images(st, proto, k, list(proto.tests), cfg.targets, cfg.aux_subtypes > 0), run_dir / f"fold{k}", rt)
+        rec = train_fold(cfg, fold_images(st, proto, k, list(proto.tests), cfg.targets, cfg.aux_subtypes > 0),
+                         run_dir / f"fold{k}", rt)
         with R.family_lock(st, fam, label):  # "appended yet?" and the append under one writer's lock
             if R.run_id(fam, k, 0) not in _appended(st):
                 runs, frames = _rows(run_dir, k, rec, proto, _fold_test_proba(run_dir, k, proto), rec["threshold"],

@@ -403,10 +403,12 @@ def test_cli_records_the_scripts_configuration(name, monkeypatch, capsys, tmp_pa
 
 
 def test_the_offline_presets_identity_did_not_move():
-    """Stores trained by `mitoprobe run --full` before the per-model table keep their run key (nothing retrains)."""
+    """The preset's run key moves only when the preset does (round 4 added the subtype head), and the round-3
+    preset keeps its key: stores trained by `mitoprobe run --full` before keep their runs (nothing retrains)."""
     from store.hashing import config_hash
 
-    assert config_hash(FinetuneConfig.preset("offline").to_dict()) == "4e18b66d83444c75"
+    assert config_hash(FinetuneConfig.preset("offline").to_dict()) == "4bf21b1b9a281191"
+    assert config_hash(FinetuneConfig.preset("offline", aux_subtypes=0.0).to_dict()) == "4e18b66d83444c75"
 
 
 def test_every_setting_has_a_cli_option():
