@@ -320,15 +320,11 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                         x, y = mix(x, y, cfg.mixup)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    with autocast(rt.device, precision):
-                        if cfg.aux_subtypes:  # y: (B, 1 + len(SUBTYPES)): the main target, then the subtypes
-                            logits, aux_logits = model.forward_aux(x)
-                        else:
-                            logits = model(x)
-                    if cfg.aux_subtypes:
-                        loss = crit(logits.float(), y[:, 0]) + cfg.aux_subtypes * subtype_loss(aux_logits, y[:, 1:])
-                    else:
-                        loss = crit(logits.float(), y)
+                    with autocast(rt.device, precision):  # with aux_subtypes, y = (main target, subtype distribution)
+                        logits, aux_logits = model.forward_aux(x) if cfg.aux_subtypes else (model(x), None)
+                    loss = crit(logits.float(), y if aux_logits is None else y[:, 0])
+                    if aux_logits is not None:
+                        loss = loss + cfg.aux_subtypes * subtype_loss(aux_logits, y[:, 1:])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
