@@ -23,13 +23,13 @@ import time
 import numpy as np
 import torch
 
-from embedder.factory import preprocess
-from finetune import FinetuneConfig
-from finetune.augment import batch_augment, train_transform
-from finetune.data import stack_pixels, tensor_batches, train_loader
-from finetune.model import build_classifier
-from finetune.precision import cpu_capability
-from store import Store
+from mitoprobe.embedder.factory import preprocess
+from mitoprobe.finetune import FinetuneConfig
+from mitoprobe.finetune.augment import batch_augment, train_transform
+from mitoprobe.finetune.data import stack_pixels, tensor_batches, train_loader
+from mitoprobe.finetune.model import build_classifier
+from mitoprobe.finetune.precision import cpu_capability
+from mitoprobe.store import Store
 
 
 def _train(model, batches, steps: int) -> float:
@@ -69,7 +69,7 @@ def main() -> None:
     geometry = preprocess(recipe, mean, std).geometry
 
     torch.set_num_threads(1)
-    from embedder.transforms import decode_png
+    from mitoprobe.embedder.transforms import decode_png
 
     t0 = time.perf_counter()
     for b in pngs:

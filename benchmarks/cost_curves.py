@@ -169,7 +169,7 @@ def cohort(dirpath: Path, n: int, seed: int, split: str, prefix: str, src: Path)
 def dashboard_pages() -> list[str]:
     """The dashboard's page names (script stems of ``dashboard/navigation.py``'s pages, default first)."""
     sys.path.insert(0, str(REPO))
-    from dashboard.navigation import PAGES  # no streamlit import
+    from mitoprobe.dashboard.navigation import PAGES  # no streamlit import
 
     return [Path(p.script).stem for p in PAGES]
 
@@ -180,8 +180,8 @@ def page_load(page: str, store: Path, timeout: float) -> dict:
     exceptions, how}. Never raises for the app's own errors: they are returned in ``exceptions``/``error``."""
     os.environ["MITOPROBE_STORE"] = str(Path(store).resolve())
     sys.path.insert(0, str(REPO))
-    from dashboard import APP
-    from dashboard.navigation import PAGES
+    from mitoprobe.dashboard import APP
+    from mitoprobe.dashboard.navigation import PAGES
     from streamlit.testing.v1 import AppTest
 
     def rss() -> float:

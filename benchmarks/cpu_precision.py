@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from finetune import FinetuneConfig
-from finetune.model import build_classifier
-from finetune.precision import cpu_capability, cpu_has_native_bf16
-from finetune.precision import autocast
+from mitoprobe.finetune import FinetuneConfig
+from mitoprobe.finetune.model import build_classifier
+from mitoprobe.finetune.precision import cpu_capability, cpu_has_native_bf16
+from mitoprobe.finetune.precision import autocast
 
 
 def images_per_s(model, x, y, steps: int, bf16: bool) -> float:

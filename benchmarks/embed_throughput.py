@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import embedder  # noqa: E402  (after the path insert: runs from a checkout without an install too)
-from store import Store, schema  # noqa: E402
+from mitoprobe import embedder  # noqa: E402  (after the path insert: runs from a checkout without an install too)
+from mitoprobe.store import Store, schema  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}
 

@@ -53,14 +53,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import embedder  # noqa: E402  (after the path insert: runs from a checkout without an install too)
-from embedder.batches import autocast_dtype, forward_views  # noqa: E402
-from finetune import FinetuneConfig  # noqa: E402
-from finetune.augment import train_transform  # noqa: E402
-from finetune.data import train_loader  # noqa: E402
-from finetune.model import build_classifier, parameter_counts  # noqa: E402
-from finetune.precision import autocast, training_precision  # noqa: E402
-from finetune.train import loss_fn, make_optimizer  # noqa: E402
+from mitoprobe import embedder  # noqa: E402  (after the path insert: runs from a checkout without an install too)
+from mitoprobe.embedder.batches import autocast_dtype, forward_views  # noqa: E402
+from mitoprobe.finetune import FinetuneConfig  # noqa: E402
+from mitoprobe.finetune.augment import train_transform  # noqa: E402
+from mitoprobe.finetune.data import train_loader  # noqa: E402
+from mitoprobe.finetune.model import build_classifier, parameter_counts  # noqa: E402
+from mitoprobe.finetune.precision import autocast, training_precision  # noqa: E402
+from mitoprobe.finetune.train import loss_fn, make_optimizer  # noqa: E402
 
 FOUNDATION = ("virchow", "virchow2", "uni", "uni2_h", "gigapath", "hoptimus0", "hoptimus1")  # LoRA in the paper
 END_TO_END = ("efficientnetv2_m", "swin_base", "vit_large")  # fully fine-tuned in the paper
@@ -260,7 +260,7 @@ def loader_throughput(stem: str, pngs: list[bytes], labels: np.ndarray, device: 
 
 def synthetic_pngs(n: int, seed: int = 0) -> list[bytes]:
     """``n`` random 128 px RGB PNGs (where no real patches are at hand)."""
-    from store.example_benchmark import png_bytes
+    from mitoprobe.store.example_benchmark import png_bytes
 
     rng = np.random.default_rng(seed)
     return [png_bytes(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) for _ in range(n)]

@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu_check import FOUNDATION, TINY_SIZE, TINY_VIT  # noqa: E402  (this folder: the models and their stand-ins)
 
-from finetune import FinetuneConfig  # noqa: E402
-from finetune.model import build_classifier, parameter_counts  # noqa: E402
-from finetune.precision import autocast, cpu_capability, training_precision  # noqa: E402
-from finetune.train import loss_fn, make_optimizer  # noqa: E402
+from mitoprobe.finetune import FinetuneConfig  # noqa: E402
+from mitoprobe.finetune.model import build_classifier, parameter_counts  # noqa: E402
+from mitoprobe.finetune.precision import autocast, cpu_capability, training_precision  # noqa: E402
+from mitoprobe.finetune.train import loss_fn, make_optimizer  # noqa: E402
 
 
 def _proc_status_gib(key: str) -> float | None:

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classifiers.protocol import load_protocol
-from finetune import FinetuneConfig
-from finetune.job import fold_images
-from finetune.precision import cpu_capability, training_precision
-from finetune.train import Runtime, train_fold
-from store import Store
+from mitoprobe.classifiers.protocol import load_protocol
+from mitoprobe.finetune import FinetuneConfig
+from mitoprobe.finetune.job import fold_images
+from mitoprobe.finetune.precision import cpu_capability, training_precision
+from mitoprobe.finetune.train import Runtime, train_fold
+from mitoprobe.store import Store
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from probe_sweep import cpu_capability  # noqa: E402  (this folder)
 
 import mitoprobe  # noqa: E402
-from store import Store  # noqa: E402
+from mitoprobe.store import Store  # noqa: E402
 
 HEADS_FILE = '''
 from sklearn.calibration import CalibratedClassifierCV
@@ -79,9 +79,9 @@ def _workspace(src: Path, tmp: Path) -> Store:
 
 def _add_wide_set(st: Store, dim: int = 1536, seed: int = 0) -> None:
     """A synthetic set ``WIDE`` for every patch: N(0, 1) plus a small shift along one direction for atypical."""
-    import embedder
-    from embedder.recipes import Recipe
-    from store.errors import RecipeError
+    from mitoprobe import embedder
+    from mitoprobe.embedder.recipes import Recipe
+    from mitoprobe.store.errors import RecipeError
 
     try:
         embedder.get_recipe(WIDE)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from classifiers.heads import DEFAULT_HEADS
-from classifiers.protocol import load_protocol
-from classifiers.runner import sweep
-from store import Store
+from mitoprobe.classifiers.heads import DEFAULT_HEADS
+from mitoprobe.classifiers.protocol import load_protocol
+from mitoprobe.classifiers.runner import sweep
+from mitoprobe.store import Store
 
 BENCH_ID = "bench-2560-0000"
 

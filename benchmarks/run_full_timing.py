@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from finetune.precision import cpu_capability
+from mitoprobe.finetune.precision import cpu_capability
 from mitoprobe.cli import main
 
 if __name__ == "__main__":

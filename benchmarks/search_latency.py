@@ -25,7 +25,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store.features import ANN_DEFAULT_INDEX, ann_params, apply_search_params, create_ann_index  # noqa: E402
+from mitoprobe.store.features import ANN_DEFAULT_INDEX, ann_params, apply_search_params, create_ann_index  # noqa: E402
 
 K = 10
 

@@ -16,8 +16,8 @@ import argparse
 
 import pandas as pd
 
-from classifiers.fusion import rank_by_heldout
-from store import Store
+from mitoprobe.classifiers.fusion import rank_by_heldout
+from mitoprobe.store import Store
 
 
 def variant_table(runs: pd.DataFrame, held_out_only: bool = False) -> pd.DataFrame:

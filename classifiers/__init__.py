@@ -4,8 +4,8 @@ Never imports torch at module level (the paper-parity torch probe imports it ins
 
 Example::
 
-    from store import Store
-    from classifiers import sweep, leaderboard
+    from mitoprobe.store import Store
+    from mitoprobe.classifiers import sweep, leaderboard
     sweep(Store(), "handcrafted", heads="all")
     print(leaderboard(Store()))
 """

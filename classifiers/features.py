@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-import embedder
-from store.errors import ProtocolError, StoreError
-from store.hashing import config_hash
+from mitoprobe import embedder
+from mitoprobe.store.errors import ProtocolError, StoreError
+from mitoprobe.store.hashing import config_hash
 
 POOLINGS = {"all": None, "cls": ["cls"], "mean": ["mean"], "both": ["cls", "mean"], "vector": ["vector"]}
 

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from store.errors import ProtocolError
+from mitoprobe.store.errors import ProtocolError
 
 from . import metrics as M
 from .features import Features, patch_mean

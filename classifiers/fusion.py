@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from store.errors import ProtocolError
-from store.hashing import canonical_json, config_hash
+from mitoprobe.store.errors import ProtocolError
+from mitoprobe.store.hashing import canonical_json, config_hash
 
 from . import metrics as M
 from . import runs as R

@@ -25,7 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from store.errors import ProtocolError
+from mitoprobe.store.errors import ProtocolError
 
 from .metrics import balanced_accuracy
 

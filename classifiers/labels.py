@@ -23,8 +23,8 @@ import re
 
 import pandas as pd
 
-from store.errors import ProtocolError
-from store.hashing import canonical_json
+from mitoprobe.store.errors import ProtocolError
+from mitoprobe.store.hashing import canonical_json
 
 from .runs import LEGACY_FINETUNE_OPTIONS
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from store.errors import ProtocolError, StoreError
-from store.progress import progress as progress_bar
+from mitoprobe.store.errors import ProtocolError, StoreError
+from mitoprobe.store.progress import progress as progress_bar
 
 from .features import current_recipe_id
 

@@ -26,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from store.errors import ProtocolError
-from store.hashing import bytes_sha256, file_sha256
+from mitoprobe.store.errors import ProtocolError
+from mitoprobe.store.hashing import bytes_sha256, file_sha256
 
 from .heads import HEADS, HeadSpec
 

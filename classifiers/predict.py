@@ -14,8 +14,8 @@ import logging
 import numpy as np
 import pandas as pd
 
-from store.dataset import LABELS, POSITIVE_LABEL
-from store.errors import ProtocolError, StoreError
+from mitoprobe.store.dataset import LABELS, POSITIVE_LABEL
+from mitoprobe.store.errors import ProtocolError, StoreError
 
 from . import runs as R
 from .labels import family_labels

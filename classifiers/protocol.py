@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from store import datasets, schema
-from store.errors import DamagedStoreError, ProtocolError, StoreError
+from mitoprobe.store import datasets, schema
+from mitoprobe.store.errors import DamagedStoreError, ProtocolError, StoreError
 
 N_FOLDS = 5
 FOLD_SEED = 42

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from store.errors import ProtocolError, StaleFeaturesError, StoreError
+from mitoprobe.store.errors import ProtocolError, StaleFeaturesError, StoreError
 
 from . import runs as R
 from .features import Features, load_features

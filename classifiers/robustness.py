@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from store.errors import ProtocolError, RecipeError
+from mitoprobe.store.errors import ProtocolError, RecipeError
 
 from .runner import current_recipe_id
 

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-import embedder
-from store.errors import RecipeError
-from store.hashing import canonical_json
-from store.progress import progress
+from mitoprobe import embedder
+from mitoprobe.store.errors import RecipeError
+from mitoprobe.store.hashing import canonical_json
+from mitoprobe.store.progress import progress
 
 from . import metrics as M
 from . import runs as R

@@ -27,9 +27,9 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from store import schema
-from store.hashing import config_hash, source_version
-from store.lock import SetLock
+from mitoprobe.store import schema
+from mitoprobe.store.hashing import config_hash, source_version
+from mitoprobe.store.lock import SetLock
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from store.errors import ProtocolError
-from store.schema import HELDOUT_SET
+from mitoprobe.store.errors import ProtocolError
+from mitoprobe.store.schema import HELDOUT_SET
 
 from . import metrics as M
 from .protocol import TestSet

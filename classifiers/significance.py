@@ -13,7 +13,7 @@ from itertools import combinations
 
 import pandas as pd
 
-from store.errors import ProtocolError
+from mitoprobe.store.errors import ProtocolError
 
 from . import metrics as M
 from .labels import family_labels

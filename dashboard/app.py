@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import links, navigation, ui
+from mitoprobe.dashboard import links, navigation, ui
 
 PAGES = [st.Page(p.path, title=p.title, default=not p.key, **({"url_path": p.key} if p.key else {}))
          for p in navigation.PAGES]

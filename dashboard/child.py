@@ -3,7 +3,7 @@
 Streamlit imports a page's modules in the first session that runs it, so the first visitor would wait
 for pandas, scikit-learn, LanceDB, the classifiers... (seconds on two cores). Importing them here,
 before the server answers its health check (``server.start`` waits for it), moves that wait to
-start-up. Started as ``python -P -m dashboard.child run app.py ...`` (``server.python_prefix``).
+start-up. Started as ``python -P -m mitoprobe.dashboard.child run app.py ...`` (``server.python_prefix``).
 """
 
 import sys
@@ -13,7 +13,7 @@ import sklearn.decomposition  # noqa: F401  (preloaded: the embedding map's PCA)
 from PIL import Image  # noqa: F401  (preloaded: thumbnails)
 from streamlit.web import cli
 
-from dashboard import charts, data, links, ui  # noqa: F401  (preloaded: every page imports them)
+from mitoprobe.dashboard import charts, data, links, ui  # noqa: F401  (preloaded: every page imports them)
 
 
 def main() -> int:

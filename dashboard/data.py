@@ -21,16 +21,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import streamlit as st
 
-import classifiers
-from classifiers import labels, robustness, significance
-from classifiers.runs import read_runs
-import embedder
-from store import Fingerprint, Store, paths
-from store.dataset import check_png, pixels_sha256
-from store.errors import StoreError
-from store.features import SEARCH_STATS_FILE
-from store.hashing import bytes_sha256
-from store.schema import VOTE_COLUMNS
+from mitoprobe import classifiers
+from mitoprobe.classifiers import labels, robustness, significance
+from mitoprobe.classifiers.runs import read_runs
+from mitoprobe import embedder
+from mitoprobe.store import Fingerprint, Store, paths
+from mitoprobe.store.dataset import check_png, pixels_sha256
+from mitoprobe.store.errors import StoreError
+from mitoprobe.store.features import SEARCH_STATS_FILE
+from mitoprobe.store.hashing import bytes_sha256
+from mitoprobe.store.schema import VOTE_COLUMNS
 
 THUMB_PX = 96
 PATCH_COLUMNS = ["patch_id", "dataset", "split", "label", "y", "slide", "n_experts", *VOTE_COLUMNS,

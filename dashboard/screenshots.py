@@ -29,7 +29,7 @@ from pathlib import Path
 
 import streamlit  # noqa: F401  (imported first, so its cache logger exists and can be quieted)
 
-from store import Store, paths
+from mitoprobe.store import Store, paths
 
 # "No runtime found" per cached loader is expected outside a server (this script only reads data).
 logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)

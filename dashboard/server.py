@@ -1,4 +1,4 @@
-"""Start the dashboard: ``streamlit run dashboard/app.py`` in a subprocess (``dashboard.child``: Streamlit's
+"""Start the dashboard: ``streamlit run dashboard/app.py`` in a subprocess (``mitoprobe.dashboard.child``: Streamlit's
 CLI after preloading the pages' imports), headless, on localhost.
 
 The store path travels as ``$MITOPROBE_STORE`` (the app resolves it like every other command).
@@ -15,8 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from store import paths
-from store.errors import StoreError
+from mitoprobe.store import paths
+from mitoprobe.store.errors import StoreError
 
 APP = Path(__file__).resolve().parent / "app.py"
 
@@ -39,7 +39,7 @@ def python_prefix() -> list[str]:
 
 
 def _command(port: int, host: str) -> list[str]:
-    return [*python_prefix(), "-m", "dashboard.child", "run", str(APP),
+    return [*python_prefix(), "-m", "mitoprobe.dashboard.child", "run", str(APP),
             "--server.port", str(port), "--server.address", host, "--server.headless", "true",
             "--server.fileWatcherType", "none", "--server.runOnSave", "false",
             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",

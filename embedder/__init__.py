@@ -11,7 +11,7 @@ files (``add_recipe_file``: ``mitoprobe embed --recipe my_model.toml`` saves a n
 
 Example::
 
-    import embedder, store
+    from mitoprobe import embedder, store
     embedder.embed(store.Store(), "handcrafted")
     embedder.recipe_id_of("virchow2.hf")
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from store.errors import RecipeError
+from mitoprobe.store.errors import RecipeError
 
 VIEWS_NONE = ("none",)
 VIEWS_D8 = ("none", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270")

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from store.errors import RecipeError, WeightsError
+from mitoprobe.store.errors import RecipeError, WeightsError
 
 from .handcrafted import feature_transform
 from .hub import served_commit

@@ -23,8 +23,8 @@ import os
 import re
 from pathlib import Path
 
-from store.errors import DamagedStoreError
-from store.features import FeatureStore
+from mitoprobe.store.errors import DamagedStoreError
+from mitoprobe.store.features import FeatureStore
 
 from .recipes import Recipe
 

@@ -14,8 +14,8 @@ import importlib.metadata
 from functools import lru_cache
 from pathlib import Path
 
-from store.errors import WeightsError
-from store.hashing import config_hash, file_sha256
+from mitoprobe.store.errors import WeightsError
+from mitoprobe.store.hashing import config_hash, file_sha256
 
 from .hub import hub_commit
 from .recipes import Recipe, resolve_recipe

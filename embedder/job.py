@@ -19,10 +19,10 @@ from typing import Callable
 
 import numpy as np
 
-from store import Store
-from store.patch_parts import read_row_group
-from store.errors import ConfigError, MitoprobeError
-from store.progress import progress as progress_bar
+from mitoprobe.store import Store
+from mitoprobe.store.patch_parts import read_row_group
+from mitoprobe.store.errors import ConfigError, MitoprobeError
+from mitoprobe.store.progress import progress as progress_bar
 
 from .batches import CHUNK_ROWS, Prepare, autocast_dtype, batch_rows, prefers_channels_last
 from .dihedral import view_names

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from store.patch_parts import read_row_group
-from store.progress import progress as progress_bar
+from mitoprobe.store.patch_parts import read_row_group
+from mitoprobe.store.progress import progress as progress_bar
 
 from .batches import CHUNK_ROWS, Prepare, autocast_dtype, batch_rows
 from .factory import build

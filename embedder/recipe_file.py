@@ -25,9 +25,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from store import Store, paths
-from store.atomic import atomic_write
-from store.errors import RecipeError, StoreError
+from mitoprobe.store import Store, paths
+from mitoprobe.store.atomic import atomic_write
+from mitoprobe.store.errors import RecipeError, StoreError
 
 from .factory import OUTPUT_KINDS, PICKLE_SUFFIXES, SAFE_SUFFIXES, check_weights, derive_output_dims
 from .identity import file_digest, recipe_hash

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from store.dataset import open_image
+from mitoprobe.store.dataset import open_image
 
 from .recipes import Recipe
 

@@ -8,11 +8,11 @@ the ``mitoprobe.recipe_resolvers`` entry point finds the same resolver. Torch-fr
 
 Example::
 
-    from finetune import FinetuneConfig, finetune
+    from mitoprobe.finetune import FinetuneConfig, finetune
     finetune("mitoprobe-store", FinetuneConfig.paper("virchow2.hf", "lora"), folds="0")
 """
 
-from embedder.recipes import register_resolver
+from mitoprobe.embedder.recipes import register_resolver
 
 from .config import FinetuneConfig
 from .job import FinetuneSummary, finetune, parse_folds

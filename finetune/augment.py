@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedder.factory import preprocess
-from store.errors import FinetuneError
+from mitoprobe.embedder.factory import preprocess
+from mitoprobe.store.errors import FinetuneError
 
 # Ruifrok & Johnston's H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB), as scikit-image uses.
 _RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)

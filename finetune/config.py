@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from embedder.factory import preprocess
-from store.errors import FinetuneError
+from mitoprobe.embedder.factory import preprocess
+from mitoprobe.store.errors import FinetuneError
 
 from .paper import NORM_STATS, PaperEntry, paper_entry
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedder.transforms import decode_png
-from store.errors import FinetuneError
+from mitoprobe.embedder.transforms import decode_png
+from mitoprobe.store.errors import FinetuneError
 
 
 class PatchDataset:

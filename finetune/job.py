@@ -18,20 +18,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import embedder
-from classifiers import metrics as M
-from classifiers import runs as R
-from classifiers.labels import check_name
-from classifiers.protocol import FOLD_SEED, N_FOLDS, Protocol, load_protocol
-from classifiers.scoring import (ENSEMBLE_RULE, THRESHOLD_RULES, Ensemble, fold_ensemble, heldout_frame,
+from mitoprobe import embedder
+from mitoprobe.classifiers import metrics as M
+from mitoprobe.classifiers import runs as R
+from mitoprobe.classifiers.labels import check_name
+from mitoprobe.classifiers.protocol import FOLD_SEED, N_FOLDS, Protocol, load_protocol
+from mitoprobe.classifiers.scoring import (ENSEMBLE_RULE, THRESHOLD_RULES, Ensemble, fold_ensemble, heldout_frame,
                                  prediction_frame, score_test_set)
-from embedder.factory import check_weights, count_params
-from embedder.job import resolve_device
-from store import Store
-from store.atomic import write_json
-from store.errors import FinetuneError, StoreError
-from store.hashing import canonical_json, config_hash, source_version
-from store.schema import SUBTYPE_COLUMNS, VOTE_COLUMNS
+from mitoprobe.embedder.factory import check_weights, count_params
+from mitoprobe.embedder.job import resolve_device
+from mitoprobe.store import Store
+from mitoprobe.store.atomic import write_json
+from mitoprobe.store.errors import FinetuneError, StoreError
+from mitoprobe.store.hashing import canonical_json, config_hash, source_version
+from mitoprobe.store.schema import SUBTYPE_COLUMNS, VOTE_COLUMNS
 
 from .config import SUBTYPES, FinetuneConfig
 from .paper import REPO as PAPER_REPO

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import embedder
-from store.atomic import atomic_write
-from store.errors import FinetuneError, WeightsError
+from mitoprobe import embedder
+from mitoprobe.store.atomic import atomic_write
+from mitoprobe.store.errors import FinetuneError, WeightsError
 
 from .config import SUBTYPES, FinetuneConfig
 

@@ -18,10 +18,10 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from embedder.recipes import Recipe, get_recipe, register
-from store import Store
-from store.errors import RecipeError, WeightsError
-from store.hashing import file_sha256
+from mitoprobe.embedder.recipes import Recipe, get_recipe, register
+from mitoprobe.store import Store
+from mitoprobe.store.errors import RecipeError, WeightsError
+from mitoprobe.store.hashing import file_sha256
 
 from .config import FinetuneConfig
 from .model import add_lora

@@ -30,15 +30,15 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from store.atomic import atomic_write, write_json
-from store.errors import FinetuneError
-from store.hashing import config_hash, file_sha256
-from store.progress import progress as progress_bar
+from mitoprobe.store.atomic import atomic_write, write_json
+from mitoprobe.store.errors import FinetuneError
+from mitoprobe.store.hashing import config_hash, file_sha256
+from mitoprobe.store.progress import progress as progress_bar
 
-from classifiers import metrics as M
-from embedder.batches import is_cnn, prefers_channels_last
-from embedder.dihedral import apply_view_torch
-from embedder.transforms import decode_png
+from mitoprobe.classifiers import metrics as M
+from mitoprobe.embedder.batches import is_cnn, prefers_channels_last
+from mitoprobe.embedder.dihedral import apply_view_torch
+from mitoprobe.embedder.transforms import decode_png
 
 from .augment import batch_augment, train_transform
 from .config import TTAS, FinetuneConfig

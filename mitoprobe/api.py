@@ -20,18 +20,18 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-import embedder
-from classifiers import metrics as M
-from classifiers.features import Features, load_features
-from classifiers.own_heads import estimator_head, own_head, resolve_head
-from classifiers.protocol import PAPER_TRAIN, Protocol, load_protocol
-from classifiers.refit import stored_predictions
-from classifiers.report import leaderboard
-from classifiers.runner import run_family
-from classifiers.runs import read_runs
-from classifiers.scoring import score_test_set
-from classifiers.significance import compare, resolve_families
-from store import Store
+from mitoprobe import embedder
+from mitoprobe.classifiers import metrics as M
+from mitoprobe.classifiers.features import Features, load_features
+from mitoprobe.classifiers.own_heads import estimator_head, own_head, resolve_head
+from mitoprobe.classifiers.protocol import PAPER_TRAIN, Protocol, load_protocol
+from mitoprobe.classifiers.refit import stored_predictions
+from mitoprobe.classifiers.report import leaderboard
+from mitoprobe.classifiers.runner import run_family
+from mitoprobe.classifiers.runs import read_runs
+from mitoprobe.classifiers.scoring import score_test_set
+from mitoprobe.classifiers.significance import compare, resolve_families
+from mitoprobe.store import Store
 
 
 @dataclass(frozen=True)

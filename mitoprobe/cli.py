@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from store.errors import MitoprobeError
+from mitoprobe.store.errors import MitoprobeError
 
 # name -> ("module:attribute", one-line purpose shown by --help without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {

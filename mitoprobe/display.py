@@ -7,7 +7,7 @@ import numbers
 import click
 import pandas as pd
 
-from classifiers.report import DELTA, HELDOUT, compact_board, format_board, human_reference, leaderboard
+from mitoprobe.classifiers.report import DELTA, HELDOUT, compact_board, format_board, human_reference, leaderboard
 
 
 def human_bytes(n: int | float) -> str:

@@ -16,16 +16,16 @@ import click
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import embedder
-from classifiers.fusion import fuse, rank_by_heldout
-from classifiers.heads import HEADS
-from classifiers.labels import label_of
-from embedder.dihedral import view_names
-from classifiers.runner import sweep
-from finetune import FinetuneConfig, finetune
-from store import BENCHMARK, Store
-from store.dataset import difference_from_stored
-from store.errors import ProtocolError, StoreError
+from mitoprobe import embedder
+from mitoprobe.classifiers.fusion import fuse, rank_by_heldout
+from mitoprobe.classifiers.heads import HEADS
+from mitoprobe.classifiers.labels import label_of
+from mitoprobe.embedder.dihedral import view_names
+from mitoprobe.classifiers.runner import sweep
+from mitoprobe.finetune import FinetuneConfig, finetune
+from mitoprobe.store import BENCHMARK, Store
+from mitoprobe.store.dataset import difference_from_stored
+from mitoprobe.store.errors import ProtocolError, StoreError
 
 from .commands.data import import_data, resolve_data
 from .display import print_report

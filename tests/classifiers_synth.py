@@ -8,10 +8,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import embedder
-from embedder.recipes import Recipe
-from store import Store
-from store.errors import RecipeError
+from mitoprobe import embedder
+from mitoprobe.embedder.recipes import Recipe
+from mitoprobe.store import Store
+from mitoprobe.store.errors import RecipeError
 
 TEST_DATASETS = (("AMi-Br", "test", 3), ("AtNorM-Br", "test", 0), ("AtNorM-MD", "test", 5))
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from store import Store
-from store.example_benchmark import png_bytes, write_example_benchmark  # noqa: F401  (tests import png_bytes from here)
+from mitoprobe.store import Store
+from mitoprobe.store.example_benchmark import png_bytes, write_example_benchmark  # noqa: F401  (tests import png_bytes from here)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("MITOPROBE_DATA", REPO.parent / "shared/datasets/AMi-Br_Benchmark"))

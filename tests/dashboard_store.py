@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from conftest import make_benchmark
-from dashboard import APP
-from dashboard.navigation import PAGES as PAGE_SPECS
-from store import Store
+from mitoprobe.dashboard import APP
+from mitoprobe.dashboard.navigation import PAGES as PAGE_SPECS
+from mitoprobe.store import Store
 
 TEST_SETS = {"AMi-Br-test": ("AMi-Br", "test"), "AtNorM-Br": ("AtNorM-Br", "test"),
              "AtNorM-MD": ("AtNorM-MD", "test")}
@@ -25,9 +25,9 @@ FAMILIES = (("fam-logreg", "logreg", 1.2), ("fam-knn", "knn", 0.5), ("fam-oracle
 
 
 def build_dashboard_store(root: Path, n_per_class: int = 6, seed: int = 0) -> Store:
-    import embedder
-    from classifiers import metrics
-    from classifiers import runs as run_rows
+    from mitoprobe import embedder
+    from mitoprobe.classifiers import metrics
+    from mitoprobe.classifiers import runs as run_rows
 
     bench = make_benchmark(root / "bench", n_per_class=n_per_class, seed=seed)
     st = Store(root / "store")

@@ -20,7 +20,7 @@ def ws(tmp_path_factory):
 
 
 def test_probe_an_estimator_and_a_builtin_head_from_one_read(ws, monkeypatch):
-    import classifiers.features as F
+    import mitoprobe.classifiers.features as F
 
     rows = ws.probe("handcrafted", estimator=LogisticRegression(max_iter=300), name="lr", grid={"C": [0.1, 1.0]})
     assert set(rows["head"]) == {"lr"} and rows["fold"].nunique() == 6
@@ -62,7 +62,7 @@ def test_seeds_are_repeats_of_one_family_and_recorded_once(ws):
 
 
 def test_the_leaderboard_gives_the_spread_over_seeds(ws):
-    from classifiers.report import SEEDS, compact_board
+    from mitoprobe.classifiers.report import SEEDS, compact_board
 
     ws.probe("handcrafted", head="mlp", seeds=[0, 1, 2], n_boot=20)
     board = ws.leaderboard(model="handcrafted", paper=False)

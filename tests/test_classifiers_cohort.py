@@ -8,15 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classifiers.neighbours import nearest_labelled
-from classifiers.predict import predict_dataset
-from classifiers.protocol import TEST_SETS, available_test_sets, load_protocol
-from classifiers.refit import refit_family
-from classifiers.runner import sweep
+from mitoprobe.classifiers.neighbours import nearest_labelled
+from mitoprobe.classifiers.predict import predict_dataset
+from mitoprobe.classifiers.protocol import TEST_SETS, available_test_sets, load_protocol
+from mitoprobe.classifiers.refit import refit_family
+from mitoprobe.classifiers.runner import sweep
 from conftest import make_six_slide_store
-from embedder import embed
-from store.cohort_example import write_example_cohort
-from store.errors import ProtocolError, StoreError
+from mitoprobe.embedder import embed
+from mitoprobe.store.cohort_example import write_example_cohort
+from mitoprobe.store.errors import ProtocolError, StoreError
 
 HEADS = ["logreg", "knn"]
 

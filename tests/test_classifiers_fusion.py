@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from classifiers_synth import synthetic_store
 
-from classifiers import fusion as F
-from classifiers import metrics as M
-from classifiers.protocol import load_protocol
-from classifiers.runner import sweep
-from classifiers.scoring import decision_threshold
-from store.errors import ProtocolError
+from mitoprobe.classifiers import fusion as F
+from mitoprobe.classifiers import metrics as M
+from mitoprobe.classifiers.protocol import load_protocol
+from mitoprobe.classifiers.runner import sweep
+from mitoprobe.classifiers.scoring import decision_threshold
+from mitoprobe.store.errors import ProtocolError
 
 HEADS = ["logreg", "knn"]
 
@@ -89,7 +89,7 @@ def test_no_fusion_choice_reads_a_test_label(probed, tmp_path, monkeypatch):
     stay identical, while the test metrics move (the labels really changed)."""
     import shutil
 
-    from store import Store
+    from mitoprobe.store import Store
 
     real = F.load_protocol
 

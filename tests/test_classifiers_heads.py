@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classifiers import metrics as M
-from classifiers.heads import (HEADS, PAPER_PROBE_PARAMS, PAPER_SCRIPT_OVERRIDES, TorchLinearProbe, make_head,
+from mitoprobe.classifiers import metrics as M
+from mitoprobe.classifiers.heads import (HEADS, PAPER_PROBE_PARAMS, PAPER_SCRIPT_OVERRIDES, TorchLinearProbe, make_head,
                                positive_proba)
 
 
@@ -89,7 +89,7 @@ def test_paper_probe_balances_classes_with_the_sampler():
 def test_pooling_and_tta_options(tmp_path):
     from classifiers_synth import synthetic_store
 
-    from classifiers.runner import load_features, sweep
+    from mitoprobe.classifiers.runner import load_features, sweep
 
     st = synthetic_store(tmp_path / "s", dim=16, views=("none", "rot90", "flip"), name="synth16")
     assert load_features(st, "synth16", "cls").X.shape == (len(st.patches()), 8)
@@ -108,8 +108,8 @@ def test_pooling_and_tta_options(tmp_path):
 def test_torch_linear_takes_its_model_familys_paper_script_settings(tmp_path):
     """Only Prov-GigaPath's public probe script uses lr 1e-3 / wd 1e-4; the runner gives torch_linear the
     setting of the recipe's family and records it in the run (explicit params win)."""
-    from classifiers.heads import paper_probe_params
-    from classifiers.runner import _paper_defaults
+    from mitoprobe.classifiers.heads import paper_probe_params
+    from mitoprobe.classifiers.runner import _paper_defaults
 
     assert paper_probe_params("gigapath") == PAPER_SCRIPT_OVERRIDES and paper_probe_params("uni") == {}
     assert _paper_defaults("torch_linear", "gigapath.hf") == {"lr": 1e-3, "weight_decay": 1e-4}
@@ -125,8 +125,8 @@ def test_param_option_is_validated_fixed_and_recorded(tmp_path, monkeypatch, cap
     from classifiers_synth import synthetic_store
     from conftest import run_cli
 
-    from classifiers.heads import parse_head_params
-    from store.errors import ProtocolError
+    from mitoprobe.classifiers.heads import parse_head_params
+    from mitoprobe.store.errors import ProtocolError
 
     assert parse_head_params(["torch_linear.lr=1e-3", "knn.n_neighbors=25", "lgbm.pca=16"]) == \
         {"torch_linear": {"lr": 1e-3}, "knn": {"n_neighbors": 25}, "lgbm": {"pca": 16}}

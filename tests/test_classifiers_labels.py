@@ -13,13 +13,13 @@ from classifiers_synth import synthetic_store
 from click.testing import CliRunner
 from rich.console import Console
 
-from classifiers import labels as L
-from classifiers.fusion import fuse
-from classifiers.report import DELTA, HELDOUT, compact_board, leaderboard
-from classifiers.runner import sweep
+from mitoprobe.classifiers import labels as L
+from mitoprobe.classifiers.fusion import fuse
+from mitoprobe.classifiers.report import DELTA, HELDOUT, compact_board, leaderboard
+from mitoprobe.classifiers.runner import sweep
 from mitoprobe.cli import cli
 from mitoprobe.display import REPORT_WIDTH, leaderboard_table, print_report
-from store.errors import ProtocolError
+from mitoprobe.store.errors import ProtocolError
 
 
 @pytest.fixture(scope="module")

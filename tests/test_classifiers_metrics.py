@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from classifiers import metrics as M
+from mitoprobe.classifiers import metrics as M
 
 
 def test_positive_label_is_atypical():

@@ -10,14 +10,14 @@ import pytest
 from conftest import make_six_slide_store
 from click.testing import CliRunner
 
-from embedder import embed
-from classifiers.own_heads import estimator_head, own_head
-from classifiers.predict import predict_dataset
-from classifiers.report import leaderboard
-from classifiers.runner import sweep
-from classifiers.significance import compare, resolve_families
+from mitoprobe.embedder import embed
+from mitoprobe.classifiers.own_heads import estimator_head, own_head
+from mitoprobe.classifiers.predict import predict_dataset
+from mitoprobe.classifiers.report import leaderboard
+from mitoprobe.classifiers.runner import sweep
+from mitoprobe.classifiers.significance import compare, resolve_families
 from mitoprobe.cli import cli
-from store.errors import ProtocolError
+from mitoprobe.store.errors import ProtocolError
 
 SVM_HEAD = '''
 from sklearn.calibration import CalibratedClassifierCV
@@ -66,7 +66,7 @@ def test_a_head_from_a_file_runs_like_a_builtin_and_records_its_source(synth, he
     assert "make_svm" in set(board["head"])
     fams = resolve_families(synth.results.read("runs"), ["handcrafted:make_svm", "handcrafted:logreg"])
     assert len(compare(synth, fams)) > 0
-    from classifiers.fusion import fuse
+    from mitoprobe.classifiers.fusion import fuse
 
     fused = fuse(synth, ["handcrafted:make_svm", "handcrafted:logreg"], rule="mean", n_boot=50, name="svm+lr")
     assert fused is not None and len(fused) > 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from classifiers import metrics
+from mitoprobe.classifiers import metrics
 
 
 @pytest.fixture

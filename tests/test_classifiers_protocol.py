@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from classifiers_synth import synthetic_patches, synthetic_store
 
-from store import Store
+from mitoprobe.store import Store
 
-from classifiers.protocol import TEST_SETS, compute_folds, folds, load_protocol
-from classifiers.runner import load_features, run_family
+from mitoprobe.classifiers.protocol import TEST_SETS, compute_folds, folds, load_protocol
+from mitoprobe.classifiers.runner import load_features, run_family
 
 
 @pytest.mark.slow
@@ -43,7 +43,7 @@ def test_folds_are_the_papers_on_the_real_csv(real_data_dir, real_store):
 
 
 def test_test_set_names_are_the_papers():
-    from classifiers.report import paper_results
+    from mitoprobe.classifiers.report import paper_results
 
     ref = paper_results()  # the package's copy of ../shared/reference/paper_results.csv
     assert set(TEST_SETS) == set(ref["dataset"]) and len(ref) == 51
@@ -89,7 +89,7 @@ def test_no_selection_step_reads_a_test_label(synth, tmp_path, head):
 
 def test_fit_path_never_receives_test_rows(synth, monkeypatch):
     """Every matrix a head is fitted on comes from training patches only."""
-    import classifiers.fitting as fitting
+    import mitoprobe.classifiers.fitting as fitting
 
     proto = load_protocol(synth)
     feats = load_features(synth, "synth")
@@ -110,7 +110,7 @@ def test_fit_path_never_receives_test_rows(synth, monkeypatch):
 
 def test_too_few_slides_is_a_protocol_error_not_a_traceback(tiny_store):
     """The tiny benchmark has 2 training slides: the 5-fold grouped split cannot exist."""
-    from store.errors import ProtocolError
+    from mitoprobe.store.errors import ProtocolError
 
     with pytest.raises(ProtocolError, match="at least 5 slides; the store has 2"):
         load_protocol(tiny_store)
@@ -122,7 +122,7 @@ def test_a_foreign_folds_file_points_to_store_repair(synth, tmp_path):
     with the `store repair` hint that `store check` gives (tests/test_store_damage.py runs the repair)."""
     import re
 
-    from store.errors import DamagedStoreError
+    from mitoprobe.store.errors import DamagedStoreError
 
     store = Store(shutil.copytree(synth.root, tmp_path / "store"))
     ours = folds(store)

@@ -9,9 +9,9 @@ import pytest
 from classifiers_synth import synthetic_store
 from click.testing import CliRunner
 
-from classifiers.report import best_per_test_set, leaderboard
-from classifiers.runs import PREDICTION_COLUMNS, RUN_COLUMNS
-from classifiers.runner import sweep
+from mitoprobe.classifiers.report import best_per_test_set, leaderboard
+from mitoprobe.classifiers.runs import PREDICTION_COLUMNS, RUN_COLUMNS
+from mitoprobe.classifiers.runner import sweep
 from mitoprobe.cli import cli
 
 
@@ -75,7 +75,7 @@ def test_schema_skip_repeat_and_append_only(synth):
 def test_report_reads_back_the_out_of_fold_predictions(synth):
     """The leaderboard's held-out AUROC is recomputed from the stored out-of-fold rows; it equals the AUROC
     the runner recorded for the ensemble's threshold choice (runs.val_auroc at fold -1)."""
-    from classifiers.report import leaderboard
+    from mitoprobe.classifiers.report import leaderboard
 
     board = leaderboard(synth, with_paper=False)
     runs = synth.results.read("runs")
@@ -112,7 +112,7 @@ def test_leaderboard_and_cli(synth):
 def test_main_job_with_a_stub_embedder(synth, monkeypatch):
     """`mitoprobe run` wires import -> embed -> probe -> report (embedding stubbed: the real
     embedder is tested in its own package)."""
-    import embedder
+    from mitoprobe import embedder
 
     from mitoprobe.main_job import run_main_job
 
@@ -132,7 +132,7 @@ def test_main_job_with_a_stub_embedder(synth, monkeypatch):
 def test_paired_comparison_of_two_families(synth):
     """``report --compare``: per test set, the difference of the two fold ensembles on the same patches,
     equal to the difference of their stored metrics, with a paired CI and Holm-adjusted p-values."""
-    from classifiers.significance import compare, resolve_families
+    from mitoprobe.classifiers.significance import compare, resolve_families
 
     runs = synth.results.read("runs")
     fams = resolve_families(runs, ["synth:simpleshot", "synth:logreg"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classifiers.robustness import neighbours, robustness_index
+from mitoprobe.classifiers.robustness import neighbours, robustness_index
 
 
 def _clusters(by: str, n: int = 400, seed: int = 0):
@@ -40,7 +40,7 @@ def test_index_tells_label_from_site_grouping(by, high):
 
 
 def test_report_robustness_on_a_store(tiny_store, monkeypatch, capsys):
-    import embedder
+    from mitoprobe import embedder
     from conftest import run_cli
 
     embedder.embed(tiny_store, "handcrafted", progress=False, num_workers=0)
@@ -53,8 +53,8 @@ def test_report_robustness_on_a_store(tiny_store, monkeypatch, capsys):
 def test_a_large_set_is_counted_on_a_sample_of_queries_among_all_neighbours(tiny_store):
     """Above MAX_QUERIES the cost is queries x patches, not patches squared: the sampled rows' neighbours are
     exactly those of the full search, and the counts are theirs."""
-    import embedder
-    from classifiers.robustness import site_robustness
+    from mitoprobe import embedder
+    from mitoprobe.classifiers.robustness import site_robustness
 
     X, labels, sites = _clusters("label", n=90)
     q = np.array([3, 17, 40, 41, 88])

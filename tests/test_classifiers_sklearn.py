@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from classifiers.heads import HEADS, BalancedMLP, CosineKNN, LGBMHead, ReducePCA, SimpleShot, TorchLinearProbe
+from mitoprobe.classifiers.heads import HEADS, BalancedMLP, CosineKNN, LGBMHead, ReducePCA, SimpleShot, TorchLinearProbe
 
 
 @parametrize_with_checks(
@@ -29,7 +29,7 @@ def test_import_leaves_torch_out():
 def test_make_head_clones(name):
     from sklearn.base import clone
 
-    from classifiers.heads import make_head
+    from mitoprobe.classifiers.heads import make_head
 
     est = make_head(name)
     assert clone(est).get_params().keys() == est.get_params().keys()

@@ -21,9 +21,9 @@ import pytest
 from conftest import make_benchmark, make_six_slide_store, png_bytes, run_cli
 from PIL import Image
 
-import embedder
-from store import Store
-from store.errors import DataError
+from mitoprobe import embedder
+from mitoprobe.store import Store
+from mitoprobe.store.errors import DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -168,7 +168,7 @@ def test_embed_hub_model_without_token_writes_nothing(monkeypatch, capsys, popul
 
 
 def test_embed_library_checks_options_before_writing(populated):
-    from store.errors import ConfigError
+    from mitoprobe.store.errors import ConfigError
 
     before = tree(populated.root)
     for kw in (dict(batch_size=0), dict(num_workers=-1), dict(engine="spark"), dict(chunk_rows=0)):
@@ -250,7 +250,7 @@ def test_dashboard_port_is_bounded(monkeypatch, capsys, populated):
 
 # -- the shared image check and the dashboard's upload check ----------------------------------
 def test_check_png_maps_pillows_own_bomb_guard(monkeypatch):
-    from store.dataset import check_png
+    from mitoprobe.store.dataset import check_png
 
     monkeypatch.setenv("MITOPROBE_MAX_IMAGE_PIXELS", str(10**10))  # above Pillow's own limit
     with pytest.raises(DataError, match="decompression bomb"):
@@ -270,7 +270,7 @@ def _reencoded(png: bytes) -> bytes:
 
 
 def test_dashboard_upload_validated_like_import(populated):
-    from dashboard import data
+    from mitoprobe.dashboard import data
 
     stamp = populated.fingerprint()
     root = str(populated.root)
@@ -301,7 +301,7 @@ def test_dashboard_upload_validated_like_import(populated):
 
 
 def test_decoder_refuses_an_oversized_image_from_its_header():
-    from embedder.transforms import decode_png
+    from mitoprobe.embedder.transforms import decode_png
 
     with pytest.raises(DataError, match="10000x10000"):
         decode_png(png_claiming(10000, 10000))

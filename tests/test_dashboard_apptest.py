@@ -135,7 +135,7 @@ def test_similarity_on_a_table_without_search_columns(full_store, tmp_path, monk
     """A LanceDB table built before standardised search: the page says to run `store repair`."""
     import shutil
 
-    from store import Store
+    from mitoprobe.store import Store
 
     st = Store(shutil.copytree(full_store.root, tmp_path / "old"))
     eset = st.features.sets()[0]
@@ -149,7 +149,7 @@ def test_similarity_on_a_table_that_lost_rows(full_store, tmp_path, monkeypatch)
     over the patches left and says to run `store repair` (issue 22)."""
     import shutil
 
-    from store import Store
+    from mitoprobe.store import Store
 
     st = Store(shutil.copytree(full_store.root, tmp_path / "lost"))
     eset = st.features.sets()[0]
@@ -160,7 +160,7 @@ def test_similarity_on_a_table_that_lost_rows(full_store, tmp_path, monkeypatch)
 
 
 def test_similarity_upload_refused_when_recipe_changed(full_store, monkeypatch):
-    import embedder
+    from mitoprobe import embedder
 
     monkeypatch.setattr(embedder, "recipe_id_of", lambda *a, **k: "0000000000000000")
     buf = io.BytesIO()
@@ -182,7 +182,7 @@ def test_embedding_map(full_store, monkeypatch):
 
 
 def test_embedding_map_draws_a_sample_of_a_large_set(full_store, monkeypatch):
-    from dashboard import data
+    from mitoprobe.dashboard import data
 
     monkeypatch.setattr(data, "MAP_POINTS", 10)
     at = open_page(full_store.root, "map", monkeypatch)
@@ -222,7 +222,7 @@ def test_errors_none_wrong(full_store, monkeypatch):
 # -- leaderboard: Δ vs paper, no "None" cells, the compact view, the cards --------------------------
 def _paper_best_ba(family: str, test_set: str) -> tuple[float, str]:
     """The best published mean BA of the paper families our ``family`` compares with (from the CSV)."""
-    from classifiers.report import paper_results
+    from mitoprobe.classifiers.report import paper_results
 
     ref = paper_results()
     theirs = {"probe": ["linear_probe"], "finetune": ["lora", "end_to_end"]}[family]
@@ -313,7 +313,7 @@ def _colours(spec) -> dict[str, str]:
 def test_family_colours_are_stable_and_shared():
     import pandas as pd
 
-    from dashboard import charts
+    from mitoprobe.dashboard import charts
 
     # a stable hash (not Python's salted hash()): the same colour in every process and rerun
     assert charts.family_colour("fam-logreg") == charts.family_colour("fam-logreg") in charts.FAMILY_PALETTE
@@ -334,7 +334,7 @@ def test_family_colours_are_stable_and_shared():
 def test_compare_charts_share_family_colours(full_store, monkeypatch):
     import json
 
-    from dashboard import charts
+    from mitoprobe.dashboard import charts
 
     at = open_page(full_store.root, "compare", monkeypatch)
     specs = lambda: [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]  # noqa: E731

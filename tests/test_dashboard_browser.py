@@ -50,9 +50,9 @@ def _shadowing_folder(root: Path) -> Path:
 def test_every_page_renders_in_chromium(tmp_path, monkeypatch):
     pytest.importorskip("selenium", reason="selenium is a dev dependency: pip install -e '.[dev]'")
     _ensure_chromium()
-    from dashboard import start
-    from dashboard.navigation import PAGES as SPECS
-    from dashboard.screenshots import PAGES, capture, deep_links, machine, report
+    from mitoprobe.dashboard import start
+    from mitoprobe.dashboard.navigation import PAGES as SPECS
+    from mitoprobe.dashboard.screenshots import PAGES, capture, deep_links, machine, report
 
     st = build_dashboard_store(tmp_path / "data")
     monkeypatch.chdir(_shadowing_folder(tmp_path / "cwd"))

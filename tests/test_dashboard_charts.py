@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classifiers import metrics
-from dashboard.charts import thin_line
+from mitoprobe.classifiers import metrics
+from mitoprobe.dashboard.charts import thin_line
 
 
 def _path(df: pd.DataFrame, x: str, y: str, step: bool) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from click.testing import CliRunner
 
-import dashboard
+from mitoprobe import dashboard
 from mitoprobe.cli import cli
 
 
@@ -25,7 +25,7 @@ def test_dashboard_command_serves_on_localhost(monkeypatch, tmp_path):
 
 
 def test_server_command_is_headless_and_local():
-    from dashboard.server import _command
+    from mitoprobe.dashboard.server import _command
 
     cmd = _command(8765, "127.0.0.1")
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
@@ -40,7 +40,7 @@ def test_server_child_ignores_package_folders_in_the_working_directory(tmp_path)
     import subprocess
     import sys
 
-    from dashboard.server import python_prefix
+    from mitoprobe.dashboard.server import python_prefix
 
     for name in ("store", "dashboard", "classifiers", "embedder"):
         (tmp_path / name).mkdir()
@@ -49,7 +49,7 @@ def test_server_child_ignores_package_folders_in_the_working_directory(tmp_path)
     assert bare.returncode != 0 and "cannot import name" in bare.stderr  # the trap is real
     safe = subprocess.run([*python_prefix(), *probe], cwd=tmp_path, capture_output=True, text=True)
     assert safe.returncode == 0, safe.stderr
-    from dashboard.server import _command
+    from mitoprobe.dashboard.server import _command
 
     assert _command(8765, "127.0.0.1")[:len(python_prefix())] == python_prefix()
 
@@ -58,7 +58,7 @@ def test_pages_fetch_nothing_online():
     """No page icons: Streamlit's material icons load from an online font host (fails offline)."""
     from pathlib import Path
 
-    from dashboard.navigation import PAGES
+    from mitoprobe.dashboard.navigation import PAGES
 
     text = (Path(dashboard.__file__).parent / "app.py").read_text()
     assert "icon=" not in text.replace("page_icon", "") and not any(hasattr(p, "icon") for p in PAGES)

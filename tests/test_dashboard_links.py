@@ -111,7 +111,7 @@ def test_patch_viewer_unknown_id(full_store, monkeypatch):
 
 
 def test_enlarged_is_nearest_neighbour():
-    from dashboard import data
+    from mitoprobe.dashboard import data
 
     rng = np.random.default_rng(0)
     px = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
@@ -141,7 +141,7 @@ def test_images_reads_only_what_is_asked(full_store, monkeypatch):
     assert full_store.images([next(iter(every))]).keys() == {next(iter(every))}
     assert seen == [0] and full_store.images([]) == {}
 def test_test_sets_come_from_the_results():
-    from dashboard import data
+    from mitoprobe.dashboard import data
 
     assert data.test_set_order(["MyLab-test", "AtNorM-MD", "AMi-Br-test", "Another", None]) == \
            ["AMi-Br-test", "AtNorM-MD", "Another", "MyLab-test"]
@@ -151,7 +151,7 @@ def test_a_lab_test_set_and_dataset_show_up(tmp_path, monkeypatch):
     """A user-imported dataset and its own test set: every page offers them (nothing hard-coded)."""
     import json
 
-    from classifiers import runs as run_rows
+    from mitoprobe.classifiers import runs as run_rows
 
     st = build_dashboard_store(tmp_path / "d", n_per_class=4)
     runs = st.results.read("runs")
@@ -172,7 +172,7 @@ def test_a_lab_test_set_and_dataset_show_up(tmp_path, monkeypatch):
 def test_pages_open_on_a_general_embedding_set_not_a_fine_tuned_fold(tmp_path, monkeypatch):
     """A fine-tuned fold checkpoint's set (``ft-<run8>-fold<k>.<sha8>``, trained on four folds) is listed
     last, so the pages' default set is a general one, whatever the recipe ids' order on disk."""
-    from dashboard import data
+    from mitoprobe.dashboard import data
 
     st = build_dashboard_store(tmp_path / "d", n_per_class=4)
     hand = st.features.sets()[0]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import streamlit
 
-from classifiers import robustness
+from mitoprobe.classifiers import robustness
 from dashboard_store import build_dashboard_store, open_page
 
 
@@ -47,7 +47,7 @@ def test_map_site_robustness_is_classifiers(full_store, monkeypatch, k):
 
 
 def test_map_site_robustness_not_for_a_stale_set(full_store, monkeypatch):
-    import embedder
+    from mitoprobe import embedder
 
     streamlit.cache_data.clear()  # a result cached for this store by another test must not answer
     monkeypatch.setattr(embedder, "recipe_id_of", lambda *a, **k: "0000000000000000")
@@ -222,7 +222,7 @@ def test_errors_csv_name_has_family_and_fold(full_store, monkeypatch):
 
 
 def test_errors_file_name_is_sanitised():
-    from dashboard import data
+    from mitoprobe.dashboard import data
 
     name = data.errors_file_name("uni · logreg · pooling=cls+mean, tta=True", -1, "AtNorM-Br")
     assert name == "errors_uni_logreg_pooling_cls_mean_tta_True_fold-ensemble_AtNorM-Br.csv"

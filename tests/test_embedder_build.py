@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import embedder
-from store.errors import WeightsError
+from mitoprobe import embedder
+from mitoprobe.store.errors import WeightsError
 
 TINY = dict(depth=1, embed_dim=48, num_heads=2)
 STEMS = ("virchow", "virchow2", "uni", "uni2_h", "hoptimus0", "hoptimus1", "gigapath")
@@ -115,7 +115,7 @@ def test_unreadable_weights_files_name_the_file(tmp_path):
     """Truncated or mislabelled files are WeightsErrors naming the file (never SafetensorError etc.)."""
     from safetensors.torch import save_file
 
-    from embedder.factory import load_state_dict
+    from mitoprobe.embedder.factory import load_state_dict
 
     model, _ = embedder.build("uni.random", overrides=TINY)
     sd = {k: v.contiguous() for k, v in model.backbone.state_dict().items()}
@@ -138,7 +138,7 @@ def test_unreadable_weights_files_name_the_file(tmp_path):
 def test_check_weights_matches_shapes_without_building(tmp_path):
     from safetensors.torch import save_file
 
-    from store.errors import RecipeError
+    from mitoprobe.store.errors import RecipeError
 
     model, _ = embedder.build("uni.random", overrides=TINY)
     p = tmp_path / "tiny.safetensors"
@@ -153,8 +153,8 @@ def test_check_weights_matches_shapes_without_building(tmp_path):
 
 
 def test_device_names_are_checked():
-    from embedder.job import resolve_device
-    from store.errors import ConfigError
+    from mitoprobe.embedder.job import resolve_device
+    from mitoprobe.store.errors import ConfigError
 
     assert resolve_device("cpu") == "cpu"
     for bad in ("gpu", "cuda:99" if torch.cuda.is_available() else "cuda", "tpu"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedder.handcrafted import FEATURE_NAMES, N_FEATURES, handcrafted_features
-from embedder.recipes import get_recipe
+from mitoprobe.embedder.handcrafted import FEATURE_NAMES, N_FEATURES, handcrafted_features
+from mitoprobe.embedder.recipes import get_recipe
 
 
 def _figure(shape="disc", seed=0):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import embedder
-from embedder.recipes import Recipe, get_recipe, register
-from embedder.transforms import decode_png
-from embedder.dihedral import VIEWS_D8, apply_view_np
+from mitoprobe import embedder
+from mitoprobe.embedder.recipes import Recipe, get_recipe, register
+from mitoprobe.embedder.transforms import decode_png
+from mitoprobe.embedder.dihedral import VIEWS_D8, apply_view_np
 
 TINY_VIT = "tiny_vit.test_random"
 try:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import embedder
-from embedder.handcrafted import FEATURE_SETS, FeatureTransform, feature_transform, handcrafted_features
-from embedder.morphology import FEATURE_NAMES, N_FEATURES, morphology_features
-from embedder.recipes import get_recipe
+from mitoprobe import embedder
+from mitoprobe.embedder.handcrafted import FEATURE_SETS, FeatureTransform, feature_transform, handcrafted_features
+from mitoprobe.embedder.morphology import FEATURE_NAMES, N_FEATURES, morphology_features
+from mitoprobe.embedder.recipes import get_recipe
 
 
 def _paint(masks, seed=0, colour=(70, 40, 120), background=(235, 180, 210)):

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-import embedder
-from store import Store
+from mitoprobe import embedder
+from mitoprobe.store import Store
 
 pytest.importorskip("ray")
 

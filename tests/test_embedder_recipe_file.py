@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import embedder
+from mitoprobe import embedder
 from conftest import make_six_slide_store, run_cli
-from embedder.factory import build
-from embedder.hub import cached_commit, hub_cache_dir, hub_commit
-from embedder.identity import identity_of
-from embedder.recipe_file import add_recipe_file, load_recipe_file, store_recipe
-from embedder.recipes import get_recipe
-from embedder.transforms import decode_png
-from store.errors import RecipeError, WeightsError
-from store.hashing import file_sha256
+from mitoprobe.embedder.factory import build
+from mitoprobe.embedder.hub import cached_commit, hub_cache_dir, hub_commit
+from mitoprobe.embedder.identity import identity_of
+from mitoprobe.embedder.recipe_file import add_recipe_file, load_recipe_file, store_recipe
+from mitoprobe.embedder.recipes import get_recipe
+from mitoprobe.embedder.transforms import decode_png
+from mitoprobe.store.errors import RecipeError, WeightsError
+from mitoprobe.store.hashing import file_sha256
 
 NAME = "tinyvit.lab"
 ARCH_KW = dict(depth=1, embed_dim=32, num_heads=2, img_size=64, reg_tokens=2, num_classes=0)

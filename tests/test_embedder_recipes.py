@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import embedder
-from embedder.recipes import IMAGENET_MEAN, IMAGENET_STD, Recipe, builtin_recipes, get_recipe, list_recipes, register
-from embedder.transforms import Preprocess
-from store.errors import RecipeError
+from mitoprobe import embedder
+from mitoprobe.embedder.recipes import IMAGENET_MEAN, IMAGENET_STD, Recipe, builtin_recipes, get_recipe, list_recipes, register
+from mitoprobe.embedder.transforms import Preprocess
+from mitoprobe.store.errors import RecipeError
 
 GOLDEN = Path(__file__).parent / "golden" / "recipe_hashes.json"
 BUILTIN = {r.name: r for r in builtin_recipes()}
@@ -234,7 +234,7 @@ def test_registered_resolver_turns_a_name_into_a_recipe(tmp_path):
         assert r.name == "lab.custom" and ("lab:custom", tmp_path) in seen
         assert embedder.recipe_id_of("lab:custom", store_root=tmp_path) == embedder.recipe_id_of(r)
     finally:
-        from embedder import recipes
+        from mitoprobe.embedder import recipes
 
         recipes._RESOLVERS.pop("test-lab")
 

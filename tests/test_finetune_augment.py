@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from embedder.factory import preprocess
-from finetune.augment import hed_jitter, train_transform
+from mitoprobe.embedder.factory import preprocess
+from mitoprobe.finetune.augment import hed_jitter, train_transform
 
 
 def _rgb(seed=0):
@@ -46,7 +46,7 @@ def _batch(n=6, size=16, seed=0):
 
 
 def _batch_augment(**kw):
-    from finetune.augment import BatchAugment
+    from mitoprobe.finetune.augment import BatchAugment
 
     off = dict(crop_scale=(1.0, 1.0), hflip=False, color_jitter=None, rotate_degrees=0.0, dihedral=False, hed=0.0)
     return BatchAugment(preprocess("offline_cnn.random", (0.5,) * 3, (0.5,) * 3), **{**off, **kw})
@@ -98,8 +98,8 @@ def test_stack_pixels_refuses_mixed_sizes_and_tensor_batches_cover_an_epoch():
 
     from PIL import Image
 
-    from finetune.data import stack_pixels, tensor_batches
-    from store.errors import FinetuneError
+    from mitoprobe.finetune.data import stack_pixels, tensor_batches
+    from mitoprobe.store.errors import FinetuneError
 
     def png(size):
         buf = io.BytesIO()

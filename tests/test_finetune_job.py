@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_six_slide_store
-from finetune import FinetuneConfig, finetune, parse_folds
-from finetune.job import check_device
-from finetune.model import build_classifier, load_weights, parameter_counts
-from finetune.train import DONE_FILE, MODEL_FILE, STATE_FILE, Runtime, predict_proba
-from embedder.recipes import Recipe, get_recipe, register
-from store import Store
-from store.errors import FinetuneError, ProtocolError, RecipeError
+from mitoprobe.finetune import FinetuneConfig, finetune, parse_folds
+from mitoprobe.finetune.job import check_device
+from mitoprobe.finetune.model import build_classifier, load_weights, parameter_counts
+from mitoprobe.finetune.train import DONE_FILE, MODEL_FILE, STATE_FILE, Runtime, predict_proba
+from mitoprobe.embedder.recipes import Recipe, get_recipe, register
+from mitoprobe.store import Store
+from mitoprobe.store.errors import FinetuneError, ProtocolError, RecipeError
 
 TINY = "vit_ft_test.random"
 FAST = dict(max_epochs=2, max_steps=2, batch_size=4)
@@ -90,7 +90,7 @@ def test_lora_freezes_base_and_trains_adapters_and_head():
 
 
 def test_one_fold_end_to_end_into_results_and_report(ft_store, lora_run):
-    from classifiers.report import leaderboard
+    from mitoprobe.classifiers.report import leaderboard
 
     assert lora_run.folds_done == [0] and not lora_run.ensemble and lora_run.rows_appended == 3
     runs = ft_store.results.read("runs")
@@ -117,7 +117,7 @@ def test_one_fold_end_to_end_into_results_and_report(ft_store, lora_run):
 def test_checkpoint_holds_adapters_and_head_and_reproduces_predictions(ft_store, lora_run):
     from safetensors.torch import load_file
 
-    from embedder.factory import preprocess
+    from mitoprobe.embedder.factory import preprocess
 
     fold_dir = lora_run.run_dir / "fold0"
     sd = load_file(str(fold_dir / MODEL_FILE))
@@ -184,9 +184,9 @@ def test_full_finetune_and_cpu_guard(ft_store, tmp_path):
 
 
 def test_finetuned_fold_as_embedder_is_probed_under_its_fold_only(ft_store, lora_run):
-    import embedder
-    from classifiers.protocol import load_protocol
-    from classifiers.runner import fit_fold, load_features, sweep
+    from mitoprobe import embedder
+    from mitoprobe.classifiers.protocol import load_protocol
+    from mitoprobe.classifiers.runner import fit_fold, load_features, sweep
 
     key = lora_run.run_key[:8]
     s = embedder.embed(ft_store, f"ft:{key}/fold0", device="cpu", num_workers=0, progress=False)
@@ -205,7 +205,7 @@ def test_finetuned_fold_as_embedder_is_probed_under_its_fold_only(ft_store, lora
 def test_a_run_is_labelled_ft_model_method_run8_or_by_its_name(ft_store, lora_run, tmp_path, caplog):
     """Tables label a fine-tuning run ``ft <model> <method> <run8>``; ``name=`` (``finetune --name``) is written
     to a new run's config.json only when given, so an unnamed run's config (and family id) is unchanged."""
-    from classifiers.labels import family_labels
+    from mitoprobe.classifiers.labels import family_labels
 
     assert "name" not in json.loads((lora_run.run_dir / "config.json").read_text())
     labels = family_labels(ft_store.results.read("runs"))

@@ -13,12 +13,12 @@ import pytest
 import torch
 from conftest import make_six_slide_store
 
-from finetune import FinetuneConfig, finetune
-from finetune.model import build_classifier, parameter_counts
-from finetune.precision import training_precision
-from finetune.train import DONE_FILE, PREDICTIONS_FILE
-from store import Store
-from store.errors import FinetuneError
+from mitoprobe.finetune import FinetuneConfig, finetune
+from mitoprobe.finetune.model import build_classifier, parameter_counts
+from mitoprobe.finetune.precision import training_precision
+from mitoprobe.finetune.train import DONE_FILE, PREDICTIONS_FILE
+from mitoprobe.store import Store
+from mitoprobe.store.errors import FinetuneError
 
 # Two epochs of two steps each: enough to exercise the schedule, selection, TTA and threshold.
 FAST = dict(max_epochs=2, max_steps=2, batch_size=8)
@@ -60,7 +60,7 @@ def test_offline_preset_trains_on_the_tiny_store(bench, tmp_path):
     assert s.folds_done == [0] and rec["epochs"] == 2 and len(rec["history"]) == 2
     # the preset allows bf16 on CPU; it is used only where the CPU has it natively, and recorded
     assert rec["precision"] == training_precision("cpu", True) and rec["cpu_capability"]
-    from classifiers import metrics as M
+    from mitoprobe.classifiers import metrics as M
 
     preds = pd.read_parquet(s.run_dir / "fold0" / PREDICTIONS_FILE)
     val = preds[preds["split"] == "val"].merge(st.patches(columns=["patch_id", "y"]), on="patch_id")
@@ -77,10 +77,10 @@ def test_no_finetune_selection_step_reads_a_test_label(bench, tmp_path, monkeypa
     stay identical (fold and ensemble), while the test metrics move (so labels were really changed). The
     same holds downstream of fine-tuning: a probe, the late fusions of the CNN with it (mean and stacked:
     thresholds, stacker weights, fused probabilities) and the held-out ranking that names the best family."""
-    import embedder
-    from classifiers import fusion
-    from classifiers import runner as probe_runner
-    from finetune import job as finetune_job
+    from mitoprobe import embedder
+    from mitoprobe.classifiers import fusion
+    from mitoprobe.classifiers import runner as probe_runner
+    from mitoprobe.finetune import job as finetune_job
 
     real_load = finetune_job.load_protocol
 
@@ -128,9 +128,9 @@ def test_run_full_offline_probes_fold_vectors_alone_and_with_handcrafted(bench, 
     """`mitoprobe run --full`'s offline stage on one fold: the fold's checkpoint becomes an embedder whose
     vectors are probed under fold 0 only, alone and concatenated with the handcrafted features, and the
     report pools fold sets into one ``ft-<run>-folds`` row."""
-    import embedder
-    from classifiers.report import leaderboard
-    from classifiers.runner import load_features
+    from mitoprobe import embedder
+    from mitoprobe.classifiers.report import leaderboard
+    from mitoprobe.classifiers.runner import load_features
     from mitoprobe.main_job import run_offline_full
 
     st = _store_copy(bench, tmp_path, "full")
@@ -170,8 +170,8 @@ def test_finetune_rows_keep_heldout_and_out_of_fold_predictions(bench, tmp_path)
 
 
 def test_vote_targets_are_the_experts_fractions_of_training_patches_only(bench, tmp_path):
-    from classifiers.protocol import load_protocol
-    from finetune.job import fold_images, vote_fractions
+    from mitoprobe.classifiers.protocol import load_protocol
+    from mitoprobe.finetune.job import fold_images, vote_fractions
 
     proto = load_protocol(bench)
     hard = fold_images(bench, proto, 0, list(proto.tests))
@@ -201,8 +201,8 @@ def test_vote_targets_are_the_experts_fractions_of_training_patches_only(bench, 
 
 def test_channels_last_and_decoded_eval_give_the_same_probabilities(bench):
     """How the preset scores on CPU (channels-last, held-out part decoded once) changes speed, not results."""
-    from embedder.factory import preprocess
-    from finetune.train import Runtime, decode_for_eval, predict_proba
+    from mitoprobe.embedder.factory import preprocess
+    from mitoprobe.finetune.train import Runtime, decode_for_eval, predict_proba
 
     cfg = FinetuneConfig.preset("offline")
     torch.manual_seed(0)
@@ -223,11 +223,11 @@ def test_subtype_head_learns_the_experts_subtype_calls_of_training_patches_only(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import embedder
-    from classifiers.protocol import load_protocol
-    from finetune.config import SUBTYPES
-    from finetune.job import fold_images, subtype_targets
-    from finetune.train import subtype_loss
+    from mitoprobe import embedder
+    from mitoprobe.classifiers.protocol import load_protocol
+    from mitoprobe.finetune.config import SUBTYPES
+    from mitoprobe.finetune.job import fold_images, subtype_targets
+    from mitoprobe.finetune.train import subtype_loss
 
     proto = load_protocol(bench)
     data = fold_images(bench, proto, 0, list(proto.tests), targets="votes", aux_subtypes=True)

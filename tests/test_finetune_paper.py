@@ -26,13 +26,13 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from embedder.recipes import IMAGENET_MEAN, IMAGENET_STD, Recipe, get_recipe, register
-from embedder.recipes.hoptimus import HOPTIMUS_MEAN, HOPTIMUS_STD
-from embedder.transforms import decode_png
-from finetune import FinetuneConfig
-from finetune.augment import train_transform
-from finetune.paper import E2E_ENTRIES, ENTRIES, LORA_ENTRIES, NORM_STATS, entry_for, paper_entry
-from store.errors import RecipeError
+from mitoprobe.embedder.recipes import IMAGENET_MEAN, IMAGENET_STD, Recipe, get_recipe, register
+from mitoprobe.embedder.recipes.hoptimus import HOPTIMUS_MEAN, HOPTIMUS_STD
+from mitoprobe.embedder.transforms import decode_png
+from mitoprobe.finetune import FinetuneConfig
+from mitoprobe.finetune.augment import train_transform
+from mitoprobe.finetune.paper import E2E_ENTRIES, ENTRIES, LORA_ENTRIES, NORM_STATS, entry_for, paper_entry
+from mitoprobe.store.errors import RecipeError
 
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMNET = (IMAGENET_MEAN, IMAGENET_STD)
@@ -191,7 +191,7 @@ def _script_model(recipe: Recipe, method: str):
     import timm
     from peft import LoraConfig, get_peft_model
 
-    from embedder.factory import create_kwargs
+    from mitoprobe.embedder.factory import create_kwargs
 
     kw = create_kwargs(recipe)
     if method == "lora":
@@ -272,8 +272,8 @@ def _script_steps(model, pngs, y_atypical, transform, seed: int, steps: int, bat
 def test_training_steps_equal_the_scripts_loop(base, method, patches, tmp_path):
     from safetensors.torch import load_file
 
-    from finetune.model import build_classifier
-    from finetune.train import FoldImages, Runtime, epoch_seed, train_fold
+    from mitoprobe.finetune.model import build_classifier
+    from mitoprobe.finetune.train import FoldImages, Runtime, epoch_seed, train_fold
 
     torch.set_num_threads(1)
     recipe = _tiny(base)
@@ -352,8 +352,8 @@ def test_every_cited_line_says_what_the_table_says(entry):
 def test_runs_stored_before_the_table_are_not_shown_as_paper_settings():
     import pandas as pd
 
-    from classifiers.report import options_text
-    from classifiers.runs import LEGACY_FINETUNE_OPTIONS, relabel_legacy_finetune
+    from mitoprobe.classifiers.report import options_text
+    from mitoprobe.classifiers.runs import LEGACY_FINETUNE_OPTIONS, relabel_legacy_finetune
 
     runs = pd.DataFrame(dict(
         family=["finetune", "finetune", "probe", "finetune"], options=["{}", "{}", "{}", '{"lr": 0.001}'],
@@ -361,7 +361,7 @@ def test_runs_stored_before_the_table_are_not_shown_as_paper_settings():
     out = relabel_legacy_finetune(runs)
     assert list(out["options"]) == [LEGACY_FINETUNE_OPTIONS, "{}", "{}", '{"lr": 0.001}']
     assert options_text(out["options"][0]).startswith("settings=pre-table defaults")
-    from classifiers.labels import family_label
+    from mitoprobe.classifiers.labels import family_label
 
     legacy = dict(out.iloc[0], model="uni.hf", head="lora", family_id="f" * 16)
     assert family_label(legacy).endswith("(pre-table)")
@@ -405,7 +405,7 @@ def test_cli_records_the_scripts_configuration(name, monkeypatch, capsys, tmp_pa
 def test_the_offline_presets_identity_did_not_move():
     """The preset's run key moves only when the preset does (round 4 added the subtype head), and the round-3
     preset keeps its key: stores trained by `mitoprobe run --full` before keep their runs (nothing retrains)."""
-    from store.hashing import config_hash
+    from mitoprobe.store.hashing import config_hash
 
     assert config_hash(FinetuneConfig.preset("offline").to_dict()) == "4bf21b1b9a281191"
     assert config_hash(FinetuneConfig.preset("offline", aux_subtypes=0.0).to_dict()) == "4e18b66d83444c75"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune.precision import FORCE_ENV, cpu_has_native_bf16, training_precision
+from mitoprobe.finetune.precision import FORCE_ENV, cpu_has_native_bf16, training_precision
 
 
 @pytest.mark.parametrize("forced, allow, want", [("0", True, "fp32"), ("1", True, "bf16"), ("1", False, "fp32"),

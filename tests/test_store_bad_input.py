@@ -16,7 +16,7 @@ import pytest
 from conftest import make_benchmark, png_bytes, run_cli
 from PIL import Image
 
-from store import Store
+from mitoprobe.store import Store
 
 PNG_FIX = "replace it with a 128x128 8-bit RGB PNG or remove it"
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from store import Store
+from mitoprobe.store import Store
 
 
 
@@ -26,9 +26,9 @@ def full_store(tiny_store: Store) -> Store:
 
 
 def test_download_fails_at_once_offline(monkeypatch, capsys, tmp_path):
-    import store.download
+    import mitoprobe.store.download as download
 
-    monkeypatch.setattr(store.download, "_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(download, "_reachable", lambda *a, **k: False)
     t0 = time.perf_counter()
     code, out = run_cli(monkeypatch, capsys, "data", "download", "--dest", str(tmp_path / "cache"))
     assert time.perf_counter() - t0 < 10
@@ -39,9 +39,9 @@ def test_download_fails_at_once_offline(monkeypatch, capsys, tmp_path):
 
 
 def test_reachability_check_is_bounded():
-    import store.download
+    import mitoprobe.store.download as download
 
-    assert store.download.CONNECT_TIMEOUT_S < 10
+    assert download.CONNECT_TIMEOUT_S < 10
 
 
 def test_store_info_lists_everything(full_store, monkeypatch, capsys):

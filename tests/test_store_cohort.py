@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli, patch_files
-from store import Store
-from store.cohort_example import write_example_cohort
-from store.errors import DataError, StoreError
+from mitoprobe.store import Store
+from mitoprobe.store.cohort_example import write_example_cohort
+from mitoprobe.store.errors import DataError, StoreError
 
 
 def image_bytes(size=(100, 80), fmt="PNG", mode="RGB", frames=1) -> bytes:

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_six_slide_store, run_cli
 
-import embedder
-from classifiers import runs as R
-from classifiers.report import leaderboard
-from store import Store, integrity
+from mitoprobe import embedder
+from mitoprobe.classifiers import runs as R
+from mitoprobe.classifiers.report import leaderboard
+from mitoprobe.store import Store, integrity
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "handcrafted"

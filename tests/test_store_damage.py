@@ -18,15 +18,15 @@ import pandas as pd
 import pytest
 from conftest import make_benchmark, make_six_slide_store, run_cli
 
-from store import DamagedStoreError, Store, StoreError, integrity
+from mitoprobe.store import DamagedStoreError, Store, StoreError, integrity
 
 MODEL = "handcrafted"
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Store:
-    import embedder
-    from classifiers import runner
+    from mitoprobe import embedder
+    from mitoprobe.classifiers import runner
 
     st = make_six_slide_store(tmp_path_factory.mktemp("damage"))
     embedder.embed(st, MODEL, progress=False, num_workers=0, batch_size=16, chunk_rows=16)
@@ -318,13 +318,13 @@ def raising(err: int):
 def test_failed_rename_in_each_writer(tiny_store, tiny_benchmark, tmp_path, monkeypatch, err, cause):
     """os.replace fails (disk full, read-only, not writable) in an import over a store, a result append
     (whose folders do not exist yet) and an embedding chunk: StoreError naming the path and the cause."""
-    import store.atomic
+    import mitoprobe.store.atomic as atomic
 
     ids = tiny_store.patches()["patch_id"].tolist()
     w = tiny_store.features.writer("r1", "toy", {"cls": 4}, {})
     other = make_benchmark(tmp_path / "other", seed=7)
     before, before_dirs = files(tiny_store.root), dirs(tiny_store.root)
-    monkeypatch.setattr(store.atomic.os, "replace", raising(err))
+    monkeypatch.setattr(atomic.os, "replace", raising(err))
     writes = [
         # the import's first rename is its lock's record (locks/patches.json), else a part or the manifest
         (lambda: tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True), f"{tiny_store.root}/(locks|patches)"),
@@ -340,10 +340,10 @@ def test_failed_rename_in_each_writer(tiny_store, tiny_benchmark, tmp_path, monk
 
 
 def test_disk_full_while_writing_parquet(tiny_store, monkeypatch):
-    import store.atomic
+    import mitoprobe.store.atomic as atomic
 
     before = files(tiny_store.root)
-    monkeypatch.setattr(store.atomic.pq, "write_table", raising(errno.ENOSPC))
+    monkeypatch.setattr(atomic.pq, "write_table", raising(errno.ENOSPC))
     with pytest.raises(StoreError, match="no space left on the device"):
         tiny_store.results.append("predictions", pd.DataFrame({"run_id": ["x"], "patch_id": ["p"]}))
     with pytest.raises(StoreError, match="no space left on the device"):
@@ -353,11 +353,11 @@ def test_disk_full_while_writing_parquet(tiny_store, monkeypatch):
 
 
 def test_new_set_on_a_full_disk_leaves_no_folder(tiny_store, monkeypatch):
-    import store.atomic
+    import mitoprobe.store.atomic as atomic
 
     before = dirs(tiny_store.root)
     real, fail = os.replace, raising(errno.ENOSPC)
-    monkeypatch.setattr(store.atomic.os, "replace",
+    monkeypatch.setattr(atomic.os, "replace",
                         lambda src, dst: (fail if str(dst).endswith("recipe.json") else real)(src, dst))
     with pytest.raises(StoreError, match="recipe.json.*no space left"):
         tiny_store.features.writer("r9", "toy", {"cls": 4}, {})

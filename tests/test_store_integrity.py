@@ -15,10 +15,10 @@ import duckdb
 import numpy as np
 import pytest
 from conftest import make_benchmark, patch_files
-from store import integrity
+from mitoprobe.store import integrity
 
-from store import StaleFeaturesError, Store, StoreError
-from store.atomic import TMP_PREFIX, atomic_write
+from mitoprobe.store import StaleFeaturesError, Store, StoreError
+from mitoprobe.store.atomic import TMP_PREFIX, atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = {"cls": 8, "mean": 4}
@@ -60,12 +60,12 @@ def test_crash_between_write_and_rename_keeps_previous_state(tiny_store, tmp_pat
     other = make_benchmark(tmp_path / "other", seed=7)
     script = textwrap.dedent(f"""
         import os
-        import store.atomic as atomic
+        import mitoprobe.store.atomic as atomic
         real = atomic.atomic_write
         crash = lambda: os._exit(3)
         atomic.atomic_write = lambda path, write, **kw: real(
             path, write, _before_rename=crash if str(path).endswith("MANIFEST.json") else None)
-        from store import Store
+        from mitoprobe.store import Store
         Store({str(tiny_store.root)!r}).import_dataset({str(other)!r}, {str(other / 'AMI-BR.csv')!r}, replace=True)
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -107,12 +107,12 @@ def test_failed_rename_leaves_no_half_file(tmp_path, monkeypatch):
 def test_os_replace_failure_during_import(tiny_store, tmp_path, monkeypatch):
     before = patch_files(tiny_store)
     other = make_benchmark(tmp_path / "other", seed=7)
-    import store.atomic
+    import mitoprobe.store.atomic as atomic
 
     def fail(src, dst):
         raise OSError("simulated crash in rename")
 
-    monkeypatch.setattr(store.atomic.os, "replace", fail)
+    monkeypatch.setattr(atomic.os, "replace", fail)
     with pytest.raises(OSError, match="simulated crash"):
         tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True)
     monkeypatch.undo()
@@ -126,7 +126,7 @@ def test_crash_mid_embedding_job_resumes_without_duplicates(tiny_store, tmp_path
     w = open_writer(tiny_store)
     assert w.write_chunk(ids[:10], ["none"] * 10, {k: v[:10] for k, v in vec.items()}) == 10
     # The next chunk "crashes" between write and rename: a temp part remains, no visible part.
-    import store.atomic as atomic
+    import mitoprobe.store.atomic as atomic
 
     real = atomic.atomic_write
 

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from conftest import make_benchmark, png_bytes, run_cli
 
-from store import Store, StoreError, StoreLockedError, integrity
+from mitoprobe.store import Store, StoreError, StoreLockedError, integrity
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "handcrafted"
@@ -32,8 +32,8 @@ HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import numpy as np
-    import embedder
-    from store import Store
+    from mitoprobe import embedder
+    from mitoprobe.store import Store
 
     st = Store(sys.argv[1])
     recipe = embedder.resolve_recipe("handcrafted", st.root)
@@ -60,7 +60,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 def _one_row_per_key(st: Store) -> None:
-    import embedder
+    from mitoprobe import embedder
 
     keys, _ = st.features.read(MODEL, embedder.recipe_id_of(MODEL))
     assert len(keys) == len(st.patches()) and not keys.duplicated().any()
@@ -78,7 +78,7 @@ def test_second_writer_exits_2_naming_the_holder(tiny_store, tmp_path, monkeypat
         assert f"is being written by pid {proc.pid} on host {socket.gethostname()}" in out
         assert "since 20" in out and "-c" in out  # the holder's command line and start time
         # Readers refuse the set while it is written, naming the holder too.
-        import embedder
+        from mitoprobe import embedder
 
         with pytest.raises(StoreError, match=f"being written by pid {proc.pid}"):
             tiny_store.features.read(MODEL, embedder.recipe_id_of(MODEL))
@@ -98,7 +98,7 @@ RACER = textwrap.dedent("""
     # One embedding job, store-only: every patch in chunks of 4 rows, then finish; exit 2 when locked out.
     import sys, time
     import numpy as np
-    from store import Store, StoreLockedError
+    from mitoprobe.store import Store, StoreLockedError
 
     st = Store(sys.argv[1])
     ids = st.patches(columns=["patch_id"])["patch_id"].tolist()
@@ -140,7 +140,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tiny_store, caplog):
     script = textwrap.dedent(f"""
         import os
         import numpy as np
-        from store import Store
+        from mitoprobe.store import Store
         st = Store({str(tiny_store.root)!r})
         ids = st.patches(columns=["patch_id"])["patch_id"].tolist()[:5]
         w = st.features.writer("r1", "toy", {{"cls": 4}}, {{}})
@@ -277,7 +277,7 @@ def test_two_embed_commands_at_once(tiny_store):
     assert sorted(r[0] for r in results) in ([0, 0], [0, 2]), results
     for code, _, err in results:
         assert code == 0 or ("is being written by pid" in err and "Traceback" not in err), err
-    import embedder
+    from mitoprobe import embedder
 
     keys, _ = tiny_store.features.read("handcrafted", embedder.recipe_id_of("handcrafted"))
     assert len(keys) == len(tiny_store.patches()) and not keys.duplicated().any()

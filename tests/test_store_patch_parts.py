@@ -13,10 +13,10 @@ import pytest
 from conftest import make_benchmark
 from test_store_cohort import image_bytes
 
-from store import Store, StoreError, integrity
-from store.cohort_example import write_example_cohort
-from store.patch_import import Staging
-from store.patch_parts import LEGACY_ENTRY, ROW_GROUP
+from mitoprobe.store import Store, StoreError, integrity
+from mitoprobe.store.cohort_example import write_example_cohort
+from mitoprobe.store.patch_import import Staging
+from mitoprobe.store.patch_parts import LEGACY_ENTRY, ROW_GROUP
 
 
 def inodes(st: Store) -> dict[str, tuple[int, int]]:
@@ -43,7 +43,7 @@ def test_a_cohort_import_writes_only_its_new_rows(tiny_store, tmp_path, monkeypa
     # a grown folder: only the 3 added files are decoded and written, in one more part
     before = inodes(tiny_store)
     grow(cohort, 3)
-    import store.patch_import as pi
+    import mitoprobe.store.patch_import as pi
 
     copied = []
     real_copy = pi.copy_rows
@@ -171,7 +171,7 @@ def test_two_imports_at_once_never_lose_one(tiny_store, tmp_path, monkeypatch):
 
 
 def test_iter_images_holds_one_row_group(tiny_store, tmp_path, monkeypatch):
-    import store.patch_parts as pp
+    import mitoprobe.store.patch_parts as pp
 
     monkeypatch.setattr(pp, "ROW_GROUP", 7)
     cohort = write_example_cohort(tmp_path / "cohort")
@@ -217,9 +217,9 @@ def test_store_check_and_repair_cover_the_parts(tiny_store, tmp_path, monkeypatc
 
 
 def test_the_embedding_job_reads_a_row_group_at_a_time(tiny_store, tmp_path, monkeypatch):
-    import embedder
-    import embedder.job
-    import store.patch_parts as pp
+    from mitoprobe import embedder
+    import mitoprobe.embedder.job
+    import mitoprobe.store.patch_parts as pp
 
     monkeypatch.setattr(pp, "ROW_GROUP", 7)
     tiny_store.import_cohort("MyLab", manifest=write_example_cohort(tmp_path / "cohort"))

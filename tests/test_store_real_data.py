@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from store import Store
-from store.dataset import patch_id_for
+from mitoprobe.store import Store
+from mitoprobe.store.dataset import patch_id_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-import store.features as features
-from store import Store
+import mitoprobe.store.features as features
+from mitoprobe.store import Store
 
 OUTPUTS = {"cls": 16, "mean": 8}
 
@@ -145,7 +145,7 @@ def test_ann_index_once_large(tiny_store, monkeypatch):
 
 def test_search_unknown_output(filled):
     st, _, _ = filled
-    from store import StoreError
+    from mitoprobe.store import StoreError
 
     with pytest.raises(StoreError, match="not 'nope'"):
         st.features.search(st.features.get("abc123"), np.zeros(16), output="nope")

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_benchmark, png_bytes
 
-from store import BENCHMARK, DataError, Store, StoreError, schema
-from store.atomic import TMP_PREFIX, write_parquet
-from store.datasets import ANNOTATIONS, SPLIT, CsvSpec, DatasetSpec, spec_of
+from mitoprobe.store import BENCHMARK, DataError, Store, StoreError, schema
+from mitoprobe.store.atomic import TMP_PREFIX, write_parquet
+from mitoprobe.store.datasets import ANNOTATIONS, SPLIT, CsvSpec, DatasetSpec, spec_of
 
 # A made-up dataset: PNGs under Toy/{Atypical,Normal}, a CSV listing the train patches and one with
 # two experts' True/False votes and the slide of every patch.

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from store import features, integrity
-from store.errors import DamagedStoreError
+from mitoprobe.store import features, integrity
+from mitoprobe.store.errors import DamagedStoreError
 
 DIM = 8
 

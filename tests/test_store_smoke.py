@@ -1,4 +1,4 @@
-from store import Store
+from mitoprobe.store import Store
 
 
 def test_tiny_import_counts(tiny_store: Store):

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from classifiers import metrics
-from dashboard import charts, data, links, ui
+from mitoprobe.classifiers import metrics
+from mitoprobe.dashboard import charts, data, links, ui
 
 ctx = ui.context()
 st.title("Compare")

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, links, ui
-from store.errors import MitoprobeError
+from mitoprobe.dashboard import charts, data, links, ui
+from mitoprobe.store.errors import MitoprobeError
 
 ctx = ui.context()
 st.title("Embedding map")

@@ -3,8 +3,8 @@
 import numpy as np
 import streamlit as st
 
-from classifiers import metrics
-from dashboard import data, links, ui
+from mitoprobe.classifiers import metrics
+from mitoprobe.dashboard import data, links, ui
 
 ctx = ui.context()
 st.title("Errors")

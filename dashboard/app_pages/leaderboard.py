@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from classifiers import report
-from dashboard import data, links, ui
+from mitoprobe.classifiers import report
+from mitoprobe.dashboard import data, links, ui
 
 ctx = ui.context()
 st.title("Leaderboard")

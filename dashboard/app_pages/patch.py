@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import data, links, ui
-from store.errors import MitoprobeError
-from store.schema import VOTE_COLUMNS
+from mitoprobe.dashboard import data, links, ui
+from mitoprobe.store.errors import MitoprobeError
+from mitoprobe.store.schema import VOTE_COLUMNS
 
 ctx = ui.context()
 st.title("Patch viewer")

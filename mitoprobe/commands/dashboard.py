@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-import dashboard
+from mitoprobe import dashboard
 
 from .options import STORE_OPTION
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from mitoprobe.display import print_frame
-from store import Store, paths
-from store.cohort_example import write_example_cohort
-from store.download import download_benchmark
-from store.errors import DataError
+from mitoprobe.store import Store, paths
+from mitoprobe.store.cohort_example import write_example_cohort
+from mitoprobe.store.download import download_benchmark
+from mitoprobe.store.errors import DataError
 
 from .options import STORE_OPTION
 

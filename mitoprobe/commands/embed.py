@@ -8,7 +8,7 @@ import click
 
 import pandas as pd
 
-import embedder
+from mitoprobe import embedder
 from mitoprobe.display import print_frame
 
 from .options import STORE_OPTION

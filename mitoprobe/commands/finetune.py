@@ -9,14 +9,14 @@ import click
 
 import pandas as pd
 
-from classifiers.labels import MAX_NAME, family_label
-from classifiers.runs import LEGACY_FINETUNE_OPTIONS
-from finetune import FinetuneConfig, finetuned_recipe, runs_root
-from finetune import finetune as run_finetune
-from finetune.paper import REPO as PAPER_REPO
-from finetune.paper import SCRIPTS_AT
+from mitoprobe.classifiers.labels import MAX_NAME, family_label
+from mitoprobe.classifiers.runs import LEGACY_FINETUNE_OPTIONS
+from mitoprobe.finetune import FinetuneConfig, finetuned_recipe, runs_root
+from mitoprobe.finetune import finetune as run_finetune
+from mitoprobe.finetune.paper import REPO as PAPER_REPO
+from mitoprobe.finetune.paper import SCRIPTS_AT
 from mitoprobe.display import print_frame
-from store import Store
+from mitoprobe.store import Store
 
 from .options import STORE_OPTION
 

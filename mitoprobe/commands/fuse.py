@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from classifiers.fusion import RULES, fuse, rank_by_heldout, resolve_member
-from classifiers.labels import MAX_NAME, family_label, family_labels, label_of
+from mitoprobe.classifiers.fusion import RULES, fuse, rank_by_heldout, resolve_member
+from mitoprobe.classifiers.labels import MAX_NAME, family_label, family_labels, label_of
 from mitoprobe.display import print_frame
-from store import Store
+from mitoprobe.store import Store
 
 from .options import STORE_OPTION
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from classifiers.neighbours import DEFAULT_REFERENCE, nearest_labelled
-from classifiers.predict import predict_dataset
+from mitoprobe.classifiers.neighbours import DEFAULT_REFERENCE, nearest_labelled
+from mitoprobe.classifiers.predict import predict_dataset
 from mitoprobe.display import print_frame
-from store import Store
-from store.atomic import atomic_write
+from mitoprobe.store import Store
+from mitoprobe.store.atomic import atomic_write
 
 from .options import STORE_OPTION
 

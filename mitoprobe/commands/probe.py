@@ -6,16 +6,16 @@ from pathlib import Path
 
 import click
 
-from classifiers.heads import parse_head_params
-from classifiers.own_heads import is_own_head_spec, own_head, parse_grid
-from classifiers.report import compact_board, leaderboard
-from classifiers.robustness import robustness_table
-from classifiers.significance import compare, format_comparison, resolve_families
-from classifiers.protocol import PAPER_TRAIN
-from classifiers.runner import POOLINGS, current_recipe_id, sweep
+from mitoprobe.classifiers.heads import parse_head_params
+from mitoprobe.classifiers.own_heads import is_own_head_spec, own_head, parse_grid
+from mitoprobe.classifiers.report import compact_board, leaderboard
+from mitoprobe.classifiers.robustness import robustness_table
+from mitoprobe.classifiers.significance import compare, format_comparison, resolve_families
+from mitoprobe.classifiers.protocol import PAPER_TRAIN
+from mitoprobe.classifiers.runner import POOLINGS, current_recipe_id, sweep
 from mitoprobe.display import console, leaderboard_table, print_frame, print_report
-from store import Store
-from store.errors import ProtocolError
+from mitoprobe.store import Store
+from mitoprobe.store.errors import ProtocolError
 
 from .options import STORE_OPTION
 

@@ -9,7 +9,7 @@ import click
 
 from mitoprobe.display import print_report
 from mitoprobe.main_job import best_offline_family, run_main_job, run_offline_full
-from store import Store
+from mitoprobe.store import Store
 
 from .options import STORE_OPTION
 

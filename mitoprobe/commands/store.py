@@ -10,8 +10,8 @@ import duckdb
 import pandas as pd
 
 from mitoprobe.display import human_bytes, print_frame
-from store import Store, integrity
-from store.errors import DamagedStoreError, StoreError
+from mitoprobe.store import Store, integrity
+from mitoprobe.store.errors import DamagedStoreError, StoreError
 
 from .options import STORE_OPTION
 
