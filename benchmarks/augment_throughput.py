@@ -11,13 +11,12 @@ trainer's process (``finetune.augment.BatchAugment``). This prints, on real patc
 
 with the CPU's capability, cores and load average beside the figures.
 
-Usage: python benchmarks/augment_throughput.py --store STORE [--steps 12] [--threads 2] [--workers 1]
+Usage: python -m benchmarks.augment_throughput --store STORE [--steps 12] [--threads 2] [--workers 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
@@ -28,8 +27,9 @@ from mitoprobe.finetune import FinetuneConfig
 from mitoprobe.finetune.augment import batch_augment, train_transform
 from mitoprobe.finetune.data import stack_pixels, tensor_batches, train_loader
 from mitoprobe.finetune.model import build_classifier
-from mitoprobe.finetune.precision import cpu_capability
 from mitoprobe.store import Store
+
+from .machine import header
 
 
 def _train(model, batches, steps: int) -> float:
@@ -93,8 +93,8 @@ def main() -> None:
     model.load_state_dict(state)
     train_batch = _train(model, tensor_batches(pixels, y, batched, cfg.batch_size, "shuffle", 0), a.steps)
 
-    print(f"{recipe.name} at {recipe.input_size} px, batch {cfg.batch_size}, {len(pngs)} patches; CPU capability "
-          f"{cpu_capability()}, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}")
+    print(header())
+    print(f"{recipe.name} at {recipe.input_size} px, batch {cfg.batch_size}, {len(pngs)} patches")
     print(f"augmentation alone, 1 thread: per sample (decode + transform) {sample_rate:7.1f} img/s; batched "
           f"{batch_rate:7.1f} img/s (after decoding once: {decode_once * 1e3 / len(pngs):.2f} ms/img)")
     print(f"training, {a.threads} torch thread(s): per-sample DataLoader ({a.workers} worker(s)) {train_sample:7.1f} "

@@ -24,7 +24,7 @@ whole process group) and recorded as "timed out". Prints a markdown table and wr
 
 8. Dashboard page loads (skip with ``--no-dashboard``): for each page of ``dashboard/navigation.py``
    (leaderboard, compare, similarity, patch, embedding_map, errors), one fresh subprocess
-   (``cost_curves.py --_page NAME --store PATH``, which prints one JSON line) opens the app headless
+   (``python -m benchmarks.cost_curves --_page NAME --store PATH``, which prints one JSON line) opens the app headless
    with Streamlit's ``AppTest`` on that page (store from ``$MITOPROBE_STORE``, as ``mitoprobe
    dashboard`` passes it) and times ``.run()`` twice: ``dashboard <page> (first)`` is the first run in
    a fresh process (cold imports and caches), ``dashboard <page> (warm)`` the second run of the same
@@ -42,8 +42,11 @@ chart is written as HTML beside the path. Without running anything, ``--from-jso
 prints the table of stored rows (and ``--plot``s them); ``--merge A.json [B.json ...]`` puts stored rows
 before the new run's.
 
-Example: python benchmarks/cost_curves.py --scales 1,10 --json /tmp/cost_curves.json --plot /tmp/cc.svg
-         python benchmarks/cost_curves.py --from-json /tmp/cost_curves.json --plot /tmp/cc.html
+The machine's line (``benchmarks.machine.header``, with the load average at the end, the time tool and
+the total) heads the table and is stored in the JSON with ``machine.facts()``.
+
+Example: python -m benchmarks.cost_curves --scales 1,10 --json /tmp/cost_curves.json --plot /tmp/cc.svg
+         python -m benchmarks.cost_curves --from-json /tmp/cost_curves.json --plot /tmp/cc.html
 """
 
 from __future__ import annotations
@@ -51,7 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -61,9 +63,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import cost_plot  # noqa: E402  (stdlib only at import; altair when plotting)
+from . import cost_plot, machine  # both stdlib only at import (altair when plotting, torch for the facts)
 
 BASE = 6573  # x1 = AMi-Br's patch count
 REPO = Path(__file__).resolve().parents[1]
@@ -71,27 +71,6 @@ MITOPROBE = str(Path(sys.executable).parent / "mitoprobe")
 TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 DEFAULT_SRC = REPO / ".." / "shared" / "datasets" / "AMi-Br_Benchmark" / "AMi-Br"  # = synthetic_cohort's
 PAGE_MARK = "COST_CURVES_PAGE "  # the --_page helper's JSON line starts with this
-
-
-def cpu_facts() -> dict:
-    facts = {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    try:
-        import torch
-
-        facts["torch"] = torch.__version__
-        facts["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-        facts["torch_threads"] = torch.get_num_threads()
-    except Exception as e:  # noqa: BLE001 - a fact we could not read is said so
-        facts["cpu_capability"] = f"unknown ({e})"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                facts["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-        facts["mem_total_gib"] = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return facts
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -154,7 +133,7 @@ def measure(args: list[str], timeout: float, log: Path) -> dict:
 
 def cohort(dirpath: Path, n: int, seed: int, split: str, prefix: str, src: Path) -> tuple[Path, float]:
     """A synthetic cohort (re-used when it is already there with n rows); (manifest, seconds to make it)."""
-    from synthetic_cohort import generate  # not at import: the --_page helper stays lean (cold loads)
+    from .synthetic_cohort import generate  # not at import: the --_page helper stays lean (cold loads)
 
     m = dirpath / "manifest.csv"
     if m.exists() and sum(1 for _ in open(m)) - 1 == n:
@@ -168,7 +147,6 @@ def cohort(dirpath: Path, n: int, seed: int, split: str, prefix: str, src: Path)
 # -- dashboard page loads ------------------------------------------------------------------------
 def dashboard_pages() -> list[str]:
     """The dashboard's page names (script stems of ``dashboard/navigation.py``'s pages, default first)."""
-    sys.path.insert(0, str(REPO))
     from mitoprobe.dashboard.navigation import PAGES  # no streamlit import
 
     return [Path(p.script).stem for p in PAGES]
@@ -179,7 +157,6 @@ def page_load(page: str, store: Path, timeout: float) -> dict:
     store at ``store`` and time two ``.run()``s; {first_s, warm_s, first_rss_mib, warm_rss_mib, title,
     exceptions, how}. Never raises for the app's own errors: they are returned in ``exceptions``/``error``."""
     os.environ["MITOPROBE_STORE"] = str(Path(store).resolve())
-    sys.path.insert(0, str(REPO))
     from mitoprobe.dashboard import APP
     from mitoprobe.dashboard.navigation import PAGES
     from streamlit.testing.v1 import AppTest
@@ -239,8 +216,8 @@ def dashboard_rows(store: Path, total: int, a, logs: Path, row, status_note: str
         row("dashboard (all pages)", total, None, f"not run: cannot list the pages ({e!r})")
         return
     for page in pages:
-        res = measure([sys.executable, str(Path(__file__).resolve()), "--_page", page, "--store", str(store),
-                       "--timeout", str(a.timeout)], a.timeout, logs / f"dashboard_{page}.log")
+        res = measure([sys.executable, "-m", __spec__.name, "--_page", page, "--store", str(store),  # this module
+                       "--timeout", str(a.timeout)], a.timeout, logs / f"dashboard_{page}.log")  # (cwd: the repo)
         text = Path(res["log"]).read_text(errors="replace")
         got = [ln[len(PAGE_MARK):] for ln in text.splitlines() if ln.startswith(PAGE_MARK)]
         try:
@@ -447,11 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         header = "\n".join(f"(rows of {m['file']}: {m['header']})" for m in facts["merged"] if m["header"])
         return finish(a, facts, header, rows)
     scales = [float(s) for s in a.scales.split(",") if s.strip()]
-    facts = cpu_facts()
-    facts["load_start"] = os.getloadavg()
+    facts = machine.facts()  # its load average is the one at the start
     facts["time_tool"] = TIME or "resource.getrusage(RUSAGE_CHILDREN)"
-    print(f"CPU: {facts.get('cpu_model', '?')}, {facts['cores']} cores, torch {facts.get('torch', '?')} "
-          f"capability {facts['cpu_capability']}; load average at start {facts['load_start']}", flush=True)
+    print(machine.header(facts), flush=True)
     embed_rate: dict = {}
     rows: list[dict] = merged_rows(a.merge, facts, embed_rate) if a.merge else []
     t0 = time.perf_counter()
@@ -459,13 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         run_scale(s, a, rows, embed_rate)
         if a.json:  # partial results survive an interrupted run
             a.json.write_text(json.dumps({"facts": facts, "rows": rows}, indent=1, default=str))
-    facts["load_end"] = os.getloadavg()
+    facts["load_end"] = machine.load_average()
     facts["total_s"] = round(time.perf_counter() - t0, 1)
-    header = (f"CPU: {facts.get('cpu_model', '?')}; {facts['cores']} cores; torch {facts.get('torch', '?')}, "
-              f"cpu capability {facts['cpu_capability']}; load average start "
-              f"{'/'.join(f'{x:.2f}' for x in facts['load_start'])}, end "
-              f"{'/'.join(f'{x:.2f}' for x in facts['load_end'])}; measured with {facts['time_tool']}; "
-              f"total {facts['total_s']:.0f} s")
+    header = (f"{machine.header(facts)}; load average at the end {facts['load_end']}; measured with "
+              f"{facts['time_tool']}; total {facts['total_s']:.0f} s")
     for m in facts.get("merged", []):
         if m["header"]:
             header += f"\n(rows of {m['file']}: {m['header']})"

@@ -16,7 +16,7 @@ chart is written as HTML next to the requested path (same name, ``.html``), with
 the spec but loads the vega / vega-lite / vega-embed scripts from a CDN when opened (altair can only
 inline them through ``vl_convert``), so viewing it needs network access once.
 
-Redraw from stored JSON: python benchmarks/cost_plot.py --json /tmp/cost_curves.json --out /tmp/cc.html
+Redraw from stored JSON: python -m benchmarks.cost_plot --json /tmp/cost_curves.json --out /tmp/cc.html
 """
 
 from __future__ import annotations

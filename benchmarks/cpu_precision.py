@@ -4,22 +4,22 @@ Why: bf16 is fast only where the CPU has it natively (AVX512-BF16 / AMX); on an 
 emulated and about ten times slower, so ``finetune.precision`` picks fp32 there. This prints both
 rates with the CPU's capability, cores and load, so a figure always says which machine it holds for.
 
-Usage: python benchmarks/cpu_precision.py [--steps 4] [--batch-size 64] [--threads 1]
+Usage: python -m benchmarks.cpu_precision [--steps 4] [--batch-size 64] [--threads 1]
 Synthetic tensors at the preset's input size (64 px since round 3 of issue 13); no store needed.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 
 from mitoprobe.finetune import FinetuneConfig
 from mitoprobe.finetune.model import build_classifier
-from mitoprobe.finetune.precision import cpu_capability, cpu_has_native_bf16
-from mitoprobe.finetune.precision import autocast
+from mitoprobe.finetune.precision import FORCE_ENV, autocast, cpu_has_native_bf16
+
+from .machine import header
 
 
 def images_per_s(model, x, y, steps: int, bf16: bool) -> float:
@@ -56,9 +56,9 @@ def main() -> None:
     fp32 = images_per_s(model, x, y, a.steps, bf16=False)
     model.load_state_dict(state)
     bf16 = images_per_s(model, x, y, a.steps, bf16=True)
+    print(header())
     print(f"{recipe.name} at {recipe.input_size} px, batch {a.batch_size}, {a.steps} steps, {a.threads} torch "
-          f"thread(s); CPU capability {cpu_capability()}, native bf16 {cpu_has_native_bf16()}, "
-          f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}")
+          f"thread(s); finetune.precision's native bf16 (${FORCE_ENV} honoured): {cpu_has_native_bf16()}")
     print(f"fp32 {fp32:8.1f} img/s")
     print(f"bf16 {bf16:8.1f} img/s   bf16/fp32 = {bf16 / fp32:.2f}x; the preset uses "
           f"{'bf16' if cpu_has_native_bf16() else 'fp32'} here")

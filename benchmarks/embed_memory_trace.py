@@ -10,7 +10,9 @@ process, of its largest child or Ray process, and of their sum. A trace, not a p
 memory grows while the patches stream (it must not), apart from the end of a job (LanceDB table and
 index of the vectors), which a stopped run does not reach.
 
-Example: python benchmarks/embed_memory_trace.py --store /tmp/cost-curves/x30/store --model morphology \
+Machine facts (``benchmarks.machine``) head the output and go into the summary.
+
+Example: python -m benchmarks.embed_memory_trace --store /tmp/cost-curves/x30/store --model morphology \
     --engine ray --seconds 300
 """
 
@@ -27,6 +29,8 @@ from pathlib import Path
 
 import psutil
 import pyarrow.parquet as pq
+
+from .machine import facts, header
 
 REPO = Path(__file__).resolve().parents[1]
 MITOPROBE = str(Path(sys.executable).parent / "mitoprobe")
@@ -67,12 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=300, help="stop the job after this long")
     ap.add_argument("--json", type=Path, help="write the samples and the summary here")
     a = ap.parse_args(argv)
-    import torch
-
-    facts = dict(cores=os.cpu_count(), capability=torch.backends.cpu.get_cpu_capability(), load_start=os.getloadavg())
+    machine = facts()  # its load average is the one at the start
     rows0 = committed_rows(a.store)
     cmd = [MITOPROBE, "embed", "--model", a.model, "--engine", a.engine, "--store", str(a.store)]
-    print(f"$ {' '.join(cmd)}  (stopped after {a.seconds:.0f} s; {facts})", flush=True)
+    print(header(machine), flush=True)
+    print(f"$ {' '.join(cmd)}  (stopped after {a.seconds:.0f} s)", flush=True)
     log = open(a.store.parent / f"embed_{a.engine}_{a.model}.log", "w")
     job = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     driver = psutil.Process(job.pid)
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                    job_peak_mib=round(max(s["driver_mib"] for s in samples), 1) if samples else None,
                    helper_peak_mib=round(max(s["helper_max_mib"] for s in samples), 1) if samples else None,
                    helpers_sum_peak_mib=round(max(s["helper_sum_mib"] for s in samples), 1) if samples else None,
-                   load_end=os.getloadavg(), **facts)
+                   load_end=os.getloadavg(), machine=machine)
     print(json.dumps(summary, default=str), flush=True)
     if a.json:
         a.json.write_text(json.dumps(dict(summary=summary, samples=samples), indent=1, default=str))

@@ -7,8 +7,8 @@ architecture (ViT-H/14, 4 registers, SwiGLU) with random weights in bf16, sized 
 the steady-state model throughput and its model-FLOP utilisation (FLOPs counted by
 ``torch.utils.flop_counter`` on one forward pass, peak = the card's dense bf16 figure).
 
-Example: python benchmarks/embed_throughput.py --n 256
-         python benchmarks/embed_throughput.py --gpu
+Example: python -m benchmarks.embed_throughput --n 256
+         python -m benchmarks.embed_throughput --gpu
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from mitoprobe import embedder
+from mitoprobe.store import Store, schema
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mitoprobe import embedder  # noqa: E402  (after the path insert: runs from a checkout without an install too)
-from mitoprobe.store import Store, schema  # noqa: E402
+from .gpu_check import synthetic_pngs
+from .machine import header
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}
 
@@ -35,8 +34,6 @@ def _subset_store(src: Path | None, n: int, root: Path):
     """A store holding ``n`` patches: the first n of ``src``, else synthetic 128 px PNGs."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from gpu_check import synthetic_pngs  # this folder (on sys.path when run as a script)
 
     st = Store(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -132,10 +129,8 @@ def main() -> None:
     else:
         recipe, device, dtype = "vit_small.random", "cpu", None
         n, n_paper, bs = a.n or 256, a.n_paper or (a.n or 256), a.batch_size
-    card = torch.cuda.get_device_name() if a.gpu else (
-        f"CPU {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores, torch threads "
-        f"{torch.get_num_threads()}, load avg {os.getloadavg()[0]:.1f}")
-    print(f"model {recipe}; device {card}; {n} patches (job), {n_paper} (one at a time)", flush=True)
+    print(header(), flush=True)
+    print(f"model {recipe}; device {device}; {n} patches (job), {n_paper} (one at a time)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         st = _subset_store(a.store, n, Path(tmp) / "store")
         pngs = list(st.images(st.patches(columns=["patch_id"])["patch_id"][:n_paper].tolist()).values())

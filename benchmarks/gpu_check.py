@@ -30,10 +30,10 @@ every code path runs in seconds; its figures mean nothing (tests/test_gpu_check.
 On a lent device machine ``../shared`` does not travel: copy a few hundred patches into a folder that
 ``.git/info/exclude`` ignores, carry it and pass ``--patches``; without them the loader reads synthetic PNGs.
 
-Example: python benchmarks/gpu_check.py
-         python benchmarks/gpu_check.py --only virchow2,gigapath --steps 50
-         python benchmarks/gpu_check.py --patches .gpu_patches --time-budget 300
-         python benchmarks/gpu_check.py --device cpu --threads 1 --workers 1 --n-patches 16   # dry run
+Example: python -m benchmarks.gpu_check
+         python -m benchmarks.gpu_check --only virchow2,gigapath --steps 50
+         python -m benchmarks.gpu_check --patches .gpu_patches --time-budget 300
+         python -m benchmarks.gpu_check --device cpu --threads 1 --workers 1 --n-patches 16   # dry run
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -50,17 +49,18 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from mitoprobe import embedder
+from mitoprobe.embedder.batches import autocast_dtype, forward_views
+from mitoprobe.finetune import FinetuneConfig
+from mitoprobe.finetune.augment import train_transform
+from mitoprobe.finetune.data import train_loader
+from mitoprobe.finetune.model import build_classifier, parameter_counts
+from mitoprobe.finetune.precision import autocast, training_precision
+from mitoprobe.finetune.train import loss_fn, make_optimizer
 
-from mitoprobe import embedder  # noqa: E402  (after the path insert: runs from a checkout without an install too)
-from mitoprobe.embedder.batches import autocast_dtype, forward_views  # noqa: E402
-from mitoprobe.finetune import FinetuneConfig  # noqa: E402
-from mitoprobe.finetune.augment import train_transform  # noqa: E402
-from mitoprobe.finetune.data import train_loader  # noqa: E402
-from mitoprobe.finetune.model import build_classifier, parameter_counts  # noqa: E402
-from mitoprobe.finetune.precision import autocast, training_precision  # noqa: E402
-from mitoprobe.finetune.train import loss_fn, make_optimizer  # noqa: E402
+from .machine import facts, header
+
+REPO = Path(__file__).resolve().parents[1]
 
 FOUNDATION = ("virchow", "virchow2", "uni", "uni2_h", "gigapath", "hoptimus0", "hoptimus1")  # LoRA in the paper
 END_TO_END = ("efficientnetv2_m", "swin_base", "vit_large")  # fully fine-tuned in the paper
@@ -232,8 +232,6 @@ def train_step(stem: str, device: str, batch: int, warmup: int, steps: int, dry:
 def loader_throughput(stem: str, pngs: list[bytes], labels: np.ndarray, device: str, workers: int, samples: int,
                       dry: bool) -> dict:
     """Images/s of the paper's per-sample training transform in the training DataLoader (batch 8)."""
-    import torch
-
     cfg = paper_config(stem, dry)
     recipe = recipe_for(stem, dry)
     tf = train_transform(recipe, eval_preprocess=cfg.eval_preprocess(recipe), crop_from=cfg.crop_from,
@@ -305,17 +303,13 @@ def check_model(stem: str, a, device: str, dry: bool, pngs, labels) -> dict:
 
 
 def environment(device: str) -> dict:
+    """The machine (``machine.facts``: CPU, torch, GPU, CUDA, driver, load) and what else these figures hang on."""
     import timm
     import torch
 
     on_gpu = device.startswith("cuda")
-    return dict(device=device, gpu=torch.cuda.get_device_name() if on_gpu else None,
-                gpu_memory_gib=_gib(torch.cuda.get_device_properties(0).total_memory) if on_gpu else None,
-                torch=torch.__version__, timm=timm.__version__, cuda=torch.version.cuda,
-                cudnn=torch.backends.cudnn.version() if on_gpu else None,
-                matmul_tf32=torch.backends.cuda.matmul.allow_tf32, cpu_count=os.cpu_count(),
-                torch_threads=torch.get_num_threads(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                python=platform.python_version())
+    return dict(facts(), device=device, timm=timm.__version__, cudnn=torch.backends.cudnn.version() if on_gpu else None,
+                matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
 
 
 def _millions(n: int) -> str:
@@ -328,9 +322,9 @@ def _fmt(v, spec: str = ".1f") -> str:
 
 def table(report: dict) -> str:
     env = report["environment"]
-    card = env["gpu"] or "CPU dry run (tiny models: no figures)"
-    lines = [f"{card} | torch {env['torch']} | timm {env['timm']} | CUDA {env['cuda']} | {env['cpu_count']} cores | "
-             f"loader: {report['settings']['workers']} workers, {report['patches']}",
+    dry = "CPU dry run (tiny models: no figures) | " if report["dry_run"] else ""
+    lines = [f"{dry}{header(env)} | timm {env['timm']} | loader: {report['settings']['workers']} workers, "
+             f"{report['patches']}",
              "| model | embed img/s | embed peak GiB | method | step ms | step img/s | step peak GiB "
              "| trainable / total | loader img/s | input-bound |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]

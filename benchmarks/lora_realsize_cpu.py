@@ -6,8 +6,9 @@ alpha=16 on qkv/proj/fc1/fc2 plus the 1-logit head) built at real size with rand
 total parameter counts, seconds to build, seconds of one optimizer step (the config's Adam, BCE, fp32 as the
 paper trains) at batch 2 on 224 px inputs, and peak resident memory. Each model runs in its own subprocess,
 so each peak RSS (``ru_maxrss`` and ``VmHWM`` of that process: the interpreter and torch included) is that
-model's alone. Prints a markdown table under a line of CPU facts (vector units, cores, torch threads, load
-average at start and end: CPU timings mean little without them).
+model's alone. Prints a markdown table under the machine's line (``benchmarks.machine.header``: vector units,
+cores, torch threads, load average at start, and the load average at the end: CPU timings mean little
+without them).
 
 Why: the parameter counts the reports quote, and what a LoRA step of each model costs where no GPU is lent
 (memory: does it fit; time: how far from practical a CPU run is).
@@ -15,16 +16,15 @@ Why: the parameter counts the reports quote, and what a LoRA step of each model 
 Heavy: real-size ViT-g models take minutes each on a small CPU and several GiB of memory.
 ``--tiny`` is a dry run with the tiny stand-ins of ``gpu_check.py`` at 32 px (seconds; figures meaningless).
 
-Example: python benchmarks/lora_realsize_cpu.py --json lora_realsize_cpu.json
-         python benchmarks/lora_realsize_cpu.py --only uni,virchow2 --batch 2
-         python benchmarks/lora_realsize_cpu.py --tiny
+Example: python -m benchmarks.lora_realsize_cpu --json lora_realsize_cpu.json
+         python -m benchmarks.lora_realsize_cpu --only uni,virchow2 --batch 2
+         python -m benchmarks.lora_realsize_cpu --tiny
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -33,14 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mitoprobe.finetune import FinetuneConfig
+from mitoprobe.finetune.model import build_classifier, parameter_counts
+from mitoprobe.finetune.precision import autocast, training_precision
+from mitoprobe.finetune.train import loss_fn, make_optimizer
 
-from gpu_check import FOUNDATION, TINY_SIZE, TINY_VIT  # noqa: E402  (this folder: the models and their stand-ins)
+from .gpu_check import FOUNDATION, TINY_SIZE, TINY_VIT  # the models and their stand-ins
+from .machine import facts, header, load_average
 
-from mitoprobe.finetune import FinetuneConfig  # noqa: E402
-from mitoprobe.finetune.model import build_classifier, parameter_counts  # noqa: E402
-from mitoprobe.finetune.precision import autocast, cpu_capability, training_precision  # noqa: E402
-from mitoprobe.finetune.train import loss_fn, make_optimizer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _proc_status_gib(key: str) -> float | None:
@@ -95,24 +96,17 @@ def measure(stem: str, batch: int, steps: int, tiny: bool) -> dict:
 
 def run_child(stem: str, a) -> dict:
     """One model in a fresh interpreter (its own peak RSS); a crash or OOM kill becomes an error row."""
-    cmd = [sys.executable, __file__, "--child", stem, "--batch", str(a.batch), "--steps", str(a.steps)]
+    cmd = [sys.executable, "-m", __spec__.name, "--child", stem, "--batch", str(a.batch), "--steps", str(a.steps)]
+    # ^ this module, by name (``__spec__.name`` is it under ``python -m`` too, where ``__name__`` is __main__)
     cmd += ["--tiny"] if a.tiny else []
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)  # cwd: the package is importable there
     wall = round(time.perf_counter() - t0, 1)
     if p.returncode == 0 and p.stdout.strip():
         return dict(json.loads(p.stdout.strip().splitlines()[-1]), wall_s=wall)
     tail = (p.stderr.strip().splitlines() or [""])[-1][:300]
     killed = " (killed: out of memory?)" if p.returncode < 0 else ""
     return dict(model=stem, error=f"exit {p.returncode}{killed}: {tail}", wall_s=wall)
-
-
-def cpu_facts(when: str) -> str:
-    import torch
-
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"CPU {cpu_capability()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
-            f"threads; load average ({when}) {load}")
 
 
 def table(rows: list[dict]) -> str:
@@ -146,18 +140,20 @@ def main(argv=None) -> int:
     unknown = sorted(set(only) - set(FOUNDATION))
     if unknown:
         ap.error(f"unknown models {unknown}; choose from {','.join(FOUNDATION)}")
-    start = cpu_facts("start")
+    machine = facts()
+    start = header(machine)
     print(start + (" | TINY dry run: figures meaningless" if a.tiny else ""), flush=True)
     rows = []
     for stem in only:
         rows.append(run_child(stem, a))
         print(json.dumps(rows[-1]), flush=True)
-    end = cpu_facts("end")
+    end = f"load average at the end {load_average()}"
     sizes = sorted({r["input_size"] for r in rows if "input_size" in r})
     print(f"\n{start}\n{end}\nthe paper's LoRA (r=8, alpha=16), batch {a.batch}, fp32, {'/'.join(map(str, sizes))} px"
           f"{' (tiny stand-ins)' if a.tiny else ''}\n\n{table(rows)}", flush=True)
     if a.json:
-        a.json.write_text(json.dumps(dict(cpu_start=start, cpu_end=end, tiny=a.tiny, rows=rows), indent=2) + "\n")
+        a.json.write_text(json.dumps(dict(machine=machine, machine_line=start, load_end=end, tiny=a.tiny, rows=rows),
+                                     indent=2) + "\n")
     return 0 if all("error" not in r for r in rows) else 1
 
 

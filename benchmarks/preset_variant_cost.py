@@ -7,7 +7,7 @@ AdamW, the cosine step), variants alternating so a change of load hits them alik
 try with the CPU's capability, cores and load average. On an AVX-512 machine, emulate an AVX2 one with
 ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` (torch's and oneDNN's kernel choice).
 
-Usage: MITOPROBE_CPU_BF16=0 python benchmarks/preset_variant_cost.py --store STORE \\
+Usage: MITOPROBE_CPU_BF16=0 python -m benchmarks.preset_variant_cost --store STORE \\
            --variant preset '{}' --variant aux '{"aux_subtypes": 1.0}' [--steps 20] [--repeats 3]
 """
 
@@ -20,14 +20,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mitoprobe.classifiers.protocol import load_protocol
 from mitoprobe.finetune import FinetuneConfig
 from mitoprobe.finetune.job import fold_images
-from mitoprobe.finetune.precision import cpu_capability, training_precision
+from mitoprobe.finetune.precision import training_precision
 from mitoprobe.finetune.train import Runtime, train_fold
 from mitoprobe.store import Store
+
+from .machine import header
 
 
 def main() -> None:
@@ -43,8 +44,8 @@ def main() -> None:
     configs = {name: FinetuneConfig.preset("offline", max_epochs=1, max_steps=a.steps, **json.loads(js))
                for name, js in a.variant}
     first = next(iter(configs.values()))
-    print(f"{os.cpu_count()} cores, CPU capability {cpu_capability()}, torch threads {torch.get_num_threads()}, "
-          f"precision {training_precision('cpu', first.cpu_bf16, first.precision)}, load avg {os.getloadavg()}, "
+    print(header(), flush=True)
+    print(f"precision {training_precision('cpu', first.cpu_bf16, first.precision)}, "
           f"{a.steps} steps of batch {first.batch_size} per try", flush=True)
     data = {name: fold_images(st, proto, 0, [], cfg.targets, cfg.aux_subtypes > 0) for name, cfg in configs.items()}
     rates: dict[str, list[float]] = {name: [] for name in configs}

@@ -8,7 +8,7 @@ store's real patch ids). Per family: seconds through ``mitoprobe.open(...).probe
 protocol; a shell call adds the interpreter's start-up, measured once and printed beside them).
 
 Everything is written to a temporary copy of the store's patches and folds, deleted afterwards.
-Usage: python benchmarks/probe_api.py [--store PATH] [--json out.json]
+Usage: python -m benchmarks.probe_api [--store PATH] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,12 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mitoprobe
+from mitoprobe.store import Store
 
-from probe_sweep import cpu_capability  # noqa: E402  (this folder)
-
-import mitoprobe  # noqa: E402
-from mitoprobe.store import Store  # noqa: E402
+from .machine import facts, header
 
 HEADS_FILE = '''
 from sklearn.calibration import CalibratedClassifierCV
@@ -136,9 +134,9 @@ def main(argv=None) -> int:
                     print(json.dumps(rows[-1]), flush=True)
             for st in stores.values():
                 shutil.rmtree(st.root)
-    load = os.getloadavg()
-    print(f"\nCPU {cpu_capability()}, {os.cpu_count()} cores, load average {load[0]:.2f}; "
-          f"`python -m mitoprobe --help` start-up {startup:.2f} s (a shell call of the CLI pays it per family)")
+    machine = facts()
+    print(f"\n{header(machine)}\n`python -m mitoprobe --help` start-up {startup:.2f} s (a shell call of the CLI pays "
+          "it per family)")
     print("| set | head | API s | CLI s (in-process) | CLI / API |\n|---|---|---:|---:|---:|")
     by = {(r["model"], r["way"], r["head"]): r["seconds"] for r in rows}
     for model in ("handcrafted", WIDE):
@@ -149,7 +147,7 @@ def main(argv=None) -> int:
         cli_t = sum(by[(model, "cli", h)] for h in HEADS)
         print(f"| {model} | **10 heads** | **{api_t:.1f}** | **{cli_t:.1f}** | **{cli_t / api_t:.2f}x** |")
     if a.json:
-        a.json.write_text(json.dumps(dict(rows=rows, startup_s=startup, load=load), indent=2))
+        a.json.write_text(json.dumps(dict(rows=rows, startup_s=startup, machine=machine), indent=2))
     return 0
 
 

@@ -2,7 +2,7 @@
 2,560-d vectors (cls 1,280 + mean 1,280) for the real patch ids, side by side with the paper's way
 (one torch linear probe per fold, published hyper-parameters). Target: default sweep <= 60 s.
 
-Usage: python benchmarks/probe_sweep.py [--store PATH] [--no-paper] [--json out.json]
+Usage: python -m benchmarks.probe_sweep [--store PATH] [--no-paper] [--json out.json]
 
 The store (default $MITOPROBE_STORE or ./mitoprobe-store) only lends its patches table; the
 synthetic set and all results go to a temporary store that is deleted afterwards.
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import tempfile
 import time
@@ -26,14 +24,9 @@ from mitoprobe.classifiers.protocol import load_protocol
 from mitoprobe.classifiers.runner import sweep
 from mitoprobe.store import Store
 
+from .machine import facts, header
+
 BENCH_ID = "bench-2560-0000"
-
-
-def cpu_capability() -> str:
-    """torch's view of the CPU's vector units (AVX2, AVX512, ...): state it beside every CPU figure."""
-    import torch  # lazy: only to describe the machine
-
-    return torch.backends.cpu.get_cpu_capability()
 
 
 def main() -> None:
@@ -79,8 +72,9 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"probe sweep on {len(patches)} patches x 2,560-d, 5 folds x 3 test sets "
-          f"({os.cpu_count()} CPUs, capability {cpu_capability()}, load avg {os.getloadavg()[0]:.1f})")
+    machine = facts()
+    print(header(machine))
+    print(f"probe sweep on {len(patches)} patches x 2,560-d, 5 folds x 3 test sets")
     print("wall = elapsed seconds; cpu = process CPU seconds (the sweep runs one BLAS/OpenMP thread, so on a "
           "busy machine cpu is the better estimate of the idle wall time)")
     print(f"{'head':<28}{'wall s':>10}{'cpu s':>10}{'mean AUROC':>12}")
@@ -95,9 +89,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(dict(per_head=timings, per_head_cpu=cpu, total=total,
                                                    total_cpu=total_cpu, paper_torch_linear=paper,
                                                    paper_torch_linear_cpu=paper_cpu,
-                                                   mean_auroc=quality, cpus=os.cpu_count(),
-                                                   cpu_capability=cpu_capability(),
-                                                   load_avg=os.getloadavg()[0], machine=platform.node()), indent=2))
+                                                   mean_auroc=quality, machine=machine), indent=2))
 
 
 if __name__ == "__main__":

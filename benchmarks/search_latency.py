@@ -8,8 +8,10 @@ point = centre + 0.5 x a 32-d latent mapped into 1,536-d + small isotropic noise
 store searches by cosine); nearest-neighbour cosine similarity ~0.9, 10th ~0.83 at 100k. Queries are fresh draws from the same distribution. Vectors are generated and written in
 chunks (never 6 GB in RAM) and the exact top-10 of every query is accumulated chunk by chunk.
 
-Example: python benchmarks/search_latency.py --n 1000000
-         python benchmarks/search_latency.py --n 100000 --index IVF_PQ
+The figures print under the machine's line (``benchmarks.machine.header``).
+
+Example: python -m benchmarks.search_latency --n 1000000
+         python -m benchmarks.search_latency --n 100000 --index IVF_PQ
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mitoprobe.store.features import ANN_DEFAULT_INDEX, ann_params, apply_search_params, create_ann_index
 
-from mitoprobe.store.features import ANN_DEFAULT_INDEX, ann_params, apply_search_params, create_ann_index  # noqa: E402
+from .machine import header
 
 K = 10
 
@@ -136,7 +138,12 @@ def main() -> None:
         ids = query(q)
         lat.append((time.perf_counter() - t0) * 1000)
         hits += len(set(ids.tolist()) & set(t.tolist()))
-    lat = np.array(lat)
+    report(args, params, np.array(lat), hits, t_write, t_index)
+
+
+def report(args, params, lat: np.ndarray, hits: int, t_write: float, t_index: float) -> None:
+    """The figures (latency in ms per query, recall@K against exact search) under the machine's line."""
+    print(header())
     print(f"vectors           {args.n:,} x {args.dim} (float32, clustered: {args.clusters} clusters, "
           f"latent dim {args.latent_dim}, spread {args.spread}, noise {args.noise}, cosine)")
     print(f"index             {params}")

@@ -10,7 +10,7 @@ test). Images are written one by one (streaming: one image in memory at a time) 
 ``OUT/images/<i // 1000>/``; the manifest ``OUT/manifest.csv`` (path, label, slide, split) is the layout
 ``mitoprobe data import --manifest OUT/manifest.csv --dataset NAME`` accepts.
 
-Example: python benchmarks/synthetic_cohort.py --n 65730 --out /tmp/cohort-x10 --seed 0 --split train
+Example: python -m benchmarks.synthetic_cohort --n 65730 --out /tmp/cohort-x10 --seed 0 --split train
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from .machine import header
 
 DEFAULT_SRC = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "AMi-Br_Benchmark" / "AMi-Br"
 LABELS = {"Atypical": "atypical", "Normal": "normal"}
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     m = generate(a.n, a.out, a.seed, a.src, a.split, a.per_slide, a.test_frac, a.slide_prefix, not a.no_progress)
     dt = time.perf_counter() - t0
+    print(header())
     print(f"wrote {a.n:,} patches and {m} in {dt:.1f} s ({a.n / max(dt, 1e-9):,.0f} patches/s)")
     return 0
 

@@ -7,7 +7,7 @@ mean, training data only: what the choices were made on) beside the test sets' f
 ``--held-out-only`` leaves the test columns out: what a candidate's adoption rule is read from, so a
 five-fold run can be judged without any test number being looked at (docs/offline-accuracy.md, round 4).
 
-Usage: python benchmarks/variant_table.py --store PATH [--format markdown|csv] [--held-out-only]
+Usage: python -m benchmarks.variant_table --store PATH [--format markdown|csv] [--held-out-only]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py's dry run (``--device cpu``): every model, every phase, tiny stand-ins, in seconds.
+"""``benchmarks.gpu_check``'s dry run (``--device cpu``): every model, every phase, tiny stand-ins, in seconds.
 
 Not a timing test: it checks that each of the 10 models builds tiny, runs its embedding pass (the 7
 foundation models), its paper training step (LoRA or full) and its loader, and that the one JSON file
@@ -7,22 +7,13 @@ the script writes has a positive rate for each, so the GPU check runs the moment
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import gpu_check
 from conftest import png_bytes
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _patches(root: Path, n_per_class: int = 4) -> Path:
@@ -37,7 +28,6 @@ def _patches(root: Path, n_per_class: int = 4) -> Path:
 def test_gpu_check_dry_run_covers_every_model(tmp_path, monkeypatch):
     import torch
 
-    gpu_check = _load()
     monkeypatch.delenv("OUT", raising=False)
     out = tmp_path / "x.json"
     threads = torch.get_num_threads()
@@ -68,7 +58,6 @@ def test_gpu_check_dry_run_covers_every_model(tmp_path, monkeypatch):
 
 
 def test_gpu_check_time_budget_skips_and_records(tmp_path, monkeypatch):
-    gpu_check = _load()
     monkeypatch.delenv("OUT", raising=False)
     out = tmp_path / "y.json"
     assert gpu_check.main(["--device", "cpu", "--only", "uni,vit_large", "--time-budget", "0", "--out", str(out),
