@@ -15,7 +15,6 @@ from mitoprobe.store.errors import ProtocolError
 from . import metrics as M
 from .features import Features, patch_mean
 from .heads import HeadSpec, positive_proba
-from .own_heads import resolve_head
 from .protocol import FoldData, TestSet
 from .scoring import decision_threshold
 
@@ -31,9 +30,8 @@ def _fit(spec: HeadSpec, params: dict, X, y, X_val, y_val):
     return est
 
 
-def _seeded_params(head: str | HeadSpec, params: dict, seed: int) -> dict:
+def _seeded_params(spec: HeadSpec, params: dict, seed: int) -> dict:
     """``params`` plus ``random_state=seed`` when the head is stochastic and takes one."""
-    spec = resolve_head(head)
     sig = inspect.signature(spec.factory).parameters
     takes = "random_state" in sig or any(p.kind == p.VAR_KEYWORD for p in sig.values())
     est = spec.factory()
@@ -54,14 +52,13 @@ def grid_points(spec, params: dict) -> list[dict]:
     return points
 
 
-def fit_fold(head: str | HeadSpec, params: dict, feats: Features, fd: FoldData, train_ids: np.ndarray,
+def fit_fold(spec: HeadSpec, params: dict, feats: Features, fd: FoldData, train_ids: np.ndarray,
              points: list[dict] | None = None) -> dict:
     """Selection and fitting for one fold, from training-side data only (``fd``: no test labels).
 
     ``points``: the grid points to try (default: the head's grid less the explicit ``params``); a
     refit of a recorded fold passes the one point that was chosen.
     Returns the fitted estimator, the chosen grid point, the held-out probabilities and threshold."""
-    spec = resolve_head(head)
     if feats.only_fold is not None and fd.fold != feats.only_fold:
         raise ProtocolError(f"{feats.name} comes from fold {feats.only_fold}'s fine-tuned checkpoint; probing it under "
                          f"fold {fd.fold} would validate on patches its backbone was trained on (leakage)")

@@ -24,7 +24,7 @@ from mitoprobe.store.errors import ProtocolError, StaleFeaturesError, StoreError
 from . import runs as R
 from .features import Features, load_features
 from .fitting import _seeded_params, fit_fold, predict_test_set
-from .own_heads import head_from_record
+from .own_heads import head_from_record, resolve_head
 from .protocol import PAPER_TRAIN, TestSet, load_protocol
 from .scoring import prediction_frame, score_test_set
 
@@ -101,7 +101,8 @@ def refit_family(store, family_id: str) -> FittedFamily:
     cfg0 = json.loads(folds["config_json"].iloc[0])
     model, head, recipe_id = cfg0["model"], cfg0["head"], cfg0["recipe_id"]
     # an own head is imported again from where it was; refused when its code changed since the run
-    spec = head_from_record(cfg0["head_source"], cfg0.get("head_where", "")) if "head_source" in cfg0 else head
+    spec = head_from_record(cfg0["head_source"], cfg0.get("head_where", "")) if "head_source" in cfg0 \
+        else resolve_head(head)
     options = cfg0.get("options", {})
     try:
         feats = load_features(store, model, options.get("pooling", "all"), bool(options.get("tta", False)))

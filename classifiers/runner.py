@@ -15,7 +15,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from mitoprobe import embedder
-from mitoprobe.store.errors import RecipeError
+from mitoprobe.store.errors import ConfigError, RecipeError
 from mitoprobe.store.hashing import canonical_json
 from mitoprobe.store.progress import progress
 
@@ -24,17 +24,39 @@ from . import runs as R
 from .features import POOLINGS, Features, current_recipe_id, load_features
 from .fitting import SELECTION_RULE, _seeded_params, fit_fold, predict_test_set
 from .heads import DEFAULT_HEADS, HeadSpec, paper_probe_params
-from .own_heads import resolve_head
+from .own_heads import estimator_head, is_own_head_spec, own_head, resolve_head
 from .protocol import FOLD_SEED, N_FOLDS, PAPER_TRAIN, TEST_SETS, Protocol, load_protocol
 from .refit import extend_family, missing_test_sets
 from .scoring import ENSEMBLE_RULE, fold_ensemble, heldout_frame, prediction_frame, score_test_set
 
 log = logging.getLogger(__name__)
 
-__all__ = ["POOLINGS", "Features", "current_recipe_id", "fit_fold", "load_features", "run_family", "sweep"]
+__all__ = ["POOLINGS", "Features", "current_recipe_id", "fit_fold", "load_features", "resolve_heads", "run_family",
+           "sweep"]
 
 
-def run_family(store, feats: Features, proto: Protocol, head: str | HeadSpec, options: dict,
+def resolve_heads(heads=None, *, grid: dict | None = None, name: str | None = None, estimator=None) -> list[HeadSpec]:
+    """Every way to name heads, resolved once into ``HeadSpec``s before anything is read or written.
+
+    ``heads``: None or "all" (the default heads), a name, an own head (``module:factory``,
+    ``file.py:factory``), a ``HeadSpec``, or a list of these; or ``estimator``: an unfitted scikit-learn
+    classifier. ``grid``/``name`` belong to an own head or an estimator (built-in heads search their own)."""
+    if estimator is not None:
+        if heads is not None:
+            raise ConfigError("pass either a head (a name or MODULE:FACTORY) or an estimator, not both")
+        return [estimator_head(estimator, name=name, grid=grid)]
+    names = list(DEFAULT_HEADS) if heads in (None, "all", ["all"]) else [heads] if isinstance(heads, (str, HeadSpec)) \
+        else list(heads)
+    own = [h for h in names if is_own_head_spec(h)]
+    if (grid is not None or name is not None) and not own:
+        raise ConfigError("a grid or a name belongs to your own head (MODULE:FACTORY) or an estimator; built-in heads "
+                          "search their own grid (set a value with params / --param)")
+    if name is not None and len(own) > 1:
+        raise ConfigError(f"one name for {len(own)} own heads: name them one at a time")
+    return [own_head(h, grid=grid, name=name) if is_own_head_spec(h) else resolve_head(h) for h in names]
+
+
+def run_family(store, feats: Features, proto: Protocol, spec: HeadSpec, options: dict,
                params: dict | None = None, seed: int = 0, repeat: bool = False, n_boot: int = M.N_BOOTSTRAP,
                progress=None, exact_seed: bool = False) -> pd.DataFrame | None:
     """One head on one feature set: 5 fold models + the fold ensemble, scored on every test set,
@@ -43,9 +65,7 @@ def run_family(store, feats: Features, proto: Protocol, head: str | HeadSpec, op
     ``exact_seed`` (``--seeds``): record a repeat with exactly this seed, unless the family has one already;
     otherwise a repeat ``r`` runs with ``seed + r``.
 
-    ``head``: a built-in head's name, an own head (``module:factory``, ``file.py:factory``) or a ``HeadSpec``
-    (``own_heads.estimator_head``); an own head's source enters the family id (``own_heads``)."""
-    spec = resolve_head(head)
+    ``spec``: the head, resolved once (``resolve_heads``); an own head's source enters the family id."""
     head = spec.name
     params = {**_paper_defaults(head, feats.name), **(params or {})}  # recorded in the config: the family id
     config = dict(family=R.FAMILY, model=feats.name, recipe_id=feats.recipe_id, head=head, options=options,
@@ -161,7 +181,7 @@ def sweep(store, model: str, heads=None, pooling: str = "all", tta: bool = False
           repeat: bool = False, recipe_id: str | None = None, allow_stale: bool = False,
           n_boot: int = M.N_BOOTSTRAP, head_params: dict | None = None, show_progress: bool = True,
           protocol: Protocol | None = None, n_threads: int | None = 1, train_on: str = PAPER_TRAIN,
-          seeds: list[int] | None = None) -> pd.DataFrame:
+          seeds: list[int] | None = None, features: Features | None = None) -> pd.DataFrame:
     """Run every head on one model's stored vectors; returns the new run rows (skipped heads absent).
 
     ``seeds``: run each head once per seed (repeats of one family; the report gives the spread over seeds
@@ -172,22 +192,25 @@ def sweep(store, model: str, heads=None, pooling: str = "all", tta: bool = False
     skipped, except that test sets it has not scored yet (a cohort imported since) are scored by its
     own fold models (``refit.extend_family``).
 
+    ``heads``: anything ``resolve_heads`` takes. ``features``/``protocol``: the vectors and protocol already
+    loaded (the Python API keeps them between calls), else read here.
+
     ``n_threads`` caps BLAS/OpenMP threads (default 1: the heads' matrices are small, and on a shared
     2-core machine extra threads mostly spin; None leaves the libraries' defaults)."""
     with threadpool_limits(n_threads):
         return _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_stale, n_boot,
-                      head_params, show_progress, protocol, train_on, seeds)
+                      head_params, show_progress, protocol, train_on, seeds, features)
 
 
 def _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_stale, n_boot, head_params,
-           show_progress, protocol, train_on, seeds=None) -> pd.DataFrame:
-    heads = list(DEFAULT_HEADS) if heads in (None, "all", ["all"]) else list(heads)
-    heads = [resolve_head(h) for h in heads]  # own heads imported and checked here, before any write
-    feats = load_features(store, model, pooling, tta, recipe_id, allow_stale)  # first: a bad set writes nothing
+           show_progress, protocol, train_on, seeds=None, features=None) -> pd.DataFrame:
+    specs = resolve_heads(heads)  # own heads imported and checked here, before any write
+    # first: a bad set writes nothing
+    feats = features if features is not None else load_features(store, model, pooling, tta, recipe_id, allow_stale)
     proto = protocol or load_protocol(store, train_on=train_on)  # (persists the paper's folds on first use)
     options = dict(pooling=pooling, views=feats.views, tta=bool(tta))
     out = []
-    runs_of = [(head, s) for head in heads for s in (seeds or [seed])]
+    runs_of = [(head, s) for head in specs for s in (seeds or [seed])]
     with progress(total=len(runs_of) * proto.n_folds, desc=f"probe {model}", unit="fold",
                   enabled=show_progress) as bar:
         for head, s in runs_of:

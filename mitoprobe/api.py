@@ -1,14 +1,19 @@
-"""The Python API: one store as an object, for notebooks and scripts (the CLI's commands as methods).
+"""The library: one store as an object. Every CLI command and the main job go through it, and so can
+notebooks and scripts (as sqlite-utils is a thin CLI over one library object).
 
     import mitoprobe
     ws = mitoprobe.open("mitoprobe-store")
     ws.probe("handcrafted", estimator=RandomForestClassifier(), name="forest", grid={"max_depth": [4, 8, None]})
     ws.leaderboard()
 
+    with mitoprobe.open("mitoprobe-store", read_only=True) as ws:   # reads only: any write is refused
+        ws.leaderboard()
+
 Results land in the same tables as the CLI's (``runs``/``predictions``), under the same protocol: each
 fold's grid search and threshold on its held-out slides, test sets only predicted. Vectors and the
 protocol are read once per workspace: a second head on the same set does not read Parquet again
-(``refresh()`` forgets them, e.g. after an import from another process).
+(``refresh()`` forgets them, e.g. after an import from another process). Every error a user can fix is a
+``MitoprobeError`` (``mitoprobe.store.errors``), from here as from the CLI.
 """
 
 from __future__ import annotations
@@ -18,20 +23,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 
 from mitoprobe import embedder
 from mitoprobe.classifiers import metrics as M
-from mitoprobe.classifiers.features import Features, load_features
-from mitoprobe.classifiers.own_heads import estimator_head, own_head, resolve_head
+from mitoprobe.classifiers.features import POOLINGS, Features, current_recipe_id, load_features
+from mitoprobe.classifiers.predict import choose_family
 from mitoprobe.classifiers.protocol import PAPER_TRAIN, Protocol, load_protocol
 from mitoprobe.classifiers.refit import stored_predictions
 from mitoprobe.classifiers.report import leaderboard
-from mitoprobe.classifiers.runner import run_family
+from mitoprobe.classifiers.runner import resolve_heads, sweep
 from mitoprobe.classifiers.runs import read_runs
 from mitoprobe.classifiers.scoring import score_test_set
 from mitoprobe.classifiers.significance import compare, resolve_families
-from mitoprobe.store import Store
+from mitoprobe.store import Store, paths
+from mitoprobe.store.errors import DataError, ProtocolError, StoreError
 
 
 @dataclass(frozen=True)
@@ -50,35 +55,71 @@ class ProtocolView:
 
 
 class Workspace:
-    """A store opened for experiments (``mitoprobe.open``)."""
+    """A store opened for experiments (``mitoprobe.open``); a context manager (``close`` on exit)."""
 
-    def __init__(self, path: str | Path | None = None):
-        self.store = Store(path)
+    def __init__(self, path: str | Path | None = None, read_only: bool = False):
+        root = paths.store_root(path)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root} is a file, not a store folder: pass the folder that holds the store "
+                             "(default ./mitoprobe-store)")
+        if read_only and not root.is_dir():
+            raise StoreError(f"no store at {root}: import data first (`mitoprobe data import`), or pass --store")
+        self.store = Store(root)
+        self.read_only = read_only
         self._features: dict[tuple, Features] = {}
         self._protocols: dict[str, Protocol] = {}
 
     def __repr__(self) -> str:
-        return f"mitoprobe.open({str(self.store.root)!r})"
+        flag = ", read_only=True" if self.read_only else ""
+        return f"mitoprobe.open({str(self.store.root)!r}{flag})"
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Forget what was read (vectors, protocols); the store's files stay as they are."""
+        self.refresh()
+
+    def _writable(self, what: str) -> Store:
+        if self.read_only:
+            raise StoreError(f"{what} writes to the store, which was opened read-only: use "
+                             f"mitoprobe.open({str(self.store.root)!r}) to write")
+        return self.store
 
     # -- data and vectors ------------------------------------------------------------------------
-    def import_benchmark(self, folder: str | Path, amibr_csv: str | Path | None = None):
-        """Import a benchmark folder in the public layout (``mitoprobe data import``)."""
-        out = self.store.import_dataset(folder, amibr_csv)
+    def import_benchmark(self, folder: str | Path | None = None, amibr_csv: str | Path | None = None, *,
+                         replace: bool = False, progress: bool = False):
+        """Import a benchmark folder in the public layout (``mitoprobe data import``): ``folder`` defaults
+        to $MITOPROBE_DATA / ../shared/datasets / the download cache, ``amibr_csv`` to the one beside it."""
+        folder, amibr_csv = resolve_data(folder, amibr_csv)
+        out = self._writable("an import").import_dataset(folder, amibr_csv, progress=progress, replace=replace)
+        self.refresh()
+        return out
+
+    def import_cohort(self, dataset: str, *, manifest: str | Path | None = None, folder: str | Path | None = None,
+                      split: str = "test", replace: bool = False, progress: bool = False):
+        """Import a lab's patches (a manifest or a folder) as dataset ``dataset`` (``mitoprobe data import
+        --dataset``)."""
+        out = self._writable("an import").import_cohort(dataset, manifest=manifest, folder=folder, split=split,
+                                                       progress=progress, replace=replace)
         self.refresh()
         return out
 
     def embed(self, model: str, **kwargs):
         """Embed every patch with a recipe (``mitoprobe embed``); kwargs as ``embedder.embed``."""
         kwargs.setdefault("progress", False)
-        out = embedder.embed(self.store, model, **kwargs)
+        out = embedder.embed(self._writable("embedding"), model, **kwargs)
         self.refresh()
         return out
 
-    def features(self, model: str, pooling: str = "all", tta: bool = False) -> Features:
+    def features(self, model: str, pooling: str = "all", tta: bool = False, allow_stale: bool = False) -> Features:
         """The stored vectors of ``model`` (``.X``, ``.keys``: patch_id and view per row), read once."""
-        key = (model, pooling, bool(tta))
+        key = (model, pooling, bool(tta), bool(allow_stale))
         if key not in self._features:
-            self._features[key] = load_features(self.store, model, pooling, tta)
+            self._features[key] = load_features(self.store, model, pooling, tta, allow_stale=allow_stale)
         return self._features[key]
 
     def patches(self, columns: list[str] | None = None) -> pd.DataFrame:
@@ -105,44 +146,49 @@ class Workspace:
     def score(self, test_set: str, proba, threshold: float = 0.5, n_boot: int = 200, seed: int = 0) -> dict:
         """The protocol's metrics of P(atypical) for one test set's patches (in ``protocol().test_sets`` order),
         at ``threshold`` (choose it on held-out training slides, never here)."""
-        ts = self._protocol().tests[test_set]
+        tests = self._protocol().tests
+        if test_set not in tests:
+            raise ProtocolError(f"unknown test set {test_set!r}; choose from {sorted(tests)}")
+        ts = tests[test_set]
         p = np.asarray(proba, dtype=float)
         if p.shape != ts.patch_ids.shape:
-            raise ValueError(f"{test_set} has {len(ts.patch_ids)} patches; got {p.shape[0]} probabilities")
+            raise DataError(f"{test_set} has {len(ts.patch_ids)} patches; got {p.shape[0] if p.ndim else 0} "
+                            "probabilities (one per patch, in protocol().test_sets order)")
+        bad = ~np.isfinite(p) | (p < 0) | (p > 1)
+        if bad.any():
+            raise DataError(f"{int(bad.sum())} of the {test_set} probabilities are not in [0, 1] (first at position "
+                            f"{int(np.flatnonzero(bad)[0])}): give P(atypical) for every patch")
         return score_test_set(ts, p, threshold, n_boot, seed)
 
     # -- probing -------------------------------------------------------------------------------------
-    def probe(self, model: str, head: str | None = None, *, estimator=None, name: str | None = None, grid=None,
-              params: dict | None = None, pooling: str = "all", tta: bool = False, seed: int = 0,
-              seeds=None, repeat: bool = False, n_boot: int = M.N_BOOTSTRAP,
-              train_on: str = PAPER_TRAIN, n_threads: int | None = 1) -> pd.DataFrame:
-        """One head on ``model``'s vectors under the protocol; returns the new run rows (empty when this exact
-        family already ran: pass ``repeat=True`` to record it again).
+    def probe(self, model: str, head=None, *, estimator=None, name: str | None = None, grid=None,
+              params: dict | None = None, head_params: dict | None = None, pooling: str = "all", tta: bool = False,
+              seed: int = 0, seeds=None, repeat: bool = False, allow_stale: bool = False,
+              n_boot: int = M.N_BOOTSTRAP, train_on: str = PAPER_TRAIN, n_threads: int | None = 1,
+              progress: bool = False) -> pd.DataFrame:
+        """Heads on ``model``'s vectors under the protocol (``mitoprobe probe`` runs exactly this); returns the
+        new run rows (empty when every family already ran: pass ``repeat=True`` to record it again).
 
-        ``head``: a built-in head (``"lgbm"``) or your own factory (``"mypkg.heads:make_svm"``,
-        ``"heads.py:make_svm"``); or ``estimator``: an unfitted scikit-learn classifier with ``predict_proba``
-        (cloned per fold, shown as ``name``). ``grid``: dict of lists searched on each fold's held-out part
-        (own heads and estimators; built-in heads search their own). ``params``: fixed parameters.
+        ``head``: None or "all" (the default heads), a built-in head (``"lgbm"``), your own factory
+        (``"mypkg.heads:make_svm"``, ``"heads.py:make_svm"``) or a list of these; or ``estimator``: an unfitted
+        scikit-learn classifier with ``predict_proba`` (cloned per fold, shown as ``name``). ``grid``: dict of
+        lists searched on each fold's held-out part (own heads and estimators; built-in heads search their own).
+        ``params``: fixed parameters of the (single) head; ``head_params``: ``{head name: params}``.
         ``seeds``: one repeat of the family per seed (already recorded seeds are skipped). ``n_threads``: BLAS/
         OpenMP threads, 1 as the CLI (None: the libraries' defaults)."""
-        if (head is None) == (estimator is None):
-            raise ValueError("pass either head= (a name or MODULE:FACTORY) or estimator= (a scikit-learn classifier)")
-        if estimator is not None:
-            spec = estimator_head(estimator, name=name, grid=grid)
-        elif grid is not None or name is not None:
-            spec = own_head(head, grid=grid, name=name)
-        else:
-            spec = resolve_head(head)
-        feats = self.features(model, pooling, tta)
-        options = dict(pooling=pooling, views=feats.views, tta=bool(tta))
-        out = []
-        with threadpool_limits(n_threads):  # as the CLI's sweep: one BLAS/OpenMP thread (small matrices)
-            for s in seeds if seeds is not None else [seed]:
-                rows = run_family(self.store, feats, self._protocol(train_on), spec, options, params, seed=s,
-                                  repeat=repeat, n_boot=n_boot, exact_seed=seeds is not None)
-                if rows is not None:
-                    out.append(rows)
-        return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+        specs = resolve_heads(head, grid=grid, name=name, estimator=estimator)  # before any read or write
+        if params is not None:
+            if len(specs) != 1:
+                raise ProtocolError(f"params= sets one head's parameters; {len(specs)} heads were asked for: "
+                                    "use head_params={name: params}")
+            head_params = {**(head_params or {}), specs[0].name: params}
+        store = self._writable("probing")
+        check_sets(store, model, pooling, allow_stale)  # an unknown, stale or short set: nothing written
+        feats = self.features(model, pooling, tta, allow_stale)
+        return sweep(store, model, heads=specs, pooling=pooling, tta=tta, seed=seed, repeat=repeat, n_boot=n_boot,
+                     head_params=head_params, show_progress=progress, protocol=self._protocol(train_on),
+                     n_threads=n_threads, train_on=train_on, seeds=list(seeds) if seeds is not None else None,
+                     features=feats)
 
     # -- results ---------------------------------------------------------------------------------------
     def runs(self) -> pd.DataFrame:
@@ -159,18 +205,44 @@ class Workspace:
         return compare(self.store, resolve_families(self.store.results.read("runs"), list(families)), fold=fold,
                        n_boot=n_boot)
 
-    def predictions(self, model: str, head: str) -> pd.DataFrame:
-        """The stored test-set probabilities of the newest ``model``/``head`` family's fold ensemble, with labels."""
+    def predictions(self, model: str, head: str, family_id: str | None = None) -> pd.DataFrame:
+        """The stored test-set probabilities of a probe family's fold ensemble, with labels: ``family_id``, else
+        the newest ``model``/``head`` family (as ``mitoprobe predict`` chooses, naming the others in a log line)."""
+        fam = choose_family(self.store, model, head, family_id)
         runs = self.store.results.read("runs")
-        mine = runs[(runs["model"] == model) & (runs["head"] == head) & (runs["fold"] == -1)]
+        mine = runs[(runs["family_id"] == fam) & (runs["fold"] == -1)]
         if mine.empty:
-            raise ValueError(f"no fold ensemble of {model}/{head} in the store; probe it first")
+            raise StoreError(f"family {fam} has no fold ensemble (a fine-tuned fold's set, or not every fold "
+                             "finished): probe it again")
         rid = mine.sort_values("created_at")["run_id"].iloc[-1]
         preds = stored_predictions(self.store, [rid], split="test")  # one DuckDB scan, not the whole table
         y = self.store.patches(columns=["patch_id", "y"]).set_index("patch_id")["y"]
         return preds.assign(y=y.reindex(preds["patch_id"]).to_numpy())
 
 
-def open(path: str | Path | None = None) -> Workspace:  # noqa: A001 - mitoprobe.open, like the issue's API
-    """The store at ``path`` (default: ``$MITOPROBE_STORE``, else ./mitoprobe-store) as a ``Workspace``."""
-    return Workspace(path)
+def check_sets(store: Store, model: str, pooling: str, allow_stale: bool) -> None:
+    """Fail on an unknown, missing or stale embedding set, or a pooling its outputs lack, before the
+    sweep (whose first step persists the store's folds): a bad model name changes nothing."""
+    for name in model.split("+"):
+        eset = store.features.resolve(name, current_recipe_id(store, name), allow_stale)
+        outputs = POOLINGS.get(pooling) or []
+        if "+" not in model and any(o not in eset.outputs for o in outputs):
+            raise ProtocolError(f"set {name} has outputs {list(eset.outputs)}; --pooling {pooling} needs {outputs}")
+
+
+def resolve_data(folder: str | Path | None, amibr_csv: str | Path | None) -> tuple[Path, Path | None]:
+    """The benchmark folder (given, else the defaults) and its AMI-BR.csv (given, else found beside it)."""
+    if folder is None:
+        folder = paths.default_data_dir()
+        if folder is None:
+            raise DataError("no dataset found: set $MITOPROBE_DATA or pass PATH to the AMi-Br_Benchmark folder, "
+                            "put it at ../shared/datasets/AMi-Br_Benchmark, or run `mitoprobe data download`")
+    if amibr_csv is None:
+        amibr_csv = paths.find_amibr_csv(Path(folder))
+    return Path(folder), (Path(amibr_csv) if amibr_csv is not None else None)
+
+
+def open(path: str | Path | None = None, read_only: bool = False) -> Workspace:  # noqa: A001 - mitoprobe.open
+    """The store at ``path`` (default: ``$MITOPROBE_STORE``, else ./mitoprobe-store) as a ``Workspace``.
+    ``read_only``: the store must exist, and every method that would write raises ``StoreError``."""
+    return Workspace(path, read_only=read_only)

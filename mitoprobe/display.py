@@ -1,12 +1,14 @@
-"""Terminal output shared by every command: rich tables, human sizes, the leaderboard."""
+"""Terminal output shared by every command: rich tables, human sizes, the leaderboard, import reports."""
 
 from __future__ import annotations
 
 import numbers
+from pathlib import Path
 
 import click
 import pandas as pd
 
+from mitoprobe.api import resolve_data
 from mitoprobe.classifiers.report import DELTA, HELDOUT, compact_board, format_board, human_reference, leaderboard
 
 
@@ -137,3 +139,31 @@ def print_report(store, fmt: str = "table", model: str | None = None, family: st
                 click.echo("")
                 print_frame(ref, title="human reference: each expert vs the others' majority (ties left out)",
                             floatfmt="{:.3f}", width=width)
+
+
+def import_benchmark(ws, data_dir: Path | None, amibr_csv: Path | None, quiet: bool = False,
+                     replace: bool = False):
+    """``data import`` and ``mitoprobe run``: resolve the data folder, import it through ``ws``, print counts."""
+    data_dir, amibr_csv = resolve_data(data_dir, amibr_csv)
+    click.echo(f"importing {data_dir}" + (f" (+ {amibr_csv})" if amibr_csv else " (no AMI-BR.csv found: "
+               "AMi-Br test patches will lack slide ids and expert votes)"))
+    outcome = ws.import_benchmark(data_dir, amibr_csv, progress=not quiet, replace=replace)
+    report_import(outcome, quiet)
+    return outcome
+
+
+def report_import(outcome, quiet: bool = False) -> None:
+    """Notes, what changed, and the counts of what was imported."""
+    for note in outcome.notes:
+        click.secho(f"note: {note}", fg="yellow")
+    if outcome.changed:
+        w = outcome.written
+        wrote = f" ({len(w.files)} new part(s), {w.bytes / 2**20:.1f} MiB written)" if w is not None else ""
+        click.echo(f"imported into {outcome.path}{wrote}")
+        if w is not None and w.migrated:
+            click.echo("  the store's patches.parquet (format 1) is now the first part of patches/MANIFEST.json "
+                       "(migrated in place: nothing moved or rewritten)")
+    else:
+        click.echo(f"nothing changed: {outcome.path} already holds exactly this data")
+    if not quiet:
+        print_frame(outcome.counts, title="patches")

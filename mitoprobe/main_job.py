@@ -18,17 +18,17 @@ import pyarrow.compute as pc
 
 from mitoprobe import embedder
 from mitoprobe.classifiers.fusion import fuse, rank_by_heldout
-from mitoprobe.classifiers.heads import HEADS
 from mitoprobe.classifiers.labels import label_of
+from mitoprobe.classifiers.runner import resolve_heads
 from mitoprobe.embedder.dihedral import view_names
-from mitoprobe.classifiers.runner import sweep
 from mitoprobe.finetune import FinetuneConfig, finetune
 from mitoprobe.store import BENCHMARK, Store
 from mitoprobe.store.dataset import difference_from_stored
-from mitoprobe.store.errors import ProtocolError, StoreError
+from mitoprobe.store.errors import StoreError
 
-from .commands.data import import_data, resolve_data
-from .display import print_report
+from .api import resolve_data
+from .api import open as open_workspace
+from .display import import_benchmark, print_report
 
 
 def check_data_matches(st: Store, data_dir: Path) -> None:
@@ -46,14 +46,13 @@ def check_data_matches(st: Store, data_dir: Path) -> None:
     click.echo(f"{st.root} already holds exactly the data in {data_dir}")
 
 
-def check_run_arguments(st: Store, models: tuple[str, ...], heads: list[str] | None, views: str) -> None:
-    """Every name the main job will use resolves, before it imports or writes anything."""
-    unknown = [h for h in heads or () if h not in HEADS]
-    if unknown:
-        raise ProtocolError(f"unknown head(s) {unknown}; choose from {sorted(HEADS)} or 'all'")
+def check_run_arguments(st: Store, models: tuple[str, ...], heads: list[str] | None, views: str) -> list:
+    """Every name the main job will use resolves, before it imports or writes anything; returns the heads."""
+    specs = resolve_heads(heads)
     view_names(views)
     for model in models:
         embedder.resolve_recipe(model, st.root)
+    return specs
 
 
 def run_main_job(store_path: Path | None = None, data_dir: Path | None = None, models: tuple[str, ...] | None = None,
@@ -63,22 +62,23 @@ def run_main_job(store_path: Path | None = None, data_dir: Path | None = None, m
 
     ``data_dir`` on a store that already holds patches must hold the same data (else StoreError)."""
     timings: dict[str, float] = {}
-    st = Store(store_path)
+    ws = open_workspace(store_path)
+    st = ws.store
     models = tuple(models or embedder.OFFLINE_DEFAULTS)
-    check_run_arguments(st, models, heads, views)
+    specs = check_run_arguments(st, models, heads, views)
     t = time.perf_counter()
     if not st.has_patches():
-        import_data(store_path, data_dir, None, quiet=True)
+        import_benchmark(ws, data_dir, None, quiet=True)
     elif data_dir is not None:
         check_data_matches(st, data_dir)
     timings["import"] = time.perf_counter() - t
     for model in models:
         t = time.perf_counter()
-        s = embedder.embed(st, model, views=views)
+        s = ws.embed(model, views=views, progress=True)
         timings[f"embed {model}"] = time.perf_counter() - t
         click.echo(f"embedded {model}: {s.rows_written} new rows of {s.rows_total} in {s.seconds:.0f} s")
         t = time.perf_counter()
-        sweep(st, model, heads=heads, tta=views != "none")
+        ws.probe(model, specs, tta=views != "none", progress=True)
         timings[f"probe {model}"] = time.perf_counter() - t
     if fmt != "none":
         print_report(st, fmt)
@@ -110,24 +110,26 @@ def run_offline_full(store_path: Path | None = None, folds: str | None = None, h
     checkpoint, probe, fuse. Returns seconds per stage. Needs the handcrafted set (``run_main_job`` makes
     it first); fusions need all five folds (skipped when ``folds`` names fewer)."""
     timings: dict[str, float] = {}
-    st = Store(store_path)
+    ws = open_workspace(store_path)
+    st = ws.store
     t = time.perf_counter()
-    embedder.embed(st, MORPHOLOGY, num_workers=num_workers)
+    ws.embed(MORPHOLOGY, num_workers=num_workers, progress=True)
     timings[f"embed {MORPHOLOGY}"] = time.perf_counter() - t
     t = time.perf_counter()
-    sweep(st, MORPHOLOGY, heads=list(heads))
+    ws.probe(MORPHOLOGY, list(heads), progress=True)
     timings[f"probe {MORPHOLOGY}"] = time.perf_counter() - t
     t = time.perf_counter()
     s = finetune(st, config or FinetuneConfig.preset("offline"), folds, num_workers=num_workers)
     timings["finetune offline (5 folds)"] = time.perf_counter() - t
     click.echo(f"fine-tuned run {s.run_key[:8]}: folds {s.folds_done}")
     t = time.perf_counter()
-    names = [embedder.embed(st, f"ft:{s.run_key[:8]}/fold{k}", num_workers=num_workers).name for k in s.folds_done]
+    names = [ws.embed(f"ft:{s.run_key[:8]}/fold{k}", num_workers=num_workers, progress=True).name
+             for k in s.folds_done]
     timings["embed fold checkpoints"] = time.perf_counter() - t
     t = time.perf_counter()
     for name in names:
-        sweep(st, name, heads=list(heads))
-        sweep(st, f"{name}+handcrafted", heads=list(heads))
+        ws.probe(name, list(heads), progress=True)
+        ws.probe(f"{name}+handcrafted", list(heads), progress=True)
     timings["probe fold checkpoints"] = time.perf_counter() - t
     if s.ensemble:
         t = time.perf_counter()
@@ -139,7 +141,7 @@ def run_offline_full(store_path: Path | None = None, folds: str | None = None, h
 
 def best_offline_family(store_path: Path | None = None) -> str:
     """One line naming the best family in the store by fold-mean held-out AUROC (training data only)."""
-    runs = Store(store_path).results.read("runs")
+    runs = open_workspace(store_path, read_only=True).store.results.read("runs")
     ranked = rank_by_heldout(runs)
     if ranked.empty:
         return "no complete family to rank yet"

@@ -9,6 +9,7 @@ from sklearn.linear_model import LogisticRegression
 
 import mitoprobe
 from conftest import make_six_slide_store
+from mitoprobe.store.errors import ConfigError, DataError, MitoprobeError, ProtocolError, StoreError
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,8 @@ def test_probe_an_estimator_and_a_builtin_head_from_one_read(ws, monkeypatch):
     board = ws.leaderboard(model="handcrafted", paper=False)
     assert {"lr", "simpleshot"} <= set(board["head"])
     assert len(ws.compare("handcrafted:lr", "handcrafted:simpleshot", n_boot=100)) > 0
-    with pytest.raises(ValueError, match="either head"):
-        ws.probe("handcrafted")
+    with pytest.raises(ConfigError, match="not both"):
+        ws.probe("handcrafted", head="lgbm", estimator=LogisticRegression())
 
 
 def test_protocol_view_has_no_test_labels_and_score_reads_them(ws):
@@ -49,7 +50,7 @@ def test_protocol_view_has_no_test_labels_and_score_reads_them(ws):
     assert isinstance(ids, np.ndarray) and not hasattr(ids, "y")
     m = ws.score(name, np.full(len(ids), 0.5), threshold=0.5, n_boot=20)
     assert 0 <= m["balanced_accuracy"] <= 1
-    with pytest.raises(ValueError, match="patches"):
+    with pytest.raises(DataError, match="patches"):
         ws.score(name, np.zeros(len(ids) + 1))
 
 
@@ -70,3 +71,37 @@ def test_the_leaderboard_gives_the_spread_over_seeds(ws):
     assert len(mlp) and mlp["balanced_accuracy_seed_std"].notna().all()
     compact = compact_board(board)
     assert SEEDS in compact.columns and compact.loc[compact["family"].str.contains("mlp"), SEEDS].str.match(r"\d ±").any()
+
+
+def test_every_misuse_of_the_api_is_a_mitoprobe_error_with_one_line(ws, tmp_path):
+    """What a user can fix is a MitoprobeError (one line saying what to do), never a bare ValueError/KeyError."""
+    name, ids = next(iter(ws.protocol().test_sets.items()))
+    cases = {
+        "unknown test set": (ProtocolError, lambda: ws.score("AMi-Br-tset", np.full(len(ids), 0.5))),
+        "NaN probabilities": (DataError, lambda: ws.score(name, np.full(len(ids), np.nan))),
+        "probabilities out of [0, 1]": (DataError, lambda: ws.score(name, np.full(len(ids), 1.5))),
+        "a grid for a built-in head": (ConfigError, lambda: ws.probe("handcrafted", head="lgbm", grid={"C": [1]})),
+        "params for several heads": (ProtocolError, lambda: ws.probe("handcrafted", head=["lgbm", "knn"],
+                                                                     params={"n_neighbors": 3})),
+        "an unknown head": (ProtocolError, lambda: ws.probe("handcrafted", head="svm")),
+        "an unknown set": (MitoprobeError, lambda: ws.probe("no-such-set", head="lgbm")),
+        "no family to predict with": (StoreError, lambda: ws.predictions("handcrafted", "knn")),
+        "a file as the store": (StoreError, lambda: mitoprobe.open(__file__)),
+        "read-only on nothing": (StoreError, lambda: mitoprobe.open(tmp_path / "nothing", read_only=True)),
+    }
+    for what, (error, call) in cases.items():
+        with pytest.raises(error) as info:
+            call()
+        assert "\n" not in str(info.value), what
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_a_read_only_workspace_reads_and_refuses_every_write(ws):
+    with mitoprobe.open(ws.store.root, read_only=True) as ro:
+        assert len(ro.leaderboard(model="handcrafted", paper=False))
+        assert len(ro.predictions("handcrafted", "simpleshot"))
+        for write in (lambda: ro.probe("handcrafted", head="knn"), lambda: ro.embed("morphology"),
+                      lambda: ro.import_benchmark(ws.store.root), lambda: ro.import_cohort("Lab", folder=ws.store.root)):
+            with pytest.raises(StoreError, match="read-only"):
+                write()
+    assert "read_only=True" in repr(ro)

@@ -138,7 +138,7 @@ def test_cli_own_head_with_grid_and_param(synth, head_file, tmp_path):
     assert {t["params"]["C"] for t in cfg["tried"]} == {0.3, 3} and cfg["params"] == {"random_state": 1}
     res = runner.invoke(cli, ["probe", "--store", str(synth.root), "--model", "handcrafted", "--head", "logreg",
                               "--grid", "C=1"])
-    assert res.exit_code != 0 and "own head" in res.output
+    assert res.exit_code != 0 and "own head" in res.output + str(res.exception)
     res = runner.invoke(cli, ["probe", "--store", str(synth.root), "--model", "handcrafted", "--head",
                               f"{tmp_path / 'missing.py'}:make"])
     assert res.exit_code != 0 and "no file" in res.output + str(res.exception)

@@ -14,7 +14,7 @@ from classifiers_synth import synthetic_patches, synthetic_store
 from mitoprobe.store import Store
 
 from mitoprobe.classifiers.protocol import TEST_SETS, compute_folds, folds, load_protocol
-from mitoprobe.classifiers.runner import load_features, run_family
+from mitoprobe.classifiers.runner import load_features, resolve_heads, run_family
 
 
 @pytest.mark.slow
@@ -63,7 +63,7 @@ def synth(tmp_path_factory):
 def _selections(synth, tmp_path, proto, head):
     store = Store(shutil.copytree(synth.root, tmp_path / f"copy-{len(list(tmp_path.iterdir()))}"))
     feats = load_features(store, "synth")
-    rows = run_family(store, feats, proto, head, {"pooling": "all"}, n_boot=50)
+    rows = run_family(store, feats, proto, resolve_heads(head)[0], {"pooling": "all"}, n_boot=50)
     sel = [(r.fold, r.test_set, json.loads(r.config_json).get("selected"), r.threshold, r.val_auroc)
            for r in rows.itertuples()]
     preds = store.results.read("predictions")
@@ -104,7 +104,7 @@ def test_fit_path_never_receives_test_rows(synth, monkeypatch):
         return real_fit(head, params, X, y, X_val, y_val)
 
     monkeypatch.setattr(fitting, "_fit", spy)
-    run_family(synth, feats, proto, "simpleshot", {"pooling": "all"}, repeat=True, n_boot=20)
+    run_family(synth, feats, proto, resolve_heads("simpleshot")[0], {"pooling": "all"}, repeat=True, n_boot=20)
     assert seen and set(seen) <= train_vectors
 
 

@@ -198,7 +198,7 @@ def test_run_refuses_other_data_on_a_populated_store(monkeypatch, capsys, popula
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--head", "nosuch"], ["unknown head(s) ['nosuch']"]),
+    (["--head", "nosuch"], ["unknown head 'nosuch'"]),
     (["--model", "nosuch"], ["unknown embedder 'nosuch'"]),
     (["--threads", "0"], ["--threads"]),
 ])

@@ -186,7 +186,7 @@ def test_full_finetune_and_cpu_guard(ft_store, tmp_path):
 def test_finetuned_fold_as_embedder_is_probed_under_its_fold_only(ft_store, lora_run):
     from mitoprobe import embedder
     from mitoprobe.classifiers.protocol import load_protocol
-    from mitoprobe.classifiers.runner import fit_fold, load_features, sweep
+    from mitoprobe.classifiers.runner import fit_fold, load_features, resolve_heads, sweep
 
     key = lora_run.run_key[:8]
     s = embedder.embed(ft_store, f"ft:{key}/fold0", device="cpu", num_workers=0, progress=False)
@@ -199,7 +199,7 @@ def test_finetuned_fold_as_embedder_is_probed_under_its_fold_only(ft_store, lora
     feats = load_features(ft_store, s.name)
     proto = load_protocol(ft_store)
     with pytest.raises(ProtocolError, match="leakage"):
-        fit_fold("logreg", {}, feats, proto.fold_data(1), proto.train["patch_id"].to_numpy())
+        fit_fold(resolve_heads("logreg")[0], {}, feats, proto.fold_data(1), proto.train["patch_id"].to_numpy())
 
 
 def test_a_run_is_labelled_ft_model_method_run8_or_by_its_name(ft_store, lora_run, tmp_path, caplog):

@@ -1,4 +1,4 @@
-"""``mitoprobe data import|download``: bring the benchmark into the store (thin over ``store.Store``)."""
+"""``mitoprobe data import|download``: bring the benchmark into the store (thin over the library: ``mitoprobe.open``)."""
 
 from __future__ import annotations
 
@@ -6,54 +6,12 @@ from pathlib import Path
 
 import click
 
-from mitoprobe.display import print_frame
-from mitoprobe.store import Store, paths
+import mitoprobe
+from mitoprobe.display import import_benchmark, report_import
 from mitoprobe.store.cohort_example import write_example_cohort
 from mitoprobe.store.download import download_benchmark
-from mitoprobe.store.errors import DataError
 
 from .options import STORE_OPTION
-
-
-def resolve_data(data_dir: Path | None, amibr_csv: Path | None) -> tuple[Path, Path | None]:
-    """The benchmark folder (PATH, else the defaults) and its AMI-BR.csv (given, else found beside it)."""
-    if data_dir is None:
-        data_dir = paths.default_data_dir()
-        if data_dir is None:
-            raise DataError("no dataset found: set $MITOPROBE_DATA or pass PATH to the AMi-Br_Benchmark folder, "
-                            "put it at ../shared/datasets/AMi-Br_Benchmark, or run `mitoprobe data download`")
-    if amibr_csv is None:
-        amibr_csv = paths.find_amibr_csv(Path(data_dir))
-    return Path(data_dir), amibr_csv
-
-
-def import_data(store_path: Path | None, data_dir: Path | None, amibr_csv: Path | None, quiet: bool = False,
-                replace: bool = False):
-    """Shared by ``data import`` and ``mitoprobe run``: resolve the data folder, import, print counts."""
-    data_dir, amibr_csv = resolve_data(data_dir, amibr_csv)
-    st = Store(store_path)
-    click.echo(f"importing {data_dir}" + (f" (+ {amibr_csv})" if amibr_csv else " (no AMI-BR.csv found: "
-               "AMi-Br test patches will lack slide ids and expert votes)"))
-    outcome = st.import_dataset(data_dir, amibr_csv, progress=not quiet, replace=replace)
-    report_import(outcome, quiet)
-    return outcome
-
-
-def report_import(outcome, quiet: bool = False) -> None:
-    """Notes, what changed, and the counts of what was imported."""
-    for note in outcome.notes:
-        click.secho(f"note: {note}", fg="yellow")
-    if outcome.changed:
-        w = outcome.written
-        wrote = f" ({len(w.files)} new part(s), {w.bytes / 2**20:.1f} MiB written)" if w is not None else ""
-        click.echo(f"imported into {outcome.path}{wrote}")
-        if w is not None and w.migrated:
-            click.echo("  the store's patches.parquet (format 1) is now the first part of patches/MANIFEST.json "
-                       "(migrated in place: nothing moved or rewritten)")
-    else:
-        click.echo(f"nothing changed: {outcome.path} already holds exactly this data")
-    if not quiet:
-        print_frame(outcome.counts, title="patches")
 
 
 @click.group()
@@ -97,14 +55,14 @@ def import_cmd(path: Path | None, manifest: Path | None, dataset: str | None, sp
     if dataset is None:
         if manifest is not None:
             raise click.UsageError("--manifest needs --dataset NAME (the name your cohort is stored and scored under)")
-        import_data(store_path, path, amibr_csv, replace=replace)
+        import_benchmark(mitoprobe.open(store_path), path, amibr_csv, replace=replace)
         return
     if amibr_csv is not None:
         raise click.UsageError("--amibr-csv belongs to the benchmark import (without --dataset)")
     if (path is None) == (manifest is None):
         raise click.UsageError("with --dataset, give either PATH (a folder of patches) or --manifest FILE.csv")
-    st = Store(store_path)
-    outcome = st.import_cohort(dataset, manifest=manifest, folder=path, split=split, progress=True, replace=replace)
+    outcome = mitoprobe.open(store_path).import_cohort(dataset, manifest=manifest, folder=path, split=split,
+                                                       progress=True, replace=replace)
     report_import(outcome)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
 import pandas as pd
 
+import mitoprobe
 from mitoprobe import embedder
 from mitoprobe.display import print_frame
 
@@ -87,8 +87,9 @@ def embed(model, recipe_file, list_, views, device, batch_size, num_workers, eng
         if model is None and not list_:
             raise click.UsageError("pass --model NAME (one of the recipes above) or --recipe FILE")
         return
-    s = embedder.embed(store_path, model, views=views, device=device, batch_size=batch_size, engine=engine,
-                  num_workers=num_workers, weights=weights, trust_pickle=trust_pickle, hf_token_env=hf_token_env)
+    s = mitoprobe.open(store_path).embed(model, views=views, device=device, batch_size=batch_size, engine=engine,
+                                         num_workers=num_workers, weights=weights, trust_pickle=trust_pickle,
+                                         hf_token_env=hf_token_env, progress=True)
     if s.rows_written == 0:
         click.echo(f"{s.name}: nothing to do, all {s.rows_total} rows stored (recipe id {s.recipe_id})")
     else:

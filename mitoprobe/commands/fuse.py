@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
+import mitoprobe
 from mitoprobe.classifiers.fusion import RULES, fuse, rank_by_heldout, resolve_member
 from mitoprobe.classifiers.labels import MAX_NAME, family_label, family_labels, label_of
 from mitoprobe.display import print_frame
-from mitoprobe.store import Store
 
 from .options import STORE_OPTION
 
@@ -31,7 +31,7 @@ def fuse_cmd(members: tuple[str, ...], rule: str, name: str | None, rank: bool, 
 
     Example: mitoprobe fuse --member ft-1a2b3c4d:full --member morphology:lgbm --name cnn+morphology
     """
-    st = Store(store_path)
+    st = mitoprobe.open(store_path).store
     if rank:
         runs = st.results.read("runs")
         ranked = rank_by_heldout(runs)
@@ -53,7 +53,7 @@ def fuse_cmd(members: tuple[str, ...], rule: str, name: str | None, rank: bool, 
                + ", ".join(f"{k} {v:.3f}" for k, v in folds.items()))
 
 
-def _stored_as(st: Store, members: tuple[str, ...], rule: str, name: str | None) -> str:
+def _stored_as(st, members: tuple[str, ...], rule: str, name: str | None) -> str:
     """' as LABEL' of the stored fusion of these members (and a note when --name asked for another)."""
     runs = st.results.read("runs")
     model = "fusion(" + ", ".join(resolve_member(runs, m).label for m in members) + ")"

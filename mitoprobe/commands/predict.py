@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 import pandas as pd
 
+import mitoprobe
 from mitoprobe.classifiers.neighbours import DEFAULT_REFERENCE, nearest_labelled
 from mitoprobe.classifiers.predict import predict_dataset
 from mitoprobe.display import print_frame
-from mitoprobe.store import Store
 from mitoprobe.store.atomic import atomic_write
 
 from .options import STORE_OPTION
@@ -46,7 +46,7 @@ def predict_cmd(model: str, head: str, dataset: str, family_id: str | None, out:
 
     Example: mitoprobe predict --model handcrafted --head lgbm --dataset MyLab --out preds.csv
     """
-    df = predict_dataset(Store(store_path), model, head, dataset, family_id)
+    df = predict_dataset(mitoprobe.open(store_path, read_only=True).store, model, head, dataset, family_id)
     write_csv(df, out, "predictions")
     if out is not None:
         counts = df.groupby("prediction").size().rename("patches").reset_index()
@@ -78,7 +78,7 @@ def search_cmd(model: str, dataset: str, k: int, references: tuple[str, ...], ex
 
     Example: mitoprobe search --model handcrafted --dataset MyLab --k 10 --out neighbours.csv
     """
-    df = nearest_labelled(Store(store_path), model, dataset, k=k, reference=tuple(references),
+    df = nearest_labelled(mitoprobe.open(store_path, read_only=True).store, model, dataset, k=k, reference=tuple(references),
                           exclude_same_slide=exclude_same_slide, exclude_same_dataset=exclude_same_dataset,
                           output=output, long=long_format, progress=out is not None)
     write_csv(df, out, "rows")

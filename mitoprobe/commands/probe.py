@@ -1,33 +1,22 @@
-"""``mitoprobe probe`` and ``mitoprobe report``: thin over ``classifiers.sweep`` / ``leaderboard``."""
+"""``mitoprobe probe`` and ``mitoprobe report``: thin over the library (``mitoprobe.open``: ``Workspace.probe``,
+``leaderboard``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
-
+import mitoprobe
 from mitoprobe.classifiers.heads import parse_head_params
-from mitoprobe.classifiers.own_heads import is_own_head_spec, own_head, parse_grid
+from mitoprobe.classifiers.own_heads import parse_grid
 from mitoprobe.classifiers.report import compact_board, leaderboard
 from mitoprobe.classifiers.robustness import robustness_table
 from mitoprobe.classifiers.significance import compare, format_comparison, resolve_families
 from mitoprobe.classifiers.protocol import PAPER_TRAIN
-from mitoprobe.classifiers.runner import POOLINGS, current_recipe_id, sweep
+from mitoprobe.classifiers.runner import resolve_heads
 from mitoprobe.display import console, leaderboard_table, print_frame, print_report
-from mitoprobe.store import Store
-from mitoprobe.store.errors import ProtocolError
 
 from .options import STORE_OPTION
-
-
-def check_sets(st: Store, model: str, pooling: str, allow_stale: bool) -> None:
-    """Fail on an unknown, missing or stale embedding set, or a pooling its outputs lack, before the
-    sweep (whose first step persists the store's folds): a bad --model changes nothing."""
-    for name in model.split("+"):
-        eset = st.features.resolve(name, current_recipe_id(st, name), allow_stale)
-        outputs = POOLINGS.get(pooling) or []
-        if "+" not in model and any(o not in eset.outputs for o in outputs):
-            raise ProtocolError(f"set {name} has outputs {list(eset.outputs)}; --pooling {pooling} needs {outputs}")
 
 
 @click.command()
@@ -70,21 +59,16 @@ def probe(model: str, heads: str, grid: tuple[str, ...], pooling: str, tta: bool
     Example: mitoprobe probe --model handcrafted --head my_heads.py:make_svm --grid C=0.1,1,10
     """
     head_list = None if heads == "all" else [h.strip() for h in heads.split(",") if h.strip()]
-    own = [own_head(h, parse_grid(grid)) for h in head_list or [] if is_own_head_spec(h)]  # checked, no write yet
-    if grid and not own:
-        raise click.UsageError("--grid sets your own head's grid; built-in heads search their own (--param fixes a value)")
-    if head_list is not None:
-        own_by_spec = {h: spec for h, spec in zip([h for h in head_list if is_own_head_spec(h)], own)}
-        head_list = [own_by_spec.get(h, h) for h in head_list]
-    head_params = parse_head_params(params, {spec.name: spec for spec in own})
-    st = Store(store_path)
-    check_sets(st, model, pooling, allow_stale)
+    specs = resolve_heads(head_list, grid=parse_grid(grid))  # own heads imported and checked: no write yet
+    head_params = parse_head_params(params, {spec.name: spec for spec in specs})
     try:
         seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else None
     except ValueError:
         raise click.BadParameter(f"{seeds!r}: give comma-separated integers, e.g. 0,1,2", param_hint="--seeds") from None
-    new = sweep(st, model, heads=head_list, pooling=pooling, tta=tta, seed=seed, repeat=repeat, seeds=seed_list,
-                allow_stale=allow_stale, head_params=head_params, train_on=train_on)
+    ws = mitoprobe.open(store_path)
+    st = ws.store
+    new = ws.probe(model, specs, head_params=head_params, pooling=pooling, tta=tta, seed=seed, repeat=repeat,
+                   seeds=seed_list, allow_stale=allow_stale, train_on=train_on, progress=True)
     click.echo(f"{new['run_id'].nunique() if len(new) else 0} new runs appended to {st.root / 'results/runs'}"
                + (f" ({len(new)} rows: run x test set)" if len(new) else ""))
     board = leaderboard(st, model=model, with_paper=False)
@@ -122,7 +106,7 @@ def report(fmt: str, model: str | None, family: str | None, no_paper: bool, wide
     Example: mitoprobe report --format markdown
     Example: mitoprobe report --compare handcrafted:lgbm --compare resnet18.random:logreg
     """
-    st = Store(store_path)
+    st = mitoprobe.open(store_path, read_only=True).store
     if robustness:
         table = robustness_table(st, [model] if model else None, k=k)
         if fmt == "csv":

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
+import mitoprobe
 from mitoprobe.display import print_report
 from mitoprobe.main_job import best_offline_family, run_main_job, run_offline_full
-from mitoprobe.store import Store
 
 from .options import STORE_OPTION
 
@@ -48,7 +48,7 @@ def run(data_dir: Path | None, models: tuple[str, ...], heads: str, views: str, 
     timings = run_main_job(store_path, data_dir, models or None, head_list, views, "none" if full else fmt)
     if full:
         timings.update(run_offline_full(store_path))
-        print_report(Store(store_path), fmt)
+        print_report(mitoprobe.open(store_path).store, fmt)
         click.echo(best_offline_family(store_path))
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
     click.echo(f"main job done in {time.perf_counter() - t0:.0f} s ({parts})")

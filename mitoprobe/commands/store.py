@@ -9,8 +9,9 @@ import click
 import duckdb
 import pandas as pd
 
+import mitoprobe
 from mitoprobe.display import human_bytes, print_frame
-from mitoprobe.store import Store, integrity
+from mitoprobe.store import integrity
 from mitoprobe.store.errors import DamagedStoreError, StoreError
 
 from .options import STORE_OPTION
@@ -28,7 +29,7 @@ def info_cmd(store_path: Path | None) -> None:
 
     Example: mitoprobe store info
     """
-    info = Store(store_path).info()
+    info = mitoprobe.open(store_path).store.info()
     click.echo(f"store: {info['root']}")
     if info["patches"] is None:
         click.echo("no patches yet: run `mitoprobe data import`")
@@ -60,7 +61,7 @@ def check_cmd(store_path: Path | None) -> None:
 
     Example: mitoprobe store check
     """
-    st = Store(store_path)
+    st = mitoprobe.open(store_path).store
     problems = integrity.check(st)
     for p in problems:
         click.echo(str(p))
@@ -85,7 +86,7 @@ def repair_cmd(store_path: Path | None, yes: bool) -> None:
 
     Example: mitoprobe store repair --yes
     """
-    st = Store(store_path)
+    st = mitoprobe.open(store_path).store
     actions = integrity.repair(st, dry_run=not yes)
     if not actions:
         click.echo("nothing to repair")
@@ -117,7 +118,7 @@ def sql(query: str, store_path: Path | None, fmt: str, max_rows: int) -> None:
 
     Example: mitoprobe sql "select dataset, split, count(*) from patches group by all"
     """
-    st = Store(store_path)
+    st = mitoprobe.open(store_path).store
     try:
         df = st.sql(query)
     except duckdb.Error as exc:
