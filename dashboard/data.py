@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import streamlit as st
 
 from mitoprobe import classifiers
+from mitoprobe.api import open as open_workspace
 from mitoprobe.classifiers import labels, robustness, significance
 from mitoprobe.classifiers.runs import read_runs
 from mitoprobe import embedder
@@ -42,17 +43,25 @@ def store_root() -> str:
     return str(paths.store_root(None).resolve())
 
 
+def open_store(root: str) -> Store:
+    """The store, opened read-only through the library (``mitoprobe.open(root, read_only=True)``): the
+    dashboard never writes, and a path that is not a store is one clear error."""
+    return open_workspace(root, read_only=True).store
+
+
 def stamp(root: str) -> Fingerprint:
     """The store's fingerprint (``Store.fingerprint``): a few stats, cheap enough for every rerun; its
     parts (patches, results, each set) key the caches separately, so an embedding job adding parts
-    never evicts the cached patches or results."""
+    never evicts the cached patches or results. Stats only, so a store not made yet has one too."""
     return Store(root).fingerprint()
 
 
 # -- what is there -------------------------------------------------------------------------------
 def status(root: str) -> dict:
     """Which parts of the store exist (uncached: a few stats; listing parts never sweeps temp files)."""
-    st_ = Store(root)
+    if not Path(root).is_dir():  # nothing made yet: every page shows the command to run first
+        return dict(root=root, patches=False, sets=[], runs=False, predictions=False)
+    st_ = open_store(root)
     return dict(root=root, patches=st_.has_patches(), sets=[s for s in st_.features.sets() if s.complete],
                 runs=bool(st_.results.parts("runs")), predictions=bool(st_.results.parts("predictions")))
 
@@ -65,7 +74,7 @@ def patches(root: str, stamp_: Fingerprint) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _patches(root: str, key: tuple) -> pd.DataFrame:
-    df = Store(root).patches()
+    df = open_store(root).patches()
     for c in PATCH_COLUMNS:
         if c not in df:
             df[c] = pd.NA
@@ -100,7 +109,7 @@ def thumbnails(root: str, stamp_: Fingerprint, patch_ids) -> list[str | None]:
     ids = [str(p) for p in patch_ids]
     missing = [p for p in dict.fromkeys(ids) if p not in memo]
     if missing:
-        for pid, png_ in Store(root).images(missing).items():
+        for pid, png_ in open_store(root).images(missing).items():
             img = Image.open(io.BytesIO(png_)).convert("RGB").resize((THUMB_PX, THUMB_PX), Image.LANCZOS)
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=88)
@@ -115,7 +124,7 @@ def png(root: str, stamp_: Fingerprint, patch_id: str) -> bytes | None:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _png(root: str, key: tuple, patch_id: str) -> bytes | None:
-    return Store(root).images([patch_id]).get(patch_id)
+    return open_store(root).images([patch_id]).get(patch_id)
 
 
 def enlarged(png_bytes: bytes, scale: int) -> bytes:
@@ -137,7 +146,7 @@ def runs(root: str, stamp_: Fingerprint) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _runs(root: str, key: tuple) -> pd.DataFrame:
-    df = read_runs(Store(root))
+    df = read_runs(open_store(root))
     if df.empty:
         return df
     if "repeat" not in df:
@@ -153,7 +162,7 @@ family_labels = labels.family_labels  # family_id -> label, unique over a runs t
 
 @st.cache_resource(show_spinner="Reading predictions…", max_entries=2)
 def _predictions(root: str, key: tuple) -> pd.DataFrame:
-    df = Store(root).results.read("predictions")
+    df = open_store(root).results.read("predictions")
     if not df.empty:
         df = df.sort_values(["run_id", "test_set", "fold"], kind="mergesort").reset_index(drop=True)
     return df
@@ -227,7 +236,7 @@ def comparison(root: str, stamp_: Fingerprint, family_ids: tuple[str, ...], fold
 @st.cache_data(show_spinner="Testing the differences…", max_entries=32)
 def _comparison(root: str, rkey: tuple, pkey: tuple, family_ids: tuple[str, ...], fold: int, test_set: str
                 ) -> pd.DataFrame:
-    return significance.compare(Store(root), list(family_ids), [test_set], fold=fold)
+    return significance.compare(open_store(root), list(family_ids), [test_set], fold=fold)
 
 
 def fold_choices(runs_: pd.DataFrame, family_id: str) -> list[int]:
@@ -249,7 +258,7 @@ def leaderboard(root: str, stamp_: Fingerprint) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _leaderboard(root: str, key: tuple) -> pd.DataFrame:
-    st_ = Store(root)
+    st_ = open_store(root)
     ours = classifiers.leaderboard(st_, with_paper=False) if status(root)["runs"] else pd.DataFrame()
     if not ours.empty:  # the label the pages' family pickers show (unique over every family in the store),
         # except on a row pooling fine-tuned fold sets (``ft-<run>-folds``: the report's label)
@@ -263,7 +272,7 @@ def _leaderboard(root: str, key: tuple) -> pd.DataFrame:
 def embedding_sets(root: str) -> list:
     """Complete sets only: one still being written (or damaged) is refused by the store's readers. In
     the pickers' order (``ordered_sets``): the first is the pages' default."""
-    return ordered_sets([s for s in Store(root).features.sets() if s.complete])
+    return ordered_sets([s for s in open_store(root).features.sets() if s.complete])
 
 
 def ordered_sets(sets: list) -> list:
@@ -281,7 +290,7 @@ def embedding_matrix(root: str, stamp_: Fingerprint, recipe_id: str, output: str
 @st.cache_resource(show_spinner="Reading embeddings…", max_entries=8)
 def _embedding_matrix(root: str, key: tuple, recipe_id: str, output: str, view: str
                       ) -> tuple[pd.DataFrame, np.ndarray]:
-    fs = Store(root).features
+    fs = open_store(root).features
     eset = fs.get(recipe_id)
     keys, X = fs.read(eset.name, recipe_id=recipe_id, outputs=[output], views=[view], allow_stale=True)
     return keys, np.ascontiguousarray(X, dtype=np.float32)
@@ -356,7 +365,7 @@ def neighbours(root: str, stamp_: Fingerprint, recipe_id: str, output: str, quer
 def _search_key(root: str, stamp_: Fingerprint, recipe_id: str) -> tuple:
     """The set's fingerprint plus its search statistics' stat: ``store repair`` rebuilds the LanceDB
     table and rewrites the statistics without touching the parts the fingerprint watches."""
-    fs = Store(root).features
+    fs = open_store(root).features
     try:
         s = (fs.dir / recipe_id / SEARCH_STATS_FILE).stat()
         return (stamp_.set(recipe_id), s.st_mtime_ns, s.st_size)
@@ -366,7 +375,7 @@ def _search_key(root: str, stamp_: Fingerprint, recipe_id: str) -> tuple:
 
 @st.cache_data(show_spinner="Searching…", max_entries=256)
 def _neighbours(root: str, key: tuple, recipe_id: str, output: str, query: bytes, k: int) -> pd.DataFrame:
-    fs = Store(root).features
+    fs = open_store(root).features
     vec = np.frombuffer(query, dtype=np.float32)
     return fs.search(fs.get(recipe_id), vec, output=output, k=k, view="none", standardized=True)
 
@@ -380,7 +389,7 @@ def search_matrix(root: str, stamp_: Fingerprint, recipe_id: str, output: str) -
 @st.cache_resource(show_spinner="Standardising embeddings…", max_entries=8)
 def _search_matrix(root: str, key: tuple, set_key: tuple, recipe_id: str, output: str
                    ) -> tuple[pd.DataFrame, np.ndarray]:
-    fs = Store(root).features
+    fs = open_store(root).features
     keys, X = _embedding_matrix(root, set_key, recipe_id, output, "none")
     return keys, _unit(fs.standardize(fs.get(recipe_id), output, X))
 
@@ -396,7 +405,7 @@ def distance_percentiles(root: str, stamp_: Fingerprint, recipe_id: str, output:
     less ``exclude``: the query itself) that lie *farther* from the query than it does, by cosine
     distance between standardised vectors: 99.2 reads "closer than 99.2% of stored patches". One
     matrix-vector product over the cached standardised matrix (``search_matrix``)."""
-    fs = Store(root).features
+    fs = open_store(root).features
     keys, Zn = search_matrix(root, stamp_, recipe_id, output)
     q = _unit(fs.standardize(fs.get(recipe_id), output, np.asarray(query, np.float32)[None, :]))[0]
     d = 1.0 - Zn @ q
@@ -448,14 +457,14 @@ def identical_patches(root: str, stamp_: Fingerprint, png_bytes: bytes) -> list[
 
 @st.cache_data(show_spinner=False, max_entries=2)
 def _by_content(root: str, key: tuple) -> dict[str, list[str]]:
-    df = Store(root).patches(columns=["patch_id", "content_sha256"])
+    df = open_store(root).patches(columns=["patch_id", "content_sha256"])
     return df.groupby("content_sha256")["patch_id"].apply(list).to_dict()
 
 
 @st.cache_resource(show_spinner="Hashing the stored patches' pixels…", max_entries=2)
 def _by_pixels(root: str, key: tuple) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for t in Store(root).iter_images():  # every PNG, a row group at a time, once per store state: uploads only
+    for t in open_store(root).iter_images():  # every PNG, a row group at a time, once per store state: uploads only
         for pid, png_ in zip(t["patch_id"].to_pylist(), t["png"].to_pylist()):
             out.setdefault(pixels_sha256(png_), []).append(pid)
     return out
@@ -491,7 +500,7 @@ def site_robustness(root: str, stamp_: Fingerprint, recipe_id: str, name: str, k
 
 @st.cache_data(show_spinner="Counting each patch's neighbours…", max_entries=32)
 def _site_robustness(root: str, key: tuple, pkey: tuple, recipe_id: str, name: str, k: int) -> dict:
-    res = robustness.site_robustness(Store(root), name, k=k)
+    res = robustness.site_robustness(open_store(root), name, k=k)
     if res["recipe_id"] != recipe_id:
         raise StoreError(f"set {name} · {recipe_id} is not the one the recipe makes now ({res['recipe_id']}); "
                          "the robustness index is computed for the current set only")
