@@ -10,10 +10,12 @@ Example::
     print(leaderboard(Store()))
 """
 
+from mitoprobe.paper import paper_results
+
 from .heads import DEFAULT_HEADS, HEADS, make_head
 from .metrics import POSITIVE
 from .protocol import TEST_SETS, load_protocol
-from .report import leaderboard, paper_results
+from .report import leaderboard
 from .runner import sweep
 
 __all__ = ["DEFAULT_HEADS", "HEADS", "POSITIVE", "TEST_SETS", "leaderboard", "load_protocol", "make_head",

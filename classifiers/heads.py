@@ -25,24 +25,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from mitoprobe.paper.probe import PAPER_PROBE_PARAMS, PAPER_SCRIPT_OVERRIDES, paper_probe_params
 from mitoprobe.store.errors import ProtocolError
 
 from .metrics import balanced_accuracy
-
-# The paper's linear probe (AMi-Br, arXiv 2506.21444, Methods): these defaults are the published
-# hyper-parameters, and six of the seven public scripts (DeepMicroscopy/AMi-Br_Benchmark@3acf4da,
-# Foundation_Models/Linear_Probing/*/*.py) use them. Only Prov-GigaPath's script differs, in two
-# values (lr 1e-3, weight decay 1e-4): ``paper_probe_params`` gives each model family its script's.
-PAPER_PROBE_PARAMS = dict(lr=5e-5, weight_decay=1e-5, batch_size=8, max_epochs=100, patience=15,
-                          lr_factor=0.5, lr_patience=3, min_lr=1e-7)
-PAPER_SCRIPT_OVERRIDES = dict(lr=1e-3, weight_decay=1e-4)  # prov-gigapath/prov-gigapath.py
-PAPER_SCRIPT_PARAMS_BY_FAMILY = {"gigapath": PAPER_SCRIPT_OVERRIDES}
-
-
-def paper_probe_params(family: str | None) -> dict:
-    """The ``torch_linear`` overrides the paper's script for this recipe family used ({} = the defaults)."""
-    return dict(PAPER_SCRIPT_PARAMS_BY_FAMILY.get(family or "", {}))
-
 
 def _check_binary(estimator, X, y, reset=True):
     X, y = validate_data(estimator, X, y, reset=reset, dtype=np.float32)

@@ -23,6 +23,7 @@ import re
 
 import pandas as pd
 
+from mitoprobe.paper.naming import is_finetuned_set  # noqa: F401  (re-exported: the dashboard's picker)
 from mitoprobe.store.errors import ProtocolError
 from mitoprobe.store.hashing import canonical_json
 
@@ -33,9 +34,6 @@ PROBE_DEFAULTS = {"pooling": "all"}
 MAX_NAME = 40  # a user's --name: short enough for the report's label column
 MAX_FUSION_TEXT = 44  # a derived fusion label listing its members, at most this long (fits the report)
 _NAME_OK = re.compile(r"^[^\x00-\x1f\x7f]+$")
-# Fine-tuned fold sets (``ft-<run8>-fold<k>.<sha8>``, finetune/registry.py): each was trained on four
-# folds, so no general default (the dashboard's embedding-set picker starts on a general set).
-FINETUNED_SET = re.compile(r"^ft-[0-9a-f]{8}-fold\d+\.[0-9a-f]{8}$")
 
 
 def check_name(name: str | None) -> str | None:
@@ -172,10 +170,5 @@ def label_of(runs: pd.DataFrame, family_id: str, model: str | None = None) -> st
     return family_label({**row, "model": model} if model else row)
 
 
-def is_finetuned_set(name: str) -> bool:
-    """True for a fine-tuned fold checkpoint's embedding set (``ft-<run8>-fold<k>.<sha8>``)."""
-    return bool(FINETUNED_SET.match(str(name)))
-
-
-__all__ = ["FINETUNED_SET", "MAX_NAME", "check_name", "family_label", "family_labels", "given_name",
+__all__ = ["MAX_NAME", "check_name", "family_label", "family_labels", "given_name",
            "is_finetuned_set", "label_of", "options_text", "unique_labels", "without_name"]

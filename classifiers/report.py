@@ -7,32 +7,20 @@ ensemble (``fold = -1``) is shown separately with its 95% bootstrap CI. For each
 
 from __future__ import annotations
 
-import io
 import json
-import re
-from importlib import resources
 
 import numpy as np
 import pandas as pd
 
+from mitoprobe.paper import (PAPER_COMPARABLE, PAPER_FAMILY, PAPER_HEADS, PAPER_MODEL_NAMES, paper_results,
+                            pooled_model_name)
+
 from . import metrics as M
-from .labels import family_label, options_text, unique_labels, without_name
+from .labels import family_label, unique_labels, without_name
 from .protocol import TEST_SETS, load_protocol
 from .runs import read_runs
 
-# our recipe names -> the paper's model names (paper_results.csv)
-PAPER_MODEL_NAMES = {"virchow.hf": "Virchow", "virchow2.hf": "Virchow2", "hoptimus0.hf": "h-optimus-0",
-                     "hoptimus1.hf": "h-optimus-1", "gigapath.hf": "prov-gigapath", "uni.hf": "uni",
-                     "uni2_h.hf": "uni2-h", "efficientnetv2_m.random": "efficientnetv2_m",
-                     "swin_base.hf": "swin_base_patch4_window7_224", "vit_large.hf": "vit_large_patch16_224"}
-PAPER_FAMILY = {"probe": "linear_probe", "finetune": "lora"}
-# our family -> the paper's families it is compared with: Δ vs paper is our mean balanced accuracy minus
-# the best of these published rows on the same test set (any model)
-# our family -> the paper families its Δ is taken against (a fusion mixes probes and networks: any of them)
-PAPER_COMPARABLE = {"probe": ("linear_probe",), "finetune": ("lora", "end_to_end"),
-                    "fusion": ("linear_probe", "lora", "end_to_end")}
 DELTA_COLUMNS = ["delta_vs_paper", "paper_best_balanced_accuracy", "paper_best_model", "paper_best_family"]
-PAPER_HEADS = {"linear_probe": "torch linear (paper)", "lora": "LoRA (paper)", "end_to_end": "full fine-tune (paper)"}
 NUMERIC = ["n_folds", "balanced_accuracy_mean", "balanced_accuracy_std", "auroc_mean", "auroc_std",
            "auprc_mean", "brier_mean", "ece_mean", "kappa_experts_mean",
            "ensemble_balanced_accuracy", "ensemble_balanced_accuracy_ci_low", "ensemble_balanced_accuracy_ci_high",
@@ -45,27 +33,12 @@ STD_DDOF = 0
 COLUMNS = ["source", "family", "model", "head", "pooling", "tta", "test_set", *NUMERIC, "family_id", "label"]
 
 
-def paper_results() -> pd.DataFrame:
-    """The paper's published table (a copy shipped in the package, from DeepMicroscopy/AMi-Br_Benchmark)."""
-    text = resources.files("mitoprobe").joinpath("data/paper_results.csv").read_text()
-    return pd.read_csv(io.StringIO(text))
-
-
 def _latest_families(runs: pd.DataFrame) -> pd.DataFrame:
     keys = ["family", "model", "head", "options"]  # options without a display name: a named family replaces its
     last = (runs.assign(options=runs["options"].map(without_name))  # unnamed code-version predecessor
             .groupby(keys + ["family_id"], dropna=False)["created_at"].max().reset_index())
     keep = last.sort_values("created_at").groupby(keys, dropna=False).tail(1)["family_id"]
     return runs[runs["family_id"].isin(set(keep))]
-
-
-_FOLD_SET = re.compile(r"-fold\d+\.[0-9a-f]{8}")
-
-
-def pooled_model_name(model: str) -> str:
-    """Fine-tuned fold sets (``ft-<run>-fold<k>.<sha8>``, each probed under its own fold only) pool into
-    one row ``ft-<run>-folds``, so the report shows the mean over the five fold models like any other."""
-    return _FOLD_SET.sub("-folds", model)
 
 
 def _ours(runs: pd.DataFrame) -> pd.DataFrame:
@@ -259,14 +232,6 @@ def format_board(df: pd.DataFrame) -> pd.DataFrame:
         "κ experts": [("" if pd.isna(v) else f"{v:.3f}") for v in df["kappa_experts_mean"]],
         "held-out AUROC (OOF)": [("" if pd.isna(v) else f"{v:.3f}") for v in df["oof_auroc"]],
     })
-
-
-def best_per_test_set(df: pd.DataFrame) -> pd.DataFrame:
-    """Our best row per test set by mean balanced accuracy over folds."""
-    ours = df[df["source"] == "mitoprobe"]
-    if ours.empty:
-        return ours
-    return ours.loc[ours.groupby("test_set")["balanced_accuracy_mean"].idxmax()]
 
 
 def ordered_test_sets(names) -> list[str]:

@@ -1,7 +1,7 @@
 """What a fine-tuning run is: one frozen, hashable config (the paper's recipe for its model by default).
 
 ``FinetuneConfig.paper(model, method)`` gives the settings of the DeepMicroscopy/AMi-Br_Benchmark script
-that trains that model (``finetune.paper``: one entry per model and method, each value with its script
+that trains that model (``mitoprobe.paper.finetune``: one entry per model and method, each value with its script
 and line). The scripts differ per model: normalisation (0.5 for Virchow/Virchow2, ImageNet for UNI,
 UNI2-h, Prov-GigaPath and the end-to-end baselines, the H&E statistics for H-optimus), training
 augmentation (``train_crop``, ``crop_scale``, rotation, colour jitter; none at all for UNI2-h),
@@ -24,9 +24,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from mitoprobe.embedder.factory import preprocess
+from mitoprobe.paper.finetune import NORM_STATS, PaperEntry, paper_entry
 from mitoprobe.store.errors import FinetuneError
-
-from .paper import NORM_STATS, PaperEntry, paper_entry
 
 METHODS = ("lora", "full")
 LOSSES = ("bce", "weighted_bce", "focal")
@@ -127,7 +126,7 @@ class FinetuneConfig:
 
     @classmethod
     def paper(cls, model: str, method: str = "lora", **overrides) -> "FinetuneConfig":
-        """The settings of the paper's script for ``model`` and ``method`` (``finetune.paper``; the method's
+        """The settings of the paper's script for ``model`` and ``method`` (``mitoprobe.paper.finetune``; the method's
         generic entry for a model without a script), then ``overrides`` (None values are ignored)."""
         if method not in METHODS:
             raise FinetuneError(f"finetune method must be one of {list(METHODS)}, not {method!r}")

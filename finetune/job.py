@@ -27,6 +27,8 @@ from mitoprobe.classifiers.scoring import (ENSEMBLE_RULE, THRESHOLD_RULES, Ensem
                                  prediction_frame, score_test_set)
 from mitoprobe.embedder.factory import check_weights, count_params
 from mitoprobe.embedder.job import resolve_device
+from mitoprobe.paper import REPO as PAPER_REPO
+from mitoprobe.paper import SCRIPTS_AT
 from mitoprobe.store import Store
 from mitoprobe.store.atomic import write_json
 from mitoprobe.store.errors import FinetuneError, StoreError
@@ -34,8 +36,6 @@ from mitoprobe.store.hashing import canonical_json, config_hash, source_version
 from mitoprobe.store.schema import SUBTYPE_COLUMNS, VOTE_COLUMNS
 
 from .config import SUBTYPES, FinetuneConfig
-from .paper import REPO as PAPER_REPO
-from .paper import SCRIPTS_AT
 from .registry import runs_root
 from .train import DONE_FILE, FoldImages, Runtime, read_predictions, train_fold
 

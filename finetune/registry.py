@@ -19,13 +19,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from mitoprobe.embedder.recipes import Recipe, get_recipe, register
+from mitoprobe.paper.finetune import NORM_STATS
+from mitoprobe.paper.naming import FINETUNED_SET, finetuned_set_name
 from mitoprobe.store import Store
 from mitoprobe.store.errors import RecipeError, WeightsError
 from mitoprobe.store.hashing import file_sha256
 
 from .config import FinetuneConfig
 from .model import add_lora
-from .paper import NORM_STATS
 from .train import DONE_FILE, MODEL_FILE
 
 FINETUNE_DIR = "finetune"  # <store>/finetune/<run_key>/: one folder per fine-tuning run
@@ -36,7 +37,6 @@ def runs_root(st: Store) -> Path:
 
 
 _ALIAS = re.compile(r"^ft:(?P<run>[0-9a-f]{4,})/fold(?P<fold>\d+)$")
-_NAME = re.compile(r"^ft-(?P<run>[0-9a-f]{8})-fold(?P<fold>\d+)\.(?P<sha>[0-9a-f]{8})$")
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def _find_run(st: Store, run: str) -> Path:
 def finetuned_recipe(store: Store | str | Path | None, name: str, run_dir: str | Path | None = None) -> Recipe:
     """The recipe of ``ft:<run>/fold<k>`` (or its canonical name), registered in this process."""
     st = store if isinstance(store, Store) else Store(store)
-    m = _ALIAS.match(name) or _NAME.match(name)
+    m = _ALIAS.match(name) or FINETUNED_SET.match(name)
     if m is None:
         raise RecipeError(f"{name!r} is not a fine-tuned embedder; use ft:<run>/fold<k> (e.g. ft:1a2b3c4d/fold0)")
     rd = Path(run_dir) if run_dir else _find_run(st, m["run"])
@@ -105,7 +105,7 @@ def finetuned_recipe(store: Store | str | Path | None, name: str, run_dir: str |
     base = get_recipe(cfg["model"])
     kw = dict(base.model_kwargs, **(conf.get("overrides") or {}))
     fields_ = {f.name: getattr(base, f.name) for f in fields(Recipe)}
-    canonical = f"ft-{conf['run_key'][:8]}-fold{k}.{sha[:8]}"
+    canonical = finetuned_set_name(conf["run_key"], k, sha)
     fields_.update(name=canonical, family="finetune", kwargs=tuple(sorted(kw.items())),
                    note=f"{cfg['method']} fine-tune of {base.name}, fold {k} (run {conf['run_key'][:8]})")
     # the fold's own evaluation transform and precision (runs stored before these fields read as the recipe's)
@@ -129,7 +129,7 @@ def finetuned_recipe(store: Store | str | Path | None, name: str, run_dir: str |
 
 def is_finetuned_name(name: str) -> bool:
     """``ft:<run>/fold<k>`` or a canonical ``ft-<run8>-fold<k>.<sha8>``."""
-    return bool(_ALIAS.match(name) or _NAME.match(name))
+    return bool(_ALIAS.match(name) or FINETUNED_SET.match(name))
 
 
 def resolve_finetuned(name: str, store_root: Path | None = None) -> Recipe | None:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from mitoprobe.classifiers import metrics as M
-from mitoprobe.classifiers.heads import (HEADS, PAPER_PROBE_PARAMS, PAPER_SCRIPT_OVERRIDES, TorchLinearProbe, make_head,
-                               positive_proba)
+from mitoprobe.classifiers.heads import HEADS, TorchLinearProbe, make_head, positive_proba
+from mitoprobe.paper import PAPER_PROBE_PARAMS, PAPER_SCRIPT_OVERRIDES
 
 
 def blobs(n, d=48, shift=1.5, seed=0, p_pos=0.3):
@@ -108,8 +108,8 @@ def test_pooling_and_tta_options(tmp_path):
 def test_torch_linear_takes_its_model_familys_paper_script_settings(tmp_path):
     """Only Prov-GigaPath's public probe script uses lr 1e-3 / wd 1e-4; the runner gives torch_linear the
     setting of the recipe's family and records it in the run (explicit params win)."""
-    from mitoprobe.classifiers.heads import paper_probe_params
     from mitoprobe.classifiers.runner import _paper_defaults
+    from mitoprobe.paper import paper_probe_params
 
     assert paper_probe_params("gigapath") == PAPER_SCRIPT_OVERRIDES and paper_probe_params("uni") == {}
     assert _paper_defaults("torch_linear", "gigapath.hf") == {"lr": 1e-3, "weight_decay": 1e-4}

@@ -31,7 +31,7 @@ from mitoprobe.embedder.recipes.hoptimus import HOPTIMUS_MEAN, HOPTIMUS_STD
 from mitoprobe.embedder.transforms import decode_png
 from mitoprobe.finetune import FinetuneConfig
 from mitoprobe.finetune.augment import train_transform
-from mitoprobe.finetune.paper import E2E_ENTRIES, ENTRIES, LORA_ENTRIES, NORM_STATS, entry_for, paper_entry
+from mitoprobe.paper.finetune import E2E_ENTRIES, ENTRIES, LORA_ENTRIES, NORM_STATS, entry_for, paper_entry
 from mitoprobe.store.errors import RecipeError
 
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -352,7 +352,7 @@ def test_every_cited_line_says_what_the_table_says(entry):
 def test_runs_stored_before_the_table_are_not_shown_as_paper_settings():
     import pandas as pd
 
-    from mitoprobe.classifiers.report import options_text
+    from mitoprobe.classifiers.labels import options_text
     from mitoprobe.classifiers.runs import LEGACY_FINETUNE_OPTIONS, relabel_legacy_finetune
 
     runs = pd.DataFrame(dict(

@@ -13,8 +13,8 @@ from mitoprobe.classifiers.labels import MAX_NAME, family_label
 from mitoprobe.classifiers.runs import LEGACY_FINETUNE_OPTIONS
 from mitoprobe.finetune import FinetuneConfig, finetuned_recipe, runs_root
 from mitoprobe.finetune import finetune as run_finetune
-from mitoprobe.finetune.paper import REPO as PAPER_REPO
-from mitoprobe.finetune.paper import SCRIPTS_AT
+from mitoprobe.paper import REPO as PAPER_REPO
+from mitoprobe.paper import SCRIPTS_AT
 from mitoprobe.display import print_frame
 from mitoprobe.store import Store
 

@@ -1,6 +1,6 @@
 """The paper's fine-tuning settings as data: one entry per model and method, every value with its source.
 
-Source: DeepMicroscopy/AMi-Br_Benchmark at commit 3acf4da (``SCRIPTS_AT``), the training scripts
+Source: DeepMicroscopy/AMi-Br_Benchmark at commit 3acf4da (``source.SCRIPTS_AT``), the training scripts
 ``Foundation_Models/LoRA/<model>/*.py`` (7 LoRA models) and ``End-to-End_DL_Baselines/<model>/*.py``
 (3 fully fine-tuned baselines), and for evaluation precision their ``*_inference.ipynb`` notebooks.
 Each ``Setting`` names the line of the script its value is read from; ``tests/test_finetune_paper.py``
@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-REPO = "DeepMicroscopy/AMi-Br_Benchmark"
-SCRIPTS_AT = "3acf4da"
+from .source import Setting
+
 LORA_DIR = "Foundation_Models/LoRA"
 E2E_DIR = "End-to-End_DL_Baselines"
 
@@ -32,15 +32,6 @@ NORM_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "hoptimus": ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)),
 }
-
-
-@dataclass(frozen=True)
-class Setting:
-    """A value and where the script sets it (``line`` in ``file``; ``file`` defaults to the entry's script)."""
-
-    value: Any
-    line: int | str
-    file: str = ""
 
 
 @dataclass(frozen=True)
