@@ -10,6 +10,7 @@ Which one to raise:
 * :class:`StoreError` - the store lacks something, or a write would break one of its invariants.
 * :class:`DamagedStoreError` - a stored file cannot be read or breaks an invariant (a corrupt part,
   duplicate keys, a missing LanceDB table); ``mitoprobe store check`` lists it, ``store repair`` fixes it.
+* :class:`StoreFormatError` - the store was written by a newer mitoprobe (a format this one cannot read).
 * :class:`StoreLockedError` - another live process is writing the same embedding set.
 * :class:`StaleFeaturesError` - stored vectors were made by another recipe id than the current one.
 * :class:`RecipeError` - an unknown or invalid embedder recipe, layer, view set or engine.
@@ -36,6 +37,11 @@ class StoreError(MitoprobeError):
 class DamagedStoreError(StoreError):
     """A stored file cannot be read or breaks an invariant; the message names the path and points at
     ``mitoprobe store check`` / ``mitoprobe store repair``."""
+
+
+class StoreFormatError(StoreError):
+    """The store (or one of its files) is a format newer than this mitoprobe reads: upgrade mitoprobe.
+    Not a :class:`DamagedStoreError`: nothing may overwrite or quarantine it as damage."""
 
 
 class StoreLockedError(StoreError):

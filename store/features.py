@@ -38,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import migrations
 from .atomic import (CHECK_HINT, damaged, env_errors, make_dirs, read_guard, remove_dirs, sweep_tmp, write_json,
                      write_parquet)
 from .errors import DamagedStoreError, StaleFeaturesError, StoreError
@@ -224,6 +225,7 @@ class EmbeddingWriter:
                 raise StoreError(f"set {self.eset.name}: {n} of {expected_rows} rows stored; run the job again to resume")
             self.fs.build_lance(self.eset)
             write_json({"rows": n, "finished": time.time()}, self.eset.complete_path)
+            migrations.upgrade(PatchParts(self.fs.root))
             return self.fs.get(self.eset.recipe_id)
         finally:
             self.close()

@@ -31,7 +31,9 @@ takes out moves to ``<store>/quarantine/<timestamp>/<its relative path>``.
   (built by an older mitoprobe) or whose ``search_stats.json`` is missing or disagrees: rebuilt from
   the Parquet parts (which also rewrites the statistics);
 * a ``folds.parquet`` that no longer matches the patches: quarantined (the classifiers recompute
-  the folds deterministically on next use).
+  the folds deterministically on next use);
+* an unreadable ``FORMAT.json`` (``store/migrations.py``): quarantined (the format is then read from
+  the store's files, and the next write stamps it again).
 
 Sets a live job is writing are left alone (their lock is held, ``store/lock.py``).
 The store never imports the classifiers: recomputing folds is their job.
@@ -53,12 +55,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import schema
+from . import migrations, schema
 from .atomic import READ_ERRORS, write_json, write_parquet
 from .errors import DamagedStoreError, StoreLockedError
-from .features import EmbeddingSet, parse_recipe_json, z_column
+from .features import EmbeddingSet, z_column
 from .lock import describe
-from .patch_parts import LEGACY_ENTRY, dataset_counts, readable
+from .patch_parts import readable
 from .results import KEYS, RESULT_TABLES, SCHEMAS, UNIQUE_KEYS
 
 QUARANTINE_DIR = "quarantine"
@@ -167,6 +169,7 @@ class _Set:
 @dataclass
 class _Scan:
     store: object
+    stamp_error: str | None = None  # why FORMAT.json cannot be read
     patches_error: str | None = None
     patches_path: Path | None = None  # what patches_error is about (the manifest), when not its parts
     bad_patch_parts: list = field(default_factory=list)  # (part, why): missing, unreadable, wrong schema or rows
@@ -395,7 +398,7 @@ def _key_hashes(keys: np.ndarray) -> np.ndarray:
 
 
 def _scan(store) -> _Scan:
-    scan = _Scan(store)
+    scan = _Scan(store, migrations.stamp_error(store.root))
     _scan_patches(scan)
     scan.folds_missing_with_results = not store.folds_path.is_file() and bool(store.results.parts("runs"))
     fs = store.features
@@ -415,6 +418,9 @@ def _scan(store) -> _Scan:
 def _problems(scan: _Scan) -> list[Problem]:
     st, out = scan.store, []
     P = Problem
+    if scan.stamp_error:
+        out.append(P(migrations.stamp_path(st.root), scan.stamp_error, f"{REPAIR} (quarantines it; the format is "
+                     "then read from the store's files and the next write stamps it)", "format"))
     fix = f"{REPAIR} (quarantines it), then `mitoprobe data import` the same data"
     if scan.patches_path is not None:
         out.append(P(scan.patches_path, f"cannot be read ({scan.patches_error})", fix, "unreadable"))
@@ -636,7 +642,7 @@ def _repair_patches(r: _Repair, scan: _Scan) -> None:
         if parts.legacy_path.is_file() and readable(parts.legacy_path) is None:
             found.insert(0, parts.legacy_path)
         r.act(parts.manifest_path, "write manifest", f"lists the {len(found)} readable part file(s) found",
-              lambda a: parts.commit([_entry_of(parts, p) for p in found]))
+              lambda a: parts.commit([parts.entry_of(p) for p in found]))
         return
     bad = {p for p, _ in scan.bad_patch_parts}
     if bad:
@@ -654,12 +660,6 @@ def _repair_patches(r: _Repair, scan: _Scan) -> None:
         r.quarantine(path, "a part no manifest lists (an import stopped before its commit)")
 
 
-def _entry_of(parts, path: Path) -> dict:
-    counts = dataset_counts(pq.read_table(path, columns=["dataset"])["dataset"])
-    name = path.name if path.parent == parts.dir else LEGACY_ENTRY
-    return dict(file=name, rows=sum(counts.values()), datasets=counts)
-
-
 def repair(store, dry_run: bool = True) -> list[Action]:
     """The actions that make ``store`` pass :func:`check` without guessing; taken unless ``dry_run``.
 
@@ -668,6 +668,8 @@ def repair(store, dry_run: bool = True) -> list[Action]:
         return []
     scan = _scan(store)
     r = _Repair(store, dry_run)
+    if scan.stamp_error:
+        r.quarantine(migrations.stamp_path(store.root), scan.stamp_error)
     _repair_patches(r, scan)
     if scan.folds_error:
         r.quarantine(store.folds_path, scan.folds_error)

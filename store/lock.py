@@ -217,3 +217,8 @@ def set_lock(root: str | Path, recipe_id: str, name: str | None = None) -> SetLo
 def family_lock(root: str | Path, family_id: str, label: str | None = None) -> SetLock:
     """The write lock of one result family's rows in ``runs``/``predictions`` (not taken yet)."""
     return SetLock(root, f"family-{family_id}", f"result family {label or family_id}")
+
+
+def patches_lock(root: str | Path) -> SetLock:
+    """The write lock of the patches table (not taken yet): an import's commit, a store's migration."""
+    return SetLock(root, "patches", "the patches table")

@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import schema
-from .atomic import env_errors, read_guard
+from . import migrations, schema
+from .atomic import env_errors
 from .dataset import patch_difference
 from .errors import DamagedStoreError, StoreError
-from .patch_parts import PartWriter, PatchParts, copy_rows, dataset_counts
+from .patch_parts import PartWriter, PatchParts, copy_rows
 
 STAGE_ROWS = 256  # rows buffered before they go to the staged part's writer
 
@@ -206,11 +206,8 @@ def _write(parts: PatchParts, stored: StoredPatches, writers: dict[str, PartWrit
     out = Written()
     made: list[PartWriter] = []  # every part this commit writes: removed again if it fails before the manifest
     try:
-        entries = parts.entries() if stored.meta is not None else []
-        entries = [e for e in entries if parts.path_of(e) not in stored.unreadable]
-        for e in entries:
-            _datasets(parts, e)  # a format-1 file's counts, for its manifest entry (the migration)
-        touched = [e for e in entries if plan == "replace" and set(_datasets(parts, e)) & datasets]
+        entries, out.migrated = _stored_entries(parts, stored)
+        touched = [e for e in entries if plan == "replace" and set(e["datasets"]) & datasets]
         keep = [e for e in entries if e not in touched]
         added = []
         for d in dict.fromkeys(new["dataset"].to_pylist()):
@@ -228,16 +225,15 @@ def _write(parts: PatchParts, stored: StoredPatches, writers: dict[str, PartWrit
                 staged.abort()
             if plan == "replace" and stored.meta is not None:
                 known = meta_d.filter(pc.is_in(meta_d["patch_id"], value_set=stored.meta["patch_id"]))
-                copy_rows([parts.path_of(e) for e in touched if d in _datasets(parts, e)], w, _with_metadata(known))
+                copy_rows([parts.path_of(e) for e in touched if d in e["datasets"]], w, _with_metadata(known))
             added.append(w.finish())
         for e in touched:  # old parts that also hold other datasets' rows: rewritten without ours
-            for d in (k for k in _datasets(parts, e) if k not in datasets):
+            for d in (k for k in e["datasets"] if k not in datasets):
                 w = PartWriter(parts, d)
                 made.append(w)
                 copy_rows([parts.path_of(e)], w, lambda t, d=d: t.filter(pc.equal(t["dataset"], d)))
                 keep.append(w.finish())
         final = _ordered([e for e in keep + added if e is not None])
-        out.migrated = not parts.manifest_path.is_file() and parts.legacy_path.is_file()
         out.dropped = parts.commit(final)
     except BaseException:
         for w in made:
@@ -248,13 +244,16 @@ def _write(parts: PatchParts, stored: StoredPatches, writers: dict[str, PartWrit
     return out
 
 
-def _datasets(parts: PatchParts, entry: dict) -> dict[str, int]:
-    """The rows per dataset of a part: recorded in the manifest; a format-1 file's counted from its column."""
-    if entry.get("datasets") is None:
-        with read_guard(parts.path_of(entry)):
-            entry["datasets"] = dataset_counts(pq.read_table(parts.path_of(entry), columns=["dataset"])["dataset"])
-            entry["rows"] = sum(entry["datasets"].values())
-    return entry["datasets"]
+def _stored_entries(parts: PatchParts, stored: StoredPatches) -> tuple[list[dict], bool]:
+    """The entries of the readable stored parts, each with its rows per dataset, that the commit starts
+    from; for an older store, those its migration writes (``store.migrations``; True: this commit
+    migrates it, in the same manifest replace)."""
+    if stored.meta is None:
+        return [], False
+    migrated = migrations.migrated_entries(parts)
+    if migrated is not None:
+        return migrated, True
+    return [e for e in parts.entries() if parts.path_of(e) not in stored.unreadable], False
 
 
 def _staged_matches(staged: PartWriter, meta: pa.Table) -> bool:

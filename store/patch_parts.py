@@ -11,10 +11,11 @@ the table only when the manifest naming it is atomically replaced; a part left u
 between is reported by ``store check`` and removed by ``store repair`` or the next import's commit.
 Files a commit drops from the manifest are deleted after it.
 
-Stores written before (format 1) hold one ``patches.parquet`` at the top. Readers take it as the only
-part. The first import that changes such a store migrates it automatically, in place: its manifest
-lists ``../patches.parquet`` as the first part (nothing is moved or rewritten) beside the import's own
-parts. Only a ``--replace`` touching its datasets ever rewrites (or drops) that file.
+Stores written before (format 1) hold one ``patches.parquet`` at the top; ``store/migrations.py``
+says how readers see it (the only part) and migrates it on the first write, in place: the manifest
+lists ``../patches.parquet`` as the first part (nothing is moved or rewritten). Only a ``--replace``
+touching its datasets ever rewrites (or drops) that file. The manifest's ``format`` is checked on
+every read (a newer one is refused: ``StoreFormatError``).
 
 Memory: metadata (every column but ``png``) is read whole (~1 kB a patch); PNG bytes are only ever
 read a row group at a time (:meth:`PatchParts.iter_images`), so no reader holds every PNG.
@@ -33,14 +34,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import paths, schema
+from . import migrations, paths, schema
 from .atomic import TMP_PREFIX, READ_ERRORS, damaged, make_dirs, read_guard, remove_dirs, sweep_tmp, write_json
 
-PATCHES_DIR = "patches"
-MANIFEST = "MANIFEST.json"
-FORMAT = 2
+PATCHES_DIR = paths.PATCHES_DIR
+MANIFEST = paths.MANIFEST
 ROW_GROUP = 1024  # rows per row group: ~30 MB of 128x128 PNGs, the unit every PNG reader reads
-LEGACY_ENTRY = f"../{paths.PATCHES_FILE}"
 
 
 def new_part_name() -> str:
@@ -55,32 +54,49 @@ class PatchParts:
         self.root = Path(root)
         self.dir = self.root / PATCHES_DIR
         self.manifest_path = self.dir / MANIFEST
+        # a part beside patches/: a format-1 store's one file, kept in place by its migration
         self.legacy_path = self.root / paths.PATCHES_FILE
 
     # -- what is stored --------------------------------------------------------------------
+    def _unmigrated(self) -> list[dict]:
+        """A format-1 store's entries (``store.migrations``); [] when there is a manifest or no table."""
+        return [] if self.manifest_path.is_file() else migrations.format1_parts(self.root)
+
     def exists(self) -> bool:
-        return self.manifest_path.is_file() or self.legacy_path.is_file()
+        return self.manifest_path.is_file() or bool(self._unmigrated())
 
     @property
     def anchor(self) -> Path:
-        """The file whose replacement marks every change of the table (the manifest, else the legacy file)."""
-        return self.manifest_path if self.manifest_path.is_file() or not self.legacy_path.is_file() else self.legacy_path
+        """The file whose replacement marks every change of the table (the manifest, else a format-1 file)."""
+        old = self._unmigrated()
+        return self.path_of(old[0]) if old else self.manifest_path
 
     def entries(self) -> list[dict]:
-        """The manifest's part entries (``file``, ``rows``, ``datasets``); a format-1 store's single file
-        as one entry (``rows``/``datasets`` None: unknown without reading it). [] when nothing is stored."""
+        """The manifest's part entries (``file``, ``rows``, ``datasets``); a format-1 store's as
+        ``store.migrations`` reads it. [] when nothing is stored. A manifest of a newer format raises
+        ``StoreFormatError``."""
         if not self.manifest_path.is_file():
-            return [dict(file=LEGACY_ENTRY, rows=None, datasets=None)] if self.legacy_path.is_file() else []
+            return migrations.format1_parts(self.root)
         with read_guard(self.manifest_path, errors=(OSError, ValueError)):
             doc = json.loads(self.manifest_path.read_text())
         parts = doc.get("parts") if isinstance(doc, dict) else None
         if not isinstance(parts, list) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
                                                   for e in parts):
             raise damaged(self.manifest_path, "no list of parts with a 'file' each", "is not a patches manifest")
+        migrations.format_in(doc, self.manifest_path)
         return parts
 
     def path_of(self, entry: dict) -> Path:
-        return (self.dir / entry["file"]) if entry["file"] != LEGACY_ENTRY else self.legacy_path
+        """A part's path: ``patches/<file>``, or ``<store>/<name>`` for ``../<name>`` (a part beside the folder)."""
+        name = entry["file"]
+        return self.root / name[3:] if name.startswith("../") else self.dir / name
+
+    def entry_of(self, path: Path) -> dict:
+        """The manifest entry of a part file (its rows per dataset, read from its ``dataset`` column)."""
+        with read_guard(path):
+            counts = dataset_counts(pq.read_table(path, columns=["dataset"])["dataset"])
+        name = path.name if path.parent == self.dir else f"../{path.name}"
+        return dict(file=name, rows=sum(counts.values()), datasets=counts)
 
     def part_paths(self) -> list[Path]:
         return [self.path_of(e) for e in self.entries()]
@@ -136,13 +152,10 @@ class PatchParts:
             return _with_columns(pa.table({}), columns, str(self.dir))
         return pa.concat_tables(tables)
 
-    def row_groups(self, patch_ids: Iterable[str] | None = None) -> list[tuple[Path, int]]:
-        """(part, row group) pairs holding ``patch_ids`` (every row group when None), from the parts'
-        small ``patch_id`` columns: the unit a streaming reader (the embedder's workers, Ray tasks) reads."""
-        return [(p, g) for p, g, _ in self.row_group_ids(patch_ids)]
-
     def row_group_ids(self, patch_ids: Iterable[str] | None = None) -> list[tuple[Path, int, list[str]]]:
-        """As :meth:`row_groups`, with the wanted ids each row group holds (all of its ids when None)."""
+        """(part, row group, ids) of the row groups holding ``patch_ids`` (every row group when None), with
+        the wanted ids each holds, from the parts' small ``patch_id`` columns: the unit a streaming reader
+        (the embedder's workers, Ray tasks) reads."""
         wanted = None if patch_ids is None else _id_array(patch_ids)
         out: list[tuple[Path, int, list[str]]] = []
         for p in self.part_paths():
@@ -189,7 +202,7 @@ class PatchParts:
 
     def _write_manifest(self, entries: list[dict]) -> None:
         make_dirs(self.dir)
-        write_json({"format": FORMAT, "parts": entries}, self.manifest_path)
+        write_json({"format": schema.SCHEMA_VERSION, "parts": entries}, self.manifest_path)
 
 
 def _id_array(patch_ids: Iterable[str]) -> pa.Array:

@@ -10,7 +10,9 @@ DATA_ENV = "MITOPROBE_DATA"
 CACHE_ENV = "MITOPROBE_CACHE"
 DEFAULT_STORE = "mitoprobe-store"
 # files at the top of a store folder
-PATCHES_FILE = "patches.parquet"
+PATCHES_FILE = "patches.parquet"  # a format-1 store's patches table (store/migrations.py)
+PATCHES_DIR = "patches"  # the patches table's parts and MANIFEST.json (store/patch_parts.py)
+MANIFEST = "MANIFEST.json"
 FOLDS_FILE = "folds.parquet"
 
 # Relative to the working directory, as in the team's checkouts (the repo beside ../shared).

@@ -18,10 +18,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import schema
+from . import migrations, schema
 from .atomic import read_guard, sweep_tmp, write_parquet
 from .errors import StoreError
 from .lock import SetLock, family_lock
+from .patch_parts import PatchParts
 
 RESULT_TABLES = ("runs", "predictions")
 SCHEMAS = {"runs": schema.RUNS, "predictions": schema.PREDICTIONS}
@@ -62,7 +63,9 @@ class ResultTables:
         t = schema.validate(t, SCHEMAS[table], where, fill_missing=True, keep_extra=True)
         name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
         sweep_tmp(self.table_dir(table))
-        return write_parquet(t, self.table_dir(table) / name)
+        part = write_parquet(t, self.table_dir(table) / name)
+        migrations.upgrade(PatchParts(self.dir.parent))
+        return part
 
     def parts(self, table: str) -> list[Path]:
         d = self.table_dir(table)

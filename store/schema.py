@@ -7,7 +7,8 @@ writer validates against these schemas, and readers take column names from here 
 repeating them.
 
 The types are the ones the store has always written (strings are ``large_string`` because pandas
-3 strings convert to it); changing one is a store format change: bump ``SCHEMA_VERSION``.
+3 strings convert to it); changing one (or the layout of the store's files) is a store format change:
+bump ``SCHEMA_VERSION`` and add the step from the old format to ``store/migrations.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import pyarrow as pa
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 1
+# The store's format, the one number: written into FORMAT.json and the patches manifest, and the
+# highest format this mitoprobe reads (``store/migrations.py`` refuses a newer store, upgrades an older one).
+# 1: one patches.parquet; 2: patches/ parts + MANIFEST.json.
+SCHEMA_VERSION = 2
 
 _STR = pa.large_string()
 

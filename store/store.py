@@ -17,14 +17,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import paths, schema
+from . import migrations, paths, schema
 from .atomic import damaged, env_errors, read_guard, sweep_tmp, write_parquet
 from .cohort import scan_cohort
 from .dataset import ImportScan, metadata_table, scan_benchmark, summarize_counts
 from .datasets import BENCHMARK, DatasetSpec
 from .errors import DamagedStoreError, StoreError
 from .features import FeatureStore, part_rows, read_complete
-from .lock import SetLock
+from .lock import patches_lock
 from .patch_import import Staging, Written, commit_import, read_stored
 from .patch_parts import PatchParts, readable
 from .results import RESULT_TABLES, ResultTables
@@ -103,10 +103,14 @@ class ImportOutcome:
 
 
 class Store:
-    """Entry point of the library: ``Store(path)`` (default ``$MITOPROBE_STORE`` or ./mitoprobe-store)."""
+    """Entry point of the library: ``Store(path)`` (default ``$MITOPROBE_STORE`` or ./mitoprobe-store).
+
+    Opening checks the store's format (``store.migrations``): one written by a newer mitoprobe raises
+    ``StoreFormatError``; an older one is read as it is and migrated by the first write."""
 
     def __init__(self, root: str | Path | None = None):
         self.root = paths.store_root(root)
+        migrations.format_of(self.root)  # refuses a store of a newer format (StoreFormatError)
         self.features = FeatureStore(self.root)
         self.patch_parts = PatchParts(self.root)
         self.results = ResultTables(self.root)
@@ -119,8 +123,8 @@ class Store:
     def patches_path(self) -> Path:
         """Where the patches table lives: ``patches/`` (its ``MANIFEST.json`` and parts,
         ``store.patch_parts``); a store written before parts has ``patches.parquet`` instead."""
-        return self.patch_parts.legacy_path if self.patch_parts.anchor == self.patch_parts.legacy_path \
-            else self.patch_parts.dir
+        anchor = self.patch_parts.anchor
+        return self.patch_parts.dir if anchor == self.patch_parts.manifest_path else anchor
 
     def has_patches(self) -> bool:
         return self.patch_parts.exists()
@@ -182,11 +186,12 @@ class Store:
             staging.abort()
             raise
         sweep_tmp(self.root)
-        lock = SetLock(self.root, "patches", "the patches table")
+        lock = patches_lock(self.root)
         with env_errors(self.patches_path):
             written = commit_import(self.patch_parts, stored, staging, new, datasets, replace, lock)
         if written is None:
             return ImportOutcome(False, counts, scan.notes, self.patches_path)
+        migrations.upgrade(self.patch_parts)  # stamps the store (a migration, if any, was this commit)
         return ImportOutcome(True, counts, scan.notes, self.patches_path, written)
 
     def _require_patches(self) -> None:
@@ -239,7 +244,9 @@ class Store:
 
     def write_folds(self, df: pd.DataFrame) -> Path:
         table = schema.validate(pa.Table.from_pandas(df, preserve_index=False), schema.FOLDS, str(self.folds_path))
-        return write_parquet(table, self.folds_path)
+        write_parquet(table, self.folds_path)
+        migrations.upgrade(self.patch_parts)
+        return self.folds_path
 
     def read_folds(self) -> pd.DataFrame | None:
         """The saved folds; None when there are none (the classifiers then compute and save them:

@@ -16,7 +16,8 @@ from test_store_cohort import image_bytes
 from mitoprobe.store import Store, StoreError, integrity
 from mitoprobe.store.cohort_example import write_example_cohort
 from mitoprobe.store.patch_import import Staging
-from mitoprobe.store.patch_parts import LEGACY_ENTRY, ROW_GROUP
+from mitoprobe.store.migrations import FORMAT1_ENTRY, stamp_path
+from mitoprobe.store.patch_parts import ROW_GROUP
 
 
 def inodes(st: Store) -> dict[str, tuple[int, int]]:
@@ -86,20 +87,21 @@ def test_replace_rewrites_only_the_parts_of_its_dataset(tiny_store, tmp_path):
     assert len(tiny_store.images(ids)) == 22 and integrity.check(tiny_store) == []
 
 
-def _format1(st: Store, drop: tuple[str, ...] = ()) -> None:
-    """Turn a store into the format before parts: one patches.parquet, no patches/ folder (without the
-    columns ``drop``: added to the schema later)."""
+def make_format1(st: Store, drop: tuple[str, ...] = ()) -> None:
+    """Turn a store into the format before parts: one patches.parquet, no patches/ folder, no FORMAT.json
+    stamp (without the columns ``drop``: added to the schema later)."""
     t = pa.concat_tables([pq.read_table(p) for p in st.patch_parts.part_paths()]).drop_columns(list(drop))
     pq.write_table(t, st.patch_parts.legacy_path, row_group_size=ROW_GROUP)
     for p in st.patch_parts.dir.iterdir():
         p.unlink()
     st.patch_parts.dir.rmdir()
+    stamp_path(st.root).unlink(missing_ok=True)
 
 
 def test_a_format1_store_is_read_as_it_is_and_migrated_in_place_by_the_next_import(tiny_store, tiny_benchmark,
                                                                                     tmp_path):
     want = tiny_store.patches()
-    _format1(tiny_store)
+    make_format1(tiny_store)
     legacy = tiny_store.patch_parts.legacy_path
     stat = (legacy.stat().st_ino, legacy.stat().st_mtime_ns, legacy.read_bytes())
     # read without any write: metadata, pixels, SQL, check
@@ -113,7 +115,7 @@ def test_a_format1_store_is_read_as_it_is_and_migrated_in_place_by_the_next_impo
     out = tiny_store.import_cohort("MyLab", manifest=write_example_cohort(tmp_path / "cohort"))
     assert out.written.migrated and (legacy.stat().st_ino, legacy.stat().st_mtime_ns, legacy.read_bytes()) == stat
     entries = tiny_store.patch_parts.entries()
-    assert entries[0] == dict(file=LEGACY_ENTRY, rows=len(want),
+    assert entries[0] == dict(file=FORMAT1_ENTRY, rows=len(want),
                               datasets=want["dataset"].value_counts(sort=False).to_dict())
     assert len(tiny_store.patches()) == len(want) + 20 and integrity.check(tiny_store) == []
     # a benchmark replace rewrites it: the benchmark's new parts, the cohort's part kept
@@ -125,7 +127,7 @@ def test_a_format1_store_is_read_as_it_is_and_migrated_in_place_by_the_next_impo
 
 
 def test_a_format1_file_older_than_the_metadata_column(tiny_store, tmp_path):
-    _format1(tiny_store, drop=("metadata",))
+    make_format1(tiny_store, drop=("metadata",))
     assert "metadata" not in tiny_store.patches().columns
     assert tiny_store.sql("select count(*) n from patches")["n"][0] == 36
     tiny_store.import_cohort("MyLab", manifest=write_example_cohort(tmp_path / "cohort"))
@@ -137,7 +139,7 @@ def test_a_format1_file_older_than_the_metadata_column(tiny_store, tmp_path):
 
 def test_a_format1_file_holding_a_cohort_keeps_it_when_the_benchmark_is_replaced(tiny_store, tmp_path):
     tiny_store.import_cohort("MyLab", manifest=write_example_cohort(tmp_path / "cohort"))
-    _format1(tiny_store)  # one file holding the benchmark and the cohort
+    make_format1(tiny_store)  # one file holding the benchmark and the cohort
     cohort_ids = set(tiny_store.patches().query("dataset == 'MyLab'")["patch_id"])
     other = make_benchmark(tmp_path / "other", seed=7)
     out = tiny_store.import_dataset(other, other / "AMI-BR.csv", replace=True)
@@ -182,7 +184,7 @@ def test_iter_images_holds_one_row_group(tiny_store, tmp_path, monkeypatch):
     sizes = [t.num_rows for t in tiny_store.iter_images()]
     assert max(sizes) <= 12 and sum(sizes) == len(tiny_store.patches())  # the benchmark's parts are small
     ids = tiny_store.patches().query("dataset == 'MyLab'")["patch_id"].tolist()[8:10]
-    assert tiny_store.patch_parts.row_groups(ids) == [(part, 1)]
+    assert tiny_store.patch_parts.row_group_ids(ids) == [(part, 1, ids)]
 
 
 def test_store_check_and_repair_cover_the_parts(tiny_store, tmp_path, monkeypatch, capsys):
@@ -238,7 +240,7 @@ def test_the_embedding_job_reads_a_row_group_at_a_time(tiny_store, tmp_path, mon
 
 
 def test_a_damaged_format1_file_is_quarantined_without_writing_a_manifest(tiny_store):
-    _format1(tiny_store)
+    make_format1(tiny_store)
     legacy = tiny_store.patch_parts.legacy_path
     legacy.write_bytes(legacy.read_bytes()[: legacy.stat().st_size // 2])
     (e,) = integrity.errors(integrity.check(tiny_store))
