@@ -57,13 +57,12 @@ from mitoprobe.finetune.data import train_loader
 from mitoprobe.finetune.model import build_classifier, parameter_counts
 from mitoprobe.finetune.precision import autocast, training_precision
 from mitoprobe.finetune.train import loss_fn, make_optimizer
+from mitoprobe.paper import END_TO_END, FOUNDATION  # the paper's models: LoRA-tuned / fully fine-tuned
 
 from .machine import facts, header
 
 REPO = Path(__file__).resolve().parents[1]
 
-FOUNDATION = ("virchow", "virchow2", "uni", "uni2_h", "gigapath", "hoptimus0", "hoptimus1")  # LoRA in the paper
-END_TO_END = ("efficientnetv2_m", "swin_base", "vit_large")  # fully fine-tuned in the paper
 MODELS = FOUNDATION + END_TO_END
 DEFAULT_PATCHES = REPO.parent / "shared/datasets/AMi-Br_Benchmark/AMi-Br"
 

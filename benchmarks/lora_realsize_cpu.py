@@ -37,8 +37,9 @@ from mitoprobe.finetune import FinetuneConfig
 from mitoprobe.finetune.model import build_classifier, parameter_counts
 from mitoprobe.finetune.precision import autocast, training_precision
 from mitoprobe.finetune.train import loss_fn, make_optimizer
+from mitoprobe.paper import FOUNDATION
 
-from .gpu_check import FOUNDATION, TINY_SIZE, TINY_VIT  # the models and their stand-ins
+from .gpu_check import TINY_SIZE, TINY_VIT  # the models' tiny stand-ins
 from .machine import facts, header, load_average
 
 REPO = Path(__file__).resolve().parents[1]
