@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import click
-
 import pandas as pd
 
+import mitoprobe
 from mitoprobe.classifiers.labels import MAX_NAME, family_label
 from mitoprobe.classifiers.runs import LEGACY_FINETUNE_OPTIONS
 from mitoprobe.finetune import FinetuneConfig, finetuned_recipe, runs_root
@@ -16,14 +16,13 @@ from mitoprobe.finetune import finetune as run_finetune
 from mitoprobe.paper import REPO as PAPER_REPO
 from mitoprobe.paper import SCRIPTS_AT
 from mitoprobe.display import print_frame
-from mitoprobe.store import Store
 
 from .options import STORE_OPTION
 
 
 def _list_runs(store_path) -> None:
     rows = []
-    root = runs_root(Store(store_path))
+    root = runs_root(mitoprobe.open(store_path).store)
     for d in sorted(root.glob("*/config.json")) if root.is_dir() else []:
         conf = json.loads(d.read_text())
         done = sorted(int(p.parent.name[4:]) for p in d.parent.glob("fold*/DONE.json"))
@@ -200,8 +199,8 @@ def finetune_cmd(model, preset, method, show_paper, folds, epochs, max_steps, de
         cfg = FinetuneConfig.preset(preset, model=model, **settings)
     else:
         cfg = FinetuneConfig.paper(model, method, **settings)
-    s = run_finetune(store_path, cfg, folds, device=device, allow_cpu=allow_cpu, out=out, num_workers=num_workers,
-                     weights=weights, hf_token_env=hf_token_env, name=name)
+    s = run_finetune(mitoprobe.open(store_path).store, cfg, folds, device=device, allow_cpu=allow_cpu, out=out,
+                     num_workers=num_workers, weights=weights, hf_token_env=hf_token_env, name=name)
     for k, rec in sorted(s.records.items()):
         click.echo(f"fold {k}: best epoch {rec['best_epoch']}/{rec['epochs']}, held-out balanced accuracy "
                    f"{rec['val_balanced_accuracy']:.3f}, AUROC {rec['val_auroc']:.3f}, "
