@@ -153,9 +153,11 @@ class Protocol:
                         y=self.train["y"].to_numpy().astype(np.int64), groups=self.train["slide"].to_numpy())
 
 
-def load_protocol(store, test_sets: list[str] | None = None, train_on: str = PAPER_TRAIN) -> Protocol:
-    """Folds (the paper's persisted on first use) and the named test sets (default: every available one)."""
-    fo = folds(store, train_on=train_on)
+def load_protocol(store, test_sets: list[str] | None = None, train_on: str = PAPER_TRAIN,
+                  create: bool = True) -> Protocol:
+    """Folds (the paper's persisted on first use, unless ``create`` is False: a read-only reader) and the named
+    test sets (default: every available one)."""
+    fo = folds(store, create=create, train_on=train_on)
     return Protocol(train=fo, tests=load_test_sets(store, test_sets), train_on=train_on)
 
 

@@ -134,7 +134,7 @@ class Workspace:
     # -- the protocol ------------------------------------------------------------------------------
     def _protocol(self, train_on: str = PAPER_TRAIN) -> Protocol:
         if train_on not in self._protocols:
-            self._protocols[train_on] = load_protocol(self.store, train_on=train_on)
+            self._protocols[train_on] = load_protocol(self.store, train_on=train_on, create=not self.read_only)
         return self._protocols[train_on]
 
     def protocol(self, train_on: str = PAPER_TRAIN) -> ProtocolView:

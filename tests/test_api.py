@@ -105,3 +105,12 @@ def test_a_read_only_workspace_reads_and_refuses_every_write(ws):
             with pytest.raises(StoreError, match="read-only"):
                 write()
     assert "read_only=True" in repr(ro)
+
+
+def test_a_read_only_workspace_never_writes_the_folds(tmp_path):
+    st = make_six_slide_store(tmp_path)
+    with mitoprobe.open(st.root, read_only=True) as ro:
+        assert len(ro.protocol().train["fold"].unique()) == 5
+    assert not st.folds_path.exists()  # computed for the reader, not saved
+    mitoprobe.open(st.root).protocol()
+    assert st.folds_path.exists()
