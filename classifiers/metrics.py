@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mitoprobe.store.schema import CI_METRICS, METRICS  # the metric columns of `runs`: the schema names them
+from mitoprobe.store.schema import CI_METRICS  # the metrics of `runs` with a 95% CI: the schema names them
 
 POSITIVE = 1  # atypical mitotic figure (AMF); normal (NMF) is 0
 ECE_BINS = 15

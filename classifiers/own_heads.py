@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import itertools
 import json
 import sys
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import numpy as np
 from mitoprobe.store.errors import ProtocolError
 from mitoprobe.store.hashing import bytes_sha256, file_sha256
 
-from .heads import HEADS, HeadSpec
+from .heads import HEADS, HeadSpec, expand_grid
 
 OWN_THRESHOLD_RULE = "val_youden"  # as the built-in sklearn heads: the held-out part sets the threshold
 
@@ -99,19 +98,6 @@ def _import_factory(spec: str) -> tuple[Callable, HeadSource]:
     return factory, source
 
 
-def _grid_from(value, where: str) -> tuple[dict, ...]:
-    """A grid as a tuple of points: from a dict of lists (cartesian product) or a list of dicts."""
-    if value is None:
-        return ({},)
-    if isinstance(value, dict):
-        keys = sorted(value)
-        lists = [v if isinstance(v, (list, tuple)) else [v] for v in (value[k] for k in keys)]
-        return tuple(dict(zip(keys, combo)) for combo in itertools.product(*lists)) or ({},)
-    if isinstance(value, (list, tuple)) and all(isinstance(p, dict) for p in value):
-        return tuple(value) or ({},)
-    raise ProtocolError(f"{where}: a grid is a dict of lists ({{'C': [0.1, 1]}}) or a list of dicts")
-
-
 def parse_grid(specs) -> dict | None:
     """``["C=0.1,1,10", "kernel=rbf,linear"]`` -> ``{"C": [0.1, 1, 10], "kernel": ["rbf", "linear"]}``
     (values JSON where they parse, else strings)."""
@@ -145,7 +131,7 @@ def own_head(spec: str, grid=None, name: str | None = None) -> HeadSpec:
     """The ``HeadSpec`` of ``module:factory`` / ``file.py:factory``; ``grid`` (dict of lists or list of dicts)
     overrides the factory's own ``grid`` attribute. Checked (``check_head``) before it is returned."""
     factory, source = _import_factory(spec)
-    points = _grid_from(grid if grid is not None else getattr(factory, "grid", None), f"--head {spec!r} grid")
+    points = expand_grid(grid if grid is not None else getattr(factory, "grid", None), f"--head {spec!r} grid")
     head = HeadSpec(factory, grid=points, threshold_rule=OWN_THRESHOLD_RULE, uses_val=_uses_val(factory),
                     name=name or source.name.rpartition(":")[2], source=source)
     check_head(head, f"--head {spec}")
@@ -170,7 +156,7 @@ def estimator_head(estimator, name: str | None = None, grid=None) -> HeadSpec:
     def factory(**point):
         return clone(estimator).set_params(**point)
 
-    head = HeadSpec(factory, grid=_grid_from(grid, f"{source.name} grid"), threshold_rule=OWN_THRESHOLD_RULE,
+    head = HeadSpec(factory, grid=expand_grid(grid, f"{source.name} grid"), threshold_rule=OWN_THRESHOLD_RULE,
                     uses_val=_uses_val(factory), name=name or cls.__name__, source=source)
     check_head(head, source.name)
     return head

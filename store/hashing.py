@@ -42,7 +42,8 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def source_version(package_dir: str | Path, tag: str = "") -> str:
-    """Installed mitoprobe version + a digest of one package's ``*.py`` sources.
+    """Installed mitoprobe version + a digest of one package's ``*.py`` sources, its subpackages' included
+    (named by their path inside it: a flat package digests as it always did).
 
     Result rows carry it, so results from changed code are never mixed with older ones.
     """
@@ -53,7 +54,7 @@ def source_version(package_dir: str | Path, tag: str = "") -> str:
     except metadata.PackageNotFoundError:
         version = "0+unknown"
     h = hashlib.sha256()
-    for f in sorted(Path(package_dir).glob("*.py")):
-        h.update(f.name.encode())
+    for f in sorted(Path(package_dir).rglob("*.py")):
+        h.update(f.relative_to(package_dir).as_posix().encode())
         h.update(f.read_bytes())
     return f"{version}+{tag}{h.hexdigest()[:8]}"

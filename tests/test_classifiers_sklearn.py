@@ -19,7 +19,8 @@ def test_import_leaves_torch_out():
     import subprocess
     import sys
 
-    code = "import sys, store, classifiers, classifiers.heads, classifiers.runner, classifiers.scoring; " \
+    code = "import sys, mitoprobe.store, mitoprobe.classifiers, mitoprobe.classifiers.heads, " \
+           "mitoprobe.classifiers.runner, mitoprobe.classifiers.scoring; " \
            "print('torch' in sys.modules, 'timm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"

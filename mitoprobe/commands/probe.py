@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 import mitoprobe
-from mitoprobe.classifiers.heads import parse_head_params
+from mitoprobe.classifiers.heads import heads_help, parse_head_params
 from mitoprobe.classifiers.own_heads import parse_grid
 from mitoprobe.classifiers.report import compact_board, leaderboard
 from mitoprobe.classifiers.robustness import robustness_table
@@ -22,7 +22,7 @@ from .options import STORE_OPTION
 @click.command()
 @click.option("--model", "-m", required=True, help="Embedding set (recipe name), e.g. handcrafted.")
 @click.option("--head", "heads", default="all", show_default=True,
-              help="'all' (logreg,lgbm,knn,simpleshot,mlp) or a comma list; torch_linear = the paper's probe. Your own "
+              help=f"{heads_help()}. Your own "
                    "head: MODULE:FACTORY or path/to/heads.py:FACTORY, a callable returning an unfitted scikit-learn "
                    "classifier with predict_proba.")
 @click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2,...",
