@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
+from mitoprobe.paper.naming import pooled_model_name
 from mitoprobe.store.errors import ProtocolError
 from mitoprobe.store.hashing import canonical_json, config_hash
 
@@ -43,7 +44,6 @@ from . import metrics as M
 from . import runs as R
 from .labels import check_name, without_name
 from .protocol import Protocol, load_protocol
-from .report import pooled_model_name
 from .scoring import ENSEMBLE_RULE, decision_threshold, fold_ensemble, heldout_frame, prediction_frame, score_test_set
 
 FAMILY = "fusion"

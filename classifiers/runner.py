@@ -15,6 +15,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from mitoprobe import embedder
+from mitoprobe.paper.probe import paper_probe_params
 from mitoprobe.store.errors import ConfigError, RecipeError
 from mitoprobe.store.hashing import canonical_json
 from mitoprobe.store.progress import progress
@@ -23,7 +24,7 @@ from . import metrics as M
 from . import runs as R
 from .features import POOLINGS, Features, current_recipe_id, load_features
 from .fitting import SELECTION_RULE, _seeded_params, fit_fold, predict_test_set
-from .heads import DEFAULT_HEADS, HeadSpec, paper_probe_params
+from .heads import DEFAULT_HEADS, HeadSpec
 from .own_heads import estimator_head, is_own_head_spec, own_head, resolve_head
 from .protocol import FOLD_SEED, N_FOLDS, PAPER_TRAIN, TEST_SETS, Protocol, load_protocol
 from .refit import extend_family, missing_test_sets

@@ -22,6 +22,7 @@ from mitoprobe.classifiers.labels import label_of
 from mitoprobe.classifiers.runner import resolve_heads
 from mitoprobe.embedder.dihedral import view_names
 from mitoprobe.finetune import FinetuneConfig, finetune
+from mitoprobe.paper.naming import pooled_set_name
 from mitoprobe.store import BENCHMARK, Store
 from mitoprobe.store.dataset import difference_from_stored
 from mitoprobe.store.errors import StoreError
@@ -100,7 +101,7 @@ FUSIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def fusion_specs(members: tuple[str, ...], cnn_family: str, run_key: str) -> list[str]:
     """``FUSIONS`` member names -> ``classifiers.fusion`` specs for this fine-tuning run."""
-    alias = {"cnn": cnn_family, "folds+hc:lgbm": f"ft-{run_key[:8]}-folds+handcrafted:lgbm"}
+    alias = {"cnn": cnn_family, "folds+hc:lgbm": f"{pooled_set_name(run_key)}+handcrafted:lgbm"}
     return [alias.get(m, m) for m in members]
 
 

@@ -43,7 +43,7 @@ def test_folds_are_the_papers_on_the_real_csv(real_data_dir, real_store):
 
 
 def test_test_set_names_are_the_papers():
-    from mitoprobe.classifiers.report import paper_results
+    from mitoprobe.paper import paper_results
 
     ref = paper_results()  # the package's copy of ../shared/reference/paper_results.csv
     assert set(TEST_SETS) == set(ref["dataset"]) and len(ref) == 51

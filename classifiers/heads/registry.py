@@ -102,7 +102,7 @@ def heads_help() -> str:
 def make_head(name: str, **params) -> BaseEstimator:
     """An unfitted head. ``params`` go to the head (and its preprocessing, e.g. ``pca`` for lgbm/mlp)."""
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; choose from {sorted(HEADS)}")
+        raise ProtocolError(f"unknown head {name!r}; choose from {sorted(HEADS)}")
     return HEADS[name].factory(**params)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 import mitoprobe
 from mitoprobe.classifiers.heads import heads_help, parse_head_params
 from mitoprobe.classifiers.own_heads import parse_grid

@@ -20,6 +20,11 @@ def finetuned_set_name(run_key: str, fold: int, checkpoint_sha256: str) -> str:
     return f"ft-{run_key[:8]}-fold{int(fold)}.{checkpoint_sha256[:8]}"
 
 
+def pooled_set_name(run_key: str) -> str:
+    """``ft-<run8>-folds``: the report row (and fusion member) pooling the fold sets of run ``run_key``."""
+    return f"ft-{run_key[:8]}-folds"
+
+
 def is_finetuned_set(name) -> bool:
     """Whether ``name`` is a fine-tuned fold set (each was trained on four folds: no general default)."""
     return bool(FINETUNED_SET.match(str(name)))
