@@ -1,6 +1,6 @@
 """mitoprobe's embedder: every frozen model runs once over every patch; vectors go to the store.
 
-``import embedder`` never imports torch or timm: the recipe registry (``embedder.recipes``) and the
+``import mitoprobe.embedder`` never imports torch or timm: the recipe registry (``embedder.recipes``) and the
 recipe identity (``embedder.identity``) are torch-free, so the classifiers can refuse stale vectors
 cheaply; ``embed`` and ``build`` import torch when called.
 

@@ -1,6 +1,6 @@
 """One batch of patches -> stored rows: shared by the local engine (``job``) and the Ray engine.
 
-Torch is imported inside the functions: ``import embedder`` stays torch-free.
+Torch is imported inside the functions: ``import mitoprobe.embedder`` stays torch-free.
 """
 
 from __future__ import annotations

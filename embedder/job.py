@@ -3,7 +3,7 @@
 Incremental (only (patch, view) keys missing under the current recipe id are computed) and
 resumable (the writer commits one Parquet part per chunk, atomically, so a kill at any point loses
 at most the chunk in flight and never duplicates a row). Torch is imported inside the functions
-so that ``import embedder`` stays torch-free.
+so that ``import mitoprobe.embedder`` stays torch-free.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def test_pickle_refused_unless_trusted(tmp_path):
 def test_unavailable_hub_weights_name_both_ways_out():
     env = dict(os.environ, HF_HUB_OFFLINE="1", MY_TOKEN_VAR="")
     env.pop("HF_TOKEN", None)
-    code = ("import embedder\ntry:\n    embedder.build('virchow2.hf', hf_token_env='MY_TOKEN_VAR')\n"
+    code = ("from mitoprobe import embedder\ntry:\n    embedder.build('virchow2.hf', hf_token_env='MY_TOKEN_VAR')\n"
             "except Exception as e:\n    print(type(e).__name__, e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
     assert out.startswith("WeightsError") and "$MY_TOKEN_VAR" in out and "--weights PATH" in out

@@ -110,7 +110,7 @@ def test_recipe_file_embeds_through_the_cli_and_resolves_in_a_fresh_process(tiny
     np.testing.assert_allclose(np.asarray(row["mean"]), tokens[0, 3:].mean(0).numpy(), rtol=1e-4, atol=1e-5)
 
     # a fresh process (the classifiers' view) finds the same id by name, from the store, without torch
-    code_ = (f"import sys, embedder; print(embedder.recipe_id_of({NAME!r}, store_root={str(root)!r}), "
+    code_ = (f"import sys; from mitoprobe import embedder; print(embedder.recipe_id_of({NAME!r}, store_root={str(root)!r}), "
              "'torch' in sys.modules)")
     assert _py(code_).split() == [eset.recipe_id, "False"]
 
@@ -280,7 +280,7 @@ def test_cache_folder_is_found_as_huggingface_hub_finds_it():
     assert hub_cache_dir() == Path(hf.HF_HUB_CACHE)
     for env, expect in ((dict(HF_HOME="/x/home"), "/x/home/hub"), (dict(HF_HUB_CACHE="/y/c"), "/y/c"),
                         (dict(XDG_CACHE_HOME="/z"), "/z/huggingface/hub")):
-        code = "import huggingface_hub.constants as c; from embedder.hub import hub_cache_dir; " \
+        code = "import huggingface_hub.constants as c; from mitoprobe.embedder.hub import hub_cache_dir; " \
                "print(c.HF_HUB_CACHE, hub_cache_dir())"
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "XDG_"))}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -324,7 +324,7 @@ outputs = ["cls"]
     assert eset.complete and eset.provenance["weights"] == {"source": "hf", "hub_id": "testorg/tiny",
                                                             "revision": COMMIT_A}
     assert eset.provenance["weights_revision"] == COMMIT_A
-    probe = f"import embedder; print(embedder.recipe_id_of('tinyhub.lab', store_root={root!r}))"
+    probe = f"from mitoprobe import embedder; print(embedder.recipe_id_of('tinyhub.lab', store_root={root!r}))"
     assert _py(probe, **env) == eset.recipe_id  # from the cache's ref
     assert _py(probe, HF_HUB_CACHE=str(tmp_path / "empty")) == eset.recipe_id  # from the stored set
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))

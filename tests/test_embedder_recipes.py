@@ -110,7 +110,7 @@ def test_recipe_ids_stable_and_sensitive(tmp_path):
 
 
 def test_import_and_recipe_id_do_not_import_torch():
-    code = ("import sys, embedder; rid = embedder.recipe_id_of('virchow2.hf'); embedder.list_recipes(); "
+    code = ("import sys; from mitoprobe import embedder; rid = embedder.recipe_id_of('virchow2.hf'); embedder.list_recipes(); "
             "print(rid, 'torch' in sys.modules, 'timm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [embedder.recipe_id_of("virchow2.hf"), "False", "False"]
@@ -242,14 +242,14 @@ def test_registered_resolver_turns_a_name_into_a_recipe(tmp_path):
 def test_fresh_process_finds_the_finetune_resolver_through_the_entry_point():
     """In a process that never imported ``finetune``, an ``ft:`` name still reaches its resolver (so the
     stale check works for fine-tuned sets there too), and the embedder never imported finetune itself."""
-    code = ("import sys, embedder\n"
+    code = ("import sys\nfrom mitoprobe import embedder\n"
             "try:\n    embedder.resolve_recipe('ft:0000abcd/fold0', '/nonexistent-store')\n"
             "except Exception as exc:\n    print(type(exc).__name__, '|', exc)\n"
-            "print('finetune' in sys.modules)")
+            "print('mitoprobe.finetune' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     first, loaded = out.strip().splitlines()
     assert first.startswith("RecipeError |") and "fine-tuning runs" in first  # finetune's own message
     assert loaded == "True"  # loaded through the entry point, on demand
-    code = "import sys, embedder; embedder.list_recipes(); print('finetune' in sys.modules)"
+    code = "import sys; from mitoprobe import embedder; embedder.list_recipes(); print('mitoprobe.finetune' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"

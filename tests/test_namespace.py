@@ -4,6 +4,7 @@ nothing, for the API, the ``mitoprobe`` command and ``python -m mitoprobe`` alik
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -36,3 +37,19 @@ def test_folders_named_like_our_layers_shadow_nothing(tmp_path):
     layers = _run([sys.executable, "-c", "import mitoprobe.dashboard, mitoprobe.classifiers, mitoprobe.embedder, "
                    "mitoprobe.finetune, mitoprobe.store as s; print(s.__file__)"], tmp_path)
     assert str(tmp_path) not in layers.stdout
+
+
+# an import statement at a line's start, or in a code string (after a quote, a ``;`` or an escaped newline)
+OLD_IMPORT = re.compile(r"(?:^\s*|[;\"'`]\s*|\\n)(?:import (?:sys, )?|from )(?:store|embedder|classifiers|finetune|dashboard)\b")
+
+
+def test_no_code_imports_a_layer_by_its_old_top_level_name():
+    """From the repository root the folders still import as top-level packages (a second copy of each
+    module): every import, in code and in the code strings tests run in fresh processes, says mitoprobe."""
+    repo = Path(__file__).resolve().parents[1]
+    files = [p for d in ("mitoprobe", "store", "embedder", "classifiers", "finetune", "dashboard", "benchmarks", "tests")
+             for p in (repo / d).rglob("*.py")]
+    offenders = [f"{p.relative_to(repo)}:{i}: {line.strip()}" for p in files
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if OLD_IMPORT.search(line)]
+    assert not offenders, "\n".join(offenders)
