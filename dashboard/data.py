@@ -59,7 +59,7 @@ def stamp(root: str) -> Fingerprint:
 # -- what is there -------------------------------------------------------------------------------
 def status(root: str) -> dict:
     """Which parts of the store exist (uncached: a few stats; listing parts never sweeps temp files)."""
-    if not Path(root).is_dir():  # nothing made yet: every page shows the command to run first
+    if not paths.is_store(root):  # nothing made yet: every page shows the command to run first
         return dict(root=root, patches=False, sets=[], runs=False, predictions=False)
     st_ = open_store(root)
     return dict(root=root, patches=st_.has_patches(), sets=[s for s in st_.features.sets() if s.complete],

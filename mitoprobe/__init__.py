@@ -10,8 +10,8 @@ Importing the package stays light: the API loads its layers on first use.
 __version__ = "0.1.0"
 
 
-def open(path=None, read_only: bool = False):  # noqa: A001 - the API's entry point, as in the README
-    """The store at ``path`` as a ``mitoprobe.api.Workspace`` (see its docstring)."""
+def open(path=None, read_only: bool = False, create: bool = False):  # noqa: A001 - the API's entry point
+    """The store at ``path`` as a ``mitoprobe.api.Workspace`` (see ``mitoprobe.api.open``)."""
     from .api import open as _open
 
-    return _open(path, read_only=read_only)
+    return _open(path, read_only=read_only, create=create)

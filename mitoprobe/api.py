@@ -36,7 +36,7 @@ from mitoprobe.classifiers.runs import read_runs
 from mitoprobe.classifiers.scoring import score_test_set
 from mitoprobe.classifiers.significance import compare, resolve_families
 from mitoprobe.store import Store, paths
-from mitoprobe.store.errors import DataError, ProtocolError, StoreError
+from mitoprobe.store.errors import ConfigError, DataError, ProtocolError, StoreError
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,18 @@ class ProtocolView:
 class Workspace:
     """A store opened for experiments (``mitoprobe.open``); a context manager (``close`` on exit)."""
 
-    def __init__(self, path: str | Path | None = None, read_only: bool = False):
+    def __init__(self, path: str | Path | None = None, read_only: bool = False, create: bool = False):
         root = paths.store_root(path)
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root} is a file, not a store folder: pass the folder that holds the store "
-                             "(default ./mitoprobe-store)")
-        if read_only and not root.is_dir():
-            raise StoreError(f"no store at {root}: import data first (`mitoprobe data import`), or pass --store")
+                             "(--store / $MITOPROBE_STORE, default ./mitoprobe-store)")
+        if read_only and create:
+            raise ConfigError("a read-only workspace cannot create a store: drop read_only or create")
+        if not create and not paths.is_store(root):
+            what = "no such folder" if not root.exists() else "a folder without a store"
+            raise StoreError(f"no mitoprobe store at {root} ({what}): run `mitoprobe data import` with --store {root} "
+                             "to make one there (in Python: mitoprobe.open(path, create=True)), or point --store / "
+                             "$MITOPROBE_STORE at an existing store")
         self.store = Store(root)
         self.read_only = read_only
         self._features: dict[tuple, Features] = {}
@@ -185,8 +190,9 @@ class Workspace:
         store = self._writable("probing")
         check_sets(store, model, pooling, allow_stale)  # an unknown, stale or short set: nothing written
         feats = self.features(model, pooling, tta, allow_stale)
+        # folds not saved here: the sweep saves them with its first rows, so a head failing in fold 3 writes nothing
         return sweep(store, model, heads=specs, pooling=pooling, tta=tta, seed=seed, repeat=repeat, n_boot=n_boot,
-                     head_params=head_params, show_progress=progress, protocol=self._protocol(train_on),
+                     head_params=head_params, show_progress=progress, protocol=self._protocols.get(train_on),
                      n_threads=n_threads, train_on=train_on, seeds=list(seeds) if seeds is not None else None,
                      features=feats)
 
@@ -242,7 +248,10 @@ def resolve_data(folder: str | Path | None, amibr_csv: str | Path | None) -> tup
     return Path(folder), (Path(amibr_csv) if amibr_csv is not None else None)
 
 
-def open(path: str | Path | None = None, read_only: bool = False) -> Workspace:  # noqa: A001 - mitoprobe.open
+def open(path: str | Path | None = None, read_only: bool = False, create: bool = False) -> Workspace:  # noqa: A001
     """The store at ``path`` (default: ``$MITOPROBE_STORE``, else ./mitoprobe-store) as a ``Workspace``.
-    ``read_only``: the store must exist, and every method that would write raises ``StoreError``."""
-    return Workspace(path, read_only=read_only)
+
+    A path that is not a store is a ``StoreError`` (a mistyped path is not an empty store), unless ``create``:
+    then the folder becomes a store on the first import (nothing is written until then). ``read_only``: every
+    method that would write raises ``StoreError``, and the folds are computed without being saved."""
+    return Workspace(path, read_only=read_only, create=create)

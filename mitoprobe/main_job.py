@@ -63,7 +63,7 @@ def run_main_job(store_path: Path | None = None, data_dir: Path | None = None, m
 
     ``data_dir`` on a store that already holds patches must hold the same data (else StoreError)."""
     timings: dict[str, float] = {}
-    ws = open_workspace(store_path)
+    ws = open_workspace(store_path, create=True)  # the main job makes its store
     st = ws.store
     models = tuple(models or embedder.OFFLINE_DEFAULTS)
     specs = check_run_arguments(st, models, heads, views)

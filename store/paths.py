@@ -14,6 +14,7 @@ PATCHES_FILE = "patches.parquet"  # a format-1 store's patches table (store/migr
 PATCHES_DIR = "patches"  # the patches table's parts and MANIFEST.json (store/patch_parts.py)
 MANIFEST = "MANIFEST.json"
 FOLDS_FILE = "folds.parquet"
+FORMAT_FILE = "FORMAT.json"  # the store's format stamp (store/migrations.py)
 
 # Relative to the working directory, as in the team's checkouts (the repo beside ../shared).
 SHARED_BENCHMARK = Path("../shared/datasets/AMi-Br_Benchmark")
@@ -24,6 +25,14 @@ def store_root(path: str | Path | None = None) -> Path:
     if path is not None:
         return Path(path)
     return Path(os.environ.get(STORE_ENV, DEFAULT_STORE))
+
+
+def is_store(root: str | Path) -> bool:
+    """Whether ``root`` is a mitoprobe store: a folder holding its format stamp or its patches table
+    (every store has one once anything was written). A mistyped ``--store`` is then an error, not an
+    empty store."""
+    root = Path(root)
+    return (root / FORMAT_FILE).is_file() or (root / PATCHES_DIR).is_dir() or (root / PATCHES_FILE).is_file()
 
 
 def cache_dir() -> Path:

@@ -88,6 +88,9 @@ def test_every_misuse_of_the_api_is_a_mitoprobe_error_with_one_line(ws, tmp_path
         "no family to predict with": (StoreError, lambda: ws.predictions("handcrafted", "knn")),
         "a file as the store": (StoreError, lambda: mitoprobe.open(__file__)),
         "read-only on nothing": (StoreError, lambda: mitoprobe.open(tmp_path / "nothing", read_only=True)),
+        "a path that is not a store": (StoreError, lambda: mitoprobe.open(tmp_path / "nothing")),
+        "a folder that is not a store": (StoreError, lambda: mitoprobe.open(tmp_path)),
+        "read-only and create": (ConfigError, lambda: mitoprobe.open(tmp_path / "nothing", read_only=True, create=True)),
     }
     for what, (error, call) in cases.items():
         with pytest.raises(error) as info:
@@ -114,3 +117,12 @@ def test_a_read_only_workspace_never_writes_the_folds(tmp_path):
     assert not st.folds_path.exists()  # computed for the reader, not saved
     mitoprobe.open(st.root).protocol()
     assert st.folds_path.exists()
+
+
+def test_create_makes_a_store_on_the_first_import_only(tmp_path):
+    from mitoprobe.store.example_benchmark import write_example_benchmark
+
+    ws = mitoprobe.open(tmp_path / "new", create=True)
+    assert not (tmp_path / "new").exists()  # nothing written by opening
+    ws.import_benchmark(write_example_benchmark(tmp_path / "bench", n_per_class=3))
+    assert len(mitoprobe.open(tmp_path / "new", read_only=True).patches())

@@ -31,7 +31,7 @@ def test_the_cli_the_main_job_and_the_api_store_identical_rows(tmp_path, monkeyp
     code, out = run_cli(monkeypatch, capsys, "run", "--data", str(bench), "--model", "handcrafted", "--head", HEADS,
                         "--format", "csv", "--store", str(by_main_job))
     assert code == 0, out
-    with mitoprobe.open(by_api) as ws:
+    with mitoprobe.open(by_api, create=True) as ws:
         ws.import_benchmark(bench)
         ws.embed("handcrafted")
         ws.probe("handcrafted", HEADS.split(","))

@@ -53,10 +53,24 @@ def test_store_info_lists_everything(full_store, monkeypatch, capsys):
     assert "36" in out  # rows of the set and of predictions
 
 
-def test_store_info_empty_store(tmp_path, monkeypatch, capsys):
-    code, out = run_cli(monkeypatch, capsys, "store", "info", "--store", str(tmp_path / "none"))
-    assert code == 0
-    assert "no patches yet: run `mitoprobe data import`" in out
+def test_a_path_that_is_not_a_store_is_an_error_for_every_command(tmp_path, monkeypatch, capsys):
+    """A mistyped --store is not an empty store: every command but the ones that make a store (data import,
+    run) exits 2 with one line, and creates nothing there."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a store")
+    (tmp_path / "empty").mkdir()
+    commands = [["store", "info"], ["store", "check"], ["store", "repair", "--yes"], ["sql", "select 1"], ["report"],
+                ["probe", "--model", "handcrafted"], ["embed", "--model", "handcrafted"], ["fuse", "--rank"],
+                ["finetune", "--list"], ["predict", "--model", "handcrafted", "--head", "lgbm", "--dataset", "X"],
+                ["search", "--model", "handcrafted", "--dataset", "X"]]
+    for where in (tmp_path / "none", a_file, tmp_path / "empty"):
+        for args in commands:
+            code, out = run_cli(monkeypatch, capsys, *args, "--store", str(where))
+            lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
+            assert code == 2 and len(lines) == 1, (args, where, out)
+            assert "store" in lines[0] and str(where) in lines[0], (args, lines)
+    assert not (tmp_path / "none").exists() and a_file.read_text() == "not a store"
+    assert not any((tmp_path / "empty").iterdir())
 
 
 def test_sql_over_every_view(full_store, monkeypatch, capsys):

@@ -55,14 +55,14 @@ def import_cmd(path: Path | None, manifest: Path | None, dataset: str | None, sp
     if dataset is None:
         if manifest is not None:
             raise click.UsageError("--manifest needs --dataset NAME (the name your cohort is stored and scored under)")
-        import_benchmark(mitoprobe.open(store_path), path, amibr_csv, replace=replace)
+        import_benchmark(mitoprobe.open(store_path, create=True), path, amibr_csv, replace=replace)
         return
     if amibr_csv is not None:
         raise click.UsageError("--amibr-csv belongs to the benchmark import (without --dataset)")
     if (path is None) == (manifest is None):
         raise click.UsageError("with --dataset, give either PATH (a folder of patches) or --manifest FILE.csv")
-    outcome = mitoprobe.open(store_path).import_cohort(dataset, manifest=manifest, folder=path, split=split,
-                                                       progress=True, replace=replace)
+    ws = mitoprobe.open(store_path, create=True)
+    outcome = ws.import_cohort(dataset, manifest=manifest, folder=path, split=split, progress=True, replace=replace)
     report_import(outcome)
 
 
