@@ -14,19 +14,22 @@ from mitoprobe.store.errors import ProtocolError
 
 from . import metrics as M
 from .features import Features, patch_mean
-from .heads import HeadSpec, positive_proba
+from .head_calls import head_code, positive_proba
+from .heads import HeadSpec
 from .protocol import FoldData, TestSet
 from .scoring import decision_threshold
 
 SELECTION_RULE = "max AUROC on the fold's held-out part (whole slides; training data only)"
 
 
-def _fit(spec: HeadSpec, params: dict, X, y, X_val, y_val):
-    est = spec.factory(**params)
-    if spec.uses_val:
-        est.fit(X, y, X_val=X_val, y_val=y_val)
-    else:
-        est.fit(X, y)
+def _fit(spec: HeadSpec, params: dict, X, y, X_val, y_val, where: str):
+    with head_code(spec, where, f"the factory ({params or 'no arguments'})"):
+        est = spec.factory(**params)
+    with head_code(spec, where, "fit"):
+        if spec.uses_val:
+            est.fit(X, y, X_val=X_val, y_val=y_val)
+        else:
+            est.fit(X, y)
     return est
 
 
@@ -34,9 +37,11 @@ def _seeded_params(spec: HeadSpec, params: dict, seed: int) -> dict:
     """``params`` plus ``random_state=seed`` when the head is stochastic and takes one."""
     sig = inspect.signature(spec.factory).parameters
     takes = "random_state" in sig or any(p.kind == p.VAR_KEYWORD for p in sig.values())
-    est = spec.factory()
-    last = est.steps[-1][1] if hasattr(est, "steps") else est
-    if takes and "random_state" in last.get_params(deep=False):
+    with head_code(spec, "called with no arguments (to find a random_state)", "the factory"):
+        est = spec.factory()
+        last = est.steps[-1][1] if hasattr(est, "steps") else est
+        own = last.get_params(deep=False) if hasattr(last, "get_params") else {}
+    if takes and "random_state" in own:
         return {"random_state": seed, **params}
     return dict(params)
 
@@ -71,8 +76,10 @@ def fit_fold(spec: HeadSpec, params: dict, feats: Features, fd: FoldData, train_
     best = None
     tried = []
     for cand in (grid_points(spec, params) if points is None else points):
-        est = _fit(spec, {**cand, **params}, X_tr, y_tr, X_va, y_val_patch[va_owner])
-        p_val = patch_mean(positive_proba(est, X_va), va_owner, len(fd.val_idx))
+        at = f" at {cand}" if cand else ""  # the grid point, in a head's error line
+        est = _fit(spec, {**cand, **params}, X_tr, y_tr, X_va, y_val_patch[va_owner], f"fold {fd.fold}{at}")
+        p = positive_proba(spec, est, X_va, f"the held-out part of fold {fd.fold}{at}")
+        p_val = patch_mean(p, va_owner, len(fd.val_idx))
         score = M.auroc(y_val_patch, p_val)
         tried.append({"params": cand, "val_auroc": score})
         if best is None or score > best[0]:
@@ -85,8 +92,10 @@ def fit_fold(spec: HeadSpec, params: dict, feats: Features, fd: FoldData, train_
                 n_train=int(len(fd.train_idx)), fit_seconds=time.perf_counter() - t0)
 
 
-def predict_test_set(est, feats: Features, ts: TestSet) -> tuple[np.ndarray, float]:
+def predict_test_set(spec: HeadSpec, est, feats: Features, ts: TestSet, where: str) -> tuple[np.ndarray, float]:
+    """P(atypical) per patch of ``ts`` (views averaged) and the seconds it took; ``where`` names the fold and
+    the test set in the one line a head's bad output gives (``head_calls.positive_proba``)."""
     t0 = time.perf_counter()
     rows, owner = feats.rows_of(ts.patch_ids)
-    p = patch_mean(positive_proba(est, feats.X[rows]), owner, len(ts.patch_ids))
+    p = patch_mean(positive_proba(spec, est, feats.X[rows], where), owner, len(ts.patch_ids))
     return p, time.perf_counter() - t0

@@ -25,9 +25,10 @@ from typing import Callable
 
 import numpy as np
 
-from mitoprobe.store.errors import ProtocolError
+from mitoprobe.store.errors import HeadError, ProtocolError
 from mitoprobe.store.hashing import bytes_sha256, file_sha256
 
+from .head_calls import first_line, proba_problem
 from .heads import HEADS, HeadSpec, expand_grid
 
 OWN_THRESHOLD_RULE = "val_youden"  # as the built-in sklearn heads: the held-out part sets the threshold
@@ -82,14 +83,14 @@ def _import_factory(spec: str) -> tuple[Callable, HeadSource]:
             try:
                 loader_spec.loader.exec_module(module)
             except Exception as exc:
-                raise ProtocolError(f"--head {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from None
+                raise HeadError(f"--head {spec!r}: importing {path} failed: {first_line(exc)}") from exc
             sys.modules[mod_name] = module
         source = HeadSource("file", attr, digest, "", str(path.resolve()))
     else:
         try:
             module = importlib.import_module(where)
         except Exception as exc:
-            raise ProtocolError(f"--head {spec!r}: cannot import module {where!r}: {type(exc).__name__}: {exc}") from None
+            raise HeadError(f"--head {spec!r}: cannot import module {where!r}: {first_line(exc)}") from exc
         file = getattr(module, "__file__", None)
         source = HeadSource("module", f"{where}:{attr}", file_sha256(file) if file else "", _dist_of(where), spec)
     factory = getattr(module, attr, None)
@@ -164,7 +165,8 @@ def estimator_head(estimator, name: str | None = None, grid=None) -> HeadSpec:
 
 def check_head(head: HeadSpec, what: str) -> None:
     """Fit and predict probabilities on a tiny random sample at every grid point: one clear line when the
-    factory does not build, does not fit, or does not give P(class) per row."""
+    factory does not build, does not fit, or does not give P(class) per row. (The same output checks run
+    again on every fold and test set: ``head_calls``.) The user's exception is chained: ``-v`` shows it."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 5)).astype(np.float32)
     y = np.r_[np.zeros(20, np.int64), np.ones(20, np.int64)]
@@ -173,22 +175,23 @@ def check_head(head: HeadSpec, what: str) -> None:
         try:
             est = head.factory(**point)
         except Exception as exc:
-            raise ProtocolError(f"{what}: the factory failed with {point or 'no arguments'}: "
-                                f"{type(exc).__name__}: {exc}") from None
+            raise HeadError(f"{what}: the factory failed with {point or 'no arguments'}: {first_line(exc)}") from exc
         if not hasattr(est, "predict_proba"):
-            raise ProtocolError(f"{what}: {type(est).__name__} has no predict_proba (heads give probabilities; e.g. "
-                                "SVC(probability=True), or wrap it in CalibratedClassifierCV)")
+            raise HeadError(f"{what}: {type(est).__name__} has no predict_proba (heads give probabilities; e.g. "
+                            "SVC(probability=True), or wrap it in CalibratedClassifierCV)")
         try:
             est.fit(X, y)
-            p = np.asarray(est.predict_proba(X))
+            p = est.predict_proba(X)
+            classes = list(getattr(est, "classes_", []))
         except Exception as exc:
-            raise ProtocolError(f"{what}: fitting/predicting a 40-row sample failed at {point or 'its defaults'}: "
-                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-        if p.shape != (len(X), 2) or not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
-            raise ProtocolError(f"{what}: predict_proba must return (n_rows, 2) probabilities, got shape "
-                                f"{p.shape} in [{np.nanmin(p):.3g}, {np.nanmax(p):.3g}]")
-        if list(getattr(est, "classes_", [0, 1])) != [0, 1]:
-            raise ProtocolError(f"{what}: classes_ must be [0, 1] after fitting 0/1 labels")
+            raise HeadError(f"{what}: fitting/predicting a 40-row sample failed at {point or 'its defaults'}: "
+                            f"{first_line(exc)}") from exc
+        problem = proba_problem(p, len(X), classes)
+        if problem:
+            raise HeadError(f"{what}: on a 40-row sample, {problem}; predict_proba must give P(class 0), "
+                            "P(class 1) per row")
+        if classes != [0, 1]:
+            raise HeadError(f"{what}: classes_ must be [0, 1] after fitting 0/1 labels")
 
 
 def resolve_head(head) -> HeadSpec:

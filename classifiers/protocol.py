@@ -142,6 +142,7 @@ class Protocol:
     train: pd.DataFrame  # FOLD_COLUMNS, CSV row order
     tests: dict[str, TestSet]
     train_on: str = PAPER_TRAIN
+    unsaved_folds: bool = False  # the paper's folds, computed but not in folds.parquet yet (``save_folds``)
 
     @property
     def n_folds(self) -> int:
@@ -155,10 +156,19 @@ class Protocol:
 
 def load_protocol(store, test_sets: list[str] | None = None, train_on: str = PAPER_TRAIN,
                   create: bool = True) -> Protocol:
-    """Folds (the paper's persisted on first use, unless ``create`` is False: a read-only reader) and the named
-    test sets (default: every available one)."""
+    """Folds (the paper's persisted on first use, unless ``create`` is False: a read-only reader, or a writer that
+    saves them with its first rows, ``save_folds``) and the named test sets (default: every available one)."""
     fo = folds(store, create=create, train_on=train_on)
-    return Protocol(train=fo, tests=load_test_sets(store, test_sets), train_on=train_on)
+    unsaved = train_on == PAPER_TRAIN and not create and not store.folds_path.is_file()
+    return Protocol(train=fo, tests=load_test_sets(store, test_sets), train_on=train_on, unsaved_folds=unsaved)
+
+
+def save_folds(store, proto: Protocol) -> None:
+    """Save the paper's folds that ``proto`` computed without saving (``create=False``), unless the store has
+    them by now. A writer calls it just before its first rows: a probe that fails in a later fold then leaves
+    no new folds.parquet either (the folds are deterministic, so saving them late changes nothing else)."""
+    if proto.unsaved_folds and not store.folds_path.is_file():
+        store.write_folds(proto.train)
 
 
 def load_test_sets(store, test_sets: list[str] | None = None) -> dict[str, TestSet]:

@@ -24,8 +24,9 @@ from mitoprobe.store.errors import ProtocolError, StaleFeaturesError, StoreError
 from . import runs as R
 from .features import Features, load_features
 from .fitting import _seeded_params, fit_fold, predict_test_set
+from .heads import HeadSpec
 from .own_heads import head_from_record, resolve_head
-from .protocol import PAPER_TRAIN, TestSet, load_protocol
+from .protocol import PAPER_TRAIN, Protocol, TestSet, load_protocol, save_folds
 from .scoring import prediction_frame, score_test_set
 
 REFIT_TOLERANCE = 1e-6  # max |p_refit - p_stored| on a fold's held-out patches
@@ -55,11 +56,14 @@ class FittedFamily:
     ensemble_threshold: float | None
     train_on: str = PAPER_TRAIN
     runs: pd.DataFrame | None = None  # the family's run rows (latest repeat) the refit was read from
+    spec: HeadSpec | None = None  # the head (its name and, for an own head, its source: how its faults are told)
+    proto: Protocol | None = None  # the folds the family was refitted under
 
     def fold_probabilities(self, patch_ids) -> np.ndarray:
         """(n_folds, n_patches) P(atypical) of every fold model (views averaged as in the run)."""
         ts = TestSet("query", np.asarray(patch_ids), np.zeros(len(patch_ids), np.int64), pd.DataFrame())
-        return np.vstack([predict_test_set(f.estimator, self.feats, ts)[0] for f in self.folds])
+        return np.vstack([predict_test_set(self.spec, f.estimator, self.feats, ts,
+                                           f"fold {f.fold} refitted, the patches to predict")[0] for f in self.folds])
 
 
 def family_runs(store, family_id: str) -> pd.DataFrame:
@@ -114,7 +118,7 @@ def refit_family(store, family_id: str) -> FittedFamily:
                                  f"stored vectors now have {feats.recipe_id}: probe them again (`mitoprobe probe "
                                  f"--model {model} --head {head}`)")
     train_on = cfg0.get("protocol", {}).get("train_on", PAPER_TRAIN)
-    proto = load_protocol(store, train_on=train_on)  # the folds the family was fitted under
+    proto = load_protocol(store, train_on=train_on, create=False)  # the folds the family was fitted under
     train_ids = proto.train["patch_id"].to_numpy()
     stored_val = stored_predictions(store, folds["run_id"].tolist(), split="val")
     fitted = []
@@ -130,7 +134,7 @@ def refit_family(store, family_id: str) -> FittedFamily:
     ens = rows[rows["fold"] == -1]
     return FittedFamily(family_id, model, head, recipe_id, int(rows["repeat"].iloc[0]), options, feats, fitted,
                         None if ens.empty else ens["run_id"].iloc[0],
-                        None if ens.empty else float(ens["threshold"].iloc[0]), train_on, rows)
+                        None if ens.empty else float(ens["threshold"].iloc[0]), train_on, rows, spec, proto)
 
 
 def _check_reproduced(family_id: str, fold: int, run_id: str, val_ids: np.ndarray, p_refit: np.ndarray,
@@ -176,7 +180,8 @@ def _extend_family(store, family_id: str, tests: dict[str, TestSet], n_boot: int
         base = rows[rows["run_id"] == f.run_id].iloc[0][base_cols].to_dict()
         probs = {}
         for name, ts in tests.items():
-            p, secs = predict_test_set(f.estimator, fitted.feats, ts)
+            p, secs = predict_test_set(fitted.spec, f.estimator, fitted.feats, ts,
+                                       f"fold {f.fold} refitted, test set {name}")
             probs[name] = p
             runs.append(dict(base, run_id=f.run_id, fold=f.fold, test_set=name, fit_seconds=0.0, predict_seconds=secs,
                              **score_test_set(ts, p, f.threshold, n_boot, int(base["seed"]))))
@@ -190,5 +195,6 @@ def _extend_family(store, family_id: str, tests: dict[str, TestSet], n_boot: int
                              predict_seconds=0.0, **score_test_set(ts, p, fitted.ensemble_threshold, n_boot,
                                                                    int(base["seed"]))))
             preds.append(prediction_frame(fitted.ensemble_run_id, ts, -1, p, fitted.ensemble_threshold))
+    save_folds(store, fitted.proto)  # (refitting saves nothing: the folds go with the rows they made)
     R.append(store, runs, preds)
     return pd.DataFrame(runs)

@@ -24,9 +24,10 @@ from . import metrics as M
 from . import runs as R
 from .features import POOLINGS, Features, current_recipe_id, load_features
 from .fitting import SELECTION_RULE, _seeded_params, fit_fold, predict_test_set
+from .head_calls import head_code
 from .heads import DEFAULT_HEADS, HeadSpec
 from .own_heads import estimator_head, is_own_head_spec, own_head, resolve_head
-from .protocol import FOLD_SEED, N_FOLDS, PAPER_TRAIN, TEST_SETS, Protocol, load_protocol
+from .protocol import FOLD_SEED, N_FOLDS, PAPER_TRAIN, TEST_SETS, Protocol, load_protocol, save_folds
 from .refit import extend_family, missing_test_sets
 from .scoring import ENSEMBLE_RULE, fold_ensemble, heldout_frame, prediction_frame, score_test_set
 
@@ -120,11 +121,11 @@ def _run_family(store, feats: Features, proto: Protocol, spec, head: str, option
         rid = R.run_id(fam, k, rep)
         preds.append(heldout_frame(rid, train_ids[fd.val_idx], k, fit["val_proba"], fit["threshold"]))
         cfg = dict(config, fold=k, seed=run_seed, selected=fit["chosen"], tried=fit["tried"],
-                   estimator=_jsonable_params(fit["estimator"]))
+                   estimator=_jsonable_params(spec, fit["estimator"], k))
         if spec.source is not None:  # where to import it again (predict); machine-specific, so not in the family id
             cfg["head_where"] = spec.source.where
         for name, ts in proto.tests.items():
-            p, secs = predict_test_set(fit["estimator"], feats, ts)
+            p, secs = predict_test_set(spec, fit["estimator"], feats, ts, f"fold {k}, test set {name}")
             fold_probs[name].append(p)
             runs.append(dict(base, run_id=rid, config_json=canonical_json(cfg), fold=k, test_set=name,
                              threshold=fit["threshold"], val_auroc=fit["val_auroc"],
@@ -147,6 +148,7 @@ def _run_family(store, feats: Features, proto: Protocol, spec, head: str, option
                              **score_test_set(ts, p, ens.threshold, n_boot, run_seed)))
             preds.append(prediction_frame(rid, ts, -1, p, ens.threshold))
         preds.append(heldout_frame(rid, train_ids, -1, oof, ens.threshold))
+    save_folds(store, proto)  # the paper's folds, saved with the first rows that use them (not before)
     R.append(store, runs, preds)
     return pd.DataFrame(runs)
 
@@ -173,8 +175,12 @@ def _paper_defaults(head: str, model: str) -> dict:
     return paper_probe_params(family)
 
 
-def _jsonable_params(est) -> dict:
-    return json.loads(canonical_json({k: v for k, v in est.get_params(deep=True).items()
+def _jsonable_params(spec: HeadSpec, est, fold: int) -> dict:
+    if not hasattr(est, "get_params"):  # an own head need not be a scikit-learn BaseEstimator
+        return {}
+    with head_code(spec, f"fold {fold}", "get_params"):
+        params = est.get_params(deep=True)
+    return json.loads(canonical_json({k: v for k, v in params.items()
                                       if not hasattr(v, "get_params") and k != "steps"}))
 
 
@@ -208,7 +214,8 @@ def _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_sta
     specs = resolve_heads(heads)  # own heads imported and checked here, before any write
     # first: a bad set writes nothing
     feats = features if features is not None else load_features(store, model, pooling, tta, recipe_id, allow_stale)
-    proto = protocol or load_protocol(store, train_on=train_on)  # (persists the paper's folds on first use)
+    # computed, not saved yet: a family that fails (an own head's fault in fold 3) leaves no folds.parquet either
+    proto = protocol or load_protocol(store, train_on=train_on, create=False)
     options = dict(pooling=pooling, views=feats.views, tta=bool(tta))
     out = []
     runs_of = [(head, s) for head in specs for s in (seeds or [seed])]
@@ -222,4 +229,5 @@ def _sweep(store, model, heads, pooling, tta, seed, repeat, recipe_id, allow_sta
                 bar.update(proto.n_folds)
             else:
                 out.append(rows)
+    save_folds(store, proto)  # a probe that succeeds saves them, even when every family was stored already
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=R.RUN_COLUMNS)

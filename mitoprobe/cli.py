@@ -3,13 +3,15 @@ lazily, so ``mitoprobe --help`` is instant and never imports torch.
 
 Errors: every :class:`store.errors.MitoprobeError` (bad data, a damaged or incomplete store, an unknown
 recipe, unavailable weights, a request the protocol forbids, ...) prints one ``error:`` line and exits
-2; anything else is a bug and keeps its traceback."""
+2; with ``-v``, the exception it was raised from (e.g. your own head's, ``HeadError``) is printed first,
+traceback and all. Anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
 import importlib
 import logging
 import sys
+import traceback
 
 import click
 
@@ -67,12 +69,19 @@ def cli(verbose: int) -> None:
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _VERBOSE[0] = verbose
+
+
+_VERBOSE = [0]  # this invocation's -v count (``main`` reads it after the command has failed)
 
 
 def main() -> None:
+    _VERBOSE[0] = 0
     try:
         cli.main(standalone_mode=False)
     except MitoprobeError as exc:
+        if _VERBOSE[0] and exc.__cause__ is not None:  # e.g. your own head's exception, behind its one line
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
     except click.exceptions.Abort:

@@ -18,6 +18,8 @@ Which one to raise:
 * :class:`ConfigError` - an option value that cannot work (device, engine, batch size, folds).
 * :class:`ProtocolError` - a request the evaluation protocol forbids or cannot serve (unknown head,
   test set or pooling; a fine-tuned fold's vectors under another fold; a bad fold spec).
+* :class:`HeadError` - your own head (``--head file.py:FACTORY``, an estimator object) raised, or returned
+  what is not one probability per row in [0, 1]; the message names the head and the fold.
 * :class:`FinetuneError` - a fine-tuning run that cannot start or resume as asked.
 """
 
@@ -66,6 +68,11 @@ class ConfigError(MitoprobeError):
 
 class ProtocolError(MitoprobeError):
     """The evaluation protocol cannot serve the request as asked."""
+
+
+class HeadError(ProtocolError):
+    """An own head's code raised (the exception is chained: ``mitoprobe -v`` prints its traceback) or its
+    ``predict_proba`` gave no probability per row; one line naming the head, the fold and the test set."""
 
 
 class FinetuneError(MitoprobeError):

@@ -98,10 +98,10 @@ def test_fit_path_never_receives_test_rows(synth, monkeypatch):
     seen = []
     real_fit = fitting._fit
 
-    def spy(head, params, X, y, X_val, y_val):
+    def spy(head, params, X, y, X_val, y_val, *where):
         seen.extend(x.tobytes() for x in X)
         seen.extend(x.tobytes() for x in X_val)
-        return real_fit(head, params, X, y, X_val, y_val)
+        return real_fit(head, params, X, y, X_val, y_val, *where)
 
     monkeypatch.setattr(fitting, "_fit", spy)
     run_family(synth, feats, proto, resolve_heads("simpleshot")[0], {"pooling": "all"}, repeat=True, n_boot=20)
