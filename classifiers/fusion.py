@@ -39,6 +39,7 @@ from sklearn.linear_model import LogisticRegression
 from mitoprobe.paper.naming import pooled_model_name
 from mitoprobe.store.errors import ProtocolError
 from mitoprobe.store.hashing import canonical_json, config_hash
+from mitoprobe.store.integrity import preflight
 
 from . import metrics as M
 from . import runs as R
@@ -208,6 +209,7 @@ def fuse(store, specs: list[str], rule: str = "mean", n_boot: int = M.N_BOOTSTRA
     name = check_name(name)
     if rule not in RULES:
         raise ProtocolError(f"unknown fusion rule {rule!r}; choose from {sorted(RULES)}")
+    preflight(store, results=True, folds=True)  # a damaged store: refused before anything is read or written
     runs = store.results.read("runs")
     if runs.empty:
         raise ProtocolError("fusion needs stored runs; probe or fine-tune first")

@@ -29,6 +29,7 @@ import pandas as pd
 
 from mitoprobe.store import schema
 from mitoprobe.store.hashing import config_hash, source_version
+from mitoprobe.store.integrity import preflight
 from mitoprobe.store.lock import SetLock
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,9 @@ def recorded_seeds(store, fam: str) -> set[int]:
 
 
 def append(store, runs: list[dict], predictions: list[pd.DataFrame]) -> None:
-    """Append one family's rows (predictions first, so a run row never lacks its predictions)."""
+    """Append one family's rows (predictions first, so a run row never lacks its predictions); refused,
+    writing nothing, on a damaged store (``integrity.preflight``: results computed from it are wrong)."""
+    preflight(store, results=True, folds=True)
     if predictions:
         preds = pd.concat(predictions, ignore_index=True)[PREDICTION_COLUMNS]
         store.results.append("predictions", preds)

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from mitoprobe.store import Store
+from mitoprobe.store.integrity import preflight
 from mitoprobe.store.patch_parts import read_row_group
 from mitoprobe.store.errors import ConfigError, MitoprobeError
 from mitoprobe.store.progress import progress as progress_bar
@@ -217,6 +218,7 @@ def embed(store: Store | str | Path | None, model: str, views: str = "none", dev
     dev = resolve_device(device)
     commit, hub_error = _served_commit(recipe, weights, hf_token_env, st)
     rid = recipe_id_of(recipe, weights, st.root, hub_revision=commit)
+    preflight(st, embedding_set=rid)  # a damaged store: refused before COMPLETE or any chunk is touched
     load = replace(recipe, revision=commit) if commit else recipe  # load exactly the commit in the id
     all_ids = st.patches(columns=["patch_id"])["patch_id"].tolist()
     rows_total = len(all_ids) * len(vnames)

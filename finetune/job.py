@@ -33,6 +33,7 @@ from mitoprobe.store import Store
 from mitoprobe.store.atomic import write_json
 from mitoprobe.store.errors import FinetuneError, StoreError
 from mitoprobe.store.hashing import canonical_json, config_hash, source_version
+from mitoprobe.store.integrity import preflight
 from mitoprobe.store.schema import SUBTYPE_COLUMNS, VOTE_COLUMNS
 
 from .config import SUBTYPES, FinetuneConfig
@@ -276,6 +277,7 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
         if stored.get("run_key") != key:
             raise FinetuneError(f"{run_dir} holds run {stored.get('run_key')}, not {key} (another configuration); "
                                 "choose another --out")
+    preflight(st, results=True, folds=True)  # a damaged store: refused before the folds, run folder or results
     proto = load_protocol(st)  # the first write a fine-tuning run may make (the store's folds, once)
     if proto.n_folds != N_FOLDS:
         want = parse_folds(folds, proto.n_folds)

@@ -190,14 +190,61 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
 
 
-STALE_TMP_SECONDS = 3600.0
+STALE_TMP_SECONDS = 3600.0  # a temp file older than this belongs to no running writer (unless held: below)
+
+
+def hold(path: Path) -> int | None:
+    """Hold an OS lock on ``path`` (a temp file being written) until :func:`let_go`: the kernel drops it
+    when the process dies, so a sweep tells a live writer's staging from a killed one's (:func:`in_use`).
+    Returns the descriptor (None where ``flock`` is unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: the age rule alone applies
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock then: the age rule alone protects it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def let_go(fd: int | None) -> None:
+    """Drop what :func:`hold` took (idempotent for None)."""
+    if fd is not None:
+        os.close(fd)
+
+
+def in_use(path: str | Path) -> bool:
+    """Whether a live process holds ``path`` (:func:`hold`); opens it read-only and changes nothing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # drops the shared lock just taken
+    return False
 
 
 def sweep_tmp(folder: str | Path, older_than_s: float = STALE_TMP_SECONDS) -> int:
     """Remove leftovers of interrupted writes; returns how many were removed.
 
-    Only writers call this, and only for leftovers older than ``older_than_s``: a younger
-    ``.tmp-*`` may belong to another process writing right now.
+    Only writers call this, and only for leftovers older than ``older_than_s`` and not held by a live
+    writer (:func:`in_use`): a younger ``.tmp-*`` may belong to another process writing right now.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -206,7 +253,7 @@ def sweep_tmp(folder: str | Path, older_than_s: float = STALE_TMP_SECONDS) -> in
     cutoff = time.time() - older_than_s
     for p in folder.glob(f"{TMP_PREFIX}*"):
         try:
-            if p.stat().st_mtime > cutoff:
+            if p.stat().st_mtime > cutoff or in_use(p):
                 continue
         except FileNotFoundError:
             continue

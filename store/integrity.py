@@ -2,23 +2,28 @@
 
 In the spirit of SQLite's ``PRAGMA integrity_check``, :func:`check` reads every byte and lists every
 problem, each with its path, what is wrong and the fix: every Parquet file opens and matches its
-schema (``store/schema.py``; result parts may lack newer columns), every part the patches manifest
-lists exists and holds the rows it records (a part no manifest lists, left by a killed import, is a
-warning), each embedding set's
-``recipe.json`` parses and names its folder, its row count equals its ``COMPLETE`` record, no
+schema (``store/schema.py``; result parts may lack newer columns), the patches table's manifest and
+parts agree and hold each patch id once (``store/patch_scan.py``), each embedding set's ``recipe.json`` parses and names its folder, its row count equals its ``COMPLETE`` record, no
 (patch_id, view) key is stored twice, every key's patch exists, ``folds.parquet`` lists the AMi-Br
 train patches in ``train_row`` order, and every LanceDB table matches its Parquet vectors (row count
 and a sample of rows), standardised search columns and ``search_stats.json`` included, and no result
 row is stored twice (``runs``: run_id + test_set; ``predictions``: run_id + test_set + split + patch_id;
-two jobs that appended the same family). Warnings (an interrupted embedding job, folds to recompute)
-are reported but are not damage.
+two jobs that appended the same family). Warnings (an interrupted embedding job, folds to recompute,
+staging leftovers of killed writers: ``store/leftovers.py``) are reported but are not damage.
 
-:func:`repair` plans (``dry_run``, the default) or takes these actions, and never deletes: a file it
-takes out moves to ``<store>/quarantine/<timestamp>/<its relative path>``.
+:func:`preflight` is the same scan, cheap (footers and small columns), run by every writer before its
+first write: a damaged store is refused with the line :func:`check` prints for the damage, so a
+command never writes on damage (and then fails, or stores results computed from it).
 
-* an unreadable file, or a set whose ``recipe.json`` is unreadable: quarantined (a bad patches part
-  also leaves ``patches/MANIFEST.json``, rewritten; an unreadable manifest is rebuilt from the
-  readable part files; an unlisted part is quarantined);
+:func:`repair` plans (``dry_run``, the default) or takes an action for every damage :func:`check`
+reports, and never deletes: a file it takes out moves to ``<store>/quarantine/<timestamp>/<its
+relative path>`` (only staging leftovers no writer can own are deleted: unfinished writes).
+
+* the patches table: a bad part is quarantined and leaves the manifest, a miscounted entry is read
+  again from its part, a part listed twice is listed once, patch ids stored twice keep their first
+  copy, an unreadable manifest is rebuilt from the readable part files (``store/patch_scan.py``), under
+  the patches lock;
+* an unreadable file, or a set whose ``recipe.json`` is unreadable: quarantined;
 * duplicate keys: the later part (by mtime, then name) is quarantined, or, when it also holds new
   keys, rewritten without the duplicates first (nothing readable is lost);
 * result rows stored twice: the same, per result part: the first copy of each row (oldest part first)
@@ -55,47 +60,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import migrations, schema
+from . import leftovers, migrations, patch_scan, schema
 from .atomic import READ_ERRORS, write_json, write_parquet
 from .errors import DamagedStoreError, StoreLockedError
 from .features import EmbeddingSet, z_column
-from .lock import describe
-from .patch_parts import readable
+from .findings import REPAIR, Action, Problem
+from .lock import describe, patches_lock
 from .results import KEYS, RESULT_TABLES, SCHEMAS, UNIQUE_KEYS
+
+__all__ = ["Action", "Problem", "check", "errors", "preflight", "repair", "summary"]
 
 QUARANTINE_DIR = "quarantine"
 LANCE_SAMPLE = 8  # rows compared between a LanceDB table and its Parquet parts
-REPAIR = "run `mitoprobe store repair --yes`"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding of :func:`check`: ``severity`` "error" is damage, "warning" is reported only."""
-
-    path: Path
-    what: str
-    fix: str
-    kind: str = "damage"
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        head = "warning: " if self.severity == "warning" else ""
-        return f"{head}{self.path}: {self.what}. Fix: {self.fix}"
-
-
-@dataclass
-class Action:
-    """One step of :func:`repair`: ``done`` once taken."""
-
-    path: Path
-    action: str  # quarantine, rewrite part, write COMPLETE, rebuild LanceDB table, skip
-    why: str
-    done: bool = False
-    target: Path | None = None  # where a quarantined file went
-
-    def __str__(self) -> str:
-        where = f" -> {self.target}" if self.target else ""
-        return f"{self.action}: {self.path}{where} ({self.why})"
+FOLD_COLUMNS = ("patch_id", "dataset", "split", "train_row", "slide", "label", "y")  # what the folds check reads
 
 
 # -- reading, every byte ------------------------------------------------------------------------
@@ -105,22 +82,6 @@ def _read(path: Path) -> tuple[pa.Table | None, str | None]:
     except READ_ERRORS as exc:
         text = " ".join(str(exc).replace(f"Could not open Parquet input source '{path}': ", "").split())
         return None, text[:200] or type(exc).__name__
-
-
-def _type_problems(actual: pa.Schema, expected: pa.Schema, *, missing_ok: bool | tuple[str, ...]) -> list[str]:
-    """Columns of ``actual`` whose type family differs from ``expected`` (vectors: exact type).
-    ``missing_ok``: True, or the names of the columns that may be missing (added in a later version)."""
-    out = []
-    for f in expected:
-        if f.name not in actual.names:
-            if missing_ok is not True and f.name not in (missing_ok or ()):
-                out.append(f"column {f.name!r} missing")
-            continue
-        t = actual.field(f.name).type
-        exact = schema._kind(f.type) == "list"
-        if t != f.type and (exact or schema._kind(t) not in ("null", schema._kind(f.type))):
-            out.append(f"column {f.name!r} is {t}, expected {f.type}")
-    return out
 
 
 @dataclass
@@ -170,76 +131,34 @@ class _Set:
 class _Scan:
     store: object
     stamp_error: str | None = None  # why FORMAT.json cannot be read
-    patches_error: str | None = None
-    patches_path: Path | None = None  # what patches_error is about (the manifest), when not its parts
-    bad_patch_parts: list = field(default_factory=list)  # (part, why): missing, unreadable, wrong schema or rows
-    unlisted_parts: list = field(default_factory=list)  # part files no manifest lists (a killed import)
-    patch_ids: set | None = None  # None: unknown (no or unreadable patches table)
-    duplicate_patch_ids: int = 0
-    n_patches: int = 0
+    patches: patch_scan.PatchScan = field(default_factory=patch_scan.PatchScan)
     folds_error: str | None = None
     folds_missing_with_results: bool = False
     sets: list[_Set] = field(default_factory=list)
     orphan_lance: list[Path] = field(default_factory=list)
     results: dict[str, list[_Part]] = field(default_factory=dict)
+    leftovers: list[leftovers.Leftover] = field(default_factory=list)
+
+    @property
+    def patch_ids(self) -> set | None:
+        """The stored patch ids (after a repair: readable parts, first copies); None: unknown."""
+        return self.patches.ids
 
 
-def _scan_patches(scan: _Scan) -> None:
-    """Every listed part read in full, a row group at a time (memory: one row group, plus the metadata)."""
-    parts = scan.store.patch_parts
-    if not parts.exists():
-        return
-    try:
-        entries = parts.entries()
-    except DamagedStoreError as exc:
-        scan.patches_error = getattr(exc, "reason", str(exc))
-        scan.patches_path = parts.manifest_path
-        return
-    scan.unlisted_parts = parts.unlisted()
-    metas = []
-    for e in entries:
-        path = parts.path_of(e)
-        if not path.is_file():
-            scan.bad_patch_parts.append((path, "is listed in patches/MANIFEST.json but missing"))
-            continue
-        meta, err = _read_patch_part(path)
-        if err is None:
-            if e.get("rows") is not None and meta.num_rows != e["rows"]:
-                err = f"holds {meta.num_rows} rows, patches/MANIFEST.json records {e['rows']}"
-        if err:
-            scan.bad_patch_parts.append((path, err))
-            continue
-        metas.append(meta.to_pandas())
-    if scan.bad_patch_parts:  # the rest is checked against the readable parts: the table a repair leaves
-        scan.patches_error = "; ".join(f"{p.name} {why}" for p, why in scan.bad_patch_parts)
-    meta = pd.concat(metas, ignore_index=True) if metas else pd.DataFrame(columns=list(schema.PATCH_COLUMNS))
-    ids = meta["patch_id"].tolist()
-    scan.patch_ids, scan.n_patches = set(ids), len(ids)
-    scan.duplicate_patch_ids = len(ids) - len(scan.patch_ids)
-    if scan.store.folds_path.is_file():
-        _scan_folds(scan, meta)
-
-
-def _read_patch_part(path: Path) -> tuple[pa.Table | None, str | None]:
-    """(metadata, None) when every row group of the part reads and its schema is the patches', else
-    (None, why). One pass, a row group at a time: the PNGs are read (that is the check) and dropped."""
+def _footer(path: Path) -> tuple[pa.Schema | None, int, str | None]:
+    """(schema, rows, None) from a Parquet file's footer, or (None, 0, why): what the preflight reads."""
     try:
         f = pq.ParquetFile(path)
-        bad = _type_problems(f.schema_arrow, schema.PATCHES, missing_ok=schema.ADDED_PATCH_COLUMNS)
-        if bad:
-            return None, "does not match the patches schema: " + "; ".join(bad)
-        cols = [c for c in schema.PATCH_COLUMNS if c in f.schema_arrow.names]
-        groups = [f.read_row_group(g).select(cols) for g in range(f.metadata.num_row_groups)]
+        return f.schema_arrow, f.metadata.num_rows, None
     except READ_ERRORS as exc:
-        return None, " ".join(str(exc).split()) or type(exc).__name__
-    return (pa.concat_tables(groups) if groups else f.schema_arrow.empty_table().select(cols)), None
+        return None, 0, " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _scan_folds(scan: _Scan, patches) -> None:
     st = scan.store
     folds, err = _read(st.folds_path)
     if err is None:
-        bad = _type_problems(folds.schema, schema.FOLDS, missing_ok=False)
+        bad = schema.type_problems(folds.schema, schema.FOLDS, missing_ok=False)
         err = "does not match the folds schema: " + "; ".join(bad) if bad else None
     if err is None:
         f = folds.to_pandas()
@@ -256,27 +175,20 @@ def _scan_folds(scan: _Scan, patches) -> None:
     scan.folds_error = err
 
 
-def _scan_set(scan: _Scan, folder: Path) -> _Set:
-    st = scan.store
-    s = _Set(folder)
-    try:
-        s.eset = st.features._set_of(folder)
-    except DamagedStoreError as exc:
-        s.recipe_error = getattr(exc, "reason", str(exc))
-        return s
-    s.holder = st.features.lock(s.eset.recipe_id, s.eset.name).held_elsewhere()
-    expected = schema.embedding_schema(s.eset.outputs)
-    by_age = sorted(s.eset.parts, key=lambda p: (p.stat().st_mtime_ns, p.name))
+def _set_schema_error(actual: pa.Schema, expected: pa.Schema) -> str | None:
+    bad = schema.type_problems(actual, expected, missing_ok=False)
+    extra = [n for n in actual.names if n not in expected.names]
+    bad += [f"unexpected column(s) {extra}"] if extra else []
+    return "does not match the set's schema: " + "; ".join(bad) if bad else None
+
+
+def _read_set_parts(s: _Set, by_age: list[Path], expected: pa.Schema) -> list[str]:
+    """Every part read in full, one in memory at a time: keys, duplicates, the LanceDB sample; the views seen."""
     picked = set(np.linspace(0, len(by_age) - 1, LANCE_SAMPLE).astype(int).tolist()) if by_age else set()
     views: set = set()
-    for n, path in enumerate(by_age):  # one part in memory at a time
+    for n, path in enumerate(by_age):
         t, err = _read(path)
-        if err is None:
-            bad = _type_problems(t.schema, expected, missing_ok=False)
-            extra = [n for n in t.column_names if n not in expected.names]
-            if bad or extra:
-                bad += [f"unexpected column(s) {extra}"] if extra else []
-                err = "does not match the set's schema: " + "; ".join(bad)
+        err = err or _set_schema_error(t.schema, expected)
         part = _Part(path, err)
         if not err and n in picked and t.num_rows:
             i = t.num_rows // 2
@@ -293,14 +205,45 @@ def _scan_set(scan: _Scan, folder: Path) -> _Set:
             s.rows += len(keys)
             views.update(v for _, v in keys)
         s.parts.append(part)
-    s.views = list((s.eset.provenance.get("run") or {}).get("views") or sorted(views))
-    if (folder / "COMPLETE").is_file():
+    return sorted(views)
+
+
+def _footer_set_parts(s: _Set, by_age: list[Path], expected: pa.Schema) -> None:
+    """The preflight's look: each part's footer (readable, the set's schema, its rows)."""
+    for path in by_age:
+        sch, rows, err = _footer(path)
+        err = err or _set_schema_error(sch, expected)
+        s.rows += 0 if err else rows
+        s.parts.append(_Part(path, err))
+
+
+def _read_complete_record(s: _Set) -> None:
+    if (s.folder / "COMPLETE").is_file():
         try:
-            s.complete_rows = json.loads((folder / "COMPLETE").read_text())["rows"]
+            s.complete_rows = json.loads((s.folder / "COMPLETE").read_text())["rows"]
             if not isinstance(s.complete_rows, int):
                 raise ValueError(f"rows is {s.complete_rows!r}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             s.complete_rows, s.complete_error = None, " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _scan_set(scan: _Scan, folder: Path, full: bool = True) -> _Set:
+    st = scan.store
+    s = _Set(folder)
+    try:
+        s.eset = st.features._set_of(folder)
+    except DamagedStoreError as exc:
+        s.recipe_error = getattr(exc, "reason", str(exc))
+        return s
+    s.holder = st.features.lock(s.eset.recipe_id, s.eset.name).held_elsewhere()
+    expected = schema.embedding_schema(s.eset.outputs)
+    by_age = sorted(s.eset.parts, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    _read_complete_record(s)
+    if not full:
+        _footer_set_parts(s, by_age, expected)
+        return s
+    views = _read_set_parts(s, by_age, expected)
+    s.views = list((s.eset.provenance.get("run") or {}).get("views") or views)
     if scan.patch_ids is not None:
         have = {pid for pid, _ in s.keys}
         s.orphans = len(have - scan.patch_ids)
@@ -349,21 +292,29 @@ def _scan_lance(st, s: _Set) -> str | None:
     return None
 
 
-def _scan_results(scan: _Scan, table: str) -> list[_Part]:
+def _results_schema_error(sch: pa.Schema, table: str, kinds: dict) -> str | None:
+    bad = schema.type_problems(sch, SCHEMAS[table], missing_ok=True)
+    bad += [f"key column {k!r} missing" for k in KEYS[table] if k not in sch.names]
+    for f in sch:  # parts are read together by column name: an extra column keeps one type
+        k = schema._kind(f.type)
+        if k != "null" and kinds.setdefault(f.name, k) != k:
+            bad.append(f"column {f.name!r} is {f.type}, other parts hold {kinds[f.name]}")
+    return "does not match the results schema: " + "; ".join(bad) if bad else None
+
+
+def _scan_results(scan: _Scan, table: str, full: bool = True) -> list[_Part]:
+    """Each part of ``table``: readable, its schema, and (``full``) rows stored twice; else footers only."""
     out, kinds, keys = [], {}, []
     by_age = sorted(scan.store.results.parts(table), key=lambda p: (p.stat().st_mtime_ns, p.name))
     for path in by_age:  # oldest first: the first copy of a row is the one that stays
-        t, err = _read(path)
-        if err is None:
-            bad = _type_problems(t.schema, SCHEMAS[table], missing_ok=True)
-            bad += [f"key column {k!r} missing" for k in KEYS[table] if k not in t.column_names]
-            for f in t.schema:  # parts are read together by column name: an extra column keeps one type
-                k = schema._kind(f.type)
-                if k != "null" and kinds.setdefault(f.name, k) != k:
-                    bad.append(f"column {f.name!r} is {f.type}, other parts hold {kinds[f.name]}")
-            err = "does not match the results schema: " + "; ".join(bad) if bad else None
+        if full:
+            t, err = _read(path)
+            sch = t.schema if t is not None else None
+        else:
+            t, (sch, _, err) = None, _footer(path)
+        err = err or _results_schema_error(sch, table, kinds)
         part = _Part(path, err)
-        if err is None:  # only the 16-byte hashes are kept, never the key strings of every row
+        if err is None and full:  # only the 16-byte hashes are kept, never the key strings of every row
             keys.append((part, _key_hashes(_row_keys(t, table))))
         out.append(part)
         del t
@@ -399,7 +350,10 @@ def _key_hashes(keys: np.ndarray) -> np.ndarray:
 
 def _scan(store) -> _Scan:
     scan = _Scan(store, migrations.stamp_error(store.root))
-    _scan_patches(scan)
+    scan.patches = patch_scan.scan(store.patch_parts, schema.PATCH_COLUMNS, full=True)
+    if scan.patches.meta is not None and store.folds_path.is_file():
+        _scan_folds(scan, scan.patches.meta)
+    scan.leftovers = leftovers.find(store)
     scan.folds_missing_with_results = not store.folds_path.is_file() and bool(store.results.parts("runs"))
     fs = store.features
     if fs.dir.is_dir():
@@ -421,23 +375,11 @@ def _problems(scan: _Scan) -> list[Problem]:
     if scan.stamp_error:
         out.append(P(migrations.stamp_path(st.root), scan.stamp_error, f"{REPAIR} (quarantines it; the format is "
                      "then read from the store's files and the next write stamps it)", "format"))
-    fix = f"{REPAIR} (quarantines it), then `mitoprobe data import` the same data"
-    if scan.patches_path is not None:
-        out.append(P(scan.patches_path, f"cannot be read ({scan.patches_error})", fix, "unreadable"))
-    for path, why in scan.bad_patch_parts:
-        what = why if why.startswith(("is listed", "does not", "holds")) else f"cannot be read ({why})"
-        out.append(P(path, what, fix.replace("quarantines it", "quarantines it and drops it from the manifest"),
-                     "unreadable"))
-    if not scan.patches_error and scan.patch_ids is None and (scan.sets or any(scan.results.values())):
+    out += patch_scan.problems(scan.patches, st.patch_parts)
+    if scan.patches.manifest_error is None and scan.patch_ids is None and (scan.sets or any(scan.results.values())):
         out.append(P(st.patches_path, "missing while embeddings or results exist",
                      "`mitoprobe data import` the same data (vectors and results are keyed by patch id)",
                      "no-patches", "warning"))
-    for path in scan.unlisted_parts:
-        out.append(P(path, "a patches part no manifest lists (an import stopped before its commit)",
-                     f"{REPAIR} (quarantines it; nothing stored refers to it)", "unlisted-part", "warning"))
-    if scan.duplicate_patch_ids:
-        out.append(P(st.patches_path, f"{scan.duplicate_patch_ids} patch ids occur twice",
-                     "re-import with `mitoprobe data import --replace`", "duplicate-patches"))
     if scan.folds_error:
         out.append(P(st.folds_path, scan.folds_error, f"{REPAIR} (quarantines it; the folds are recomputed "
                      "deterministically on next use)", "folds"))
@@ -460,7 +402,7 @@ def _problems(scan: _Scan) -> list[Problem]:
                              f"run id(s) {shown}): the same results appended twice (two jobs on one family)",
                              f"{REPAIR} (moves the extra rows to the quarantine; one copy of each stays)",
                              "duplicates"))
-    return out
+    return out + leftovers.problems(scan.leftovers)
 
 
 def _set_problems(st, s: _Set) -> list[Problem]:
@@ -632,38 +574,24 @@ def _repair_result_part(r: _Repair, table: str, p: _Part) -> None:
 
 
 def _repair_patches(r: _Repair, scan: _Scan) -> None:
-    """Bad parts go to the quarantine and leave the manifest (their datasets are then re-imported); an
-    unreadable manifest is quarantined and rebuilt listing every readable part file; unlisted parts of
-    a killed import are quarantined."""
-    parts = r.store.patch_parts
-    if scan.patches_path is not None:
-        r.quarantine(scan.patches_path, scan.patches_error)
-        found = [p for p in sorted(parts.dir.glob("part-*.parquet")) if readable(p) is None]
-        if parts.legacy_path.is_file() and readable(parts.legacy_path) is None:
-            found.insert(0, parts.legacy_path)
-        r.act(parts.manifest_path, "write manifest", f"lists the {len(found)} readable part file(s) found",
-              lambda a: parts.commit([parts.entry_of(p) for p in found]))
+    """The patches table's repair (``store/patch_scan.py``), under the patches lock: no import commits meanwhile."""
+    lock = patches_lock(r.store.root)
+    try:
+        if not r.dry_run:
+            lock.acquire()
+    except StoreLockedError as exc:
+        r.act(r.store.patch_parts.dir, "skip", str(exc))
         return
-    bad = {p for p, _ in scan.bad_patch_parts}
-    if bad:
-        entries = parts.entries()
-        keep = [e for e in entries if parts.path_of(e) not in bad]
-        lost = sorted({d for e in entries if parts.path_of(e) in bad for d in (e.get("datasets") or {})})
-        for path, why in scan.bad_patch_parts:
-            if path.exists():
-                r.quarantine(path, why)
-        if parts.manifest_path.is_file():  # a format-1 store's one file just goes: no manifest to write
-            r.quarantine(parts.manifest_path, "replaced by one without the bad part(s)")
-            r.act(parts.manifest_path, "write manifest", f"without the {len(bad)} bad part(s): `mitoprobe data "
-                  f"import` the data of {', '.join(lost) or 'their datasets'} again", lambda a: parts.commit(keep))
-    for path in scan.unlisted_parts:
-        r.quarantine(path, "a part no manifest lists (an import stopped before its commit)")
+    try:
+        patch_scan.repair(r, scan.patches, r.store.patch_parts)
+    finally:
+        lock.release()
 
 
 def repair(store, dry_run: bool = True) -> list[Action]:
     """The actions that make ``store`` pass :func:`check` without guessing; taken unless ``dry_run``.
-
-    Damage that needs a decision (patch ids stored twice) gets no action: :func:`check` still lists it."""
+    Every damage :func:`check` reports gets one; warnings about live writers (a set being written, a
+    young staging file) get a "skip" saying why."""
     if store.root.exists() and not store.root.is_dir():
         return []
     scan = _scan(store)
@@ -696,5 +624,34 @@ def repair(store, dry_run: bool = True) -> list[Action]:
             lock.release()
     for p in scan.orphan_lance:
         r.quarantine(p, "a LanceDB table without an embedding set")
+    leftovers.repair(r, scan.leftovers)
     return r.actions
+
+
+# -- the writers' preflight ---------------------------------------------------------------------
+def preflight(store, *, embedding_set: str | None = None, results: bool = False, folds: bool = False) -> None:
+    """Refuse a write on a damaged store before it writes anything: ``DamagedStoreError`` with the line
+    :func:`check` prints for the first damage found in what the writer reads and changes.
+
+    Every writer calls it at its start: the patches table always (every write derives from it: the
+    manifest, each part's footer, row counts and schema, patch ids stored twice), ``embedding_set``
+    (a recipe id: its recipe.json, parts' footers and ``COMPLETE``), ``results`` (every result part's
+    footer), ``folds`` (the saved folds against the patches). Cheap by design: footers and the small
+    columns (``patch_id``, ``dataset``; the folds' columns when folds are saved), never a pixel or a
+    vector; ``store check`` reads every byte. Warnings never refuse."""
+    if not store.root.is_dir():
+        return
+    scan = _Scan(store)
+    with_folds = folds and store.folds_path.is_file()
+    scan.patches = patch_scan.scan(store.patch_parts, FOLD_COLUMNS if with_folds else patch_scan.ID_COLUMNS)
+    if with_folds and scan.patches.meta is not None:
+        _scan_folds(scan, scan.patches.meta)
+    folder = store.features.dir / embedding_set if embedding_set else None
+    if folder is not None and folder.is_dir():
+        scan.sets.append(_scan_set(scan, folder, full=False))
+    for table in RESULT_TABLES if results else ():
+        scan.results[table] = _scan_results(scan, table, full=False)
+    bad = errors(_problems(scan))
+    if bad:
+        raise bad[0].refusal()
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from . import migrations, schema
 from .atomic import env_errors
 from .dataset import patch_difference
-from .errors import DamagedStoreError, StoreError
+from .errors import StoreError
 from .patch_parts import PartWriter, PatchParts, copy_rows
 
 STAGE_ROWS = 256  # rows buffered before they go to the staged part's writer
@@ -80,7 +80,6 @@ class StoredPatches:
     meta: pa.Table | None  # every column but png, rows of the imported datasets (None: nothing stored)
     others: pa.Table | None = None  # OTHERS_COLUMNS of every other row
     entries: list[dict] = field(default_factory=list)
-    unreadable: list[Path] = field(default_factory=list)  # parts skipped under ``replace``
     stamp: tuple = ()  # ``PatchParts.stamp()`` when read: the commit checks nobody changed the table since
 
     def ids(self) -> set[str]:
@@ -90,39 +89,28 @@ class StoredPatches:
         return set(self.meta["patch_id"].to_pylist()) | set(self.others["patch_id"].to_pylist())
 
 
-def read_stored(parts: PatchParts, replace: bool, datasets: set[str]) -> StoredPatches:
+def read_stored(parts: PatchParts, datasets: set[str]) -> StoredPatches:
     """The stored metadata as an import of ``datasets`` needs it (a part holding none of their rows is
-    read for ``OTHERS_COLUMNS`` only); a damaged part (or manifest) raises unless ``replace``, which
-    skips it (its rows are then dropped by the commit)."""
+    read for ``OTHERS_COLUMNS`` only). The caller has run the writers' preflight (``integrity.preflight``):
+    a damaged table was refused before; damage only a full read finds raises ``DamagedStoreError`` here."""
     stamp = parts.stamp()
     if not parts.exists():
         return StoredPatches(None, stamp=stamp)
-    try:
-        entries = parts.entries()
-    except DamagedStoreError as exc:
-        if not replace:
-            raise DamagedStoreError(f"{exc}; or overwrite it with `mitoprobe data import --replace`") from exc
-        return StoredPatches(None, None, [], [parts.manifest_path], stamp)
-    full, light, kept, bad = [], [], [], []
+    entries = parts.entries()
+    full, light = [], []
     for e in entries:
-        try:
-            if e.get("datasets") is not None and not set(e["datasets"]) & datasets:
-                light.append(parts.read(OTHERS_COLUMNS, [e]))
-            else:
-                t = parts.read(list(schema.PATCH_COLUMNS), [e])
-                mine = _in(t["dataset"], datasets)
-                full.append(t.filter(mine))
-                light.append(t.filter(pc.invert(mine)).select(OTHERS_COLUMNS))
-            kept.append(e)
-        except DamagedStoreError as exc:
-            if not replace:
-                raise DamagedStoreError(f"{exc}; or overwrite it with `mitoprobe data import --replace`") from exc
-            bad.append(parts.path_of(e))
-    if not kept:
-        return StoredPatches(None, None, [], bad, stamp)
+        if e.get("datasets") is not None and not set(e["datasets"]) & datasets:
+            light.append(parts.read(OTHERS_COLUMNS, [e]))
+        else:
+            t = parts.read(list(schema.PATCH_COLUMNS), [e])
+            mine = _in(t["dataset"], datasets)
+            full.append(t.filter(mine))
+            light.append(t.filter(pc.invert(mine)).select(OTHERS_COLUMNS))
+    if not entries:
+        return StoredPatches(None, None, [], stamp)
     empty = pa.schema([f for f in schema.PATCH_METADATA])
     meta = pa.concat_tables(full) if full else empty.empty_table()
-    return StoredPatches(meta, pa.concat_tables(light), kept, bad, stamp)
+    return StoredPatches(meta, pa.concat_tables(light), entries, stamp)
 
 
 @dataclass
@@ -179,7 +167,7 @@ def commit_import(parts: PatchParts, stored: StoredPatches, staging: Staging, ne
 def _plan(stored: StoredPatches, new: pa.Table, datasets: set[str], replace: bool) -> str | None:
     """"add" (new rows only), "replace" (rewrite ``datasets``) or None (no change)."""
     if stored.meta is None:
-        return "replace" if stored.unreadable else "add"
+        return "add"
     mine, others = stored.meta, stored.others
     clash = pc.is_in(new["patch_id"], value_set=others["patch_id"])
     if pc.any(clash).as_py():
@@ -188,13 +176,13 @@ def _plan(stored: StoredPatches, new: pa.Table, datasets: set[str], replace: boo
                          "another dataset); nothing was changed")
     diff = patch_difference(mine, new)
     if not (diff.only_new or diff.only_old or diff.changed):
-        return "replace" if stored.unreadable else None
+        return None
     if (diff.only_old or diff.changed) and not replace:
         raise StoreError(
             f"{parts_where(stored)}: this import would drop {diff.only_old} and change {diff.changed} of the "
             f"{mine.num_rows} stored patches of {sorted(datasets)} (stored vectors, folds and results "
             "refer to them by patch id); nothing was changed. `mitoprobe data import --replace` allows it")
-    return "replace" if diff.only_old or diff.changed or stored.unreadable else "add"
+    return "replace" if diff.only_old or diff.changed else "add"
 
 
 def parts_where(stored: StoredPatches) -> str:
@@ -253,7 +241,7 @@ def _stored_entries(parts: PatchParts, stored: StoredPatches) -> tuple[list[dict
     migrated = migrations.migrated_entries(parts)
     if migrated is not None:
         return migrated, True
-    return [e for e in parts.entries() if parts.path_of(e) not in stored.unreadable], False
+    return parts.entries(), False
 
 
 def _staged_matches(staged: PartWriter, meta: pa.Table) -> bool:

@@ -35,7 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import migrations, paths, schema
-from .atomic import TMP_PREFIX, READ_ERRORS, damaged, make_dirs, read_guard, remove_dirs, sweep_tmp, write_json
+from .atomic import (TMP_PREFIX, READ_ERRORS, damaged, hold, let_go, make_dirs, read_guard, remove_dirs, sweep_tmp,
+                     write_json)
 
 PATCHES_DIR = paths.PATCHES_DIR
 MANIFEST = paths.MANIFEST
@@ -121,7 +122,7 @@ class PatchParts:
     def sweep(self) -> int:
         """Remove what killed imports left in ``patches/``: unlisted parts (parts are renamed into
         place only under the patches lock, which the caller holds) and ``.tmp-`` files older than an
-        hour (a younger one may be another import's staging, still scanning). Returns how many went."""
+        hour that no live import holds (``atomic.sweep_tmp``). Returns how many went."""
         if not self.dir.is_dir():
             return 0
         gone = self.unlisted()
@@ -235,7 +236,8 @@ def _with_columns(t: pa.Table, columns: list[str], where: str) -> pa.Table:
 
 class PartWriter:
     """Writes one new part: rows arrive in any number of tables and leave in row groups of ``ROW_GROUP``;
-    the file is a ``.tmp-`` sibling until :meth:`finish` renames it to its part name."""
+    the file is a ``.tmp-`` sibling until :meth:`finish` renames it to its part name, held (``atomic.hold``)
+    until then so that ``store repair`` never removes a live import's staging."""
 
     def __init__(self, parts: PatchParts, dataset: str):
         self.created = make_dirs(parts.dir)  # folders this writer made: removed again by abort()
@@ -243,6 +245,7 @@ class PartWriter:
         self.name = new_part_name()
         self.tmp = parts.dir / f"{TMP_PREFIX}{self.name}"
         self._writer: pq.ParquetWriter | None = None
+        self._held: int | None = None
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self.rows = 0
@@ -262,6 +265,7 @@ class PartWriter:
         if self._writer is None:
             self.created += make_dirs(self.parts.dir)  # again: another writer's abort may have removed it
             self._writer = pq.ParquetWriter(self.tmp, schema.PATCHES, compression="zstd")
+            self._held = self._held if self._held is not None else hold(self.tmp)
         self._writer.write_table(head, row_group_size=ROW_GROUP)
         self.rows += head.num_rows
         self._pending = [rest] if rest is not None and rest.num_rows else []
@@ -284,6 +288,8 @@ class PartWriter:
             return None
         final = self.parts.dir / self.name
         os.replace(self.tmp, final)
+        let_go(self._held)
+        self._held = None
         self.bytes = final.stat().st_size
         return dict(file=self.name, rows=self.rows, datasets={self.dataset: self.rows})
 
@@ -294,6 +300,8 @@ class PartWriter:
             self._writer = None
         self.tmp.unlink(missing_ok=True)
         (self.parts.dir / self.name).unlink(missing_ok=True)
+        let_go(self._held)
+        self._held = None
         remove_dirs(self.created)
 
 

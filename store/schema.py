@@ -102,6 +102,22 @@ def _kind(t: pa.DataType) -> str:
     return next((name for name, test in checks if test(t)), str(t))
 
 
+def type_problems(actual: pa.Schema, expected: pa.Schema, *, missing_ok: bool | tuple[str, ...]) -> list[str]:
+    """Columns of ``actual`` whose type family differs from ``expected`` (vectors: exact type).
+    ``missing_ok``: True, or the names of the columns that may be missing (added in a later version)."""
+    out = []
+    for f in expected:
+        if f.name not in actual.names:
+            if missing_ok is not True and f.name not in (missing_ok or ()):
+                out.append(f"column {f.name!r} missing")
+            continue
+        t = actual.field(f.name).type
+        exact = _kind(f.type) == "list"
+        if t != f.type and (exact or _kind(t) not in ("null", _kind(f.type))):
+            out.append(f"column {f.name!r} is {t}, expected {f.type}")
+    return out
+
+
 def validate(table: pa.Table, schema: pa.Schema, where: str, *, fill_missing: bool = False,
              keep_extra: bool = False) -> pa.Table:
     """``table`` with exactly ``schema``'s columns, in its order and types; raise ``StoreError``

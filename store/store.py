@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import migrations, paths, schema
+from . import integrity, migrations, paths, schema
 from .atomic import damaged, env_errors, read_guard, sweep_tmp, write_parquet
 from .cohort import scan_cohort
 from .dataset import ImportScan, metadata_table, scan_benchmark, summarize_counts
@@ -138,10 +138,11 @@ class Store:
         part per dataset). Dropping a stored patch (its id is absent from the new import) or changing a
         stored patch's row needs ``replace=True`` (``mitoprobe data import --replace``): vectors, folds
         and results are keyed by patch id. Without it the import raises ``StoreError`` saying how many
-        patches would be dropped/changed, and the store is left byte-identical. An unreadable part is
-        dropped only with ``replace=True``. Other datasets in the store (users' cohorts) are kept."""
+        patches would be dropped/changed, and the store is left byte-identical. A damaged patches table
+        is refused, ``replace`` or not (``integrity.preflight``: ``store repair`` fixes it). Other datasets
+        in the store (users' cohorts) are kept."""
         self._check_root()
-        stored = read_stored(self.patch_parts, replace, {s.name for s in specs})
+        stored = read_stored(self.patch_parts, {s.name for s in specs})
         scan, staging = self._staged_scan(
             stored, lambda sink: scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs, sink=sink))
         return self._commit(scan, {s.name for s in specs}, replace, stored, staging)
@@ -153,7 +154,7 @@ class Store:
         them; dropping or changing stored patches of the dataset needs ``replace=True``. Other datasets
         stay as they are."""
         self._check_root()
-        stored = read_stored(self.patch_parts, replace, {dataset})
+        stored = read_stored(self.patch_parts, {dataset})
         mine = None
         if stored.meta is not None:
             mine = stored.meta.select(["patch_id", "width", "height", "content_sha256"]).to_pandas()
@@ -164,8 +165,10 @@ class Store:
         return self._commit(scan, {dataset}, replace, stored, staging)
 
     def _check_root(self) -> None:
+        """Before an import reads anything: the root is a folder, and its patches table is not damaged."""
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} is a file, not a store folder; pass --store with a folder path")
+        integrity.preflight(self)
 
     def _staged_scan(self, stored, scan: Callable[[Staging], ImportScan]) -> tuple[ImportScan, Staging]:
         """Run ``scan`` with a sink staging the rows not stored yet; a failed scan leaves nothing behind."""
@@ -243,6 +246,7 @@ class Store:
         return self.root / FOLDS_FILE
 
     def write_folds(self, df: pd.DataFrame) -> Path:
+        integrity.preflight(self)  # folds of a damaged patches table are never saved
         table = schema.validate(pa.Table.from_pandas(df, preserve_index=False), schema.FOLDS, str(self.folds_path))
         write_parquet(table, self.folds_path)
         migrations.upgrade(self.patch_parts)

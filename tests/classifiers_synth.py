@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from mitoprobe import embedder
 from mitoprobe.embedder.recipes import Recipe
-from mitoprobe.store import Store
+from mitoprobe.store import Store, schema
 from mitoprobe.store.errors import RecipeError
 
 TEST_DATASETS = (("AMi-Br", "test", 3), ("AtNorM-Br", "test", 0), ("AtNorM-MD", "test", 5))
@@ -59,7 +59,9 @@ def synthetic_store(root, dim: int = 32, signal: float = 1.5, views=("none",), s
     st = Store(root)
     st.root.mkdir(parents=True, exist_ok=True)
     patches = synthetic_patches(seed=seed)
-    pq.write_table(pa.Table.from_pandas(patches, preserve_index=False), st.patch_parts.legacy_path)  # format 1
+    table = schema.validate(pa.Table.from_pandas(patches, preserve_index=False), schema.PATCHES, "synthetic patches",
+                            fill_missing=True)  # every column (pixels null): a store `store check` accepts
+    pq.write_table(table, st.patch_parts.legacy_path)  # format 1
     rng = np.random.default_rng(seed + 1)
     base = rng.normal(size=(len(patches), dim)).astype(np.float32)
     base[patches["y"].to_numpy() == 1, : dim // 4] += signal
