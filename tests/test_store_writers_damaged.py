@@ -244,8 +244,9 @@ def test_a_miscounted_manifest_keeps_the_part(st, monkeypatch, capsys):
 
 
 def test_the_library_writers_refuse_too(st):
-    """Below the CLI: the folds writer and the result append (every probe, fusion, fine-tuning and
-    refit row goes through it) run the same preflight."""
+    """Below the CLI: the folds writer, the result append (every probe, fusion, fine-tuning and refit row
+    goes through it) and the embedding job on either engine run the same preflight."""
+    from mitoprobe import embedder
     from mitoprobe.classifiers import runs as R
 
     path = listed_twice(st)
@@ -254,7 +255,9 @@ def test_the_library_writers_refuse_too(st):
         st.write_folds(st.read_folds())
     with pytest.raises(DamagedStoreError, match="listed 2 times"):
         R.append(st, [dict(run_id="r", test_set="t")], [])
-    assert files(st.root) == before and str(path)
+    with pytest.raises(DamagedStoreError, match=str(path)):  # the Ray engine too: refused before Ray starts
+        embedder.embed(st, MODEL, engine="ray", progress=False)
+    assert files(st.root) == before
 
 
 def test_the_preflight_reads_no_pixels(st, monkeypatch):
