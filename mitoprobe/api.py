@@ -37,6 +37,7 @@ from mitoprobe.classifiers.scoring import score_test_set
 from mitoprobe.classifiers.significance import compare, resolve_families
 from mitoprobe.store import Store, paths
 from mitoprobe.store.errors import ConfigError, DataError, ProtocolError, StoreError
+from mitoprobe.store.integrity import preflight
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ class Workspace:
                                     "use head_params={name: params}")
             head_params = {**(head_params or {}), specs[0].name: params}
         store = self._writable("probing")
+        preflight(store, results=True, folds=True)  # a damaged store: check's one line, nothing read or written
         check_sets(store, model, pooling, allow_stale)  # an unknown, stale or short set: nothing written
         feats = self.features(model, pooling, tta, allow_stale)
         # folds not saved here: the sweep saves them with its first rows, so a head failing in fold 3 writes nothing

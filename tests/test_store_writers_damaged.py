@@ -211,8 +211,6 @@ def test_every_writer_refuses_and_repair_finds_a_way_out(st, bench, monkeypatch,
     assert rc == 0, out
 
 
-@pytest.mark.xfail(strict=True, reason="issue 31: the probe's preflight call (before its folds and vectors are "
-                   "read) is the lead's to add in the probe path; drop this mark when it is in")
 @pytest.mark.parametrize("make_damage", DAMAGES, ids=lambda f: f.__name__)
 def test_probe_refuses_before_its_first_write(st, monkeypatch, capsys, make_damage):
     make_damage(st)

@@ -77,12 +77,14 @@ def check_cmd(store_path: Path | None) -> None:
 @click.option("--yes/--dry-run", "yes", default=False,
               help="--yes takes the actions; --dry-run (the default) only says what they would be.")
 def repair_cmd(store_path: Path | None, yes: bool) -> None:
-    """Fix what needs no guessing; nothing is deleted (taken-out files go to <store>/quarantine/).
+    """Fix what needs no guessing; nothing stored is deleted (taken-out files go to <store>/quarantine/).
 
-    Quarantines unreadable files and duplicate parts, moves result rows stored twice to the quarantine
-    (one copy of each stays; only parts holding copies are rewritten), rewrites or removes a wrong COMPLETE record,
-    rebuilds LanceDB tables from the Parquet parts, and sets aside folds that no longer match.
-    Without --yes it only prints the plan.
+    Patches: a part listed twice is listed once; patch ids stored twice keep their first copy (the other goes
+    to the quarantine, and the plan says which); a miscounted manifest entry is read again from its part; an
+    unreadable part or manifest is quarantined or rebuilt. Result rows stored twice keep one copy (only parts
+    holding copies are rewritten); a wrong COMPLETE record is rewritten or removed; LanceDB tables are rebuilt
+    from the Parquet parts; folds that no longer match are set aside. Staging leftovers of a killed write
+    (.tmp-*) older than an hour and held by no live process are removed. Without --yes it only prints the plan.
 
     Example: mitoprobe store repair --yes
     """
@@ -101,7 +103,8 @@ def repair_cmd(store_path: Path | None, yes: bool) -> None:
         click.echo(str(p))
     left = integrity.errors(after)
     if left:
-        raise DamagedStoreError(f"{len(left)} problem(s) need a decision; see the fixes above")
+        raise DamagedStoreError(f"{len(left)} problem(s) remain that repair cannot fix without a decision: each line "
+                                "above names its file and the fix to make by hand")
     click.echo(f"ok: {integrity.summary(st)}")
 
 
