@@ -182,7 +182,10 @@ class Workspace:
         ``params``: fixed parameters of the (single) head; ``head_params``: ``{head name: params}``.
         ``seeds``: one repeat of the family per seed (already recorded seeds are skipped). ``n_threads``: BLAS/
         OpenMP threads, 1 as the CLI (None: the libraries' defaults)."""
+        _check_counts(seed=seed, seeds=seeds, n_boot=n_boot, n_threads=n_threads, tta=tta)  # as the CLI's options
         specs = resolve_heads(head, grid=grid, name=name, estimator=estimator)  # before any read or write
+        if not specs:
+            raise ConfigError("no head to probe: pass a head name, a list of names, or None / 'all' for the defaults")
         if params is not None:
             if len(specs) != 1:
                 raise ProtocolError(f"params= sets one head's parameters; {len(specs)} heads were asked for: "
@@ -226,6 +229,24 @@ class Workspace:
         preds = stored_predictions(self.store, [rid], split="test")  # one DuckDB scan, not the whole table
         y = self.store.patches(columns=["patch_id", "y"]).set_index("patch_id")["y"]
         return preds.assign(y=y.reindex(preds["patch_id"]).to_numpy())
+
+
+def _is_count(v, minimum: int) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum
+
+
+def _check_counts(seed, seeds, n_boot, n_threads, tta) -> None:
+    """The API's arguments checked as the CLI's options are (click's ranges), before anything is read."""
+    if not _is_count(seed, 0):
+        raise ConfigError(f"seed={seed!r}: give a non-negative integer")
+    if seeds is not None and (isinstance(seeds, (str, bytes)) or not all(_is_count(x, 0) for x in seeds)):
+        raise ConfigError(f"seeds={seeds!r}: give a list of non-negative integers, e.g. [0, 1, 2]")
+    if not _is_count(n_boot, 0):
+        raise ConfigError(f"n_boot={n_boot!r}: give a non-negative integer (0: no bootstrap CIs)")
+    if n_threads is not None and not _is_count(n_threads, 1):
+        raise ConfigError(f"n_threads={n_threads!r}: give a positive integer, or None for the libraries' defaults")
+    if not isinstance(tta, (bool, np.bool_)):
+        raise ConfigError(f"tta={tta!r}: give True or False")
 
 
 def check_sets(store: Store, model: str, pooling: str, allow_stale: bool) -> None:

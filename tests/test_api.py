@@ -85,6 +85,14 @@ def test_every_misuse_of_the_api_is_a_mitoprobe_error_with_one_line(ws, tmp_path
                                                                      params={"n_neighbors": 3})),
         "an unknown head": (ProtocolError, lambda: ws.probe("handcrafted", head="svm")),
         "an unknown set": (MitoprobeError, lambda: ws.probe("no-such-set", head="lgbm")),
+        "an unknown pooling": (ProtocolError, lambda: ws.probe("handcrafted", head="lgbm", pooling="bogus")),
+        "a negative seed": (ConfigError, lambda: ws.probe("handcrafted", head="lgbm", seed=-1)),
+        "seeds that are not integers": (ConfigError, lambda: ws.probe("handcrafted", head="lgbm", seeds=[0, "a"])),
+        "a negative n_boot": (ConfigError, lambda: ws.probe("handcrafted", head="lgbm", n_boot=-5)),
+        "no threads": (ConfigError, lambda: ws.probe("handcrafted", head="lgbm", n_threads=0)),
+        "tta not a flag": (ConfigError, lambda: ws.probe("handcrafted", head="lgbm", tta="yes")),
+        "an empty head list": (ConfigError, lambda: ws.probe("handcrafted", head=[])),
+        "an unknown training set": (ProtocolError, lambda: ws.probe("handcrafted", head="lgbm", train_on="nope")),
         "no family to predict with": (StoreError, lambda: ws.predictions("handcrafted", "knn")),
         "a file as the store": (StoreError, lambda: mitoprobe.open(__file__)),
         "read-only on nothing": (StoreError, lambda: mitoprobe.open(tmp_path / "nothing", read_only=True)),
@@ -92,10 +100,15 @@ def test_every_misuse_of_the_api_is_a_mitoprobe_error_with_one_line(ws, tmp_path
         "a folder that is not a store": (StoreError, lambda: mitoprobe.open(tmp_path)),
         "read-only and create": (ConfigError, lambda: mitoprobe.open(tmp_path / "nothing", read_only=True, create=True)),
     }
+    def store_bytes() -> dict:  # every file but the OS lock files a family's writer leaves (empty, by design)
+        return {p: p.read_bytes() for p in ws.store.root.rglob("*") if p.is_file() and "locks" not in p.parts}
+
+    before = store_bytes()
     for what, (error, call) in cases.items():
         with pytest.raises(error) as info:
             call()
         assert "\n" not in str(info.value), what
+    assert store_bytes() == before  # nothing written by a call that failed
     assert not (tmp_path / "nothing").exists()
 
 
