@@ -239,6 +239,19 @@ def _ensemble(run_dir: Path, proto: Protocol, records: dict[int, dict], cfg: Fin
     return fold_ensemble(proto.train["y"].to_numpy(), oof, proba, cfg.threshold), oof
 
 
+def _check_run_dir(run_dir: Path, key: str) -> Path:
+    """The run folder's ``config.json``; refused when ``run_dir`` is a file or holds another run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FinetuneError(f"--out {run_dir} is a file; pass a folder")
+    conf_path = run_dir / "config.json"
+    if conf_path.is_file():
+        stored = json.loads(conf_path.read_text())
+        if stored.get("run_key") != key:
+            raise FinetuneError(f"{run_dir} holds run {stored.get('run_key')}, not {key} (another configuration); "
+                                "choose another --out")
+    return conf_path
+
+
 def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str | list[int] | None = None, *,
              device: str = "auto", allow_cpu: bool = False, out: str | Path | None = None,
              num_workers: int | None = None, progress: bool = True, weights: str | Path | None = None,
@@ -269,14 +282,7 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
     rid = embedder.recipe_id_of(recipe, weights)
     key = run_key(cfg, rid if not overrides else config_hash({"recipe_id": rid, "overrides": overrides}))
     run_dir = Path(out) if out else runs_root(st) / key
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FinetuneError(f"--out {run_dir} is a file; pass a folder")
-    conf_path = run_dir / "config.json"
-    if conf_path.is_file():
-        stored = json.loads(conf_path.read_text())
-        if stored.get("run_key") != key:
-            raise FinetuneError(f"{run_dir} holds run {stored.get('run_key')}, not {key} (another configuration); "
-                                "choose another --out")
+    conf_path = _check_run_dir(run_dir, key)
     preflight(st, results=True, folds=True)  # a damaged store: refused before the folds, run folder or results
     proto = load_protocol(st)  # the first write a fine-tuning run may make (the store's folds, once)
     if proto.n_folds != N_FOLDS:
