@@ -128,7 +128,7 @@ def main() -> None:
 
     def query(q):
         b = tbl.search(q, vector_column_name="vec").distance_type("cosine").select(["id", "_distance"]).limit(K)
-        return apply_search_params(b, params).to_arrow()["id"].to_numpy()
+        return apply_search_params(b, params, K).to_arrow()["id"].to_numpy()
 
     for q in queries[:10]:  # warm the index cache, as a long-running service would be
         query(q)

@@ -617,7 +617,7 @@ class Searcher:
             q = (self._tbl.search(query, vector_column_name=self.column)
                  .distance_type("cosine").where(where, prefilter=True)
                  .select([*KEY_COLUMNS, "_distance"]).limit(k))
-            return apply_search_params(q, self._params).to_pandas().rename(columns={"_distance": "distance"})
+            return apply_search_params(q, self._params, k).to_pandas().rename(columns={"_distance": "distance"})
 
 
 def _sql_str(v: str) -> str:
@@ -679,13 +679,16 @@ def create_ann_index(tbl, column: str, dim: int, n_rows: int, index_type: str | 
     return p
 
 
-def apply_search_params(query, p: AnnParams | None):
-    """Set nprobes / refine / ef on a LanceDB vector query; ``None`` means exact (flat) search."""
+def apply_search_params(query, p: AnnParams | None, k: int = 0):
+    """Set nprobes / refine / ef on a LanceDB vector query of ``k`` rows; ``None`` means exact (flat) search.
+
+    HNSW's candidate list ``ef`` must hold at least the rows asked for (LanceDB refuses ``ef < k``: callers
+    that over-fetch ask for more than the tuned 100), so it follows ``k`` upwards."""
     if p is None:
         return query.bypass_vector_index()
     query = query.nprobes(p.nprobes)
     if p.refine_factor:
         query = query.refine_factor(p.refine_factor)
     if p.ef:
-        query = query.ef(p.ef)
+        query = query.ef(max(p.ef, k))
     return query

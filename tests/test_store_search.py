@@ -175,3 +175,17 @@ def test_ann_index_covers_the_searched_column(tiny_store, monkeypatch):
     assert [ix.columns for ix in tbl.list_indices()] == [["v__z"]]
     hits = tiny_store.features.search(eset, X[10], k=5)
     assert hits["patch_id"].iloc[0] == "p0010"
+
+
+def test_an_indexed_set_answers_every_k_even_above_the_tuned_ef(tiny_store, monkeypatch):
+    """Above ANN_MIN_ROWS the HNSW query's ef (100) once stayed fixed, and LanceDB refused any k above it
+    (the neighbour search over-fetches k x 20): ef now follows k."""
+    monkeypatch.setattr(features, "ANN_MIN_ROWS", 500)
+    X, _ = _planted(600, seed=3)
+    eset = _write(tiny_store, "annk", [f"p{i:04d}" for i in range(600)], X)
+    assert tiny_store.features.searcher(eset)._params.ef == 100  # indexed: the ANN path is the one searched
+    for k in (1, 3, 10, 50, 101, 250):
+        hits = tiny_store.features.search(eset, X[7], k=k)
+        assert len(hits) == k and hits["patch_id"].is_unique, k
+    batch = tiny_store.features.searcher(eset).batch(X[:4], k=150)
+    assert batch.groupby("query").size().tolist() == [150] * 4
