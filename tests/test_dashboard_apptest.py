@@ -350,3 +350,22 @@ def test_compare_charts_share_family_colours(full_store, monkeypatch):
     at.get("segmented_control")[0].set_value("Model vs experts").run()
     kappa = json.dumps(specs()[-1])
     assert all(json.dumps(c)[1:-1] in kappa for c in ours.values())  # model rows labelled in their colour
+
+
+@pytest.fixture(scope="module")
+def unlabelled_store(tmp_path_factory):
+    """The full store plus a lab's cohort whose manifest leaves some labels empty (`data example-cohort`)."""
+    from mitoprobe import embedder
+    from mitoprobe.store.cohort_example import write_example_cohort
+
+    root = tmp_path_factory.mktemp("dash-unlabelled")
+    st = build_dashboard_store(root)
+    st.import_cohort("MyLab", manifest=write_example_cohort(root / "cohort"))
+    embedder.embed(st, "handcrafted", progress=False, num_workers=0)  # the cohort's vectors too
+    assert st.patches()["label"].isna().any()
+    return st
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_renders_on_a_store_with_unlabelled_patches(unlabelled_store, monkeypatch, page):
+    open_page(unlabelled_store.root, page, monkeypatch)  # fails on any exception (sorting None with str, ...)

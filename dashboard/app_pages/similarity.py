@@ -15,7 +15,8 @@ st.caption("Nearest neighbours in one embedding set (LanceDB) by cosine distance
            "set's stored patches that lie farther from the query: raw distances are not comparable across sets.")
 ui.require(ctx, "patches", "sets")
 
-meta = data.patches(ctx.root, ctx.stamp)
+UNLABELLED = "unlabelled"  # a lab's cohort may leave labels empty: a label of its own here (sorts, filters, captions)
+meta = data.patches(ctx.root, ctx.stamp).assign(label=lambda d: d["label"].fillna(UNLABELLED))
 c1, c2, c3 = st.columns([3, 2, 2])
 eset, output = ui.pick_set(ctx, "sim", container=c1)
 k = c2.slider("Neighbours (k)", 4, 48, 12, 4)
@@ -42,7 +43,8 @@ else:
 
 keys, X = data.embedding_matrix(ctx.root, ctx.stamp, eset.recipe_id, output)
 row_of = pd.Series(np.arange(len(keys)), index=keys["patch_id"].to_numpy())
-in_set = data.set_patches(ctx.root, ctx.stamp, eset.recipe_id, output)  # the patches a search can return
+in_set = data.set_patches(ctx.root, ctx.stamp, eset.recipe_id, output).assign(  # the patches a search can return
+    label=lambda d: d["label"].fillna(UNLABELLED))
 
 MODES = ["Stored patch", "Upload a PNG"]
 if st.query_params.get(links.PATCH) and links.adopt("sim_query_id", links.PATCH, valid=set(meta["patch_id"])):
