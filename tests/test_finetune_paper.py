@@ -376,8 +376,9 @@ def test_cli_records_the_scripts_configuration(name, monkeypatch, capsys, tmp_pa
     from types import SimpleNamespace
 
     import mitoprobe.commands.finetune as cmd
-    from conftest import run_cli
+    from conftest import make_six_slide_store, run_cli
 
+    store = make_six_slide_store(tmp_path).root  # a real store: a folder that is not one is refused
     seen = {}
 
     def fake(store, cfg, folds, **kw):
@@ -387,14 +388,14 @@ def test_cli_records_the_scripts_configuration(name, monkeypatch, capsys, tmp_pa
 
     monkeypatch.setattr(cmd, "run_finetune", fake)
     code, out = run_cli(monkeypatch, capsys, "finetune", "--model", name, "--method", METHOD[name],
-                        "--store", str(tmp_path))
+                        "--store", str(store))
     assert code == 0, out
     cfg = seen["cfg"]
     assert cfg == FinetuneConfig.paper(name, METHOD[name]) and cfg.options() == {}
     assert cfg.paper_entry().script.endswith(".py")
     # and a departure on purpose is recorded as one
     code, out = run_cli(monkeypatch, capsys, "finetune", "--model", name, "--method", METHOD[name], "--store",
-                        str(tmp_path), "--precision", "bf16", "--color-jitter", "0.1,0.1,0,0", "--train-crop", "none")
+                        str(store), "--precision", "bf16", "--color-jitter", "0.1,0.1,0,0", "--train-crop", "none")
     assert code == 0, out
     want = {"precision": "bf16", "color_jitter": (0.1, 0.1, 0.0, 0.0), "train_crop": "none"}
     if cfg.train_crop == "none":  # H-optimus-1 and UNI2-h train without a crop already
