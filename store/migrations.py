@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT_FILE = "FORMAT.json"
+FORMAT_FILE = paths.FORMAT_FILE
 CURRENT = schema.SCHEMA_VERSION
 FORMAT1_ENTRY = f"../{paths.PATCHES_FILE}"  # a format-1 store's one file, as the manifest lists it
 
