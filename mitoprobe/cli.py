@@ -1,7 +1,7 @@
 """The ``mitoprobe`` command: a thin root group that loads each command module (``mitoprobe.commands``)
 lazily, so ``mitoprobe --help`` is instant and never imports torch.
 
-Errors: every :class:`store.errors.MitoprobeError` (bad data, a damaged or incomplete store, an unknown
+Errors: every :class:`mitoprobe.store.errors.MitoprobeError` (bad data, a damaged or incomplete store, an unknown
 recipe, unavailable weights, a request the protocol forbids, ...) prints one ``error:`` line and exits
 2; with ``-v``, the exception it was raised from (e.g. your own head's, ``HeadError``) is printed first,
 traceback and all. Anything else is a bug and keeps its traceback."""

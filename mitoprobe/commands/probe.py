@@ -10,7 +10,7 @@ import click
 import mitoprobe
 from mitoprobe.classifiers.heads import heads_help, parse_head_params
 from mitoprobe.classifiers.own_heads import parse_grid
-from mitoprobe.classifiers.report import compact_board, leaderboard
+from mitoprobe.classifiers.report import compact_board
 from mitoprobe.classifiers.robustness import robustness_table
 from mitoprobe.classifiers.significance import compare, format_comparison, resolve_families
 from mitoprobe.classifiers.protocol import PAPER_TRAIN
@@ -67,12 +67,11 @@ def probe(model: str, heads: str, grid: tuple[str, ...], pooling: str, tta: bool
     except ValueError:
         raise click.BadParameter(f"{seeds!r}: give comma-separated integers, e.g. 0,1,2", param_hint="--seeds") from None
     ws = mitoprobe.open(store_path)
-    st = ws.store
     new = ws.probe(model, specs, head_params=head_params, pooling=pooling, tta=tta, seed=seed, repeat=repeat,
                    seeds=seed_list, allow_stale=allow_stale, train_on=train_on, progress=True)
-    click.echo(f"{new['run_id'].nunique() if len(new) else 0} new runs appended to {st.root / 'results/runs'}"
+    click.echo(f"{new['run_id'].nunique() if len(new) else 0} new runs appended to {ws.store.root / 'results/runs'}"
                + (f" ({len(new)} rows: run x test set)" if len(new) else ""))
-    board = leaderboard(st, model=model, with_paper=False)
+    board = ws.leaderboard(model=model, paper=False)
     if len(board):  # the default report's table, for this model's families only
         console(120).print(leaderboard_table(compact_board(board), title=f"{model}: every head, best held-out AUROC "
                                              "first (balanced accuracy, mean ± std over the folds)"))

@@ -1,5 +1,5 @@
 """``mitoprobe store info|check|repair`` and ``mitoprobe sql``: look inside the store, find damage and
-fix it (thin over ``store.Store`` and ``store.integrity``)."""
+fix it (thin over the library: ``mitoprobe.open`` and ``mitoprobe.store.integrity``)."""
 
 from __future__ import annotations
 
