@@ -26,6 +26,7 @@ class PageSpec:
 # No page icons: Streamlit's material icons come from an online font host, which fails offline.
 PAGES: tuple[PageSpec, ...] = (
     PageSpec("", "leaderboard.py", "Leaderboard"),
+    PageSpec("paper", "paper.py", "Paper verdict"),
     PageSpec("compare", "compare.py", "Compare"),
     PageSpec("similarity", "similarity.py", "Similarity search"),
     PageSpec("patch", "patch.py", "Patch viewer"),

@@ -15,7 +15,9 @@ from mitoprobe.classifiers.robustness import robustness_table
 from mitoprobe.classifiers.significance import compare, format_comparison, resolve_families
 from mitoprobe.classifiers.protocol import PAPER_TRAIN
 from mitoprobe.classifiers.runner import resolve_heads
+from mitoprobe.classifiers.verdict import RULE, format_verdict, summary_text, verdict
 from mitoprobe.display import console, leaderboard_table, print_frame, print_report
+from mitoprobe.paper import REPO, SCRIPTS_AT
 
 from .options import STORE_OPTION
 
@@ -95,9 +97,13 @@ def probe(model: str, heads: str, grid: tuple[str, ...], pooling: str, tta: bool
               help="Instead of the leaderboard: per embedding set, do the k nearest neighbours share the label "
                    "or the site (dataset)? Robustness index = same label, other site / (that + other label, same site).")
 @click.option("--k", "k", type=click.IntRange(1, 500), default=10, show_default=True, help="Neighbours for --robustness.")
+@click.option("--paper", "paper", is_flag=True,
+              help="Instead of the leaderboard: the verdict table, the paper's published balanced accuracy beside "
+                   "ours per model x method x test set (our run with the paper's settings), Δ, Welch's p and "
+                   "reproduced / above / below by the stated rule.")
 @STORE_OPTION
 def report(fmt: str, model: str | None, family: str | None, no_paper: bool, wide: bool, compare_specs: tuple[str, ...],
-           fold: int, robustness: bool, k: int, store_path: Path | None) -> None:
+           fold: int, robustness: bool, k: int, paper: bool, store_path: Path | None) -> None:
     """Print the leaderboard: one row per family (short label), balanced accuracy mean ± std over folds per
     test set, held-out AUROC and Δ vs the paper's best, sorted by held-out AUROC; then the paper's rows.
 
@@ -105,8 +111,18 @@ def report(fmt: str, model: str | None, family: str | None, no_paper: bool, wide
     Example: mitoprobe report --wide
     Example: mitoprobe report --format markdown
     Example: mitoprobe report --compare handcrafted:lgbm --compare resnet18.random:logreg
+    Example: mitoprobe report --paper
     """
+    if paper:
+        given = [name for name, on in (("--compare", compare_specs), ("--robustness", robustness),
+                                       ("--no-paper", no_paper), ("--wide", wide), ("--model", model),
+                                       ("--family", family)) if on]
+        if given:
+            raise click.UsageError(f"--paper prints the whole verdict table; it does not take {', '.join(given)}")
     st = mitoprobe.open(store_path, read_only=True).store
+    if paper:
+        print_verdict(st, fmt)
+        return
     if robustness:
         table = robustness_table(st, [model] if model else None, k=k)
         if fmt == "csv":
@@ -129,3 +145,19 @@ def report(fmt: str, model: str | None, family: str | None, no_paper: bool, wide
     else:
         print_frame(format_comparison(table), title="paired bootstrap (same patches), a − b; p Holm-adjusted "
                                                     "per test set and metric")
+
+
+def print_verdict(store, fmt: str) -> None:
+    """``report --paper``: the verdict table, then (table, markdown) its rule and how many cells have each verdict."""
+    table = verdict(store)
+    if fmt == "csv":
+        click.echo(table.to_csv(index=False), nl=False)
+        return
+    if fmt == "markdown":
+        click.echo(format_verdict(table).to_markdown(index=False, disable_numparse=True))
+    else:
+        print_frame(format_verdict(table, compact=True),
+                    title="the paper vs ours: balanced accuracy, mean ± std over the fold models (our count in brackets)")
+        click.echo(f"paper sources: the notebooks named, in {REPO}@{SCRIPTS_AT}; --format markdown or csv: their full "
+                   "paths and AUROC beside balanced accuracy")
+    click.echo(f"\nrule: {RULE}\nsummary: {summary_text(table)}")
