@@ -20,20 +20,21 @@ from mitoprobe.store.progress import progress as progress_bar
 
 from .batches import CHUNK_ROWS, Prepare, autocast_dtype, batch_rows
 from .factory import build
-from .recipes import get_recipe
+from .recipes import Recipe
 
 
 class EmbedActor:
     """Holds one model replica; ``__call__`` maps a block of {patch_id, png} (one row group of the
-    store) to stored rows, ``batch_size`` patches per forward pass."""
+    store) to stored rows, ``batch_size`` patches per forward pass. The recipe itself travels to the actor
+    (not its name), so one registered only in the driver's process (a recipe file) builds there too."""
 
-    def __init__(self, recipe_name: str, views: tuple[str, ...], device: str, batch_size: int, weights=None,
+    def __init__(self, recipe: Recipe, views: tuple[str, ...], device: str, batch_size: int, weights=None,
                  trust_pickle: bool = False, hf_token_env: str = "HF_TOKEN"):
         import torch
 
         if device == "cpu":
             torch.set_num_threads(1)
-        self.recipe = get_recipe(recipe_name)
+        self.recipe = recipe
         self.views, self.device = tuple(views), device
         self.model, transform = build(self.recipe, weights, trust_pickle=trust_pickle, hf_token_env=hf_token_env)
         if self.model is not None:
@@ -93,7 +94,7 @@ def run_ray(st, recipe, todo, views, device, batch_size, writer, *, weights=None
     # come back only after batch_size x 1,024 patches.
     ds = ds.map_batches(
         EmbedActor, batch_size=None, batch_format="numpy",
-        fn_constructor_kwargs=dict(recipe_name=recipe.name, views=tuple(views), device=device, batch_size=batch_size,
+        fn_constructor_kwargs=dict(recipe=recipe, views=tuple(views), device=device, batch_size=batch_size,
                                    weights=str(weights) if weights else None, trust_pickle=trust_pickle,
                                    hf_token_env=hf_token_env),
         compute=ray.data.ActorPoolStrategy(size=num_actors), num_gpus=1 if gpus else 0, num_cpus=1)

@@ -66,6 +66,13 @@ def run_key(cfg: FinetuneConfig, recipe_id: str) -> str:
     return config_hash({"config": cfg.to_dict(), "recipe_id": recipe_id})
 
 
+def run_identity(cfg: FinetuneConfig, recipe, weights=None, overrides: dict | None = None) -> tuple[str, str]:
+    """(base recipe id, run key) of ``cfg`` on ``recipe`` with these weights; test-only ``overrides`` (tiny
+    stand-ins) enter the key, so they never share a run folder with the real architecture."""
+    rid = embedder.recipe_id_of(recipe, weights)
+    return rid, run_key(cfg, rid if not overrides else config_hash({"recipe_id": rid, "overrides": overrides}))
+
+
 def parse_folds(spec: str | list[int] | None, n_folds: int) -> list[int]:
     """``None``/``"all"`` -> every fold; ``"0,1"`` -> those folds; ``"1..5"`` -> folds 0..4 (1-based range).
     A list of fold numbers is checked the same way."""
@@ -279,8 +286,7 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
     dev, n_params = check_device(device, recipe, overrides, allow_cpu)
     num_workers = default_workers(dev) if num_workers is None else num_workers
     check_weights(recipe, weights, hf_token_env=hf_token_env, overrides=overrides)
-    rid = embedder.recipe_id_of(recipe, weights)
-    key = run_key(cfg, rid if not overrides else config_hash({"recipe_id": rid, "overrides": overrides}))
+    rid, key = run_identity(cfg, recipe, weights, overrides)
     run_dir = Path(out) if out else runs_root(st) / key
     conf_path = _check_run_dir(run_dir, key)
     preflight(st, results=True, folds=True)  # a damaged store: refused before the folds, run folder or results

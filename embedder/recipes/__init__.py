@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -194,6 +194,18 @@ def vit_pair(name_stem: str, family: str, hub_id: str, dim: int, **fields: Any) 
     return register(hf), register(rnd)
 
 
+def random_twin(stem: str) -> Recipe:
+    """``<stem>.random``: the registered random-weight twin of ``<stem>.hf``, or (for the hub-only end-to-end
+    baselines, Swin-B and ViT-L) one registered now in this process with the same architecture. A dry run of
+    anything the paper trains (``paper plan --random``, ``benchmarks.gpu_check``) then needs no weights."""
+    name = f"{stem}.random"
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    base = get_recipe(f"{stem}.hf")
+    return register(replace(base, name=name, weights="random", hub_id=None, revision=None,
+                            note=f"random-weight control with the {base.name} architecture"))
+
+
 def _register_families() -> tuple[str, ...]:
     """Import every family module in this package (each registers its recipes on import), in name
     order: adding a model family is adding one module here, nothing else. Returns the built-in names."""
@@ -210,5 +222,5 @@ def builtin_recipes() -> list[Recipe]:
     return [_REGISTRY[n] for n in BUILTIN]
 
 
-__all__ = ["BUILTIN", "IMAGENET_MEAN", "IMAGENET_STD", "Recipe", "builtin_recipes", "get_recipe", "list_recipes", "register",
-           "register_resolver", "resolve_recipe"]
+__all__ = ["BUILTIN", "IMAGENET_MEAN", "IMAGENET_STD", "Recipe", "builtin_recipes", "get_recipe", "list_recipes", "random_twin",
+           "register", "register_resolver", "resolve_recipe"]
