@@ -52,9 +52,19 @@ view = view.reset_index(drop=True)
 shown = V.format_verdict(view)
 status = view["status"]
 styled = shown.style.apply(lambda col: [CELL[s] for s in status], subset=["verdict"])
+text = st.column_config.TextColumn
 st.dataframe(styled, hide_index=True, width="stretch", height=min(35 * (len(shown) + 1) + 3, 640),
-             column_config={"paper source": st.column_config.TextColumn(
-                 "paper source", help="the benchmark's notebook that prints the published row (repository@commit:path)")})
+             column_order=["model", "method", "test set", "verdict", *[c for c in shown if c not in
+                                                                       ("model", "method", "test set", "verdict")]],
+             column_config={
+                 "model": text("model", pinned=True, width="medium"), "method": text("method", pinned=True),
+                 "test set": text("test set", pinned=True), "verdict": text("verdict", width="large"),
+                 "ours BA (n)": text("ours BA (n)", help="mean ± std over our fold models (their number)"),
+                 "spread": text("spread", help="√(σ_paper² + σ_ours²): |Δ| within it is 'reproduced'"),
+                 "Welch p": text("Welch p", help="Welch's t-test of the two fold means: context, not the verdict"),
+                 "ours": text("ours", help="our run family (its short label, as `mitoprobe report` shows it)"),
+                 "paper source": text("paper source", help="the benchmark's notebook that prints the published row "
+                                      "(repository@commit:path)")})
 st.markdown(f"**Rule.** {V.RULE}")
 with st.expander("Paper sources"):
     st.markdown("\n".join(f"- `{s}`" for s in dict.fromkeys(view["paper_source"])))
@@ -72,7 +82,8 @@ else:
     hi = float(max(pts["x_hi"].max(), pts["y_hi"].max()))
     pad = 0.02
     scale = alt.Scale(domain=[max(0.0, lo - pad), min(1.0, hi + pad)], zero=False)
-    colour = alt.Color("status:N", title="verdict", scale=alt.Scale(domain=list(COLOURS), range=list(COLOURS.values())))
+    plotted = {s: c for s, c in COLOURS.items() if s != "not run"}  # a cell without a run has no point
+    colour = alt.Color("status:N", title="verdict", scale=alt.Scale(domain=list(plotted), range=list(plotted.values())))
     x = alt.X("paper_balanced_accuracy_mean:Q", title="paper BA (mean ± std over 5 folds)", scale=scale)
     y = alt.Y("balanced_accuracy_mean:Q", title="our BA (mean ± std over the fold models)", scale=scale)
     base = alt.Chart(pts)
