@@ -13,6 +13,11 @@ Files in ``<run>/fold<k>/``:
 * ``predictions.parquet`` (held-out and test probabilities) and ``DONE.json`` (what was selected,
   checkpoint sha256, timings). ``DONE.json`` marks the fold complete; the resumable state is removed.
 
+The held-out part that selects the checkpoint, steps the plateau schedule and stops early is scored at
+the training precision (fp32 in the paper's scripts), as are its final probabilities (threshold, stored
+held-out predictions); only the test sets run at the evaluation precision (the H-optimus scripts' fp16
+is test inference only).
+
 Every epoch reseeds from (seed, fold, epoch) inside ``torch.random.fork_rng``, so a resumed fold
 draws exactly the samples and augmentations an uninterrupted one would (no global state is left
 seeded); the torch RNG state is still stored in ``state.pt`` for the record.
@@ -187,7 +192,8 @@ def predict_proba(model, pngs: list[bytes], transform, views: tuple[str, ...], r
                   precision: str = "fp32", decoded=None, channels_last: bool = False) -> np.ndarray:
     """P(atypical) per patch; with several views, the mean over views (rotation TTA).
 
-    ``precision``: the resolved evaluation autocast dtype (``finetune.precision.evaluation_precision``).
+    ``precision``: the resolved autocast dtype (``finetune.precision``): the training one for the held-out
+    part, the evaluation one for the test sets.
     ``decoded``: ``decode_for_eval(pngs, transform)`` when the caller keeps it (else decoded here, per batch);
     ``channels_last``: the model is in that memory format, so the batches are put in it too."""
     import torch
@@ -341,7 +347,8 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                 torch.cuda.synchronize()
             secs = time.perf_counter() - t0
             loss_sum = float(loss_sum)
-        p_val = predict_proba(scored, val_pngs, tf_eval, ("none",), rt, eval_precision, val_decoded, channels_last)
+        # at the training precision: the selection sees the weights as they were trained (fp32 in the scripts)
+        p_val = predict_proba(scored, val_pngs, tf_eval, ("none",), rt, precision, val_decoded, channels_last)
         score = selection_score(cfg, data.val_y, p_val)
         improved = score > st["best_score"]  # the paper's rule: strictly better held-out score
         if improved:
@@ -368,7 +375,10 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
 
 def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, counts: dict, rt: Runtime,
             precisions: tuple[str, str], channels_last: bool = False, val_decoded=None) -> dict:
-    """Select the best checkpoint, predict held-out + tests, write DONE (the fold's commit point)."""
+    """Select the best checkpoint, predict held-out + tests, write DONE (the fold's commit point).
+
+    The held-out part is predicted at the training precision, as it was scored while selecting (its
+    threshold and stored probabilities agree with the selection); the test sets at the evaluation precision."""
 
     # never improved on 0 (NaN scores): keep the last epoch
     best = fold_dir / (st["best_file"] or f"last-e{st['epoch']}.safetensors")
@@ -377,7 +387,7 @@ def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, cou
     views = TTAS[cfg.tta]
     t0 = time.perf_counter()
     precision, eval_precision = precisions
-    p_val = predict_proba(model, [data.images[p] for p in data.val_ids], tf_eval, views, rt, eval_precision,
+    p_val = predict_proba(model, [data.images[p] for p in data.val_ids], tf_eval, views, rt, precision,
                           decoded=val_decoded, channels_last=channels_last)
     threshold = M.best_threshold(data.val_y, p_val) if cfg.threshold == "val_youden" else 0.5
     frames = [pd.DataFrame(dict(split="val", patch_id=data.val_ids, probability=p_val))]
