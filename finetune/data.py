@@ -10,7 +10,11 @@ from mitoprobe.store.errors import FinetuneError
 
 class PatchDataset:
     """``(x, y)`` pairs: ``x`` = ``transform(rgb)`` as a float tensor, ``y`` = 1.0 for atypical (a row of
-    targets when ``y`` is 2-D: the main target, then the auxiliary subtype distribution)."""
+    targets when ``y`` is 2-D: the main target, then the auxiliary subtype distribution).
+
+    Indexed by a position, or by ``(position, seed)`` from :class:`EpochSampler`: then torch's CPU generator is
+    seeded from ``seed`` for the transform (torchvision's random ops draw from it), so a sample's augmentation
+    depends on nothing but its seed, whichever process runs it; the caller's generator state is restored."""
 
     def __init__(self, pngs: list[bytes], y: np.ndarray | None, transform):
         self.pngs, self.y, self.transform = pngs, y, transform
@@ -18,12 +22,52 @@ class PatchDataset:
     def __len__(self) -> int:
         return len(self.pngs)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item):
         import torch
 
-        x = self.transform(decode_png(self.pngs[i]))
+        i, seed = item if isinstance(item, tuple) else (item, None)
+        rgb = decode_png(self.pngs[i])
+        if seed is None:
+            x = self.transform(rgb)
+        else:
+            with torch.random.fork_rng(devices=[]):  # CPU only: a CUDA seed here would move dropout's draws
+                torch.default_generator.manual_seed(seed)
+                x = self.transform(rgb)
         x = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
         return x, torch.as_tensor(self.y[i] if self.y is not None else -1.0, dtype=torch.float32)
+
+
+class EpochSampler:
+    """An epoch's ``(position, augmentation seed)`` pairs, drawn in the main process from the seed that
+    :meth:`reseed` sets before each epoch: the paper's class-balanced draws with replacement
+    (``WeightedRandomSampler``) or a shuffle (``RandomSampler``), then one seed per drawn sample.
+
+    Why: DataLoader workers live across epochs (``persistent_workers``), so nothing may depend on when a
+    worker started or how many there are; the epoch's samples and augmentations are a function of the epoch
+    seed alone, and a resumed fold draws exactly what an uninterrupted one would."""
+
+    def __init__(self, y: np.ndarray, sampler: str, num_samples: int, seed: int = 0):
+        self.y, self.sampler, self.num_samples, self.seed = y, sampler, num_samples, seed
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        import torch
+        from torch.utils.data import RandomSampler, WeightedRandomSampler
+
+        g = torch.Generator().manual_seed(self.seed)
+        n, size = self.num_samples, len(self.y)
+        if self.sampler == "weighted":
+            order = WeightedRandomSampler(torch.as_tensor(sample_weights(self.y)), n, replacement=True, generator=g)
+        else:
+            order = RandomSampler(range(size), num_samples=n if n != size else None, generator=g)
+        positions = list(order)
+        seeds = torch.randint(2**62, (len(positions),), generator=g).tolist()
+        return iter(zip(positions, seeds))
 
 
 def _worker_init(_):
@@ -41,22 +85,21 @@ def sample_weights(y: np.ndarray) -> np.ndarray:
 
 def train_loader(pngs, y, transform, batch_size: int, sampler: str, seed: int, num_workers: int,
                  pin_memory: bool, num_samples: int | None = None, targets: np.ndarray | None = None):
-    """One epoch's loader; ``seed`` fixes the sampler's draws and every worker's augmentation.
+    """The training loader of a whole fold: build it once, ``loader.sampler.reseed(epoch_seed)`` before each
+    epoch (``seed``: the first epoch's). Its workers persist across epochs; its batches depend on the epoch
+    seed only, not on the worker count (:class:`EpochSampler`).
 
     ``y``: the 0/1 labels the sampler balances; ``targets``: what the loss sees instead (soft), if given."""
     import torch
-    from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+    from torch.utils.data import DataLoader
 
-    g = torch.Generator().manual_seed(seed)
-    n = num_samples or len(pngs)
-    if sampler == "weighted":
-        smp = WeightedRandomSampler(torch.as_tensor(sample_weights(y)), n, replacement=True, generator=g)
-    else:
-        smp = RandomSampler(range(len(pngs)), num_samples=n if n != len(pngs) else None, generator=g)
     labels = y if targets is None else targets
+    smp = EpochSampler(np.asarray(y), sampler, num_samples or len(pngs), seed)
+    # its own generator: the worker base seed is drawn from it, never from torch's global generator
     return DataLoader(PatchDataset(pngs, labels, transform), batch_size=batch_size, sampler=smp,
                       num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
-                      generator=g, pin_memory=pin_memory, drop_last=False)
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
+                      pin_memory=pin_memory, drop_last=False)
 
 
 def stack_pixels(pngs: list[bytes], geometry=None):

@@ -20,7 +20,8 @@ is test inference only).
 
 Every epoch reseeds from (seed, fold, epoch) inside ``torch.random.fork_rng``, so a resumed fold
 draws exactly the samples and augmentations an uninterrupted one would (no global state is left
-seeded); the torch RNG state is still stored in ``state.pt`` for the record.
+seeded); the torch RNG state is still stored in ``state.pt`` for the record. The per-sample training
+loader is built once per fold (its workers persist) and reseeded per epoch (``finetune.data.EpochSampler``).
 """
 
 from __future__ import annotations
@@ -296,8 +297,12 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                  st["best_epoch"])
     counts = parameter_counts(model)
     train_pngs = [data.images[p] for p in data.train_ids]
+    pixels = samples = None
     if cfg.batch_augment:  # decoded once; each epoch only gathers and augments batches
         pixels = stack_pixels(train_pngs, tf_eval.geometry if cfg.crop_from == "view" else None).to(rt.device)
+    else:  # built once: its workers persist across epochs; reseeded per epoch
+        samples = train_loader(train_pngs, data.train_y, tf_train, cfg.batch_size, cfg.sampler, 0, rt.num_workers,
+                               on_gpu, targets=data.train_target)
     val_pngs = [data.images[p] for p in data.val_ids]
     val_decoded = decode_for_eval(val_pngs, tf_eval) if cfg.batch_augment else None
     crit = loss_fn(cfg, data.train_y)
@@ -311,8 +316,8 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                 loader = tensor_batches(pixels, data.train_y, tf_train, cfg.batch_size, cfg.sampler, seed,
                                         targets=data.train_target)
             else:
-                loader = train_loader(train_pngs, data.train_y, tf_train, cfg.batch_size, cfg.sampler, seed,
-                                      rt.num_workers, rt.device.startswith("cuda"), targets=data.train_target)
+                samples.sampler.reseed(seed)
+                loader = samples
             model.train()
             t0, seen = time.perf_counter(), 0
             loss_sum = torch.zeros((), device=rt.device)  # summed on the device: no host sync per step
@@ -369,6 +374,7 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                  cfg.select_on, score, " (best)" if improved else "")
         if rt.on_epoch is not None:
             rt.on_epoch(epoch + 1)
+    loader = samples = None  # the training loader's workers end here, before the evaluation loaders start theirs
     return _finish(cfg, data, fold_dir, scored, tf_eval, st, counts, rt, (precision, eval_precision), channels_last,
                    val_decoded)
 

@@ -1,12 +1,15 @@
 """The GPU-path fixes, checked on CPU with a tiny ViT and spies (issue 29's review):
 
 * the held-out part is scored at the training precision (selection, schedule, early stop, threshold, stored
-  probabilities), the test sets at the evaluation precision.
+  probabilities), the test sets at the evaluation precision;
+* the per-sample training loader is built once per fold, its workers persist across epochs, and its batches
+  depend on the epoch seed only (not on the worker count, not on a resume); torch's global generator is left alone.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -16,6 +19,8 @@ from conftest import png_bytes
 from mitoprobe.embedder.recipes import Recipe, get_recipe, register
 from mitoprobe.finetune import FinetuneConfig
 from mitoprobe.finetune import train as T
+from mitoprobe.finetune.augment import train_transform
+from mitoprobe.finetune.data import train_loader
 from mitoprobe.store.errors import RecipeError
 
 TINY = "vit_gpu_path_test.random"
@@ -73,3 +78,61 @@ def test_heldout_runs_at_training_precision_and_tests_at_evaluation_precision(pn
     assert calls == [("val", "fp32")] * 3 + [("test", "bf16")] * 2
     assert (rec["precision"], rec["eval_precision"]) == ("fp32", "bf16")
     assert json.loads((tmp_path / "fold0" / T.DONE_FILE).read_text())["eval_precision"] == "bf16"
+
+
+# -- 2. the training loader: built once, persistent workers, batches a function of the epoch seed -------------------
+
+class _Pid:
+    """A transform whose output names the process that ran it (and one random draw)."""
+
+    def __call__(self, rgb):
+        return torch.tensor([float(os.getpid()), float(torch.rand(()))])
+
+
+def test_loader_workers_persist_across_epochs(pngs):
+    loader = train_loader(pngs, np.arange(len(pngs)) % 2, _Pid(), 4, "shuffle", 0, 2, False)
+    pids = []
+    for seed in (1, 2):
+        loader.sampler.reseed(seed)
+        pids.append({int(row[0]) for batch, _ in loader for row in batch})
+    assert pids[0] == pids[1] and len(pids[0]) == 2 and os.getpid() not in pids[0]
+
+
+def _epochs(pngs, tf, num_workers: int, seeds, sampler="weighted"):
+    loader = train_loader(pngs, np.r_[np.ones(4), np.zeros(len(pngs) - 4)], tf, 4, sampler, seeds[0], num_workers,
+                          False, num_samples=10)
+    out = []
+    for seed in seeds:
+        loader.sampler.reseed(seed)
+        out.append(list(loader))
+    return out
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(a, b))
+
+
+@pytest.mark.parametrize("sampler", ["weighted", "shuffle"])
+def test_loader_batches_depend_on_the_epoch_seed_only(pngs, sampler):
+    cfg = _cfg(dihedral=True, hed=0.05, rotate_degrees=10)
+    recipe = get_recipe(TINY)
+    tf = train_transform(recipe, eval_preprocess=cfg.eval_preprocess(recipe), **cfg.augment_kwargs())
+    before = torch.get_rng_state()
+    main = _epochs(pngs, tf, 0, (11, 12), sampler)
+    assert torch.equal(torch.get_rng_state(), before)  # dropout and mixup draws do not depend on the worker count
+    workers = _epochs(pngs, tf, 2, (11, 12), sampler)
+    resumed = _epochs(pngs, tf, 2, (12,), sampler)  # a loader built at the second epoch (a resumed fold)
+    assert _same(main[0], workers[0]) and _same(main[1], workers[1]) and _same(main[1], resumed[0])
+    assert not _same(main[0], main[1])  # a new epoch draws new samples and augmentations
+
+
+def test_fold_builds_its_loader_once_and_trains_the_same_with_any_worker_count(pngs, tmp_path, monkeypatch):
+    built = []
+    make = T.train_loader
+    monkeypatch.setattr(T, "train_loader", lambda *a, **kw: built.append(1) or make(*a, **kw))
+    cfg = _cfg(mixup=0.2)  # LoRA dropout and mixup draw from the main process's generator
+    recs = [T.train_fold(cfg, _data(pngs), tmp_path / f"w{w}", T.Runtime(progress=False, num_workers=w))
+            for w in (0, 2)]
+    assert len(built) == 2  # once per fold, not once per epoch
+    assert [e["train_loss"] for e in recs[0]["history"]] == [e["train_loss"] for e in recs[1]["history"]]
+    assert recs[0]["checkpoint_sha256"] == recs[1]["checkpoint_sha256"]

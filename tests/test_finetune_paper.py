@@ -233,8 +233,12 @@ def _copy_initial(ours, script) -> None:
 
 def _script_steps(model, pngs, y_atypical, transform, seed: int, steps: int, batch_size: int, num_samples: int):
     """The scripts' training loop (virchow2_lora.py:110-165 / vit_large_patch16_224.py:98-150) for ``steps``
-    steps. The sampler and loader take train_fold's generator: the same draws (the scripts seed nothing)."""
+    steps, on train_fold's draws (the scripts seed nothing): its sampler (``finetune.data.EpochSampler``, which
+    draws the scripts' ``WeightedRandomSampler`` order from the epoch seed, checked here) and its per-sample
+    augmentation seeds, applied to torch's CPU generator around the scripts' transform."""
     from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+    from mitoprobe.finetune.data import EpochSampler
 
     labels = [int(1 - a) for a in y_atypical]  # df['final_label'].map({'Atypical': 0, 'Normal': 1})
 
@@ -242,16 +246,23 @@ def _script_steps(model, pngs, y_atypical, transform, seed: int, steps: int, bat
         def __len__(self):
             return len(pngs)
 
-        def __getitem__(self, idx):
-            return transform(_pil(pngs[idx])), torch.tensor(labels[idx], dtype=torch.float32).unsqueeze(0)
+        def __getitem__(self, item):
+            idx, sample_seed = item
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(sample_seed)
+                image = transform(_pil(pngs[idx]))
+            return image, torch.tensor(labels[idx], dtype=torch.float32).unsqueeze(0)
 
     class_counts = [labels.count(i) for i in range(2)]
     class_weights = [1.0 / c if c > 0 else 0.0 for c in class_counts]
     sample_weights = [class_weights[label] for label in labels]
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    sampler = WeightedRandomSampler(sample_weights, num_samples, replacement=True, generator=g)
-    loader = DataLoader(ImageDataset(), batch_size=batch_size, sampler=sampler, num_workers=0, generator=g)
+    sampler = EpochSampler(np.asarray(y_atypical), "weighted", num_samples, seed)
+    scripts = WeightedRandomSampler(sample_weights, num_samples, replacement=True,
+                                    generator=torch.Generator().manual_seed(seed))
+    assert [i for i, _ in sampler] == list(scripts)
+    loader = DataLoader(ImageDataset(), batch_size=batch_size, sampler=sampler, num_workers=0,
+                        generator=torch.Generator())
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-5, weight_decay=1e-5)
     criterion = torch.nn.BCEWithLogitsLoss()
     model.train()
