@@ -5,11 +5,14 @@ schedule, optional threshold); test sets are only predicted, once, with the sele
 
 Files in ``<run>/fold<k>/``:
 
-* ``last-e<N>.safetensors`` + ``state.pt`` after every epoch: trainable weights (adapters + head for
-  LoRA), then optimizer, scheduler and early-stopping state (``torch.load(weights_only=True)``);
-  ``state.pt`` names the weights file it belongs to, so a kill between the two writes resumes from
-  the previous epoch, never from a mismatched pair.
-* ``best-e<N>.safetensors`` while training; renamed ``model.safetensors`` when the fold is done.
+* after every epoch, the trained weights (adapters + head for LoRA), then ``state.pt``: optimizer,
+  scheduler and early-stopping state (``torch.load(weights_only=True)``) and the name of the weights
+  file it belongs to, so a kill between the two writes resumes from the previous epoch, never from a
+  mismatched pair. The weights are ``best-e<N>.safetensors`` in an epoch that improved the held-out
+  score (written once: without EMA the trained weights are the scored ones), else ``last-e<N>.safetensors``
+  (with EMA, an improved epoch writes both: the trained and the averaged weights). After each epoch
+  the folder holds at most these two weights files (1-4 GB each for a full fine-tune of a large model).
+* the best file is renamed ``model.safetensors`` when the fold is done.
 * ``predictions.parquet`` (held-out and test probabilities) and ``DONE.json`` (what was selected,
   checkpoint sha256, timings). ``DONE.json`` marks the fold complete; the resumable state is removed.
 
@@ -221,19 +224,39 @@ def _ba(y, p, threshold=0.5) -> float:
     return M.balanced_accuracy(y, M.predict(p, threshold))
 
 
-def _save_epoch(model, cfg, fold_dir: Path, state: dict) -> None:
+def _remove_weights(fold_dir: Path, keep: set) -> None:
+    """Delete the epoch weights files not named in ``keep`` (what a finished epoch, or fold, no longer needs)."""
+    for f in [*fold_dir.glob("last-e*.safetensors"), *fold_dir.glob("best-e*.safetensors")]:
+        if f.name not in keep:
+            f.unlink()
+
+
+def _save_epoch(model, scored, cfg, fold_dir: Path, st: dict, improved: bool, resume: dict) -> None:
+    """The epoch's weights, then ``state.pt`` naming them, then the files it no longer names are deleted.
+
+    ``st["weights_file"]`` is the resume point: the best file itself when the epoch improved and the trained
+    weights are the scored ones (no EMA), so such an epoch writes its weights once."""
     import torch
 
-    name = f"last-e{state['epoch']}.safetensors"
-    save_weights(model, cfg.method, fold_dir / name)
-    state = dict(state, weights_file=name, rng=torch.get_rng_state())
+    if improved and scored is model:
+        st["weights_file"] = st["best_file"]
+    else:
+        st["weights_file"] = f"last-e{st['epoch']}.safetensors"
+        if improved:
+            save_weights(scored, cfg.method, fold_dir / st["best_file"])
+    save_weights(model, cfg.method, fold_dir / st["weights_file"])
+    state = dict(st, **resume, rng=torch.get_rng_state())
     atomic_write(fold_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
-    for f in fold_dir.glob("last-e*.safetensors"):
-        if f.name != name:
-            f.unlink()
-    for f in fold_dir.glob("best-e*.safetensors"):
-        if f.name != state.get("best_file"):
-            f.unlink()
+    _remove_weights(fold_dir, {st["weights_file"], st["best_file"]})
+
+
+def _weights_path(fold_dir: Path, name: str, best_file: str | None) -> Path:
+    """A weights file that ``state.pt`` names; the best one may already be ``model.safetensors``
+    (``_finish`` renames it before its predictions and DONE.json: a kill in between finds it there)."""
+    path = fold_dir / name
+    if not path.is_file() and name == best_file and (fold_dir / MODEL_FILE).is_file():
+        return fold_dir / MODEL_FILE
+    return path
 
 
 def _load_state(fold_dir: Path) -> dict | None:
@@ -243,7 +266,7 @@ def _load_state(fold_dir: Path) -> dict | None:
     if not p.is_file():
         return None
     state = torch.load(p, map_location="cpu", weights_only=True)
-    if not (fold_dir / state["weights_file"]).is_file():
+    if not _weights_path(fold_dir, state["weights_file"], state["best_file"]).is_file():
         raise FinetuneError(f"{p} names {state['weights_file']}, which is missing; delete {fold_dir} to restart the fold")
     return state
 
@@ -283,11 +306,11 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
     sched = lr_schedule(cfg, opt, steps_per_epoch)
     ema = make_ema(cfg, model)
     scored = model if ema is None else ema.module  # the weights that are evaluated, selected and saved
-    st = dict(epoch=0, best_score=0.0, best_epoch=-1, best_file=None, bad_epochs=0, stopped=False,
-              history=[], train_seconds=0.0, train_images=0)
+    st = dict(epoch=0, best_score=0.0, best_epoch=-1, best_file=None, weights_file=None, bad_epochs=0,
+              stopped=False, history=[], train_seconds=0.0, train_images=0)
     saved = _load_state(fold_dir)
     if saved is not None:
-        load_weights(model, cfg.method, fold_dir / saved["weights_file"])
+        load_weights(model, cfg.method, _weights_path(fold_dir, saved["weights_file"], saved["best_file"]))
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         if ema is not None:
@@ -358,7 +381,6 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
         improved = score > st["best_score"]  # the paper's rule: strictly better held-out score
         if improved:
             st.update(best_score=score, best_epoch=epoch, bad_epochs=0, best_file=f"best-e{epoch + 1}.safetensors")
-            save_weights(scored, cfg.method, fold_dir / st["best_file"])
         else:
             st["bad_epochs"] += 1
             st["stopped"] = st["bad_epochs"] >= cfg.early_stop
@@ -369,7 +391,8 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
                                   lr=float(opt.param_groups[0]["lr"]), images_per_s=seen / secs if secs else 0.0))
         st.update(epoch=epoch + 1, train_seconds=st["train_seconds"] + secs, train_images=st["train_images"] + seen)
         extra = {} if ema is None else dict(ema=ema.state_dict())
-        _save_epoch(model, cfg, fold_dir, dict(st, optimizer=opt.state_dict(), scheduler=sched.state_dict(), **extra))
+        _save_epoch(model, scored, cfg, fold_dir, st, improved,
+                    dict(optimizer=opt.state_dict(), scheduler=sched.state_dict(), **extra))
         log.info("fold %d epoch %d: loss %.4f, held-out %s %.4f%s", k, epoch + 1, loss_sum / max(seen, 1),
                  cfg.select_on, score, " (best)" if improved else "")
         if rt.on_epoch is not None:
@@ -387,7 +410,7 @@ def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, cou
     threshold and stored probabilities agree with the selection); the test sets at the evaluation precision."""
 
     # never improved on 0 (NaN scores): keep the last epoch
-    best = fold_dir / (st["best_file"] or f"last-e{st['epoch']}.safetensors")
+    best = _weights_path(fold_dir, st["best_file"] or st["weights_file"], st["best_file"])
     load_weights(model, cfg.method, best)
     best.replace(fold_dir / MODEL_FILE)
     views = TTAS[cfg.tta]
@@ -414,8 +437,8 @@ def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, cou
                   device=rt.device, precision=precision, eval_precision=eval_precision, cpu_capability=cpu_capability(),
                   history=st["history"])
     write_json(record, fold_dir / DONE_FILE)
-    for f in list(fold_dir.glob("last-e*.safetensors")) + [fold_dir / STATE_FILE]:
-        f.unlink(missing_ok=True)
+    _remove_weights(fold_dir, set())
+    (fold_dir / STATE_FILE).unlink(missing_ok=True)
     return record
 
 

@@ -3,7 +3,9 @@
 * the held-out part is scored at the training precision (selection, schedule, early stop, threshold, stored
   probabilities), the test sets at the evaluation precision;
 * the per-sample training loader is built once per fold, its workers persist across epochs, and its batches
-  depend on the epoch seed only (not on the worker count, not on a resume); torch's global generator is left alone.
+  depend on the epoch seed only (not on the worker count, not on a resume); torch's global generator is left alone;
+* a fine-tune writes each epoch's weights once (no EMA) and keeps at most {last, best} weights files; a kill
+  between ``_finish``'s rename and DONE.json resumes.
 """
 
 from __future__ import annotations
@@ -136,3 +138,71 @@ def test_fold_builds_its_loader_once_and_trains_the_same_with_any_worker_count(p
     assert len(built) == 2  # once per fold, not once per epoch
     assert [e["train_loss"] for e in recs[0]["history"]] == [e["train_loss"] for e in recs[1]["history"]]
     assert recs[0]["checkpoint_sha256"] == recs[1]["checkpoint_sha256"]
+
+
+# -- 3. one weights write per epoch, at most {last, best} on disk ------------------------------------------------
+
+def _scripted_scores(monkeypatch, scores):
+    it = iter(scores)
+    monkeypatch.setattr(T, "selection_score", lambda *a: next(it))
+
+
+def _weights_files(fold_dir) -> list[str]:
+    return sorted(f.name for f in fold_dir.glob("*-e*.safetensors"))
+
+
+@pytest.mark.parametrize("ema, writes_when_improved", [(0.0, 1), (0.5, 2)])
+def test_each_epoch_writes_its_weights_once_and_keeps_last_and_best_only(pngs, tmp_path, monkeypatch, ema,
+                                                                         writes_when_improved):
+    _scripted_scores(monkeypatch, [0.6, 0.5, 0.7, 0.7, 0.8])  # improved, not, improved, not (ties), improved
+    writes = []
+    save = T.save_weights
+    monkeypatch.setattr(T, "save_weights", lambda m, method, path: writes.append(path.name) or save(m, method, path))
+    fold_dir = tmp_path / "fold0"
+    per_epoch = []
+
+    def look(epoch):
+        per_epoch.append((len(writes), _weights_files(fold_dir)))
+        writes.clear()
+
+    rec = T.train_fold(_cfg("full", max_epochs=5, max_steps=1, ema=ema), _data(pngs), fold_dir,
+                       T.Runtime(progress=False, on_epoch=look))
+    improved = [True, False, True, False, True]
+    assert [n for n, _ in per_epoch] == [writes_when_improved if i else 1 for i in improved]
+    if ema:
+        assert [f for _, f in per_epoch] == [["best-e1.safetensors", "last-e1.safetensors"],
+                                             ["best-e1.safetensors", "last-e2.safetensors"],
+                                             ["best-e3.safetensors", "last-e3.safetensors"],
+                                             ["best-e3.safetensors", "last-e4.safetensors"],
+                                             ["best-e5.safetensors", "last-e5.safetensors"]]
+    else:
+        assert [f for _, f in per_epoch] == [["best-e1.safetensors"], ["best-e1.safetensors", "last-e2.safetensors"],
+                                             ["best-e3.safetensors"], ["best-e3.safetensors", "last-e4.safetensors"],
+                                             ["best-e5.safetensors"]]
+    assert rec["best_epoch"] == 5 and _weights_files(fold_dir) == [] and (fold_dir / T.MODEL_FILE).is_file()
+    assert not (fold_dir / T.STATE_FILE).exists()
+
+
+def test_kill_between_the_final_rename_and_done_resumes(pngs, tmp_path, monkeypatch):
+    """The last epoch improved: state.pt names the best file, which ``_finish`` renames model.safetensors."""
+    _scripted_scores(monkeypatch, [0.5, 0.6])
+
+    class Kill(Exception):
+        pass
+
+    def kill(path):
+        raise Kill
+
+    sha = T.file_sha256
+    monkeypatch.setattr(T, "file_sha256", kill)  # called after the rename, before DONE.json
+    fold_dir = tmp_path / "fold0"
+    cfg = _cfg("full", max_steps=1)
+    with pytest.raises(Kill):
+        T.train_fold(cfg, _data(pngs), fold_dir, T.Runtime(progress=False))
+    state = torch.load(fold_dir / T.STATE_FILE, weights_only=True)
+    assert state["weights_file"] == state["best_file"] == "best-e2.safetensors"
+    assert _weights_files(fold_dir) == [] and (fold_dir / T.MODEL_FILE).is_file()
+    monkeypatch.setattr(T, "file_sha256", sha)
+    rec = T.train_fold(cfg, _data(pngs), fold_dir, T.Runtime(progress=False))
+    assert rec["best_epoch"] == 2 and rec["checkpoint_sha256"] == sha(fold_dir / T.MODEL_FILE)
+    assert not (fold_dir / T.STATE_FILE).exists()

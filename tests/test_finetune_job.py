@@ -151,11 +151,12 @@ def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(ft_store, t
         finetune(ft_store, cfg, folds="1", progress=False, n_boot=10, out=tmp_path / "a", on_epoch=kill_after_first)
     state = torch.load(tmp_path / "a" / "fold1" / STATE_FILE, weights_only=True)
     assert state["epoch"] == 1 and len(state["history"]) == 1 and "optimizer" in state and "scheduler" in state
-    # one resume state (the last epoch's weights + optimizer) and the best weights; LoRA files hold adapters + head
+    # one resume state (the epoch's weights, written once: best-e1 if it improved, else last-e1, + optimizer);
+    # LoRA files hold adapters + head
     files = sorted(f.name for f in (tmp_path / "a" / "fold1").iterdir())
-    assert [f for f in files if f.endswith(".safetensors")] in (["best-e1.safetensors", "last-e1.safetensors"],
-                                                               ["last-e1.safetensors"])
-    last = load_file(str(tmp_path / "a" / "fold1" / "last-e1.safetensors"))
+    assert state["weights_file"] in ("best-e1.safetensors", "last-e1.safetensors")
+    assert [f for f in files if f.endswith(".safetensors")] == [state["weights_file"]]
+    last = load_file(str(tmp_path / "a" / "fold1" / state["weights_file"]))
     assert last and all("lora_" in k or k.startswith("head.") for k in last)
     seen = []
     resumed = finetune(ft_store, cfg, folds="1", progress=False, n_boot=10, out=tmp_path / "a", on_epoch=seen.append)
