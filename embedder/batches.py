@@ -47,27 +47,32 @@ class Prepare:
         return self.transform(rgb)
 
 
-def forward_views(model, x, views: tuple[str, ...], device: str, dtype) -> dict[str, np.ndarray]:
-    """(B, 3, S, S) batch -> {output: (V*B, d) float32}, rows view-major (all patches for view 0, ...)."""
+def forward_views(model, x, views: tuple[str, ...], device: str, dtype,
+                  channels_last: bool = False) -> dict[str, np.ndarray]:
+    """(B, 3, S, S) batch -> {output: (V*B, d) float32}, rows view-major (all patches for view 0, ...).
+
+    ``channels_last``: the model is in that memory format; each view is put in it on the device, after the
+    copy, so the host-to-device copy stays a plain contiguous one from pinned memory."""
     import torch
 
     outs: dict[str, list] = {}
     x = x.to(device, non_blocking=True)
     with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
         for v in views:
-            for k, t in model(apply_view_torch(x, v)).items():
+            xv = apply_view_torch(x, v)
+            for k, t in model(xv.contiguous(memory_format=torch.channels_last) if channels_last else xv).items():
                 outs.setdefault(k, []).append(t.float())
     return {k: torch.cat(ts).cpu().numpy() for k, ts in outs.items()}
 
 
-def batch_rows(model, prepared, patch_ids, views, device, dtype):
+def batch_rows(model, prepared, patch_ids, views, device, dtype, channels_last: bool = False):
     """Keys and vectors for one prepared batch (shared by the local and the Ray engine)."""
     if model is None:  # handcrafted: prepared is (B, V, d)
         arr = np.asarray(prepared, np.float32)
         keys = [(p, v) for j, v in enumerate(views) for p in patch_ids]
         return keys, {"vector": np.concatenate([arr[:, j] for j in range(len(views))])}
     keys = [(p, v) for v in views for p in patch_ids]
-    return keys, forward_views(model, prepared, views, device, dtype)
+    return keys, forward_views(model, prepared, views, device, dtype, channels_last)
 
 
 def embed_pngs(model, transform, pngs: list[bytes], device: str = "cpu") -> dict[str, np.ndarray]:

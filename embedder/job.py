@@ -121,7 +121,6 @@ def _worker_init(_):
 
 def _run_local(st, model, transform, patch_ids, views, device, dtype, batch_size, num_workers,
                writer, bar, on_chunk, chunk_rows) -> int:
-    import torch
     from torch.utils.data import DataLoader
 
     pixel_views = model is None
@@ -150,11 +149,10 @@ def _run_local(st, model, transform, patch_ids, views, device, dtype, batch_size
         if on_chunk is not None:
             on_chunk(chunks)
 
+    channels_last = not pixel_views and prefers_channels_last(model.recipe, device)  # applied on the device
     for ids, x in loader:
         ids = list(ids)
-        if not pixel_views and prefers_channels_last(model.recipe, device):
-            x = x.contiguous(memory_format=torch.channels_last)
-        keys, vecs = batch_rows(model, x if not pixel_views else x.numpy(), ids, views, device, dtype)
+        keys, vecs = batch_rows(model, x if not pixel_views else x.numpy(), ids, views, device, dtype, channels_last)
         buf_keys += keys
         for k, v in vecs.items():
             buf_vecs.setdefault(k, []).append(v)

@@ -5,7 +5,8 @@
 * the per-sample training loader is built once per fold, its workers persist across epochs, and its batches
   depend on the epoch seed only (not on the worker count, not on a resume); torch's global generator is left alone;
 * a fine-tune writes each epoch's weights once (no EMA) and keeps at most {last, best} weights files; a kill
-  between ``_finish``'s rename and DONE.json resumes.
+  between ``_finish``'s rename and DONE.json resumes;
+* the embedding job copies a contiguous batch to the device and makes it channels-last there.
 """
 
 from __future__ import annotations
@@ -206,3 +207,47 @@ def test_kill_between_the_final_rename_and_done_resumes(pngs, tmp_path, monkeypa
     rec = T.train_fold(cfg, _data(pngs), fold_dir, T.Runtime(progress=False))
     assert rec["best_epoch"] == 2 and rec["checkpoint_sha256"] == sha(fold_dir / T.MODEL_FILE)
     assert not (fold_dir / T.STATE_FILE).exists()
+
+
+# -- 4. the embedding job: a contiguous host-to-device copy, channels-last on the device ----------------------------
+
+def test_embedding_copies_contiguous_batches_and_feeds_channels_last(tiny_store, monkeypatch):
+    from mitoprobe import embedder
+    from mitoprobe.embedder import job
+
+    monkeypatch.setattr(job, "prefers_channels_last", lambda recipe, device: True)
+    copied, fed = [], []
+    to = torch.Tensor.to
+
+    def spy_to(self, *a, **kw):
+        if kw.get("non_blocking"):
+            copied.append(self.is_contiguous())
+        return to(self, *a, **kw)
+
+    build = job._build_local
+
+    def spy_build(*a, **kw):
+        net, transform = build(*a, **kw)
+        net.backbone.register_forward_pre_hook(
+            lambda m, args: fed.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        return net, transform
+
+    monkeypatch.setattr(torch.Tensor, "to", spy_to)
+    monkeypatch.setattr(job, "_build_local", spy_build)
+    embedder.embed(tiny_store, "offline_cnn.random", views="none", num_workers=0, batch_size=8, progress=False)
+    assert copied and all(copied)  # the copy from (pinned) host memory: a plain contiguous one
+    assert fed and all(fed) and len(fed) == len(copied)  # every batch reaches the model channels-last
+
+
+def test_every_view_reaches_the_model_channels_last():
+    from mitoprobe.embedder.batches import forward_views
+    from mitoprobe.embedder.dihedral import VIEWS_D8
+
+    seen = []
+
+    def model(x):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last))
+        return {"vector": x.mean((2, 3))}
+
+    out = forward_views(model, torch.randn(2, 3, 8, 8), VIEWS_D8, "cpu", None, channels_last=True)
+    assert seen == [True] * 8 and out["vector"].shape == (16, 3)
