@@ -9,20 +9,28 @@ What, per model (each in its own try/except: an OOM is recorded and the rest sti
 2. ``lora`` / ``full``: training steps of the paper's configuration (``FinetuneConfig.paper``):
    LoRA for the 7 foundation models, full fine-tuning for the 3 end-to-end baselines (EfficientNetV2-M,
    Swin-B, ViT-L/16), batch 8, fp32 as the paper trains, BCE, Adam over the trainable parameters,
-   channels-last for the CNN, cudnn.benchmark: ms per step, images/s, peak GPU memory.
-3. ``loader``: the paper's per-sample training transform of that model (``train_transform``) over
-   real 128 px PNG patches in the training DataLoader (``train_loader``, W workers, pinned memory):
-   images/s, against the step's images/s: does the GPU wait for the CPU ("input-bound")?
+   channels-last for the CNN, cudnn.benchmark, on synthetic inputs already on the GPU: ms per step,
+   images/s, peak GPU memory.
+3. ``fed``: the same training step (same model, optimizer and loss) fed by the paper's per-sample
+   training transform of that model (``train_transform``) over real 128 px PNG patches in the training
+   DataLoader (``train_loader``: W persistent workers, pinned memory, each batch copied to the GPU as
+   ``finetune.train`` does): images/s while training runs. ``input_bound`` is true when the fed rate is
+   below 0.9x the synthetic step's (``INPUT_BOUND``): the GPU waits for the CPU's decoding and augmentation.
 
 Why: the fine-tuning and embedding jobs were sized on CPUs; this measures, in one short run on the
 first GPU lent, what a real-size run of every model costs (time, memory) and whether 8 loader
-workers keep a GPU busy at the paper's batch 8.
+workers keep a GPU busy at the paper's batch 8 while they share the machine with the training step.
+
+JSON keys (read by ``finetune.estimate``): ``models[stem][<method>]`` has ``step_ms``, ``images_per_s``,
+``peak_gpu_gib``; ``models[stem]["embed"]`` has ``images_per_s``, ``peak_gpu_gib``; ``models[stem]["fed"]``
+has ``images_per_s``; each phase has ``steps`` (timed steps done) and ``cut``, or ``error``.
 
 Big models are built directly on the GPU (``with torch.device(device)``), not initialised on the CPU.
 It reads PNG files (``--patches``) and writes exactly one file: the JSON (``--out``; default
 ``$OUT/gpu_check.json`` when $OUT is set, else ``gpu_check.json`` in the working directory), rewritten
-after each model so a run cut short still leaves its figures. ``--time-budget`` stops starting new
-models once exceeded (the skipped ones are listed).
+after each model so a run cut short still leaves its figures. ``--time-budget`` holds inside each phase:
+every timed loop stops at it (after at least one timed step; ``"cut": true``), and no model starts after it
+but the first (the skipped ones are listed), so a slow model cannot overrun the device time.
 
 ``--device cpu`` is a dry run: tiny stand-ins of every architecture (``TINY``) at 32 px, so that
 every code path runs in seconds; its figures mean nothing (tests/test_gpu_check.py runs it).
@@ -151,9 +159,26 @@ def run_phase(fn, *args, **kwargs) -> dict:
     return out
 
 
-# -- the three measurements -----------------------------------------------------------------------------
+# -- the measurements ------------------------------------------------------------------------------------
 
-def embed_throughput(stem: str, device: str, batch: int, warmup: int, steps: int, dry: bool) -> dict:
+def timed_loop(step, warmup: int, steps: int, device: str, deadline: float) -> tuple[int, float, bool]:
+    """``warmup`` untimed calls of ``step()``, then up to ``steps`` timed ones; both stop at ``deadline``
+    (``time.perf_counter`` seconds), the timed ones after at least one call, so a slow model stops early
+    with a figure instead of overrunning the run's budget. Returns (timed calls, their seconds, cut short)."""
+    warm = 0
+    while warm < warmup and time.perf_counter() < deadline:
+        step()
+        warm += 1
+    _sync(device)
+    t0, done = time.perf_counter(), 0
+    while done < steps and (done == 0 or time.perf_counter() < deadline):
+        step()
+        done += 1
+    _sync(device)
+    return done, time.perf_counter() - t0, warm < warmup or done < steps
+
+
+def embed_throughput(stem: str, device: str, batch: int, warmup: int, steps: int, dry: bool, deadline: float) -> dict:
     """Images/s of the recipe's forward pass (the embedding job's own, at the recipe's precision)."""
     import torch
 
@@ -165,20 +190,19 @@ def embed_throughput(stem: str, device: str, batch: int, warmup: int, steps: int
     build_s = time.perf_counter() - t0
     dtype = autocast_dtype(recipe, device)
     x = torch.randn(batch, 3, recipe.input_size, recipe.input_size, device=device)
-    for _ in range(warmup):
-        forward_views(model, x, ("none",), device, dtype)
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        forward_views(model, x, ("none",), device, dtype)  # ends in .cpu(): synchronised per batch, as the job
-    secs = time.perf_counter() - t0
+    # each call ends in .cpu(): synchronised per batch, as the job
+    done, secs, cut = timed_loop(lambda: forward_views(model, x, ("none",), device, dtype), warmup, steps, device,
+                                 deadline)
     return dict(recipe=recipe.name, precision=recipe.precision if dtype is not None else "fp32", batch=batch,
-                steps=steps, images_per_s=round(batch * steps / secs, 1), build_s=round(build_s, 2),
+                steps=done, cut=cut, images_per_s=round(batch * done / secs, 1), build_s=round(build_s, 2),
                 **_memory(device))
 
 
-def train_step(stem: str, device: str, batch: int, warmup: int, steps: int, dry: bool) -> dict:
-    """Ms per optimizer step of the paper's configuration (LoRA or full), as ``finetune.train`` steps."""
+def train_step(stem: str, device: str, batch: int, warmup: int, steps: int, dry: bool, deadline: float,
+               feed: dict) -> dict:
+    """Ms per optimizer step of the paper's configuration (LoRA or full) on synthetic inputs already on the
+    device, as ``finetune.train`` steps; then, on the same model, the step fed by the paper's loader
+    (``fed_throughput`` with ``feed``'s arguments), under ``"fed"``."""
     import torch
 
     cfg = paper_config(stem, dry).with_(batch_size=batch)
@@ -203,53 +227,59 @@ def train_step(stem: str, device: str, batch: int, warmup: int, steps: int, dry:
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     model.train()
+    last: dict = {}
 
-    def step():
+    def step(x, y):
         with autocast(device, precision):
             logits = model(x)
         loss = crit(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return loss.detach()
+        last["loss"] = loss.detach()
 
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    _sync(device)
-    secs = time.perf_counter() - t0
+    done, secs, cut = timed_loop(lambda: step(x, y), warmup, steps, device, deadline)
     counts = parameter_counts(model)
-    return dict(recipe=cfg.model, method=cfg.method, precision=precision, batch=batch, steps=steps,
-                step_ms=round(1000 * secs / steps, 2), images_per_s=round(batch * steps / secs, 1),
-                params_total=counts["total"], params_trainable=counts["trainable"], loss=float(loss),
-                build_s=round(build_s, 2), channels_last=channels_last, **_memory(device))
+    out = dict(recipe=cfg.model, method=cfg.method, precision=precision, batch=batch, steps=done, cut=cut,
+               step_ms=round(1000 * secs / done, 2), images_per_s=round(batch * done / secs, 1),
+               params_total=counts["total"], params_trainable=counts["trainable"], loss=float(last["loss"]),
+               build_s=round(build_s, 2), channels_last=channels_last, **_memory(device))
+    out["fed"] = run_phase(fed_throughput, step, channels_last, stem, device, batch, dry, deadline, **feed)
+    return out
 
 
-def loader_throughput(stem: str, pngs: list[bytes], labels: np.ndarray, device: str, workers: int, samples: int,
-                      dry: bool) -> dict:
-    """Images/s of the paper's per-sample training transform in the training DataLoader (batch 8)."""
+def fed_throughput(step, channels_last: bool, stem: str, device: str, batch: int, dry: bool, deadline: float,
+                   pngs: list[bytes], labels: np.ndarray, workers: int, samples: int) -> dict:
+    """Images/s of the training ``step`` fed by the paper's per-sample training transform (``train_transform``)
+    in the training DataLoader (``train_loader``: W persistent workers, pinned memory on GPU), each batch
+    copied to the device as ``finetune.train`` does. Each worker's first batch (its start-up) is not timed."""
+    import torch
+
     cfg = paper_config(stem, dry)
     recipe = recipe_for(stem, dry)
     tf = train_transform(recipe, eval_preprocess=cfg.eval_preprocess(recipe), crop_from=cfg.crop_from,
                          **cfg.augment_kwargs())
     on_gpu = device.startswith("cuda")
-    loader = train_loader(pngs, labels, tf, cfg.batch_size, cfg.sampler, 0, workers, on_gpu, num_samples=samples)
-    skip = max(1, workers)  # each worker's first batch carries its start-up
-    n, t0 = 0, None
-    for i, (x, _) in enumerate(loader):
+    loader = train_loader(pngs, labels, tf, batch, cfg.sampler, 0, workers, on_gpu, num_samples=samples)
+    skip = max(1, workers)
+    n, t0, cut = 0, None, False
+    for i, (x, y) in enumerate(loader):
         if i == skip:
             _sync(device)
             t0, n = time.perf_counter(), 0
-        x = x.to(device, non_blocking=True)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        step(x, y)
         n += len(x)
+        if t0 is not None and i + 1 < len(loader) and time.perf_counter() >= deadline:
+            cut = True
+            break
     _sync(device)
     if t0 is None:  # fewer batches than workers: time nothing rather than start-up
         raise ValueError(f"--loader-samples {samples} gives no batch after the {skip} start-up batches")
     secs = time.perf_counter() - t0
-    return dict(batch=cfg.batch_size, workers=workers, pin_memory=on_gpu, images=n, input_size=recipe.input_size,
+    return dict(batch=batch, workers=workers, pin_memory=on_gpu, images=n, cut=cut, input_size=recipe.input_size,
                 train_crop=cfg.train_crop, images_per_s=round(n / secs, 1))
 
 
@@ -282,21 +312,27 @@ def load_patches(folder: Path, n: int) -> tuple[list[bytes], np.ndarray, str]:
 
 # -- the run ---------------------------------------------------------------------------------------------
 
-def check_model(stem: str, a, device: str, dry: bool, pngs, labels) -> dict:
-    """One model's phases (embedding for the foundation models, its paper training step, its loader)."""
+INPUT_BOUND = 0.9  # fed images/s below this fraction of the synthetic step's: the GPU waits for the loader
+
+
+def check_model(stem: str, a, device: str, dry: bool, pngs, labels, deadline: float) -> dict:
+    """One model's phases (embedding for the foundation models, its paper training step, the step fed by its
+    loader), each stopping its timed loop at ``deadline``."""
     t0 = time.perf_counter()
     method = method_of(stem)
     entry: dict = dict(stem=stem, recipe=recipe_name(stem), method=method)
     if stem in FOUNDATION:
-        entry["embed"] = run_phase(embed_throughput, stem, device, a.embed_batch, a.warmup, a.embed_steps, dry)
+        entry["embed"] = run_phase(embed_throughput, stem, device, a.embed_batch, a.warmup, a.embed_steps, dry,
+                                   deadline)
         _free(device)
-    entry[method] = run_phase(train_step, stem, device, a.batch, a.warmup, a.steps, dry)
+    feed = dict(pngs=pngs, labels=labels, workers=a.workers, samples=a.loader_samples)
+    entry[method] = run_phase(train_step, stem, device, a.batch, a.warmup, a.steps, dry, deadline, feed)
+    entry["fed"] = entry[method].pop("fed", dict(error="not measured: the training step failed"))
     _free(device)
-    entry["loader"] = run_phase(loader_throughput, stem, pngs, labels, device, a.workers, a.loader_samples, dry)
-    step_ips, load_ips = entry[method].get("images_per_s"), entry["loader"].get("images_per_s")
-    if step_ips and load_ips:
-        entry["loader_over_step"] = round(load_ips / step_ips, 2)
-        entry["input_bound"] = load_ips < step_ips
+    step_ips, fed_ips = entry[method].get("images_per_s"), entry["fed"].get("images_per_s")
+    if step_ips and fed_ips:
+        entry["fed_over_step"] = round(fed_ips / step_ips, 2)
+        entry["input_bound"] = fed_ips < INPUT_BOUND * step_ips
     entry["wall_s"] = round(time.perf_counter() - t0, 1)
     return entry
 
@@ -325,20 +361,26 @@ def table(report: dict) -> str:
     lines = [f"{dry}{header(env)} | timm {env['timm']} | loader: {report['settings']['workers']} workers, "
              f"{report['patches']}",
              "| model | embed img/s | embed peak GiB | method | step ms | step img/s | step peak GiB "
-             "| trainable / total | loader img/s | input-bound |",
+             "| trainable / total | fed img/s | input-bound |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
-    failures = []
+    failures, cut = [], False
     for e in report["models"].values():
-        emb, st, ld = e.get("embed", {}), e[e["method"]], e["loader"]
+        emb, st, fed = e.get("embed", {}), e[e["method"]], e["fed"]
         params = (f"{_millions(st['params_trainable'])} / {_millions(st['params_total'])}"
                   if "params_total" in st else "-")
         bound = {True: "yes", False: "no"}.get(e.get("input_bound"), "-")
-        lines.append(f"| {e['stem']} | {_fmt(emb.get('images_per_s'))} | {_fmt(emb.get('peak_gpu_gib'), '.2f')} | "
-                     f"{e['method']} | {_fmt(st.get('step_ms'))} | {_fmt(st.get('images_per_s'))} | "
-                     f"{_fmt(st.get('peak_gpu_gib'), '.2f')} | {params} | {_fmt(ld.get('images_per_s'))} | {bound} |")
-        for phase in ("embed", e["method"], "loader"):
+        mark = {phase: "*" if e.get(phase, {}).get("cut") else "" for phase in ("embed", e["method"], "fed")}
+        cut = cut or any(mark.values())
+        lines.append(f"| {e['stem']} | {_fmt(emb.get('images_per_s'))}{mark['embed']} | "
+                     f"{_fmt(emb.get('peak_gpu_gib'), '.2f')} | {e['method']} | {_fmt(st.get('step_ms'))}"
+                     f"{mark[e['method']]} | {_fmt(st.get('images_per_s'))}{mark[e['method']]} | "
+                     f"{_fmt(st.get('peak_gpu_gib'), '.2f')} | {params} | {_fmt(fed.get('images_per_s'))}{mark['fed']} "
+                     f"| {bound} |")
+        for phase in ("embed", e["method"], "fed"):
             if "error" in e.get(phase, {}):
                 failures.append(f"{e['stem']} {phase} failed: {e[phase]['error']}")
+    if cut:
+        lines.append("* cut short by the time budget: fewer steps than asked")
     lines += failures
     if report["skipped"]:
         budget = report["settings"]["time_budget"]
@@ -363,9 +405,11 @@ def parse_args(argv):
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="loader workers")
     ap.add_argument("--patches", type=Path, default=DEFAULT_PATCHES, help="folder of 128 px PNG patches (recursive)")
     ap.add_argument("--n-patches", type=int, default=512, help="patches read from --patches")
-    ap.add_argument("--loader-samples", type=int, default=2048, help="images drawn per loader measurement")
+    ap.add_argument("--loader-samples", type=int, default=512,
+                    help="images the loader feeds to the training step per model (the fed measurement)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--time-budget", type=float, default=420.0, help="seconds; no new model starts after this")
+    ap.add_argument("--time-budget", type=float, default=420.0,
+                    help="seconds; timed loops stop at it and no new model starts after it (the first always does)")
     ap.add_argument("--out", type=Path, default=None, help="the JSON (default $OUT/gpu_check.json or ./gpu_check.json)")
     a = ap.parse_args(argv)
     a.only = [s.strip() for s in a.only.split(",") if s.strip()] or list(MODELS)
@@ -395,11 +439,12 @@ def main(argv=None) -> int:
                   models={}, skipped=[], wall_s=0.0)
     print(table(report).splitlines()[0], flush=True)
     _free(a.device)
+    deadline = start + a.time_budget
     for stem in a.only:
-        if time.perf_counter() - start > a.time_budget:
+        if report["models"] and time.perf_counter() >= deadline:
             report["skipped"].append(stem)
             continue
-        entry = check_model(stem, a, a.device, dry, pngs, labels)
+        entry = check_model(stem, a, a.device, dry, pngs, labels, deadline)
         _free(a.device)
         report["models"][stem] = entry
         report["wall_s"] = round(time.perf_counter() - start, 1)
