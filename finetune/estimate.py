@@ -25,6 +25,9 @@ from pathlib import Path
 
 from mitoprobe.store.errors import ConfigError
 
+from .config import FinetuneConfig
+from .model import add_lora
+
 # Dense peak TFLOP/s of one card (NVIDIA H100 SXM5 datasheet, without sparsity). PyTorch runs fp32 matmuls on
 # the CUDA cores by default (torch.backends.cuda.matmul.allow_tf32 is False), so fp32 training is priced at FP32.
 GPUS = {"h100": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},
@@ -51,14 +54,15 @@ class Arch:
 
     forward_flops: float
     params: int
-    lora_params: int  # trainable parameters LoRA adds (r x (in + out) per adapted linear layer)
+    lora_params: int  # trainable parameters the paper's LoRA adds (peft's adapters, counted on the meta device)
     activations: int  # numel of every module output of one image's forward pass (what training keeps)
     largest_output: int  # numel of the largest module output (inference keeps a few such tensors alive)
 
 
 def arch_of(recipe, overrides: dict | None = None, lora_r: int = 8,
             lora_targets: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")) -> Arch:
-    """Count ``recipe``'s architecture on the meta device (seconds for a 1B-parameter ViT, no memory)."""
+    """Count ``recipe``'s architecture on the meta device (seconds for a 1B-parameter ViT, no memory);
+    ``lora_r`` 0 for a model that is fully fine-tuned (no adapters)."""
     key = (recipe, tuple(sorted((overrides or {}).items())), lora_r, tuple(lora_targets))
     return _arch(key)
 
@@ -83,9 +87,11 @@ def _arch(key) -> Arch:
             model(torch.empty(1, 3, recipe.input_size, recipe.input_size))
         for h in hooks:
             h.remove()
-    lora = sum(lora_r * (m.in_features + m.out_features) for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets)
-    return Arch(forward_flops=float(counter.get_total_flops()), params=sum(p.numel() for p in model.parameters()),
+        params = sum(p.numel() for p in model.parameters())
+        if lora_r:  # peft's own adapters, counted (0: the model is fully fine-tuned)
+            add_lora(model, FinetuneConfig(model=recipe.name, lora_r=lora_r, lora_targets=targets))
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    return Arch(forward_flops=float(counter.get_total_flops()), params=params,
                 lora_params=lora, activations=int(sum(outputs)), largest_output=int(max(outputs, default=0)))
 
 
@@ -115,27 +121,30 @@ def _peak(gpu: str, precision: str) -> float:
 
 
 def training_rates(arch: Arch, method: str, train_precision: str, eval_precision: str, measured: dict | None,
-                   gpu: str = "h100") -> tuple[float, float, str]:
-    """(training images/s, evaluation images/s, source) of one model's fine-tuning job."""
-    train = evaluate = None
-    if measured:
-        step = _measured(measured, method, "images_per_s")
-        fed = _measured(measured, "fed", "images_per_s") or _measured(measured, "loader", "images_per_s")
-        train = min(step, fed) if step and fed else step
-        evaluate = _measured(measured, "embed", "images_per_s") or (3 * train if train else None)
-    if train:
-        return train, evaluate, "measured"
+                   gpu: str = "h100") -> tuple[float, float, float, str]:
+    """(training, held-out scoring, test scoring) images/s of one model's fine-tuning job, and their source.
+
+    Held-out scoring runs at the training precision (it picks the checkpoint), the test sets at the evaluation
+    precision. A forward pass costs 1/3 of a full fine-tuning step and 1/2 of a LoRA one; measured, the test
+    rate is the embedding phase's where that ran at the evaluation precision (H-optimus: fp16)."""
     factor = 3.0 if method == "full" else 2.0
-    return (_peak(gpu, train_precision) / (factor * arch.forward_flops),
+    step = _measured(measured or {}, method, "images_per_s")
+    if step:
+        fed = _measured(measured, "fed", "images_per_s") or _measured(measured, "loader", "images_per_s")
+        forward = factor * step
+        test = forward if eval_precision == train_precision else _measured(measured, "embed", "images_per_s") or forward
+        return min(step, fed) if fed else step, forward, test, "measured"
+    return (_peak(gpu, train_precision) / (factor * arch.forward_flops), _peak(gpu, train_precision) / arch.forward_flops,
             _peak(gpu, eval_precision) / arch.forward_flops, "flops")
 
 
 def finetune_cost(arch: Arch, method: str, *, epochs: float, n_train: int, n_val: int, n_test: int,
                   batch_size: int, train_precision: str = "fp32", eval_precision: str = "fp32",
                   measured: dict | None = None, gpu: str = "h100") -> Cost:
-    """One fold: ``epochs`` x (a pass over the training part + scoring the held-out part), then the test sets."""
-    train_ips, eval_ips, source = training_rates(arch, method, train_precision, eval_precision, measured, gpu)
-    secs = BUILD_S + epochs * (n_train / train_ips + n_val / eval_ips) + (n_val + n_test) / eval_ips
+    """One fold: ``epochs`` x (a pass over the training part + scoring the held-out part), then the held-out
+    part and the test sets once more with the selected weights."""
+    train_ips, val_ips, test_ips, source = training_rates(arch, method, train_precision, eval_precision, measured, gpu)
+    secs = BUILD_S + epochs * (n_train / train_ips + n_val / val_ips) + n_val / val_ips + n_test / test_ips
     trainable = arch.params if method == "full" else arch.lora_params
     kept = 4 * trainable  # fp32 safetensors of what the fold trains
     peak_mem = (_measured(measured or {}, method, "peak_gpu_gib") or

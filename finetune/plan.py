@@ -103,7 +103,7 @@ class Plan:
                                   disk_kept_gib=round(j.cost.disk_kept_gib, 2), estimate=j.cost.source)
                              for j in self.jobs],
                             columns=["job", "kind", "model", "method", "fold", "state", "detail", "gpu_hours",
-                                     "peak_gib", "disk_peak_gib", "disk_kept_gib", "estimate"])
+                                     "peak_gib", "disk_peak_gib", "disk_kept_gib", "estimate"]).astype({"fold": "Int64"})
 
     def wall_seconds(self, n_gpus: int) -> float:
         """Wall time of what is left on ``n_gpus`` GPUs: each embedding spreads over all of them (Ray Data,
@@ -228,7 +228,7 @@ def paper_plan(store: Store | str | Path, *, models: list[str] | str | None = No
         method = "lora" if stem in FOUNDATION else "full"
         cfg = FinetuneConfig.paper(recipe.name, method, **(settings or {}))
         plan.configs[stem] = cfg
-        arch = E.arch_of(recipe, plan.overrides.get(stem), cfg.lora_r, cfg.lora_targets)
+        arch = E.arch_of(recipe, plan.overrides.get(stem), cfg.lora_r if method == "lora" else 0, cfg.lora_targets)
         m = (measured or {}).get(stem)
         if stem in FOUNDATION:
             plan.jobs += _embed_and_probe(st, stem, recipe, w, arch, m, n_patches, runs, gpu)

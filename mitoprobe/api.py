@@ -35,6 +35,7 @@ from mitoprobe.classifiers.runner import resolve_heads, sweep
 from mitoprobe.classifiers.runs import read_runs
 from mitoprobe.classifiers.scoring import score_test_set
 from mitoprobe.classifiers.significance import compare, resolve_families
+from mitoprobe.classifiers.verdict import verdict as verdict_table
 from mitoprobe.store import Store, paths
 from mitoprobe.store.errors import ConfigError, DataError, ProtocolError, StoreError
 from mitoprobe.store.integrity import preflight
@@ -200,6 +201,12 @@ class Workspace:
                      head_params=head_params, show_progress=progress, protocol=self._protocols.get(train_on),
                      n_threads=n_threads, train_on=train_on, seeds=list(seeds) if seeds is not None else None,
                      features=feats)
+
+    # -- the paper's comparison (its plan and run: ``finetune.plan``; the API never imports the fine-tuning job)
+    def verdict(self) -> pd.DataFrame:
+        """Each published paper row beside our run with the paper's settings, and whether it was reproduced
+        (``mitoprobe report --paper``; the rule is ``classifiers.verdict.RULE``)."""
+        return verdict_table(self.store)
 
     # -- results ---------------------------------------------------------------------------------------
     def runs(self) -> pd.DataFrame:

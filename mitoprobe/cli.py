@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "LoRA / full fine-tuning per fold under the paper's protocol (resumable)."),
     "fuse": ("mitoprobe.commands.fuse:fuse_cmd", "Late fusion of stored run families (no refit; held-out thresholds)."),
     "dashboard": ("mitoprobe.commands.dashboard:dashboard_cmd", "Open the results dashboard (Streamlit, localhost)."),
+    "paper": ("mitoprobe.commands.paper:paper_group",
+              "Reproduce the paper's comparison: a resumable plan of every job (plan, run; --engine ray)."),
     "predict": ("mitoprobe.commands.predict:predict_cmd",
                 "P(atypical) and the decision for every patch of a dataset, from a probe family's fold ensemble."),
     "probe": ("mitoprobe.commands.probe:probe",

@@ -15,7 +15,7 @@ from mitoprobe.classifiers.robustness import robustness_table
 from mitoprobe.classifiers.significance import compare, format_comparison, resolve_families
 from mitoprobe.classifiers.protocol import PAPER_TRAIN
 from mitoprobe.classifiers.runner import resolve_heads
-from mitoprobe.classifiers.verdict import RULE, format_verdict, summary_text, verdict
+from mitoprobe.classifiers.verdict import RULE, format_verdict, summary_text
 from mitoprobe.display import console, leaderboard_table, print_frame, print_report
 from mitoprobe.paper import REPO, SCRIPTS_AT
 
@@ -119,9 +119,10 @@ def report(fmt: str, model: str | None, family: str | None, no_paper: bool, wide
                                        ("--family", family)) if on]
         if given:
             raise click.UsageError(f"--paper prints the whole verdict table; it does not take {', '.join(given)}")
-    st = mitoprobe.open(store_path, read_only=True).store
+    ws = mitoprobe.open(store_path, read_only=True)
+    st = ws.store
     if paper:
-        print_verdict(st, fmt)
+        print_verdict(ws, fmt)
         return
     if robustness:
         table = robustness_table(st, [model] if model else None, k=k)
@@ -147,9 +148,9 @@ def report(fmt: str, model: str | None, family: str | None, no_paper: bool, wide
                                                     "per test set and metric")
 
 
-def print_verdict(store, fmt: str) -> None:
+def print_verdict(ws, fmt: str) -> None:
     """``report --paper``: the verdict table, then (table, markdown) its rule and how many cells have each verdict."""
-    table = verdict(store)
+    table = ws.verdict()
     if fmt == "csv":
         click.echo(table.to_csv(index=False), nl=False)
         return
