@@ -59,6 +59,7 @@ import numpy as np
 
 from mitoprobe import embedder
 from mitoprobe.embedder.batches import autocast_dtype, forward_views
+from mitoprobe.embedder.recipes import random_twin
 from mitoprobe.finetune import FinetuneConfig
 from mitoprobe.finetune.augment import train_transform
 from mitoprobe.finetune.data import train_loader
@@ -92,15 +93,9 @@ def method_of(stem: str) -> str:
 
 
 def recipe_name(stem: str) -> str:
-    """The random-weight recipe of ``stem``: ``<stem>.random``, or for Swin-B and ViT-L (hub weights only)
-    a random-weight copy of ``<stem>.hf`` registered in this process as ``<stem>.random-bench``."""
-    names = {r.name for r in embedder.list_recipes()}
-    for name in (f"{stem}.random", f"{stem}.random-bench"):
-        if name in names:
-            return name
-    base = embedder.get_recipe(f"{stem}.hf")
-    return embedder.register(replace(base, name=f"{stem}.random-bench", weights="random", hub_id=None,
-                                     revision=None)).name
+    """The random-weight recipe of ``stem`` (``embedder.recipes.random_twin``: for Swin-B and ViT-L, which have hub
+    weights only, a copy of ``<stem>.hf`` registered in this process)."""
+    return random_twin(stem).name
 
 
 def paper_config(stem: str, dry: bool) -> FinetuneConfig:

@@ -59,7 +59,7 @@ def test_gpu_check_dry_run_covers_every_model(tmp_path, monkeypatch):
         # the loader fed the training step: 24 images, the worker's first batch of 8 untimed
         assert (entry["fed"]["images"], entry["fed"]["workers"]) == (16, 1)
         assert entry["fed_over_step"] > 0 and isinstance(entry["input_bound"], bool)
-    assert report["models"]["swin_base"]["recipe"] == "swin_base.random-bench"
+    assert report["models"]["swin_base"]["recipe"] == "swin_base.random"  # embedder.recipes.random_twin
 
 
 def test_gpu_check_time_budget_cuts_phases_skips_models_and_records(tmp_path, monkeypatch):
