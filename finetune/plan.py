@@ -62,6 +62,7 @@ class Job:
     detail: str = ""  # what is done of it ("epoch 12 saved", "4,100 of 6,573 patches")
     cost: E.Cost = field(default_factory=lambda: E.Cost(0.0, 0.0))  # what is still to do of it
     run_key: str = ""  # finetune: the run folder under <store>/finetune/
+    bound_s: float = 0.0  # finetune: GPU seconds left if the fold runs to max_epochs (no early stop)
 
     @property
     def key(self) -> str:
@@ -117,6 +118,7 @@ class Plan:
         folds = [j for j in self.jobs if j.kind == "finetune"]
         return dict(jobs=len(self.jobs), to_do=len(todo),
                     gpu_hours=sum(j.cost.gpu_s for j in todo if j.on_gpu) / 3600,
+                    gpu_hours_bound=sum(max(j.cost.gpu_s, j.bound_s) for j in todo if j.on_gpu) / 3600,
                     wall_hours={n: self.wall_seconds(n) / 3600 for n in n_gpus},
                     peak_gib=max((j.cost.peak_gib for j in todo if j.on_gpu), default=0.0),
                     disk_kept_gib=sum(j.cost.disk_kept_gib for j in self.jobs),
@@ -320,10 +322,11 @@ def _folds(st, stem, recipe, weights, cfg, arch, measured, want, sizes, n_test, 
             continue
         epoch = saved_epoch(fold_dir)
         left = max(1.0, expected - epoch) if epoch < cfg.max_epochs else 0.0
-        cost = E.finetune_cost(arch, cfg.method, epochs=left, n_train=n_train, n_val=n_val, n_test=n_test,
-                               batch_size=cfg.batch_size, train_precision=train_p, eval_precision=eval_p,
-                               measured=measured, gpu=gpu)
+        costs = [E.finetune_cost(arch, cfg.method, epochs=e, n_train=n_train, n_val=n_val, n_test=n_test,
+                                 batch_size=cfg.batch_size, train_precision=train_p, eval_precision=eval_p,
+                                 measured=measured, gpu=gpu) for e in (left, max(0, cfg.max_epochs - epoch))]
         detail = f"epoch {epoch} of <= {cfg.max_epochs} saved" if epoch else f"~{expected:.0f} epochs expected"
-        jobs.append(Job("finetune", stem, recipe.name, cfg.method, k, PARTIAL if epoch else TODO, detail, cost, key))
+        jobs.append(Job("finetune", stem, recipe.name, cfg.method, k, PARTIAL if epoch else TODO, detail, costs[0],
+                        key, bound_s=costs[1].gpu_s))
     return jobs
 

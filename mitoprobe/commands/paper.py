@@ -65,7 +65,8 @@ def _show(plan, all_jobs: bool = True) -> None:
                 floatfmt="{:.2f}")
     t = plan.totals()
     walls = ", ".join(f"{h:.1f} h on {n} GPU{'s' if n > 1 else ''}" for n, h in t["wall_hours"].items())
-    click.echo(f"{t['to_do']} of {t['jobs']} jobs to do: {t['gpu_hours']:.1f} GPU hours ({walls}); peak GPU memory "
+    click.echo(f"{t['to_do']} of {t['jobs']} jobs to do: {t['gpu_hours']:.1f} GPU hours ({walls}; at most "
+               f"{t['gpu_hours_bound']:.1f} GPU hours if no fold stopped early); peak GPU memory "
                f"{t['peak_gib']:.0f} GiB; checkpoints {t['disk_kept_gib']:.1f} GiB kept "
                f"({t['disk_peak_gib']:.1f} GiB at most while folds train)")
     for stem, why in plan.skipped.items():
