@@ -191,9 +191,12 @@ def paper_plan(store: Store | str | Path, *, models: list[str] | str | None = No
                gpu_check: str | Path | None = None, gpu: str = "h100", settings: dict | None = None,
                recipes: dict[str, embedder.Recipe] | None = None, overrides: dict[str, dict] | None = None,
                folds: list[int] | None = None) -> Plan:
-    """The plan for ``store`` (read-only). ``settings``: FinetuneConfig fields changed for every fold (a
-    smoke run's ``max_epochs``, say; such runs are not the paper's and the verdict says so). ``recipes`` /
-    ``overrides``: per stem, another recipe / tiny architecture kwargs (tests). ``folds``: a subset."""
+    """The plan for ``store`` (read-only). ``random``: the ``.random`` twins (a dry run); ``weights_dir``: local
+    weights files (``weights_file``), else the hub with the token in ``hf_token_env``; ``gpu_check``: a
+    measured ``gpu_check.json`` for the estimates, else FLOP counts on ``gpu``. ``settings``: FinetuneConfig
+    fields changed for every fold (a smoke run's ``max_epochs``, say; such runs are not the paper's and the
+    verdict says so). ``recipes`` / ``overrides``: per stem, another recipe / tiny architecture kwargs (tests).
+    ``folds``: a subset."""
     st = store if isinstance(store, Store) else Store(store)
     if gpu not in E.GPUS:
         raise ConfigError(f"--gpu {gpu!r}: choose from {', '.join(E.GPUS)}")
@@ -247,14 +250,14 @@ def _fold_sizes(proto) -> dict[int, tuple[int, int]]:
 
 
 def _probe_runs(st: Store) -> pd.DataFrame:
-    cols = ["family", "model", "recipe_id", "head", "code_version", "fold", "options"]
+    cols = ["family", "model", "recipe_id", "head", "code_version", "fold"]
     if not st.results.parts("runs"):
         return pd.DataFrame(columns=cols)
     runs = st.results.read("runs", columns=cols)
     return runs[(runs["family"] == R.FAMILY) & (runs["fold"] == -1)]
 
 
-def _embedding_state(st: Store, recipe, weights, n_patches: int) -> tuple[int, str | None]:
+def _embedding_state(st: Store, recipe, weights) -> tuple[int, str | None]:
     """(patches embedded, recipe id of the stored set) of ``recipe``'s vectors (one view per patch)."""
     try:
         rid = embedder.recipe_id_of(recipe, weights, st.root)
@@ -267,7 +270,7 @@ def _embedding_state(st: Store, recipe, weights, n_patches: int) -> tuple[int, s
 
 
 def _embed_and_probe(st, stem, recipe, weights, arch, measured, n_patches, runs, gpu) -> list[Job]:
-    have, rid = _embedding_state(st, recipe, weights, n_patches)
+    have, rid = _embedding_state(st, recipe, weights)
     left = n_patches - have
     state = DONE if left <= 0 else PARTIAL if have else TODO
     detail = f"{have:,} of {n_patches:,} patches" if have else ""
