@@ -123,8 +123,9 @@ class BatchAugment(_Augmentation):
 
     Why: on a 2-core CPU the per-sample pipeline (torchvision ops + HED jitter, ~9 ms an image at 80 px)
     costs more than the small CNN's training step, so a DataLoader worker starves the trainer of a core.
-    Here the patches are decoded once (``stack_pixels``) and each step does a few tensor ops on the batch:
-    one ``affine_grid``/``grid_sample`` for crop + flips + quarter turns + rotation, per-sample 3x3 colour
+    Here the patches are decoded once (``finetune.data.training_pixels``: into one tensor while they fit
+    ``finetune.data.DECODED_BUDGET``, else per batch in the DataLoader workers) and each step does a few
+    tensor ops on the batch: one ``affine_grid``/``grid_sample`` for crop + flips + quarter turns + rotation, per-sample 3x3 colour
     matrices for saturation and hue, and the batched HED jitter. Same distributions as ``TrainTransform``
     except: the crop resamples bilinearly without antialiasing, rotations reflect at the border instead
     of filling black, hue turns the chroma plane (YIQ) instead of the HSV hue, and the colour operations
@@ -212,7 +213,7 @@ class BatchAugment(_Augmentation):
         return rgb.transpose(1, 2).reshape(b, c, h, w).clamp(0, 1)
 
     def __call__(self, pixels, generator=None):
-        """(B, 3, H, W) uint8 (from ``stack_pixels``) -> (B, 3, S, S) float32, augmented and normalised."""
+        """(B, 3, H, W) uint8 (from ``training_pixels``) -> (B, 3, S, S) float32, augmented and normalised."""
         import torch
 
         x = self.geometry(pixels.float() / 255.0, generator).clamp(0, 1)

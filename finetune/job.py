@@ -37,6 +37,7 @@ from mitoprobe.store.integrity import preflight
 from mitoprobe.store.schema import SUBTYPE_COLUMNS, VOTE_COLUMNS
 
 from .config import SUBTYPES, FinetuneConfig
+from .data import StoredPatches
 from .registry import runs_root
 from .train import DONE_FILE, FoldImages, Runtime, read_predictions, train_fold
 
@@ -170,7 +171,8 @@ def fold_images(st: Store, proto: Protocol, k: int, test_sets: list[str], target
                 aux_subtypes: bool = False) -> FoldImages:
     """Fold ``k`` of the protocol as pixels: the training side with labels (and, for ``targets="votes"``, the
     experts' vote fractions as soft targets; with ``aux_subtypes``, their subtype calls as columns 1-8 of the
-    targets), the test sets without labels."""
+    targets), the test sets without labels. No PNG is read here: the patches are located in the store's parts
+    (``finetune.data.StoredPatches``) and read a row group at a time while training and predicting."""
     fd = proto.fold_data(k)
     ids = proto.train["patch_id"].to_numpy()
     tests = {name: proto.tests[name].patch_ids for name in test_sets}
@@ -181,7 +183,7 @@ def fold_images(st: Store, proto: Protocol, k: int, test_sets: list[str], target
         main = (train_y if soft is None else soft).astype(np.float32)
         soft = np.column_stack([main, subtype_targets(st, train_ids)])
     return FoldImages(fold=k, train_ids=train_ids, train_y=train_y, val_ids=ids[fd.val_idx],
-                      val_y=fd.y[fd.val_idx], test_ids=tests, images=st.images(need), train_target=soft)
+                      val_y=fd.y[fd.val_idx], test_ids=tests, images=StoredPatches(st.patch_parts, need), train_target=soft)
 
 
 def _family(run_dir: Path) -> tuple[str, dict]:

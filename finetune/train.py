@@ -25,6 +25,10 @@ Every epoch reseeds from (seed, fold, epoch) inside ``torch.random.fork_rng``, s
 draws exactly the samples and augmentations an uninterrupted one would (no global state is left
 seeded); the torch RNG state is still stored in ``state.pt`` for the record. The per-sample training
 loader is built once per fold (its workers persist) and reseeded per epoch (``finetune.data.EpochSampler``).
+
+Memory: the fold's PNGs are read from the store's parts as the samples are asked for (``finetune.data``: each
+DataLoader worker reads the row groups it needs and caches at most ``TRAIN_CACHE_BYTES``); decoded tensors
+are kept only within ``DECODED_BUDGET`` (batch augmentation's pixels, the held-out part's inputs).
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from mitoprobe.embedder.transforms import decode_png
 
 from .augment import batch_augment, train_transform
 from .config import TTAS, FinetuneConfig
-from .data import eval_loader, stack_pixels, tensor_batches, train_loader
+from .data import (TRAIN_CACHE_BYTES, StoredPatches, eval_loader, in_budget, storage_order, tensor_batches,
+                   train_loader, training_pixels)
 from .model import build_classifier, load_weights, parameter_counts, save_weights
 from .precision import autocast, cpu_capability, evaluation_precision, training_precision
 
@@ -66,7 +71,10 @@ PREDICTIONS_FILE = "predictions.parquet"
 @dataclass
 class FoldImages:
     """One fold's patches as pixels (PNG bytes + training labels): the image-side counterpart of
-    ``classifiers.protocol.FoldData`` (which holds indices). Test labels are not here."""
+    ``classifiers.protocol.FoldData`` (which holds indices). Test labels are not here.
+
+    ``images``: where the PNGs are: the store's parts (``finetune.data.StoredPatches``: read a row group at a
+    time when a sample is asked for, what ``job.fold_images`` gives), or PNG bytes by id held in memory."""
 
     fold: int
     train_ids: np.ndarray
@@ -74,8 +82,14 @@ class FoldImages:
     val_ids: np.ndarray
     val_y: np.ndarray
     test_ids: dict[str, np.ndarray]
-    images: dict[str, bytes] = field(repr=False)
+    images: StoredPatches | dict[str, bytes] = field(repr=False)
     train_target: np.ndarray | None = None  # soft training targets (expert vote fractions), else train_y
+
+    def pngs(self, ids, cache_bytes: int = 0):
+        """The PNGs of ``ids``, in order: a ``StoredPngs`` (caching at most ``cache_bytes`` a process) or a list."""
+        if isinstance(self.images, StoredPatches):
+            return self.images.pngs(ids, cache_bytes)
+        return [self.images[p] for p in ids]
 
 
 @dataclass
@@ -184,17 +198,28 @@ def loss_fn(cfg: FinetuneConfig, y_train: np.ndarray):
     return fn
 
 
-def decode_for_eval(pngs: list[bytes], transform):
-    """The patches through the evaluation transform as one (N, 3, S, S) tensor: decoded once, so the held-out
-    part can be scored after every epoch without decoding it again (small inputs only: N x 3 x S x S floats)."""
+def decode_for_eval(pngs, transform):
+    """The patches through the evaluation transform as one (N, 3, S, S) tensor: decoded once (in storage order,
+    into a tensor allocated once), so the held-out part can be scored after every epoch without decoding it
+    again. None when there are none, or when N x 3 x S x S floats exceed ``finetune.data.DECODED_BUDGET`` (then
+    it is read and decoded again each time it is scored)."""
     import torch
 
-    return torch.from_numpy(np.stack([transform(decode_png(b)) for b in pngs])) if pngs else None
+    out = None
+    for i in storage_order(pngs):
+        x = transform(decode_png(pngs[i]))
+        if out is None:
+            if not in_budget(len(pngs), x.nbytes):
+                return None
+            out = np.empty((len(pngs), *x.shape), x.dtype)
+        out[i] = x
+    return None if out is None else torch.from_numpy(out)
 
 
-def predict_proba(model, pngs: list[bytes], transform, views: tuple[str, ...], rt: Runtime,
+def predict_proba(model, pngs, transform, views: tuple[str, ...], rt: Runtime,
                   precision: str = "fp32", decoded=None, channels_last: bool = False) -> np.ndarray:
-    """P(atypical) per patch; with several views, the mean over views (rotation TTA).
+    """P(atypical) per patch of ``pngs`` (a list or ``StoredPngs``, read in storage order and put back in
+    order); with several views, the mean over views (rotation TTA).
 
     ``precision``: the resolved autocast dtype (``finetune.precision``): the training one for the held-out
     part, the evaluation one for the test sets.
@@ -204,11 +229,12 @@ def predict_proba(model, pngs: list[bytes], transform, views: tuple[str, ...], r
 
     model.eval()
     out = []
+    order = None
     if decoded is not None:
         batches = decoded.split(rt.eval_batch_size)
     else:
         loader = eval_loader(pngs, transform, rt.eval_batch_size, rt.num_workers, rt.device.startswith("cuda"))
-        batches = (x for x, _ in loader)
+        batches, order = (x for x, _ in loader), storage_order(pngs)
     with torch.inference_mode(), autocast(rt.device, precision):
         for x in batches:
             x = x.to(rt.device, non_blocking=True)
@@ -216,7 +242,12 @@ def predict_proba(model, pngs: list[bytes], transform, views: tuple[str, ...], r
             p = torch.stack([torch.sigmoid(model(apply_view_torch(x, v).contiguous(memory_format=fmt)).float())
                              for v in views]).mean(0)
             out.append(p.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+    p = np.concatenate(out) if out else np.zeros(0)
+    if order is None:
+        return p
+    back = np.empty_like(p)
+    back[order] = p
+    return back
 
 
 def _ba(y, p, threshold=0.5) -> float:
@@ -319,14 +350,15 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
         log.info("fold %d: resuming after epoch %d (best %.4f at epoch %d)", k, st["epoch"], st["best_score"],
                  st["best_epoch"])
     counts = parameter_counts(model)
-    train_pngs = [data.images[p] for p in data.train_ids]
+    train_pngs = data.pngs(data.train_ids, TRAIN_CACHE_BYTES)
     pixels = samples = None
-    if cfg.batch_augment:  # decoded once; each epoch only gathers and augments batches
-        pixels = stack_pixels(train_pngs, tf_eval.geometry if cfg.crop_from == "view" else None).to(rt.device)
+    if cfg.batch_augment:  # decoded once (within DECODED_BUDGET); each epoch only gathers and augments batches
+        pixels = training_pixels(train_pngs, tf_eval.geometry if cfg.crop_from == "view" else None)
+        pixels = pixels.to(rt.device) if isinstance(pixels, torch.Tensor) else pixels
     else:  # built once: its workers persist across epochs; reseeded per epoch
         samples = train_loader(train_pngs, data.train_y, tf_train, cfg.batch_size, cfg.sampler, 0, rt.num_workers,
                                on_gpu, targets=data.train_target)
-    val_pngs = [data.images[p] for p in data.val_ids]
+    val_pngs = data.pngs(data.val_ids)
     val_decoded = decode_for_eval(val_pngs, tf_eval) if cfg.batch_augment else None
     crit = loss_fn(cfg, data.train_y)
     devices = [torch.cuda.current_device()] if rt.device.startswith("cuda") else []
@@ -337,7 +369,8 @@ def train_fold(cfg: FinetuneConfig, data: FoldImages, fold_dir: Path, rt: Runtim
             torch.manual_seed(seed)
             if cfg.batch_augment:
                 loader = tensor_batches(pixels, data.train_y, tf_train, cfg.batch_size, cfg.sampler, seed,
-                                        targets=data.train_target)
+                                        targets=data.train_target, device=rt.device, num_workers=rt.num_workers,
+                                        pin_memory=on_gpu)
             else:
                 samples.sampler.reseed(seed)
                 loader = samples
@@ -416,12 +449,12 @@ def _finish(cfg, data: FoldImages, fold_dir: Path, model, tf_eval, st: dict, cou
     views = TTAS[cfg.tta]
     t0 = time.perf_counter()
     precision, eval_precision = precisions
-    p_val = predict_proba(model, [data.images[p] for p in data.val_ids], tf_eval, views, rt, precision,
+    p_val = predict_proba(model, data.pngs(data.val_ids), tf_eval, views, rt, precision,
                           decoded=val_decoded, channels_last=channels_last)
     threshold = M.best_threshold(data.val_y, p_val) if cfg.threshold == "val_youden" else 0.5
     frames = [pd.DataFrame(dict(split="val", patch_id=data.val_ids, probability=p_val))]
     for name, ids in data.test_ids.items():
-        p = predict_proba(model, [data.images[i] for i in ids], tf_eval, views, rt, eval_precision,
+        p = predict_proba(model, data.pngs(ids), tf_eval, views, rt, eval_precision,
                           channels_last=channels_last)
         frames.append(pd.DataFrame(dict(split=name, patch_id=ids, probability=p)))
     predict_seconds = time.perf_counter() - t0

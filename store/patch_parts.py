@@ -29,7 +29,9 @@ import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -46,6 +48,18 @@ ROW_GROUP = 1024  # rows per row group: ~30 MB of 128x128 PNGs, the unit every P
 def new_part_name() -> str:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     return f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+class Locations(NamedTuple):
+    """Where patches are stored, one entry per asked id (``PatchParts.locate``): ``part`` indexes ``parts``
+    (-1: not stored), ``group``/``row`` are its row group and its row in that group; ``png_bytes`` estimates
+    its stored PNG's size (its row group's ``png`` column bytes / rows, from the footer)."""
+
+    parts: list[Path]
+    part: np.ndarray
+    group: np.ndarray
+    row: np.ndarray
+    png_bytes: np.ndarray
 
 
 class PatchParts:
@@ -172,6 +186,39 @@ class PatchParts:
                     chunk = chunk.filter(pc.is_in(chunk, value_set=wanted))
                 if len(chunk):
                     out.append((p, g, chunk.to_pylist()))
+        return out
+
+    def locate(self, patch_ids: Iterable[str]) -> Locations:
+        """(part, row group, row) of each of ``patch_ids``, in their order, from the parts' ``patch_id`` columns and
+        footers (no PNG is read): what a reader of single patches in any order needs (fine-tuning's DataLoader
+        workers, ``finetune.data.StoredPngs``). Memory: the ids; parts are immutable, so the locations hold
+        until an import drops the part."""
+        wanted = pa.array(list(map(str, patch_ids)), pa.string())
+        n = len(wanted)
+        out = Locations([], np.full(n, -1, np.int32), np.zeros(n, np.int32), np.zeros(n, np.int32),
+                        np.zeros(n, np.int64))
+        for p in self.part_paths():
+            todo = np.flatnonzero(out.part < 0)
+            if not len(todo):
+                break
+            with read_guard(p):
+                f = pq.ParquetFile(p)
+                ids = f.read(columns=["patch_id"])["patch_id"]
+            at = pc.index_in(wanted.take(pa.array(todo)), value_set=ids).to_numpy(zero_copy_only=False)
+            found = ~np.isnan(at)
+            if not found.any():
+                continue
+            md = f.metadata
+            png = md.schema.names.index("png")
+            rows = np.array([md.row_group(g).num_rows for g in range(md.num_row_groups)], np.int64)
+            sizes = np.array([md.row_group(g).column(png).total_compressed_size for g in range(md.num_row_groups)])
+            starts = np.r_[0, np.cumsum(rows)[:-1]]
+            pos = at[found].astype(np.int64)
+            group = np.searchsorted(starts, pos, side="right") - 1
+            hit = todo[found]
+            out.part[hit], out.group[hit], out.row[hit] = len(out.parts), group, pos - starts[group]
+            out.png_bytes[hit] = sizes[group] // np.maximum(rows[group], 1)
+            out.parts.append(p)
         return out
 
     def iter_images(self, patch_ids: Iterable[str] | None = None, columns: tuple[str, ...] = ("patch_id", "png"),
