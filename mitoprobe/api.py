@@ -26,6 +26,7 @@ import pandas as pd
 
 from mitoprobe import embedder
 from mitoprobe.classifiers import metrics as M
+from mitoprobe.classifiers.derived import build as build_views
 from mitoprobe.classifiers.features import POOLINGS, Features, current_recipe_id, load_features
 from mitoprobe.classifiers.predict import choose_family
 from mitoprobe.classifiers.protocol import PAPER_TRAIN, Protocol, load_protocol
@@ -116,10 +117,14 @@ class Workspace:
         return out
 
     def embed(self, model: str, **kwargs):
-        """Embed every patch with a recipe (``mitoprobe embed``); kwargs as ``embedder.embed``."""
+        """Embed every patch with a recipe (``mitoprobe embed``); kwargs as ``embedder.embed``. Then the
+        set's derived views (the embedding map's PCA, its robustness index) are made current
+        (``classifiers.derived.build``: nothing to do when they are), so a page never computes them."""
         kwargs.setdefault("progress", False)
-        out = embedder.embed(self._writable("embedding"), model, **kwargs)
+        store = self._writable("embedding")
+        out = embedder.embed(store, model, **kwargs)
         self.refresh()
+        build_views(store, out.recipe_id, progress=kwargs["progress"])
         return out
 
     def features(self, model: str, pooling: str = "all", tta: bool = False, allow_stale: bool = False) -> Features:

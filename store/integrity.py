@@ -8,8 +8,10 @@ parts agree and hold each patch id once (``store/patch_scan.py``), each embeddin
 train patches in ``train_row`` order, and every LanceDB table matches its Parquet vectors (row count
 and a sample of rows), standardised search columns and ``search_stats.json`` included, and no result
 row is stored twice (``runs``: run_id + test_set; ``predictions``: run_id + test_set + split + patch_id;
-two jobs that appended the same family). Warnings (an interrupted embedding job, folds to recompute,
-staging leftovers of killed writers: ``store/leftovers.py``) are reported but are not damage.
+two jobs that appended the same family), and every derived view (``store/derived.py``: the embedding
+map's projection, the robustness index) reads back whole, checksums and manifest included. Warnings (an
+interrupted embedding job, folds to recompute, staging leftovers of killed writers: ``store/leftovers.py``,
+a derived view that is stale or whose set is gone) are reported but are not damage.
 
 :func:`preflight` is the same scan, cheap (footers and small columns), run by every writer before its
 first write: a damaged store is refused with the line :func:`check` prints for the damage, so a
@@ -38,7 +40,9 @@ relative path>`` (only staging leftovers no writer can own are deleted: unfinish
 * a ``folds.parquet`` that no longer matches the patches: quarantined (the classifiers recompute
   the folds deterministically on next use);
 * an unreadable ``FORMAT.json`` (``store/migrations.py``): quarantined (the format is then read from
-  the store's files, and the next write stamps it again).
+  the store's files, and the next write stamps it again);
+* a damaged derived view, or the views of a set that is gone (or quarantined): quarantined (the next
+  ``mitoprobe embed`` of the set rebuilds them; a stale view is left alone: it is never shown).
 
 Sets a live job is writing are left alone (their lock is held, ``store/lock.py``).
 The store never imports the classifiers: recomputing folds is their job.
@@ -60,7 +64,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import leftovers, migrations, patch_scan, schema
+from . import derived, leftovers, migrations, patch_scan, schema
 from .atomic import READ_ERRORS, write_json, write_parquet
 from .errors import DamagedStoreError, StoreLockedError
 from .features import EmbeddingSet, z_column
@@ -138,6 +142,7 @@ class _Scan:
     orphan_lance: list[Path] = field(default_factory=list)
     results: dict[str, list[_Part]] = field(default_factory=dict)
     leftovers: list[leftovers.Leftover] = field(default_factory=list)
+    derived: list[derived.Finding] = field(default_factory=list)
 
     @property
     def patch_ids(self) -> set | None:
@@ -365,6 +370,7 @@ def _scan(store) -> _Scan:
         scan.orphan_lance = [p for p in sorted(fs.lance_dir.glob("*.lance")) if p.name[:-len(".lance")] not in names]
     for table in RESULT_TABLES:
         scan.results[table] = _scan_results(scan, table)
+    scan.derived = derived.scan(store, [(s.folder, s.eset, s.holder is not None) for s in scan.sets])
     return scan
 
 
@@ -402,7 +408,7 @@ def _problems(scan: _Scan) -> list[Problem]:
                              f"run id(s) {shown}): the same results appended twice (two jobs on one family)",
                              f"{REPAIR} (moves the extra rows to the quarantine; one copy of each stays)",
                              "duplicates"))
-    return out + leftovers.problems(scan.leftovers)
+    return out + derived.problems(scan.derived) + leftovers.problems(scan.leftovers)
 
 
 def _set_problems(st, s: _Set) -> list[Problem]:
@@ -509,6 +515,9 @@ def _repair_set(r: _Repair, s: _Set) -> None:
         lance = st.features.lance_path(s.folder.name)
         if lance.exists():
             r.quarantine(lance, "the LanceDB table of the quarantined set")
+        views = derived.folder(st.root, s.folder.name)
+        if views.exists():
+            r.quarantine(views, "the derived views of the quarantined set")
         return
     for p in s.bad_parts:
         r.quarantine(p.path, p.error)
@@ -624,6 +633,7 @@ def repair(store, dry_run: bool = True) -> list[Action]:
             lock.release()
     for p in scan.orphan_lance:
         r.quarantine(p, "a LanceDB table without an embedding set")
+    derived.repair(r, scan.derived)
     leftovers.repair(r, scan.leftovers)
     return r.actions
 
