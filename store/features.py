@@ -23,6 +23,7 @@ reading for probing (``require_complete``), a set without ``COMPLETE``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,11 +32,12 @@ import uuid
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import migrations
@@ -66,6 +68,31 @@ def standardize(X: np.ndarray, mean, std) -> np.ndarray:
     has its zeros replaced by 1. The one implementation: the table's columns, a query, the dashboard."""
     X = np.asarray(X, dtype=np.float64)
     return ((X - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)).astype(np.float32)
+
+
+LANCE_DAMAGE = ("not found", "lanceerror(io)", "corrupt")  # how LanceDB words a missing, short or corrupt file
+
+
+@contextlib.contextmanager
+def lance_guard(where: Path, what: str) -> Iterator[None]:
+    """A LanceDB read of the table at ``where``: a missing, truncated or corrupt file (``LANCE_DAMAGE``, or
+    an ``OSError``) is damage (``DamagedStoreError``, pointing at ``store check``); any other LanceDB error
+    (``RuntimeError``: a query it refuses, e.g. "ef must be greater than or equal to k") is not, and is said
+    as what it is (a ``StoreError`` quoting LanceDB), since ``store check`` would find nothing to repair."""
+    try:
+        yield
+    except DamagedStoreError:
+        raise
+    except OSError as exc:
+        raise damaged(where, exc, what) from exc
+    except RuntimeError as exc:
+        text = " ".join(str(exc).split())
+        if any(m in text.lower() for m in LANCE_DAMAGE):
+            raise damaged(where, exc, what) from exc
+        import lancedb
+
+        raise StoreError(f"{where}: LanceDB {lancedb.__version__} refused the query ({text[:300]}); the table "
+                         "is not damaged: report this with the command that raised it") from exc
 
 
 @dataclass(frozen=True)
@@ -392,6 +419,27 @@ class FeatureStore:
             keys, X = keys[mask].reset_index(drop=True), X[mask]
         return keys, X
 
+    def vectors(self, eset: EmbeddingSet, patch_ids: Sequence[str], output: str, view: str = "none") -> np.ndarray:
+        """Raw vectors of ``output`` for ``patch_ids`` (one view), in their order: only their rows are
+        kept (a filter per part), so a few queries never hold the whole set. ``StoreError`` naming the
+        first patch the set lacks."""
+        ids = [str(p) for p in patch_ids]
+        want = pc.field("patch_id").isin(pa.array(list(dict.fromkeys(ids)), pa.string())) & (pc.field("view") == view)
+        tables = []
+        for p in eset.parts:
+            with read_guard(p):
+                tables.append(pq.read_table(p, columns=["patch_id", output], filters=want))
+        t = pa.concat_tables(tables) if tables else pa.table({"patch_id": pa.array([], pa.string())})
+        row = {pid: i for i, pid in enumerate(t["patch_id"].to_pylist())}
+        if len(row) != t.num_rows:
+            raise self.duplicates_error(eset, t.num_rows, len(row))
+        missing = [p for p in ids if p not in row]
+        if missing:
+            raise StoreError(f"set {eset.name} lacks {len(missing)} of the {len(ids)} patches asked for (e.g. "
+                             f"{missing[0]}, view {view}); run `mitoprobe embed --model {eset.name}` to embed them")
+        X = t[output].combine_chunks().flatten().to_numpy().reshape(t.num_rows, eset.outputs[output])
+        return X[[row[p] for p in ids]]
+
     # -- LanceDB ---------------------------------------------------------------------------
     def _lance(self, create: bool = True):
         os.environ.setdefault("LANCEDB_LOG", "error")  # not "No existing dataset ... will be created"
@@ -571,7 +619,7 @@ class FeatureStore:
         stats = None
         if standardized:
             column = z_column(output)
-            with read_guard(where, "cannot be read", errors=(RuntimeError, OSError)):
+            with lance_guard(where, "cannot be read"):
                 names = tbl.schema.names
             if column not in names:
                 raise DamagedStoreError(
@@ -579,7 +627,7 @@ class FeatureStore:
                     "(built by an older mitoprobe); run `mitoprobe store repair --yes` to rebuild it from the "
                     "Parquet parts (or search the raw vectors with standardized=False)")
             stats = self.search_stats(eset)
-        with read_guard(where, "cannot be searched", errors=(RuntimeError, OSError)):
+        with lance_guard(where, "cannot be searched"):
             n = tbl.count_rows()
             indexed = any(column in ix.columns for ix in tbl.list_indices())
         self.check_table_rows(eset, n)
@@ -610,14 +658,142 @@ class Searcher:
         return df.rename(columns={"query_index": "query"})
 
     def _run(self, query: np.ndarray, k: int, where: str) -> pd.DataFrame:
-        """One LanceDB search (one vector or a matrix of them) behind the store's read guard."""
+        return self._arrow(query, k, where).to_pandas().rename(columns={"_distance": "distance"})
+
+    def _arrow(self, query: np.ndarray, k: int, where: str) -> pa.Table:
+        """One LanceDB search (one vector or a matrix of them) behind the store's guard (``lance_guard``)."""
         if self._stats is not None:
             query = self.fs.standardize(self.eset, self.output, query, self._stats)
-        with read_guard(self._where, "cannot be searched", errors=(RuntimeError, OSError)):
+        with lance_guard(self._where, "cannot be searched"):
             q = (self._tbl.search(query, vector_column_name=self.column)
                  .distance_type("cosine").where(where, prefilter=True)
                  .select([*KEY_COLUMNS, "_distance"]).limit(k))
-            return apply_search_params(q, self._params, k).to_pandas().rename(columns={"_distance": "distance"})
+            return apply_search_params(q, self._params, k).to_arrow()
+
+    def nearest(self, queries: np.ndarray, k: int, candidates: Sequence[str] | None = None,
+                query_ids: Sequence[str] | None = None, same: Sequence[tuple[Sequence, pd.Series]] = (),
+                view: str = "none", batch: int = 256) -> pd.DataFrame:
+        """Each raw query vector's k nearest allowed rows, many queries per LanceDB call: a frame of
+        ``query`` (row of ``queries``), ``rank`` (1..k), ``patch_id``, ``distance``.
+
+        Allowed: a patch id in ``candidates`` (None: any), not the query's own id (``query_ids``), and for
+        each ``(query_keys, key_of)`` in ``same`` not sharing the query's key (``key_of``: patch id -> key,
+        e.g. its slide; a missing key matches nothing). Batched searches over-fetch (``OVERFETCH_*``: first
+        2k rows plus the candidates a query's keys exclude, over the share of rows that are candidates; then
+        10 times more), filtered with array
+        operations; a query still short of k is searched alone with its allowed ids as a prefilter,
+        which is exact: the answer never depends on the shortcut."""
+        Q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        rows = self._count()
+        cand = None if candidates is None else pa.array(list(dict.fromkeys(map(str, candidates))), pa.string())
+        share = 1.0 if cand is None else max(len(cand), 1) / max(rows, 1)
+        keys = [_Keys(qk, key_of) for qk, key_of in same]
+        qids = None if query_ids is None else np.asarray(list(map(str, query_ids)), dtype=object)
+        shared = np.array([key.shared(cand) for key in keys]).reshape(len(keys), len(Q))
+        own = np.zeros(len(Q), np.int64) if qids is None else (
+            np.isin(qids, cand.to_numpy(zero_copy_only=False)) if cand is not None else np.ones(len(Q))).astype(np.int64)
+        excluded = own + shared.sum(axis=0)  # candidates a query cannot get, at most
+        allowed = (rows if cand is None else len(cand)) - np.maximum(own, shared.max(axis=0, initial=0))  # at most
+        want = np.minimum(k, allowed)  # fewer hits than this: more may be allowed
+        found: list[tuple[np.ndarray, np.ndarray]] = [_NO_HITS] * len(Q)  # (patch ids, distances), nearest first
+        todo = np.flatnonzero(want > 0)
+        for round_ in range(OVERFETCH_ROUNDS):
+            short = []
+            for a in range(0, len(todo), batch):
+                chunk = todo[a:a + batch]
+                first = int(np.ceil((OVERFETCH_FIRST * want[chunk].max() + excluded[chunk].max()) / share))
+                fetch = min(rows, max(1, first) * OVERFETCH_GROWTH ** round_)
+                pids, dist, bounds = self._allowed(self._arrow(Q[chunk], fetch, _search_filter(view, None)), len(chunk),
+                                                   chunk, k, cand, qids, keys)
+                for j, i in enumerate(chunk):
+                    found[i] = (pids[bounds[j]:bounds[j + 1]], dist[bounds[j]:bounds[j + 1]])
+                    if bounds[j + 1] - bounds[j] < want[i] and fetch < rows:  # every row fetched: all allowed are in
+                        short.append(i)
+            todo = np.asarray(short, dtype=int)
+        for i in todo:  # the exact path: a prefilter of the query's allowed ids
+            among = self._allowed_ids(int(i), cand, qids, keys)
+            if len(among) > len(found[i][0]):  # else every allowed patch is among the hits already
+                hit = self._arrow(Q[i], k, _search_filter(view, among))
+                found[i] = (hit["patch_id"].to_numpy(zero_copy_only=False), hit["_distance"].to_numpy())
+        n = np.array([len(f[0]) for f in found], dtype=np.int64)
+        return pd.DataFrame({
+            "query": np.repeat(np.arange(len(Q)), n),
+            "rank": np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + 1,
+            "patch_id": np.concatenate([f[0] for f in found]) if len(Q) else np.array([], dtype=object),
+            "distance": np.concatenate([f[1] for f in found]) if len(Q) else np.array([], dtype=np.float32)})
+
+    def _count(self) -> int:
+        with lance_guard(self._where, "cannot be searched"):
+            return self._tbl.count_rows()
+
+    @staticmethod
+    def _allowed(t: pa.Table, n: int, chunk: np.ndarray, k: int, cand, qids, keys
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The first k allowed hits of each of the ``n`` queries of one batched search (``nearest``), by
+        distance: (patch ids, distances, bounds), query j's hits at ``bounds[j]:bounds[j + 1]``."""
+        qi = t["query_index"].to_numpy() if "query_index" in t.column_names else np.zeros(t.num_rows, dtype=np.int64)
+        dist = t["_distance"].to_numpy()
+        order = np.lexsort((dist, qi))
+        pid = t["patch_id"].take(pa.array(order))
+        qi, dist = qi[order], dist[order]
+        ok = np.ones(len(qi), dtype=bool) if cand is None else \
+            pc.is_in(pid, value_set=cand).to_numpy(zero_copy_only=False)
+        pids = pid.to_numpy(zero_copy_only=False)
+        if qids is not None:
+            ok &= pids != qids[chunk[qi]]
+        for key in keys:
+            ok &= ~key.same(pids, chunk[qi])
+        qi, pids, dist = qi[ok], pids[ok], dist[ok]
+        start = np.searchsorted(qi, np.arange(n), side="left")
+        keep = np.arange(len(qi)) - start[qi] < k
+        qi, pids, dist = qi[keep], pids[keep], dist[keep]
+        return pids, dist, np.searchsorted(qi, np.arange(n + 1), side="left")
+
+    def _allowed_ids(self, i: int, cand, qids, keys) -> list[str]:
+        """Every patch id query ``i`` may get (its exact search's prefilter)."""
+        ids = np.asarray(cand.to_pylist() if cand is not None else self._all_ids(), dtype=object)
+        ok = np.ones(len(ids), dtype=bool)
+        if qids is not None:
+            ok &= ids != qids[i]
+        for key in keys:
+            ok &= ~key.same(ids, np.full(len(ids), i))
+        return ids[ok].tolist()
+
+    def _all_ids(self) -> list[str]:
+        with lance_guard(self._where, "cannot be searched"):
+            t = self._tbl.search().select(["patch_id"]).limit(self._count()).to_arrow()
+        return sorted(set(t["patch_id"].to_pylist()))
+
+
+OVERFETCH_ROUNDS = 2  # batched fetch rounds of ``Searcher.nearest`` before its exact per-query fallback
+OVERFETCH_FIRST = 2  # the first round fetches this many times k (plus what a query excludes), over the candidates' share
+OVERFETCH_GROWTH = 10  # each round fetches this many times more rows than the one before
+_NO_HITS = (np.array([], dtype=object), np.array([], dtype=np.float32))
+
+
+class _Keys:
+    """A "not the query's own X" rule of ``Searcher.nearest``: each query's key and each patch's, as codes."""
+
+    def __init__(self, query_keys: Sequence, key_of: pd.Series):
+        codes, uniques = pd.factorize(pd.concat([pd.Series(list(query_keys), dtype=object),
+                                                 pd.Series(key_of.to_numpy(), dtype=object)], ignore_index=True))
+        nq = len(query_keys)
+        self.query = codes[:nq]  # -1: the query has no key (excludes nothing)
+        self.of = pd.Series(codes[nq:], index=key_of.index.astype(str))
+
+    def shared(self, cand: pa.Array | None) -> np.ndarray:
+        """For each query, how many candidates (every patch when ``cand`` is None) share its key."""
+        codes = self.of if cand is None else self.of[self.of.index.isin(cand.to_pylist())]
+        counts = codes[codes >= 0].value_counts()
+        return counts.reindex(self.query).fillna(0).to_numpy(dtype=np.int64)
+
+    def same(self, pids: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Whether each hit ``pids[j]`` shares the key of its query ``queries[j]``."""
+        if not len(pids):
+            return np.zeros(0, dtype=bool)
+        code = self.of.reindex(pids).fillna(-1).to_numpy(dtype=np.int64)
+        q = self.query[queries]
+        return (q >= 0) & (code == q)
 
 
 def _sql_str(v: str) -> str:

@@ -1,5 +1,5 @@
 """``mitoprobe predict`` and ``mitoprobe search``: new mitoses against what the store knows (thin over
-``classifiers.predict`` / ``classifiers.neighbours``)."""
+``classifiers.predict`` / ``Workspace.search``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 import pandas as pd
 
 import mitoprobe
-from mitoprobe.classifiers.neighbours import DEFAULT_REFERENCE, nearest_labelled
+from mitoprobe.classifiers.neighbours import DEFAULT_REFERENCE
 from mitoprobe.classifiers.predict import predict_dataset
 from mitoprobe.display import print_frame
 from mitoprobe.store.atomic import atomic_write
@@ -78,7 +78,7 @@ def search_cmd(model: str, dataset: str, k: int, references: tuple[str, ...], ex
 
     Example: mitoprobe search --model handcrafted --dataset MyLab --k 10 --out neighbours.csv
     """
-    df = nearest_labelled(mitoprobe.open(store_path, read_only=True).store, model, dataset, k=k, reference=tuple(references),
-                          exclude_same_slide=exclude_same_slide, exclude_same_dataset=exclude_same_dataset,
-                          output=output, long=long_format, progress=out is not None)
-    write_csv(df, out, "rows")
+    ws = mitoprobe.open(store_path, read_only=True)
+    df = ws.search(model, dataset, k=k, reference=tuple(references), exclude_same_slide=exclude_same_slide,
+                   exclude_same_dataset=exclude_same_dataset, output=output, long=long_format)
+    write_csv(df.drop(columns=["query"], errors="ignore"), out, "rows")
