@@ -76,6 +76,7 @@ __all__ = ["Action", "Problem", "check", "errors", "preflight", "repair", "summa
 
 QUARANTINE_DIR = "quarantine"
 LANCE_SAMPLE = 8  # rows compared between a LanceDB table and its Parquet parts
+RESULT_BATCH = 65_536  # rows of a result part in memory at once while `store check` reads it
 FOLD_COLUMNS = ("patch_id", "dataset", "split", "train_row", "slide", "label", "y")  # what the folds check reads
 
 
@@ -312,17 +313,12 @@ def _scan_results(scan: _Scan, table: str, full: bool = True) -> list[_Part]:
     out, kinds, keys = [], {}, []
     by_age = sorted(scan.store.results.parts(table), key=lambda p: (p.stat().st_mtime_ns, p.name))
     for path in by_age:  # oldest first: the first copy of a row is the one that stays
-        if full:
-            t, err = _read(path)
-            sch = t.schema if t is not None else None
-        else:
-            t, (sch, _, err) = None, _footer(path)
+        hashes, (sch, _, err) = (_result_key_hashes(path, table) if full else (None, _footer(path)))
         err = err or _results_schema_error(sch, table, kinds)
         part = _Part(path, err)
-        if err is None and full:  # only the 16-byte hashes are kept, never the key strings of every row
-            keys.append((part, _key_hashes(_row_keys(t, table))))
+        if err is None and full:
+            keys.append((part, hashes))
         out.append(part)
-        del t
     if keys:
         dup = pd.DataFrame(np.concatenate([h for _, h in keys])).duplicated(keep="first").to_numpy()
         start = 0
@@ -335,7 +331,22 @@ def _scan_results(scan: _Scan, table: str, full: bool = True) -> list[_Part]:
     return sorted(out, key=lambda p: p.path.name)
 
 
-def _row_keys(t: pa.Table, table: str) -> np.ndarray:
+def _result_key_hashes(path: Path, table: str) -> tuple[np.ndarray | None, tuple[pa.Schema | None, int, str | None]]:
+    """A result part read in full but a batch (``RESULT_BATCH`` rows) at a time, keeping only each row's key
+    hash (``_key_hashes``, 16 bytes): every byte is checked while memory is one batch, not the part."""
+    sch, rows, err = _footer(path)
+    if err is not None:
+        return None, (sch, rows, err)
+    try:
+        f = pq.ParquetFile(path)
+        hashes = [_key_hashes(_row_keys(b, table)) for b in f.iter_batches(batch_size=RESULT_BATCH)]
+    except READ_ERRORS as exc:
+        text = " ".join(str(exc).split())
+        return None, (None, 0, text[:200] or type(exc).__name__)
+    return (np.concatenate(hashes) if hashes else np.zeros((0, 2), np.uint64)), (sch, rows, None)
+
+
+def _row_keys(t: pa.Table | pa.RecordBatch, table: str) -> np.ndarray:
     """Each row's unique key (``results.UNIQUE_KEYS``) as one string, fields joined by a unit separator;
     a missing ``split`` means "test" (parts written before it existed)."""
     cols = []

@@ -228,3 +228,21 @@ def test_two_writers_never_overwrite_and_duplicates_are_caught(tiny_store):
     assert len(tiny_store.features.get("r1").parts) == 2
     with pytest.raises(StoreError, match="6 rows but 4 distinct .* two jobs wrote it at once"):
         b.finalize()
+
+
+@pytest.mark.parametrize("batch", [integrity.RESULT_BATCH, 3])
+def test_check_finds_result_rows_stored_twice_across_its_read_batches(tiny_store, monkeypatch, batch):
+    """``store check`` reads a result part a batch at a time (only the rows' key hashes are kept): copies
+    are found wherever the batches cut, within a part and across parts, and a split of null means "test"."""
+    import pandas as pd
+
+    monkeypatch.setattr(integrity, "RESULT_BATCH", batch)
+    rows = pd.DataFrame({"run_id": ["a"] * 5 + ["b"] * 5, "patch_id": [f"p{i}" for i in range(5)] * 2,
+                         "test_set": "T", "split": [None, "test", "val", "val", "test"] * 2, "fold": 0})
+    tiny_store.results.append("predictions", rows)
+    copies = pd.concat([rows.iloc[[1, 6]], rows.iloc[[2, 2]].assign(split="val"),
+                        rows.iloc[[0]].assign(split="test")], ignore_index=True)  # p0's null split is "test"
+    tiny_store.results.append("predictions", pd.concat([copies, rows.iloc[[3]].assign(run_id="c")]))
+    [problem] = integrity.check(tiny_store)
+    assert problem.kind == "duplicates" and problem.what.startswith("5 predictions rows already stored")
+    assert problem.path == max(tiny_store.results.parts("predictions"), key=lambda p: p.stat().st_mtime_ns)
