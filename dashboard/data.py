@@ -84,13 +84,14 @@ def _patches(root: str, key: tuple) -> pd.DataFrame:
 
 
 def _votes(df: pd.DataFrame) -> pd.Series:
-    """Expert votes as text: 'A' atypical, 'N' normal, one letter per expert ('' when none)."""
-    letters = []
+    """Expert votes as text: 'A' atypical, 'N' normal, one letter per expert ('' when none); array
+    operations (no Python loop over the patches)."""
+    out = pd.Series("", index=df.index, dtype=object)
     for c in VOTE_COLUMNS:
         v = df[c]
-        letters.append(np.where(v.isna(), "", np.where(v.fillna(False).astype(bool), "A", "N")))
-    joined = [" ".join(x for x in row if x) for row in zip(*letters)]
-    return pd.Series(joined, index=df.index, dtype="string")
+        letter = pd.Series(np.where(v.fillna(False).astype(bool), "A", "N"), index=df.index).where(v.notna(), "")
+        out = out + np.where((out != "") & (letter != ""), " ", "") + letter
+    return out.astype("string")
 
 
 @st.cache_resource(max_entries=2)
@@ -115,6 +116,21 @@ def thumbnails(root: str, stamp_: Fingerprint, patch_ids) -> list[str | None]:
             img.save(buf, format="JPEG", quality=88)
             memo[pid] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
     return [memo.get(p) for p in ids]
+
+
+def gallery(root: str, stamp_: Fingerprint, patch_ids: pd.Series, n: int, seed: int) -> list[str]:
+    """``n`` of ``patch_ids`` drawn at random (``seed``), from as few row groups of the patches table as
+    hold them (one, mostly): each thumbnail's row group is read whole (~30 MB of PNGs), so a gallery
+    drawn across the table would read ``n`` of them."""
+    groups = [ids for _, _, ids in open_store(root).patch_parts.row_group_ids(patch_ids.astype(str).tolist())]
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    for g in rng.permutation(len(groups)):
+        take = min(n - len(out), len(groups[g]))
+        out += rng.choice(groups[g], size=take, replace=False).tolist()
+        if len(out) >= n:
+            break
+    return out
 
 
 def png(root: str, stamp_: Fingerprint, patch_id: str) -> bytes | None:
@@ -304,11 +320,28 @@ def set_patches(root: str, stamp_: Fingerprint, recipe_id: str, output: str) -> 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _set_patches(root: str, key: tuple, pkey: tuple, recipe_id: str, output: str) -> pd.DataFrame:
-    keys, _ = _embedding_matrix(root, key, recipe_id, output, "none")
     meta = _patches(root, pkey)
-    have = pa.array(keys["patch_id"].astype(str).to_numpy(object), pa.string())
-    mask = pc.is_in(pa.array(meta["patch_id"].astype(str).to_numpy(object), pa.string()), value_set=have)
+    mask = pc.is_in(pa.array(meta["patch_id"].astype(str).to_numpy(object), pa.string()),
+                    value_set=_set_ids(root, key, recipe_id))
     return meta[mask.to_numpy(zero_copy_only=False)]
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _set_ids(root: str, key: tuple, recipe_id: str) -> pa.Array:
+    """The patch ids with a vector in the set's original view: its parts' key columns only, no vector."""
+    fs = open_store(root).features
+    keys = fs.read_table(fs.get(recipe_id), ["patch_id", "view"])
+    return pc.unique(keys.filter(pc.equal(keys["view"], "none"))["patch_id"]).cast(pa.string())
+
+
+def stored_vector(root: str, stamp_: Fingerprint, recipe_id: str, output: str, patch_id: str) -> np.ndarray | None:
+    """One stored patch's raw vector (original view) from the set's LanceDB table; None when the set lacks it."""
+    return _stored_vector(root, _search_key(root, stamp_, recipe_id), recipe_id, output, str(patch_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _stored_vector(root: str, key: tuple, recipe_id: str, output: str, patch_id: str) -> np.ndarray | None:
+    return _searcher(root, key, recipe_id, output).stored([patch_id]).get(patch_id)
 
 
 MAP_POINTS = 20_000  # points the embedding map draws at most (a random sample above: the projection uses all)
@@ -356,10 +389,15 @@ def projection_methods() -> list[str]:
     return ["PCA", "UMAP"]
 
 
-def neighbours(root: str, stamp_: Fingerprint, recipe_id: str, output: str, query: bytes, k: int) -> pd.DataFrame:
+def neighbours(root: str, stamp_: Fingerprint, recipe_id: str, output: str, query: bytes, k: int,
+               not_id: str | None = None, like: str | None = None, not_slide: bool = False,
+               not_dataset: bool = False) -> pd.DataFrame:
     """The k nearest stored patches (LanceDB, cosine distance between *standardised* vectors: z-scored
-    with the set's AMi-Br-train statistics, ``FeatureStore.search``) to a raw float32 query vector."""
-    return _neighbours(root, _search_key(root, stamp_, recipe_id), recipe_id, output, query, k)
+    with the set's AMi-Br-train statistics, ``Searcher.nearest``) to a raw float32 query vector: never
+    ``not_id`` (the query itself), nor (``not_slide`` / ``not_dataset``) a patch of the slide or dataset
+    of the stored patch ``like``; k of them whenever k such patches exist."""
+    return _neighbours(root, _search_key(root, stamp_, recipe_id), stamp_.patches, recipe_id, output, query, k,
+                       not_id, like, not_slide, not_dataset)
 
 
 def _search_key(root: str, stamp_: Fingerprint, recipe_id: str) -> tuple:
@@ -374,24 +412,42 @@ def _search_key(root: str, stamp_: Fingerprint, recipe_id: str) -> tuple:
 
 
 @st.cache_data(show_spinner="Searching…", max_entries=256)
-def _neighbours(root: str, key: tuple, recipe_id: str, output: str, query: bytes, k: int) -> pd.DataFrame:
+def _neighbours(root: str, key: tuple, pkey: tuple, recipe_id: str, output: str, query: bytes, k: int,
+                not_id: str | None, like: str | None, not_slide: bool, not_dataset: bool) -> pd.DataFrame:
+    same = []
+    if like is not None and (not_slide or not_dataset):
+        meta = _patches(root, pkey).set_index("patch_id")
+        ref = meta.loc[[like]]
+        if not_dataset:
+            same.append((ref["dataset"].tolist(), meta["dataset"]))
+        if not_slide:
+            same.append((_slide_key(ref).tolist(), _slide_key(meta)))
+    hits = _searcher(root, key, recipe_id, output).nearest(
+        np.frombuffer(query, dtype=np.float32), k, query_ids=None if not_id is None else [not_id], same=same)
+    return hits[["patch_id", "distance"]]
+
+
+def _slide_key(meta: pd.DataFrame) -> pd.Series:
+    """Dataset and slide as one key (missing when the slide is not recorded: it then matches nothing)."""
+    return (meta["dataset"].astype(str) + "\x1f" + meta["slide"].astype("string")).astype(object).where(
+        meta["slide"].notna(), None)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _searcher(root: str, key: tuple, recipe_id: str, output: str):
+    """The set's search, opened once per state of the set (``FeatureStore.searcher``: its LanceDB table, with
+    the ANN index above ``ANN_MIN_ROWS``, and its statistics): every query after the first reuses it."""
     fs = open_store(root).features
-    vec = np.frombuffer(query, dtype=np.float32)
-    return fs.search(fs.get(recipe_id), vec, output=output, k=k, view="none", standardized=True)
+    return fs.searcher(fs.get(recipe_id), output)
 
 
-def search_matrix(root: str, stamp_: Fingerprint, recipe_id: str, output: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """Keys and the unit-length standardised vectors (``view == 'none'``) that search compares:
-    the raw matrix of ``embedding_matrix`` z-scored with the set's search statistics."""
-    return _search_matrix(root, _search_key(root, stamp_, recipe_id), stamp_.set(recipe_id), recipe_id, output)
+PERCENTILE_SAMPLE = 20_000  # stored patches "closer than" compares with (every one in a smaller set)
 
 
-@st.cache_resource(show_spinner="Standardising embeddings…", max_entries=8)
-def _search_matrix(root: str, key: tuple, set_key: tuple, recipe_id: str, output: str
-                   ) -> tuple[pd.DataFrame, np.ndarray]:
-    fs = open_store(root).features
-    keys, X = _embedding_matrix(root, set_key, recipe_id, output, "none")
-    return keys, _unit(fs.standardize(fs.get(recipe_id), output, X))
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _distance_sample(root: str, key: tuple, recipe_id: str, output: str) -> tuple[np.ndarray, np.ndarray]:
+    ids, Z = _searcher(root, key, recipe_id, output).sample(PERCENTILE_SAMPLE, view="none")
+    return ids, _unit(Z)
 
 
 def _unit(Z: np.ndarray) -> np.ndarray:
@@ -400,23 +456,21 @@ def _unit(Z: np.ndarray) -> np.ndarray:
 
 
 def distance_percentiles(root: str, stamp_: Fingerprint, recipe_id: str, output: str, query: np.ndarray,
-                         patch_ids, exclude=()) -> np.ndarray:
-    """For each of ``patch_ids``, the share (0-100) of the set's stored patches (``view == 'none'``,
-    less ``exclude``: the query itself) that lie *farther* from the query than it does, by cosine
-    distance between standardised vectors: 99.2 reads "closer than 99.2% of stored patches". One
-    matrix-vector product over the cached standardised matrix (``search_matrix``)."""
-    fs = open_store(root).features
-    keys, Zn = search_matrix(root, stamp_, recipe_id, output)
-    q = _unit(fs.standardize(fs.get(recipe_id), output, np.asarray(query, np.float32)[None, :]))[0]
-    d = 1.0 - Zn @ q
-    pids = keys["patch_id"].to_numpy()
-    ref = np.sort(d[~np.isin(pids, list(exclude))])
-    row = pd.Series(np.arange(len(pids)), index=pids)
-    out = np.full(len(patch_ids), np.nan)
-    for i, pid in enumerate(patch_ids):
-        if pid in row.index and len(ref):
-            out[i] = 100.0 * (len(ref) - np.searchsorted(ref, d[row[pid]], side="right")) / len(ref)
-    return out
+                         distances, exclude=()) -> np.ndarray:
+    """For each of ``distances`` (of hits to the query), the share (0-100) of the set's stored patches
+    (``view == 'none'``, less ``exclude``: the query itself) that lie *farther* from the query, by cosine
+    distance between standardised vectors: 99.2 reads "closer than 99.2% of stored patches". Measured on
+    every stored patch up to ``PERCENTILE_SAMPLE`` of them, above on that many drawn at random (fixed
+    seed; ±0.7 points at worst): one matrix-vector product, whatever the set's size."""
+    key = _search_key(root, stamp_, recipe_id)
+    ids, Zn = _distance_sample(root, key, recipe_id, output)
+    search = _searcher(root, key, recipe_id, output)
+    q = _unit(search.fs.standardize(search.eset, output, np.asarray(query, np.float32)[None, :]))[0]
+    ref = np.sort((1.0 - Zn @ q)[~np.isin(ids, list(exclude))])
+    d = np.asarray(distances, dtype=np.float64)
+    if not len(ref):
+        return np.full(len(d), np.nan)
+    return 100.0 * (len(ref) - np.searchsorted(ref, d, side="right")) / len(ref)
 
 
 # -- embedding an uploaded image -----------------------------------------------------------------

@@ -722,6 +722,34 @@ class Searcher:
             "patch_id": np.concatenate([f[0] for f in found]) if len(Q) else np.array([], dtype=object),
             "distance": np.concatenate([f[1] for f in found]) if len(Q) else np.array([], dtype=np.float32)})
 
+    def stored(self, patch_ids: Sequence[str], view: str = "none") -> dict[str, np.ndarray]:
+        """Raw vectors of ``output`` by patch id, read from the table (one filtered scan of its key
+        columns, never the set's parts); ids the set lacks are left out."""
+        ids = list(dict.fromkeys(map(str, patch_ids)))
+        with lance_guard(self._where, "cannot be read"):
+            t = (self._tbl.search().where(_search_filter(view, ids)).select(["patch_id", self.output])
+                 .limit(max(len(ids), 1)).to_arrow())
+        X = t[self.output].combine_chunks().flatten().to_numpy().reshape(t.num_rows, self.eset.outputs[self.output])
+        return dict(zip(t["patch_id"].to_pylist(), X))
+
+    def sample(self, n: int, view: str = "none", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(patch ids, searched vectors: standardised unless ``standardized=False``) of ``n`` rows of one
+        view drawn at random (seeded), or of every such row when there are no more: reads only the
+        rows drawn (``take_offsets``), whatever the table's size."""
+        with lance_guard(self._where, "cannot be read"):
+            rows, in_view = self._tbl.count_rows(), self._tbl.count_rows(_search_filter(view, None))
+            cols = ["patch_id", "view", self.column]
+            if in_view <= n:
+                t = self._tbl.search().where(_search_filter(view, None)).select(cols).limit(max(in_view, 1)).to_arrow()
+            else:  # offsets over every view, enough of them to hold ~n rows of this one
+                take = min(rows, int(np.ceil(n * rows / in_view * 1.1)))
+                offsets = np.sort(np.random.default_rng(seed).choice(rows, size=take, replace=False))
+                t = self._tbl.take_offsets(offsets.tolist()).select(cols).to_arrow()
+        t = t.filter(pc.equal(t["view"], view)).slice(0, n)
+        dim = self.eset.outputs[self.output]
+        return (np.asarray(t["patch_id"].to_pylist(), dtype=object),
+                t[self.column].combine_chunks().flatten().to_numpy().reshape(t.num_rows, dim))
+
     def _count(self) -> int:
         with lance_guard(self._where, "cannot be searched"):
             return self._tbl.count_rows()

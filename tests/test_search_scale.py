@@ -176,3 +176,66 @@ def test_a_lance_error_that_is_not_damage_is_not_called_damage(cohort_store, mon
     with pytest.raises(DamagedStoreError, match="cannot be searched.*store check"):
         fs.search(eset, q, k=10)
     fs.build_lance(eset)
+
+
+# -- the dashboard's similarity and patch pages ---------------------------------------------------------
+def _page(store, page, monkeypatch):
+    import streamlit
+
+    from dashboard_store import open_page
+
+    streamlit.cache_data.clear()
+    streamlit.cache_resource.clear()  # a rebuilt table: the pages open it again
+    return open_page(store.root, page, monkeypatch)
+
+
+@pytest.mark.parametrize("k", [4, 48])
+def test_the_similarity_page_answers_every_k_with_and_without_its_filters(store, monkeypatch, k):
+    meta = store.patches().set_index("patch_id")
+    at = _page(store, "similarity", monkeypatch)
+    qid = at.text_input[0].value
+    at.slider[0].set_value(k).run()
+    n = len(meta) - 1
+    hits = at.dataframe[0].value
+    assert not at.exception and len(hits) == min(k, n) and qid not in set(hits["patch_id"])
+    assert list(hits["rank"]) == list(range(1, len(hits) + 1)) and hits["distance"].is_monotonic_increasing
+    assert hits["closer_than"].between(0, 100).all() and hits["closer_than"].is_monotonic_decreasing
+    for label in ("Not its dataset", "Not its slide"):
+        next(t for t in at.toggle if t.label == label).set_value(True).run()
+    assert not at.exception
+    ds = meta.loc[qid, "dataset"]
+    hits = at.dataframe[0].value
+    assert len(hits) == min(k, (meta["dataset"] != ds).sum()) and not (hits["dataset"] == ds).any()
+
+
+def test_the_similarity_page_on_unlabelled_queries(store, monkeypatch):
+    meta = store.patches()
+    qid = meta.loc[meta["label"].isna(), "patch_id"].iloc[0]
+    at = _page(store, "similarity", monkeypatch)
+    at.text_input[0].set_value(qid).run()
+    assert not at.exception and len(at.dataframe[0].value) == 12
+    assert "unlabelled" in at.dataframe[0].value["label"].tolist() or any("unlabelled" in c.value for c in at.caption)
+
+
+def test_closer_than_on_a_sample_of_a_large_set(cohort_store, monkeypatch):
+    """Above ``PERCENTILE_SAMPLE`` stored patches, "closer than" compares with that many drawn at random (read by
+    offset from the table, never the whole set): close to the exact share, exact at or below the size."""
+    from mitoprobe.dashboard import data
+
+    at = _page(cohort_store, "similarity", monkeypatch)
+    exact = at.dataframe[0].value["closer_than"].to_numpy()
+    monkeypatch.setattr(data, "PERCENTILE_SAMPLE", len(cohort_store.patches()))  # the set's size: every patch
+    at = _page(cohort_store, "similarity", monkeypatch)
+    assert np.allclose(at.dataframe[0].value["closer_than"], exact)
+    monkeypatch.setattr(data, "PERCENTILE_SAMPLE", 40)
+    at = _page(cohort_store, "similarity", monkeypatch)
+    sampled = at.dataframe[0].value["closer_than"].to_numpy()
+    assert not np.allclose(sampled, exact) and np.abs(sampled - exact).max() < 25
+
+
+def test_the_patch_page_shows_k_neighbours(store, monkeypatch):
+    at = _page(store, "patch", monkeypatch)
+    at.slider[0].set_value(24).run()
+    assert not at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "share this patch's label" in captions

@@ -92,17 +92,17 @@ if fid is not None and "pv_set" not in st.session_state and not st.query_params.
 n1, n2 = st.columns([3, 1])
 eset, output = ui.pick_set(ctx, "pv", container=n1)
 k = n2.slider("Neighbours (k)", 4, 24, 12, 4, key="pv_k")
-keys, X = data.embedding_matrix(ctx.root, ctx.stamp, eset.recipe_id, output)
-where = np.flatnonzero(keys["patch_id"].to_numpy() == pid)
-if not len(where):
-    st.info(f"Patch {pid} is not in set {eset.name}.")
-    st.stop()
 try:
-    hits = data.neighbours(ctx.root, ctx.stamp, eset.recipe_id, output, X[where[0]].tobytes(), k + 1)
+    vec = data.stored_vector(ctx.root, ctx.stamp, eset.recipe_id, output, pid)
+    if vec is None:
+        st.info(f"Patch {pid} is not in set {eset.name}.")
+        st.stop()
+    hits = data.neighbours(ctx.root, ctx.stamp, eset.recipe_id, output, np.asarray(vec, np.float32).tobytes(), k,
+                           not_id=pid)
 except MitoprobeError as exc:
     st.error(f"Cannot search set {eset.name}: {exc}")
     st.stop()
-hits = hits[hits["patch_id"] != pid].head(k).merge(meta, on="patch_id", how="left")
+hits = hits.merge(meta, on="patch_id", how="left")
 ui.thumbnail_grid(ctx, hits["patch_id"].tolist(), [f"{h['label']}\n{h['dataset']}" for _, h in hits.iterrows()],
                   set=eset.recipe_id, family=fid)
 st.caption(f"{(hits['label'] == m['label']).mean():.0%} share this patch's label. Click a neighbour to search with "

@@ -41,8 +41,6 @@ if not runs.empty and ctx.status["predictions"]:
 else:
     c3.caption("No predictions stored yet (`mitoprobe probe`).")
 
-keys, X = data.embedding_matrix(ctx.root, ctx.stamp, eset.recipe_id, output)
-row_of = pd.Series(np.arange(len(keys)), index=keys["patch_id"].to_numpy())
 in_set = data.set_patches(ctx.root, ctx.stamp, eset.recipe_id, output).assign(  # the patches a search can return
     label=lambda d: d["label"].fillna(UNLABELLED))
 
@@ -62,7 +60,8 @@ if mode == "Stored patch":
         pool = pool[pool["dataset"] == ds]
     if lab != "all":
         pool = pool[pool["label"] == lab]
-    gallery = pool.sample(min(8, len(pool)), random_state=st.session_state.get("sim_seed", 0))
+    gallery = pool.set_index("patch_id").loc[data.gallery(ctx.root, ctx.stamp, pool["patch_id"], 8,
+                                                          st.session_state.get("sim_seed", 0))].reset_index()
     if "sim_query_id" not in st.session_state and len(gallery):
         st.session_state["sim_query_id"] = gallery["patch_id"].iloc[0]
     g4.text_input("Patch id", key="sim_query_id", help="Type a patch id, or pick one from the gallery below.")
@@ -80,10 +79,14 @@ if mode == "Stored patch":
                    else "secondary")
     query_id = (st.session_state.get("sim_query_id") or "").strip()
     links.publish(links.PATCH, "sim_query_id", query_id or None)
-    if query_id not in row_of.index:
+    try:  # read from the set's LanceDB table: a table built by an older mitoprobe says how to fix it
+        query_vec = data.stored_vector(ctx.root, ctx.stamp, eset.recipe_id, output, query_id) if query_id else None
+    except MitoprobeError as exc:
+        st.error(f"Cannot search set {eset.name}: {exc}")
+        st.stop()
+    if query_vec is None:
         st.warning(f"Patch id {query_id!r} is not in set {eset.name}; pick one from the gallery.")
         st.stop()
-    query_vec = X[row_of[query_id]]
     query_png = data.png(ctx.root, ctx.stamp, query_id)
 else:
     links.publish(links.PATCH, "sim_query_id", None)
@@ -128,14 +131,12 @@ if ref_id and (skip_slide or skip_dataset):
             notes.append(f"slide {ref['slide']}")
 elif skip_slide or skip_dataset:
     st.caption("The upload is not a stored patch, so it has no slide or dataset to exclude.")
-drop = set(in_set.loc[excluded, "patch_id"]) | ({query_id} if query_id else set())
 pool = in_set[~excluded & (in_set["patch_id"] != query_id)]  # the patches a neighbour may be
 try:  # a table built by an older mitoprobe has no standardised columns: the store says how to fix it
-    hits = data.neighbours(ctx.root, ctx.stamp, eset.recipe_id, output,
-                           np.asarray(query_vec, np.float32).tobytes(), k + len(drop))  # k remain after filtering
-    hits = hits[[p not in drop for p in hits["patch_id"]]].head(k).reset_index(drop=True)
-    closer = data.distance_percentiles(ctx.root, ctx.stamp, eset.recipe_id, output, query_vec,
-                                       hits["patch_id"].tolist(), exclude=[query_id] if query_id else [])
+    hits = data.neighbours(ctx.root, ctx.stamp, eset.recipe_id, output, np.asarray(query_vec, np.float32).tobytes(),
+                           k, not_id=query_id or None, like=ref_id, not_slide=skip_slide, not_dataset=skip_dataset)
+    closer = data.distance_percentiles(ctx.root, ctx.stamp, eset.recipe_id, output, query_vec, hits["distance"],
+                                       exclude=[query_id] if query_id else [])
 except MitoprobeError as exc:
     st.error(f"Cannot search set {eset.name}: {exc}")
     st.stop()
