@@ -82,7 +82,7 @@ def robustness_index(labels: np.ndarray, sites: np.ndarray, nn: np.ndarray, quer
 
 def site_robustness(store, model: str, output: str | None = None, k: int = DEFAULT_K,
                     allow_stale: bool = False, max_queries: int = MAX_QUERIES) -> dict:
-    """The index of one stored set over all patches (original view; site = dataset), or over a
+    """The index of one stored set over all labelled patches (original view; site = dataset), or over a
     fixed-seed sample of ``max_queries`` of them when there are more (``queries`` in the result)."""
     eset = store.features.resolve(model, current_recipe_id(store, model), allow_stale)
     outputs = [output] if output else list(eset.outputs)
@@ -90,6 +90,8 @@ def site_robustness(store, model: str, output: str | None = None, k: int = DEFAU
         raise ProtocolError(f"set {model} has outputs {list(eset.outputs)}, not {output!r}")
     keys, X = store.features.read(model, eset.recipe_id, outputs=outputs, views=["none"], allow_stale=True)
     meta = store.patches(columns=["patch_id", "dataset", "split", "y"]).set_index("patch_id").loc[keys["patch_id"]]
+    labelled = meta["y"].notna().to_numpy()  # a lab's unlabelled patches have no label to agree with: left out
+    meta, X = meta[labelled], np.asarray(X)[labelled]
     if meta["dataset"].nunique() < 2:
         raise ProtocolError("site robustness needs patches from at least two datasets (sites) in the store")
     train = ((meta["dataset"] == "AMi-Br") & (meta["split"] == "train")).to_numpy()

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from mitoprobe import embedder
+from mitoprobe.classifiers.derived import build as build_views
 from mitoprobe.classifiers.protocol import load_protocol
 from mitoprobe.classifiers.runner import sweep
 from mitoprobe.embedder.job import resolve_device
@@ -108,8 +109,11 @@ def finetune_fold(store_root: str, cfg: FinetuneConfig, fold: int, recipe: embed
 
 
 def _run_embed(st: Store, plan: Plan, job: Job, device: str, engine: str) -> str:
+    """The model's vectors, then its derived views (the map's projection, the robustness index), as
+    ``mitoprobe embed`` makes them."""
     s = embedder.embed(st, job.model, views="none", device=device, engine=engine,
                        weights=plan.weights.get(job.stem), progress=False)
+    build_views(st, s.recipe_id)
     return f"{s.rows_written:,} vectors written"
 
 

@@ -1,4 +1,5 @@
-"""The schema of every table a store holds, in one place, and the check writers run before writing.
+"""The schema of every table a store holds, in one place, and the check writers run before writing
+(the derived views' files, which are rebuilt rather than migrated, keep theirs in ``store/derived.py``).
 
 Why: the tables are read by DuckDB (``union_by_name`` over many parts), pyarrow, pandas and the
 dashboard, often without mitoprobe. A part whose column is ``double`` where the others have

@@ -25,14 +25,14 @@ FAMILIES = (("fam-logreg", "logreg", 1.2), ("fam-knn", "knn", 0.5), ("fam-oracle
 
 
 def build_dashboard_store(root: Path, n_per_class: int = 6, seed: int = 0) -> Store:
-    from mitoprobe import embedder
+    import mitoprobe
     from mitoprobe.classifiers import metrics
     from mitoprobe.classifiers import runs as run_rows
 
     bench = make_benchmark(root / "bench", n_per_class=n_per_class, seed=seed)
     st = Store(root / "store")
     st.import_dataset(bench, bench / "AMI-BR.csv")
-    embedder.embed(st, "handcrafted", progress=False, num_workers=0)
+    mitoprobe.open(st.root).embed("handcrafted", num_workers=0)  # as the CLI: with the derived views
     eset = st.features.sets()[0]
     keys, X = st.features.read(eset.name, eset.recipe_id)
     x0 = pd.Series(X[:, 0], index=keys["patch_id"])

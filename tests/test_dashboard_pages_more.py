@@ -46,17 +46,6 @@ def test_map_site_robustness_is_classifiers(full_store, monkeypatch, k):
     assert f"k = {k}: {want['sl_os']} same-label/other-site and {want['ol_ss']} other-label/same-site" in captions(at)
 
 
-def test_map_site_robustness_not_for_a_stale_set(full_store, monkeypatch):
-    from mitoprobe import embedder
-
-    streamlit.cache_data.clear()  # a result cached for this store by another test must not answer
-    monkeypatch.setattr(embedder, "recipe_id_of", lambda *a, **k: "0000000000000000")
-    at = open_page(full_store.root, "map", monkeypatch)
-    assert "Robustness index" not in _metrics(at)
-    assert any("No robustness index" in i.value and "STALE" in i.value for i in at.info), [i.value for i in at.info]
-    streamlit.cache_data.clear()
-
-
 # -- Similarity: exclusion toggles, base rate, threshold -----------------------------------------
 def _toggle(at, label: str):
     return next(t for t in at.toggle if t.label == label)
