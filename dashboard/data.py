@@ -122,15 +122,26 @@ def gallery(root: str, stamp_: Fingerprint, patch_ids: pd.Series, n: int, seed: 
     """``n`` of ``patch_ids`` drawn at random (``seed``), from as few row groups of the patches table as
     hold them (one, mostly): each thumbnail's row group is read whole (~30 MB of PNGs), so a gallery
     drawn across the table would read ``n`` of them."""
-    groups = [ids for _, _, ids in open_store(root).patch_parts.row_group_ids(patch_ids.astype(str).tolist())]
+    group = _row_groups(root, stamp_.patches).reindex(patch_ids.astype(str).to_numpy()).dropna()
     rng = np.random.default_rng(seed)
     out: list[str] = []
-    for g in rng.permutation(len(groups)):
-        take = min(n - len(out), len(groups[g]))
-        out += rng.choice(groups[g], size=take, replace=False).tolist()
+    for g in rng.permutation(group.unique()):
+        ids = group.index[group.to_numpy() == g]
+        out += rng.choice(ids, size=min(n - len(out), len(ids)), replace=False).tolist()
         if len(out) >= n:
             break
     return out
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _row_groups(root: str, key: tuple) -> pd.Series:
+    """patch id -> its row group of the patches table (numbered across parts), from the parts' ``patch_id``
+    columns: read once per state of the table."""
+    ids, groups = [], []
+    for g, (_, _, group_ids) in enumerate(open_store(root).patch_parts.row_group_ids()):
+        ids += group_ids
+        groups.append(np.full(len(group_ids), g))
+    return pd.Series(np.concatenate(groups) if groups else np.zeros(0, int), index=ids)
 
 
 def png(root: str, stamp_: Fingerprint, patch_id: str) -> bytes | None:
