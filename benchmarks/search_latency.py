@@ -10,8 +10,13 @@ chunks (never 6 GB in RAM) and the exact top-10 of every query is accumulated ch
 
 The figures print under the machine's line (``benchmarks.machine.header``).
 
+With ``--store PATH`` it times a store's own batch search instead (``Workspace.search``, in-process, the
+process start left out): every patch of ``--dataset`` as a query against the labelled patches of
+``--reference``, one call, per query = wall / queries (``mitoprobe search``'s path).
+
 Example: python -m benchmarks.search_latency --n 1000000
          python -m benchmarks.search_latency --n 100000 --index IVF_PQ
+         python -m benchmarks.search_latency --store /tmp/cost-curves/x10/store --dataset Added --reference Cohort
 """
 
 from __future__ import annotations
@@ -78,7 +83,15 @@ def main() -> None:
     ap.add_argument("--refine-factor", type=int, default=None)
     ap.add_argument("--ef", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--store", type=Path, help="time Workspace.search on this store instead (see above)")
+    ap.add_argument("--model", default="handcrafted")
+    ap.add_argument("--dataset", default="Added", help="--store: the dataset whose patches are the queries")
+    ap.add_argument("--reference", default="Cohort", help="--store: the dataset searched (labelled patches)")
+    ap.add_argument("--k", type=int, default=K)
     args = ap.parse_args()
+    if args.store is not None:
+        store_search(args)
+        return
 
     import lancedb
 
@@ -139,6 +152,24 @@ def main() -> None:
         lat.append((time.perf_counter() - t0) * 1000)
         hits += len(set(ids.tolist()) & set(t.tolist()))
     report(args, params, np.array(lat), hits, t_write, t_index)
+
+
+def store_search(args) -> None:
+    """Per-query time of one ``Workspace.search`` call over every patch of ``--dataset`` (a warm-up call on
+    one patch first: imports and the table's first open are not the batch's cost)."""
+    import mitoprobe
+
+    ws = mitoprobe.open(args.store, read_only=True)
+    queries = ws.patches(columns=["patch_id", "dataset"]).query("dataset == @args.dataset")["patch_id"].tolist()
+    ws.search(args.model, queries[:1], k=args.k, reference=(args.reference,))
+    t0 = time.perf_counter()
+    hits = ws.search(args.model, queries, k=args.k, reference=(args.reference,))
+    wall = time.perf_counter() - t0
+    print(header())
+    print(f"store             {args.store} ({len(ws.patches(columns=['patch_id'])):,} patches)")
+    print(f"search            {len(queries):,} queries ({args.dataset}) x k={args.k} over {args.reference}, "
+          f"{len(hits):,} rows, one Workspace.search call in-process")
+    print(f"per query         {1000 * wall / len(queries):.2f} ms ({wall:.2f} s in all)")
 
 
 def report(args, params, lat: np.ndarray, hits: int, t_write: float, t_index: float) -> None:

@@ -660,14 +660,15 @@ class Searcher:
     def _run(self, query: np.ndarray, k: int, where: str) -> pd.DataFrame:
         return self._arrow(query, k, where).to_pandas().rename(columns={"_distance": "distance"})
 
-    def _arrow(self, query: np.ndarray, k: int, where: str) -> pa.Table:
+    def _arrow(self, query: np.ndarray, k: int, where: str | None) -> pa.Table:
         """One LanceDB search (one vector or a matrix of them) behind the store's guard (``lance_guard``)."""
         if self._stats is not None:
             query = self.fs.standardize(self.eset, self.output, query, self._stats)
         with lance_guard(self._where, "cannot be searched"):
-            q = (self._tbl.search(query, vector_column_name=self.column)
-                 .distance_type("cosine").where(where, prefilter=True)
-                 .select([*KEY_COLUMNS, "_distance"]).limit(k))
+            q = self._tbl.search(query, vector_column_name=self.column).distance_type("cosine")
+            if where is not None:
+                q = q.where(where, prefilter=True)
+            q = q.select([*KEY_COLUMNS, "_distance"]).limit(k)
             return apply_search_params(q, self._params, k).to_arrow()
 
     def nearest(self, queries: np.ndarray, k: int, candidates: Sequence[str] | None = None,
@@ -685,6 +686,9 @@ class Searcher:
         which is exact: the answer never depends on the shortcut."""
         Q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         rows = self._count()
+        with lance_guard(self._where, "cannot be searched"):  # a set of one view: no prefilter (~4 ms a query)
+            only = self._tbl.count_rows(_search_filter(view, None)) == rows
+        batch_filter = None if only else _search_filter(view, None)
         cand = None if candidates is None else pa.array(list(dict.fromkeys(map(str, candidates))), pa.string())
         share = 1.0 if cand is None else max(len(cand), 1) / max(rows, 1)
         keys = [_Keys(qk, key_of) for qk, key_of in same]
@@ -703,7 +707,7 @@ class Searcher:
                 chunk = todo[a:a + batch]
                 first = int(np.ceil((OVERFETCH_FIRST * want[chunk].max() + excluded[chunk].max()) / share))
                 fetch = min(rows, max(1, first) * OVERFETCH_GROWTH ** round_)
-                pids, dist, bounds = self._allowed(self._arrow(Q[chunk], fetch, _search_filter(view, None)), len(chunk),
+                pids, dist, bounds = self._allowed(self._arrow(Q[chunk], fetch, batch_filter), len(chunk),
                                                    chunk, k, cand, qids, keys)
                 for j, i in enumerate(chunk):
                     found[i] = (pids[bounds[j]:bounds[j + 1]], dist[bounds[j]:bounds[j + 1]])
