@@ -23,7 +23,7 @@ import streamlit as st
 
 from mitoprobe import classifiers
 from mitoprobe.api import open as open_workspace
-from mitoprobe.classifiers import labels, robustness, significance
+from mitoprobe.classifiers import labels, significance
 from mitoprobe.classifiers.runs import read_runs
 from mitoprobe import embedder
 from mitoprobe.store import Fingerprint, Store, paths
@@ -358,48 +358,6 @@ def _stored_vector(root: str, key: tuple, recipe_id: str, output: str, patch_id:
 MAP_POINTS = 20_000  # points the embedding map draws at most (a random sample above: the projection uses all)
 
 
-@dataclass(frozen=True)
-class Projection:
-    """2-D coordinates of one set's original-view vectors, with what each axis means."""
-
-    xy: pd.DataFrame  # patch_id, x, y
-    axes: tuple[str, str]  # axis titles, e.g. "PC1 (23.4% of variance)"
-    explained: tuple[float, ...] = ()  # PCA: share of the standardised variance on each axis
-
-
-def projection(root: str, stamp_: Fingerprint, recipe_id: str, output: str, method: str = "PCA") -> Projection:
-    """2-D coordinates (x, y) per patch of one set's ``view == 'none'`` vectors: PCA of the
-    standardised vectors (with the variance each component explains) or UMAP when installed."""
-    return _projection(root, stamp_.set(recipe_id), recipe_id, output, method)
-
-
-@st.cache_data(show_spinner="Projecting to 2-D…", max_entries=16)
-def _projection(root: str, key: tuple, recipe_id: str, output: str, method: str) -> Projection:
-    keys, X = _embedding_matrix(root, key, recipe_id, output, "none")
-    sd = X.std(axis=0)
-    Z = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)  # standardised: scale-free for handcrafted too
-    if method == "UMAP":
-        import umap  # optional: only offered when installed (not a dependency)
-
-        xy, axes, explained = umap.UMAP(n_components=2, random_state=0).fit_transform(Z), ("UMAP 1", "UMAP 2"), ()
-    else:
-        from sklearn.decomposition import PCA
-
-        pca = PCA(n_components=2, random_state=0).fit(Z)
-        xy, explained = pca.transform(Z), tuple(float(v) for v in pca.explained_variance_ratio_)
-        axes = tuple(f"PC{i + 1} ({v:.1%} of variance)" for i, v in enumerate(explained))
-    df = pd.DataFrame({"patch_id": keys["patch_id"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1]})
-    return Projection(df, axes, explained)
-
-
-def projection_methods() -> list[str]:
-    try:
-        import umap  # noqa: F401
-    except ImportError:
-        return ["PCA"]
-    return ["PCA", "UMAP"]
-
-
 def neighbours(root: str, stamp_: Fingerprint, recipe_id: str, output: str, query: bytes, k: int,
                not_id: str | None = None, like: str | None = None, not_slide: bool = False,
                not_dataset: bool = False) -> pd.DataFrame:
@@ -552,24 +510,6 @@ def embed_png(root: str, eset, output: str, png_bytes: bytes) -> np.ndarray:
                          f"would not be comparable; re-run `mitoprobe embed --model {eset.name}`")
     model, transform = _model(root, eset.name)
     return embedder.embed_pngs(model, transform, [png_bytes])[output][0].astype(np.float32)
-
-
-# -- site robustness (Embedding map) --------------------------------------------------------------
-def site_robustness(root: str, stamp_: Fingerprint, recipe_id: str, name: str, k: int) -> dict:
-    """``classifiers.robustness.site_robustness`` of set ``name`` (all its outputs, original view, site =
-    dataset, as ``mitoprobe report --robustness``), for the set made by ``recipe_id`` only: a
-    ``StoreError`` when the recipe's current id resolves to another set (a stale one is refused by
-    the store). Keyed on the set's fingerprint and the patches' (labels and datasets)."""
-    return _site_robustness(root, stamp_.set(recipe_id), stamp_.patches, recipe_id, name, k)
-
-
-@st.cache_data(show_spinner="Counting each patch's neighbours…", max_entries=32)
-def _site_robustness(root: str, key: tuple, pkey: tuple, recipe_id: str, name: str, k: int) -> dict:
-    res = robustness.site_robustness(open_store(root), name, k=k)
-    if res["recipe_id"] != recipe_id:
-        raise StoreError(f"set {name} · {recipe_id} is not the one the recipe makes now ({res['recipe_id']}); "
-                         "the robustness index is computed for the current set only")
-    return res
 
 
 # -- errors (Errors page) ------------------------------------------------------------------------

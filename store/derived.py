@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .atomic import READ_ERRORS, damaged, read_guard, write_parquet
+from .atomic import damaged, read_guard, write_parquet
 from .errors import DamagedStoreError, StoreError
 from .features import EmbeddingSet, read_complete
 from .findings import REPAIR, Problem
