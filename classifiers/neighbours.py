@@ -1,25 +1,23 @@
-"""For each patch of a dataset, its k nearest labelled reference mitoses (by default AMi-Br's).
+"""For each query (a dataset's patches, stored ids or raw vectors), its k nearest labelled reference mitoses
+(by default AMi-Br's): ``search``, under ``mitoprobe search``, ``Workspace.search`` and the dashboard.
 
-The search is the dashboard's: the set's LanceDB table, cosine distance on the vectors z-scored with
-AMi-Br-train statistics (``FeatureStore.search``), restricted by a prefilter to the reference
-patches, so exactly k labelled neighbours come back whenever k exist. Excluding the query's own
+The search is the set's LanceDB table, cosine distance on the vectors z-scored with AMi-Br-train
+statistics, all queries in batches (``store.features.Searcher.nearest``): exactly k allowed neighbours come
+back whenever k exist. Excluding the query's own
 slide or dataset keeps a patch from finding its own slide-mates (near-copies that flatter a label).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
-from mitoprobe.store.errors import ProtocolError, StoreError
-from mitoprobe.store.progress import progress as progress_bar
+from mitoprobe.store.errors import DataError, ProtocolError, StoreError
+from mitoprobe.store.schema import VOTE_COLUMNS
 
 from .features import current_recipe_id
 
 DEFAULT_REFERENCE = ("AMi-Br",)  # train + test: the benchmark's expert-labelled mitoses
-OVERFETCH = (5, 50)  # batched searches fetch 5k, then 50k neighbours and keep the first k allowed ones
 NEIGHBOUR_FIELDS = ("patch_id", "dataset", "relpath", "slide", "label", "votes_atypical", "n_experts", "distance")
 
 
@@ -31,108 +29,88 @@ def _votes(ref: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(n > 0, yes.astype(str) + "/" + n.astype(str), ""), index=ref.index)
 
 
-def nearest_labelled(store, model: str, dataset: str, k: int = 10, reference: tuple[str, ...] = DEFAULT_REFERENCE,
-                     exclude_same_slide: bool = False, exclude_same_dataset: bool = False, output: str | None = None,
-                     long: bool = False, progress: bool = False) -> pd.DataFrame:
-    """One row per patch of ``dataset`` with its k nearest labelled ``reference`` patches
-    (``nn1_patch_id``, ``nn1_label``, ``nn1_distance``, ...) and the share of them that are atypical;
-    ``long=True`` gives one row per (query, neighbour) instead."""
-    if k < 1:
-        raise ProtocolError(f"--k {k}: ask for at least 1 neighbour")
-    eset = store.features.resolve(model, current_recipe_id(store, model))
+def search(store, model: str, queries, k: int = 10, *, reference: tuple[str, ...] | None = DEFAULT_REFERENCE,
+           exclude_same_slide: bool = False, exclude_same_dataset: bool = False, output: str | None = None,
+           long: bool = True, allow_stale: bool = False) -> pd.DataFrame:
+    """The k nearest stored patches of each of many queries, in one call (``mitoprobe search``).
+
+    ``queries``: a dataset name (each of its patches), a list of stored patch ids, or a 2-D array of raw
+    vectors of the set's ``output`` (uploads: no slide or dataset of their own). Neighbours are the
+    labelled patches of the ``reference`` datasets (None: every patch of the set), never the query
+    itself, optionally not from its slide or dataset. The dashboard's search (cosine distance between
+    vectors z-scored with the AMi-Br-train statistics): the set's LanceDB table opened once and the queries
+    searched in batches, filtered with array operations (``Searcher.nearest``: exact, whatever the batch).
+    ``long`` (the default): one row per (query, neighbour), ``query`` = the query's position in
+    ``queries``; else one row per query with its neighbours side by side (``nn<rank>_<field>``)."""
+    if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1):
+        raise ProtocolError(f"k={k!r}: ask for at least 1 neighbour")
+    eset = store.features.resolve(model, current_recipe_id(store, model), allow_stale)
     output = output or next(iter(eset.outputs))
-    patches = store.patches()
-    queries = patches[patches["dataset"] == dataset]
-    if queries.empty:
-        raise StoreError(f"no patches of dataset {dataset!r} in the store (datasets: "
-                         f"{sorted(patches['dataset'].unique())})")
-    ref = patches[patches["dataset"].isin(reference) & patches["label"].notna()].set_index("patch_id")
+    if output not in eset.outputs:
+        raise StoreError(f"set {model} has outputs {list(eset.outputs)}, not {output!r}")
+    meta = store.patches(columns=["patch_id", "dataset", "relpath", "slide", "label", "n_experts", *VOTE_COLUMNS])
+    qmeta, Q = _queries(store, eset, output, meta, queries)
+    if qmeta is None and (exclude_same_slide or exclude_same_dataset):
+        raise ProtocolError("query vectors have no slide or dataset of their own to exclude: pass stored patch "
+                            "ids (or a dataset) as queries, or drop exclude_same_slide / exclude_same_dataset")
+    ref = meta if reference is None else meta[meta["dataset"].isin(list(reference)) & meta["label"].notna()]
     if ref.empty:
         raise StoreError(f"no labelled reference patches in {list(reference)}; import the benchmark first")
-    ref["votes_atypical"] = _votes(ref)
-    keys, X = store.features.read(model, eset.recipe_id, outputs=[output], views=["none"], require_complete=False)
-    row_of = dict(zip(keys["patch_id"], range(len(keys))))
-    missing = [p for p in queries["patch_id"] if p not in row_of]
-    if missing:
-        raise StoreError(f"set {model} lacks {len(missing)} patches of {dataset} (e.g. {missing[0]}); run "
-                         f"`mitoprobe embed --model {model}` to embed them")
-    search = store.features.searcher(eset, output)
-    reference = frozenset(ref.index)
-    allowed = [_allowed(ref, reference, q, exclude_same_slide, exclude_same_dataset)
-               for q in queries.itertuples(index=False)]
-    hits = _search_all(search, X, [row_of[p] for p in queries["patch_id"]], allowed, k, progress)
-    rows = []
-    for q, found in zip(queries.itertuples(index=False), hits):
-        nb = ref.loc[found["patch_id"]]
-        for rank, (pid, dist) in enumerate(zip(found["patch_id"], found["distance"]), start=1):
-            r = nb.loc[pid]
-            rows.append(dict(query_patch_id=q.patch_id, query_relpath=q.relpath, query_label=q.label, rank=rank,
-                             patch_id=pid, dataset=r["dataset"], relpath=r["relpath"], slide=r["slide"],
-                             label=r["label"], votes_atypical=r["votes_atypical"], n_experts=r["n_experts"],
-                             distance=float(dist)))
-    tidy = pd.DataFrame(rows)
+    ref = ref.set_index("patch_id")
+    same = []
+    if exclude_same_dataset:
+        same.append((qmeta["dataset"].tolist(), ref["dataset"]))
+    if exclude_same_slide:
+        same.append((_slide_keys(qmeta).tolist(), _slide_keys(ref)))
+    hits = store.features.searcher(eset, output).nearest(
+        Q, k, candidates=None if reference is None else ref.index, same=same,
+        query_ids=None if qmeta is None else qmeta["patch_id"])
+    nb = ref.reindex(hits["patch_id"])
+    q = hits["query"].to_numpy()
+    of_query = (lambda c: qmeta[c].to_numpy()[q]) if qmeta is not None else (lambda c: np.full(len(q), None))
+    tidy = pd.DataFrame({
+        "query": q, "query_patch_id": of_query("patch_id"), "query_relpath": of_query("relpath"),
+        "query_label": of_query("label"), "rank": hits["rank"].to_numpy(), "patch_id": hits["patch_id"].to_numpy(),
+        **{c: nb[c].to_numpy() for c in ("dataset", "relpath", "slide", "label")},
+        "votes_atypical": _votes(nb).to_numpy(), "n_experts": nb["n_experts"].to_numpy(),
+        "distance": hits["distance"].to_numpy(np.float64)})
     base = dict(model=model, recipe_id=eset.recipe_id, output=output, standardized=True)
     if long:
         return tidy.assign(**base)
-    return _wide(queries, tidy, k).assign(**base)
+    if qmeta is None:  # one row per query vector: its position stands in for a patch id
+        qmeta = pd.DataFrame({"patch_id": np.arange(len(Q)), **{c: None for c in ("dataset", "relpath", "slide",
+                                                                                   "label")}})
+        return _wide(qmeta, tidy.assign(query_patch_id=q), k).rename(columns={"patch_id": "query"}).assign(**base)
+    return _wide(qmeta, tidy, k).assign(**base)
 
 
-@dataclass(frozen=True)
-class _Allowed:
-    """What one query may return: reference patches, less itself and (optionally) its slide or dataset."""
-
-    reference: frozenset
-    excluded: frozenset
-
-    def __contains__(self, patch_id) -> bool:
-        return patch_id in self.reference and patch_id not in self.excluded
-
-    def __len__(self) -> int:
-        return len(self.reference - self.excluded)
-
-    def ids(self) -> list[str]:
-        return sorted(self.reference - self.excluded)
-
-
-def _allowed(ref: pd.DataFrame, reference: frozenset, q, exclude_same_slide: bool,
-             exclude_same_dataset: bool) -> _Allowed:
-    drop = {q.patch_id}
-    if exclude_same_dataset:
-        drop |= set(ref.index[ref["dataset"] == q.dataset])
-    if exclude_same_slide and isinstance(q.slide, str):
-        drop |= set(ref.index[(ref["dataset"] == q.dataset) & (ref["slide"] == q.slide)])
-    return _Allowed(reference, frozenset(drop))
+def _queries(store, eset, output: str, meta: pd.DataFrame, queries) -> tuple[pd.DataFrame | None, np.ndarray]:
+    """``Workspace.search``'s queries: (their patch metadata, their raw vectors); metadata None for vectors."""
+    if isinstance(queries, np.ndarray) and queries.dtype.kind in "fiu":
+        Q = np.atleast_2d(queries).astype(np.float32)
+        if Q.ndim != 2 or Q.shape[1] != eset.outputs[output]:
+            raise DataError(f"query vectors of shape {queries.shape}: set {eset.name}'s output {output} has "
+                            f"{eset.outputs[output]} dimensions (one row per query)")
+        return None, Q
+    if isinstance(queries, str):
+        qmeta = meta[meta["dataset"] == queries]
+        if qmeta.empty:
+            raise StoreError(f"no patches of dataset {queries!r} in the store (datasets: "
+                             f"{sorted(meta['dataset'].unique())})")
+    else:
+        ids = [str(p) for p in queries]
+        qmeta = meta.set_index("patch_id").reindex(ids).reset_index()
+        unknown = qmeta.loc[qmeta["dataset"].isna(), "patch_id"].tolist()
+        if unknown:
+            raise StoreError(f"{len(unknown)} query patch id(s) are not stored (e.g. {unknown[0]!r})")
+    qmeta = qmeta.reset_index(drop=True)
+    return qmeta, store.features.vectors(eset, qmeta["patch_id"].tolist(), output)
 
 
-def _search_all(search, X: np.ndarray, rows: list[int], allowed: list[_Allowed], k: int, progress: bool,
-                batch: int = 256) -> list[pd.DataFrame]:
-    """Each query's k nearest allowed patches. Batched LanceDB searches over-fetch (``OVERFETCH``:
-    5k, then 50k neighbours for queries still short, filtered here); a query left with fewer than k
-    allowed hits is searched again alone with its allowed ids as a prefilter, which is exact (and
-    ~0.2 s): the answer never depends on the shortcut. Neighbourhoods that follow the site (an
-    AtNorM patch among AtNorM patches) are what makes the second tier necessary."""
-    out: dict[int, pd.DataFrame] = {}
-    todo = list(range(len(rows)))
-    with progress_bar(total=len(rows), desc="search", unit="patch", enabled=progress) as bar:
-        for factor in OVERFETCH:
-            short = []
-            for a in range(0, len(todo), batch):
-                chunk = todo[a:a + batch]
-                found = search.batch(X[[rows[i] for i in chunk]], k=k * factor)
-                groups = dict(tuple(found.groupby("query")))
-                for j, i in enumerate(chunk):
-                    g = groups.get(j, found.iloc[:0])
-                    g = g[[p in allowed[i] for p in g["patch_id"]]].sort_values("distance", kind="mergesort").head(k)
-                    if len(g) < min(k, len(allowed[i])):
-                        short.append(i)
-                        continue
-                    out[i] = g
-                    bar.update(1)
-            todo = short
-        for i in todo:
-            out[i] = search(X[rows[i]], k=k, among=allowed[i].ids())
-            bar.update(1)
-    return [out[i][["patch_id", "distance"]].reset_index(drop=True) for i in range(len(rows))]
+def _slide_keys(meta: pd.DataFrame) -> pd.Series:
+    """Each patch's slide as a key unique across datasets (missing when its slide is not recorded)."""
+    key = meta["dataset"].astype(str) + "\x1f" + meta["slide"].astype("string")
+    return key.where(meta["slide"].notna(), None).astype(object)
 
 
 def _wide(queries: pd.DataFrame, tidy: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -144,8 +122,9 @@ def _wide(queries: pd.DataFrame, tidy: pd.DataFrame, k: int) -> pd.DataFrame:
     out["n_neighbours"] = out["patch_id"].map(g.size()).fillna(0).astype(int)
     out["share_atypical"] = out["patch_id"].map(g["label"].apply(lambda s: float((s == "Atypical").mean())))
     by = tidy.set_index(["query_patch_id", "rank"])
+    cols = {}
     for rank in range(1, k + 1):
+        idx = pd.MultiIndex.from_arrays([out["patch_id"], np.full(len(out), rank)])
         for f in NEIGHBOUR_FIELDS:
-            idx = pd.MultiIndex.from_arrays([out["patch_id"], np.full(len(out), rank)])
-            out[f"nn{rank}_{f}"] = by[f].reindex(idx).to_numpy()
-    return out
+            cols[f"nn{rank}_{f}"] = by[f].reindex(idx).to_numpy()
+    return pd.concat([out, pd.DataFrame(cols, index=out.index)], axis=1)  # at once: no fragmented frame

@@ -28,7 +28,7 @@ from mitoprobe import embedder
 from mitoprobe.classifiers import metrics as M
 from mitoprobe.classifiers.derived import build as build_views
 from mitoprobe.classifiers.features import POOLINGS, Features, current_recipe_id, load_features
-from mitoprobe.classifiers.neighbours import DEFAULT_REFERENCE, _votes, _wide
+from mitoprobe.classifiers.neighbours import search as search_neighbours
 from mitoprobe.classifiers.predict import choose_family
 from mitoprobe.classifiers.protocol import PAPER_TRAIN, Protocol, load_protocol
 from mitoprobe.classifiers.refit import stored_predictions
@@ -41,7 +41,6 @@ from mitoprobe.classifiers.verdict import verdict as verdict_table
 from mitoprobe.store import Store, paths
 from mitoprobe.store.errors import ConfigError, DataError, ProtocolError, StoreError
 from mitoprobe.store.integrity import preflight
-from mitoprobe.store.schema import VOTE_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -245,89 +244,10 @@ class Workspace:
         return preds.assign(y=y.reindex(preds["patch_id"]).to_numpy())
 
     # -- similarity search -----------------------------------------------------------------------------
-    def search(self, model: str, queries, k: int = 10, *, reference: tuple[str, ...] | None = DEFAULT_REFERENCE,
-               exclude_same_slide: bool = False, exclude_same_dataset: bool = False, output: str | None = None,
-               long: bool = True, allow_stale: bool = False) -> pd.DataFrame:
-        """The k nearest stored patches of each of many queries, in one call (``mitoprobe search``).
-
-        ``queries``: a dataset name (each of its patches), a list of stored patch ids, or a 2-D array of raw
-        vectors of the set's ``output`` (uploads: no slide or dataset of their own). Neighbours are the
-        labelled patches of the ``reference`` datasets (None: every patch of the set), never the query
-        itself, optionally not from its slide or dataset. The dashboard's search (cosine distance between
-        vectors z-scored with the AMi-Br-train statistics): the set's LanceDB table opened once and the queries
-        searched in batches, filtered with array operations (``Searcher.nearest``: exact, whatever the batch).
-        ``long`` (the default): one row per (query, neighbour), ``query`` = the query's position in
-        ``queries``; else one row per query with its neighbours side by side (``nn<rank>_<field>``)."""
-        if not _is_count(k, 1):
-            raise ProtocolError(f"k={k!r}: ask for at least 1 neighbour")
-        st = self.store
-        eset = st.features.resolve(model, current_recipe_id(st, model), allow_stale)
-        output = output or next(iter(eset.outputs))
-        if output not in eset.outputs:
-            raise StoreError(f"set {model} has outputs {list(eset.outputs)}, not {output!r}")
-        meta = st.patches(columns=["patch_id", "dataset", "relpath", "slide", "label", "n_experts", *VOTE_COLUMNS])
-        qmeta, Q = _queries(st, eset, output, meta, queries)
-        if qmeta is None and (exclude_same_slide or exclude_same_dataset):
-            raise ProtocolError("query vectors have no slide or dataset of their own to exclude: pass stored patch "
-                                "ids (or a dataset) as queries, or drop exclude_same_slide / exclude_same_dataset")
-        ref = meta if reference is None else meta[meta["dataset"].isin(list(reference)) & meta["label"].notna()]
-        if ref.empty:
-            raise StoreError(f"no labelled reference patches in {list(reference)}; import the benchmark first")
-        ref = ref.set_index("patch_id")
-        same = []
-        if exclude_same_dataset:
-            same.append((qmeta["dataset"].tolist(), ref["dataset"]))
-        if exclude_same_slide:
-            same.append((_slide_keys(qmeta).tolist(), _slide_keys(ref)))
-        hits = st.features.searcher(eset, output).nearest(
-            Q, k, candidates=None if reference is None else ref.index, same=same,
-            query_ids=None if qmeta is None else qmeta["patch_id"])
-        nb = ref.reindex(hits["patch_id"])
-        q = hits["query"].to_numpy()
-        of_query = (lambda c: qmeta[c].to_numpy()[q]) if qmeta is not None else (lambda c: np.full(len(q), None))
-        tidy = pd.DataFrame({
-            "query": q, "query_patch_id": of_query("patch_id"), "query_relpath": of_query("relpath"),
-            "query_label": of_query("label"), "rank": hits["rank"].to_numpy(), "patch_id": hits["patch_id"].to_numpy(),
-            **{c: nb[c].to_numpy() for c in ("dataset", "relpath", "slide", "label")},
-            "votes_atypical": _votes(nb).to_numpy(), "n_experts": nb["n_experts"].to_numpy(),
-            "distance": hits["distance"].to_numpy(np.float64)})
-        base = dict(model=model, recipe_id=eset.recipe_id, output=output, standardized=True)
-        if long:
-            return tidy.assign(**base)
-        if qmeta is None:  # one row per query vector: its position stands in for a patch id
-            qmeta = pd.DataFrame({"patch_id": np.arange(len(Q)), **{c: None for c in ("dataset", "relpath", "slide",
-                                                                                       "label")}})
-            return _wide(qmeta, tidy.assign(query_patch_id=q), k).rename(columns={"patch_id": "query"}).assign(**base)
-        return _wide(qmeta, tidy, k).assign(**base)
-
-
-def _queries(store: Store, eset, output: str, meta: pd.DataFrame, queries) -> tuple[pd.DataFrame | None, np.ndarray]:
-    """``Workspace.search``'s queries: (their patch metadata, their raw vectors); metadata None for vectors."""
-    if isinstance(queries, np.ndarray) and queries.dtype.kind in "fiu":
-        Q = np.atleast_2d(queries).astype(np.float32)
-        if Q.ndim != 2 or Q.shape[1] != eset.outputs[output]:
-            raise DataError(f"query vectors of shape {queries.shape}: set {eset.name}'s output {output} has "
-                            f"{eset.outputs[output]} dimensions (one row per query)")
-        return None, Q
-    if isinstance(queries, str):
-        qmeta = meta[meta["dataset"] == queries]
-        if qmeta.empty:
-            raise StoreError(f"no patches of dataset {queries!r} in the store (datasets: "
-                             f"{sorted(meta['dataset'].unique())})")
-    else:
-        ids = [str(p) for p in queries]
-        qmeta = meta.set_index("patch_id").reindex(ids).reset_index()
-        unknown = qmeta.loc[qmeta["dataset"].isna(), "patch_id"].tolist()
-        if unknown:
-            raise StoreError(f"{len(unknown)} query patch id(s) are not stored (e.g. {unknown[0]!r})")
-    qmeta = qmeta.reset_index(drop=True)
-    return qmeta, store.features.vectors(eset, qmeta["patch_id"].tolist(), output)
-
-
-def _slide_keys(meta: pd.DataFrame) -> pd.Series:
-    """Each patch's slide as a key unique across datasets (missing when its slide is not recorded)."""
-    key = meta["dataset"].astype(str) + "\x1f" + meta["slide"].astype("string")
-    return key.where(meta["slide"].notna(), None).astype(object)
+    def search(self, model: str, queries, k: int = 10, **kwargs) -> pd.DataFrame:
+        """The k nearest stored patches of each of many queries, in one call (``mitoprobe search``; kwargs and
+        the rules as ``classifiers.neighbours.search``: the set's LanceDB table opened once, batched)."""
+        return search_neighbours(self.store, model, queries, k, **kwargs)
 
 
 def _is_count(v, minimum: int) -> bool:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mitoprobe.classifiers.neighbours import nearest_labelled
+from mitoprobe.classifiers.neighbours import search
 from mitoprobe.classifiers.predict import predict_dataset
 from mitoprobe.classifiers.protocol import TEST_SETS, available_test_sets, load_protocol
 from mitoprobe.classifiers.refit import refit_family
@@ -135,7 +135,7 @@ def test_predict_refuses_what_it_cannot_answer(benchmark_store):
 def test_search_gives_k_labelled_reference_neighbours_per_patch(benchmark_store, tmp_path):
     st = benchmark_store
     add_cohort(st, tmp_path)
-    wide = nearest_labelled(st, "handcrafted", "MyLab", k=3)
+    wide = search(st, "handcrafted", "MyLab", k=3, long=False)
     assert len(wide) == 20 and wide["patch_id"].is_unique
     assert (wide["n_neighbours"] == 3).all()
     assert set(wide["nn1_dataset"]) == {"AMi-Br"}
@@ -145,12 +145,12 @@ def test_search_gives_k_labelled_reference_neighbours_per_patch(benchmark_store,
     # AMi-Br queries, excluding their own slide: no neighbour from it, and never the patch itself
     amibr = st.patches()
     amibr = amibr[amibr["dataset"] == "AMi-Br"].set_index("patch_id")
-    long = nearest_labelled(st, "handcrafted", "AMi-Br", k=4, exclude_same_slide=True, long=True)
+    long = search(st, "handcrafted", "AMi-Br", k=4, exclude_same_slide=True, long=True)
     assert (long["query_patch_id"] != long["patch_id"]).all()
     assert (amibr.loc[long["query_patch_id"], "slide"].to_numpy() != long["slide"].to_numpy()).all()
     assert long.groupby("query_patch_id").size().eq(4).all()
     # excluding the query's dataset when the reference is that dataset leaves nothing to return
-    none = nearest_labelled(st, "handcrafted", "AMi-Br", k=2, exclude_same_dataset=True, long=True)
+    none = search(st, "handcrafted", "AMi-Br", k=2, exclude_same_dataset=True, long=True)
     assert none.empty
 
 
@@ -179,7 +179,7 @@ def test_batched_search_equals_one_prefiltered_search_per_patch(benchmark_store,
     """The over-fetching batch path is a shortcut only: every answer equals the exact prefiltered query."""
     st = benchmark_store
     add_cohort(st, tmp_path)
-    long = nearest_labelled(st, "handcrafted", "AtNorM-Br", k=5, exclude_same_slide=True, long=True)
+    long = search(st, "handcrafted", "AtNorM-Br", k=5, exclude_same_slide=True, long=True)
     eset = st.features.resolve("handcrafted", long["recipe_id"].iloc[0])
     keys, X = st.features.read("handcrafted", eset.recipe_id, views=["none"])
     row = dict(zip(keys["patch_id"], range(len(keys))))
