@@ -18,29 +18,17 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_paper import tiny_vit
 from conftest import png_bytes
-from mitoprobe.embedder.recipes import Recipe, get_recipe, register
+from mitoprobe.embedder.recipes import get_recipe
 from mitoprobe.finetune import FinetuneConfig
 from mitoprobe.finetune import train as T
 from mitoprobe.finetune.augment import train_transform
 from mitoprobe.finetune.data import train_loader
-from mitoprobe.store.errors import RecipeError
 
 TINY = "vit_gpu_path_test.random"
 
-
-def _tiny_recipe() -> Recipe:
-    try:
-        return get_recipe(TINY)
-    except RecipeError:
-        return register(Recipe(
-            name=TINY, family="test", arch="vit_tiny_patch16_224",
-            kwargs=(("img_size", 32), ("patch_size", 8), ("embed_dim", 32), ("depth", 2), ("num_heads", 2),
-                    ("num_classes", 0)),
-            input_size=32, resize=32, outputs=(("cls", 32), ("mean", 32)), note="tiny test ViT"))
-
-
-_tiny_recipe()
+tiny_vit(TINY)  # registered at import: every test here builds it
 
 
 @pytest.fixture(scope="module")

@@ -12,31 +12,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tiny_paper import tiny_vit
 from conftest import make_six_slide_store
 from mitoprobe.finetune import FinetuneConfig, finetune, parse_folds
 from mitoprobe.finetune.job import check_device
 from mitoprobe.finetune.model import build_classifier, load_weights, parameter_counts
 from mitoprobe.finetune.train import DONE_FILE, MODEL_FILE, STATE_FILE, Runtime, predict_proba
-from mitoprobe.embedder.recipes import Recipe, get_recipe, register
+from mitoprobe.embedder.recipes import get_recipe
 from mitoprobe.store import Store
-from mitoprobe.store.errors import FinetuneError, ProtocolError, RecipeError
+from mitoprobe.store.errors import FinetuneError, ProtocolError
 
 TINY = "vit_ft_test.random"
 FAST = dict(max_epochs=2, max_steps=2, batch_size=4)
 
+tiny_vit(TINY)  # registered at import: every test here builds it
 
-def _tiny_recipe() -> Recipe:
-    try:
-        return get_recipe(TINY)
-    except RecipeError:
-        return register(Recipe(
-            name=TINY, family="test", arch="vit_tiny_patch16_224",
-            kwargs=(("img_size", 32), ("patch_size", 8), ("embed_dim", 32), ("depth", 2), ("num_heads", 2),
-                    ("num_classes", 0)),
-            input_size=32, resize=32, outputs=(("cls", 32), ("mean", 32)), note="tiny test ViT"))
-
-
-_tiny_recipe()  # registered at import: every test here builds it
 
 @pytest.fixture(scope="module")
 def ft_store(tmp_path_factory) -> Store:
