@@ -124,8 +124,10 @@ def test_main_job_with_a_stub_embedder(synth, monkeypatch):
                                      patches_per_s=0.0)
 
     monkeypatch.setattr(embedder, "embed", fake_embed)
+    views = []  # the derived views of what was embedded are made too (their own tests: test_derived_views.py)
+    monkeypatch.setattr("mitoprobe.api.build_views", lambda store, recipe_id, **kw: views.append(recipe_id))
     timings = run_main_job(synth.root, models=("synth",), heads=["simpleshot"])
-    assert calls == [("synth", "none")]
+    assert calls == [("synth", "none")] and views == ["x"]
     assert set(timings) == {"import", "embed synth", "probe synth"}
 
 
