@@ -28,8 +28,10 @@ CHUNK_BYTES = 96 << 20
 TRAIN_CACHE_BYTES = 2 * CHUNK_BYTES
 # Decoded bytes kept in memory at most, each: batch augmentation's uint8 training pixels (``training_pixels``;
 # the benchmark's 2,315 training patches at 107 px: ~80 MB) and the held-out part's float inputs
-# (``train.decode_for_eval``). Above it they are decoded per batch from the stored PNGs instead.
-DECODED_BUDGET = 1 << 30
+# (``train.decode_for_eval``; the benchmark's ~580 at 64 px: ~28 MB). Above it they are decoded per batch from
+# the stored PNGs instead, every epoch: slower on a CPU without workers, but a fold's memory stops growing
+# with the cohort (a 10^5-patch cohort's 80,000 training patches would take 2.7 GB decoded).
+DECODED_BUDGET = 256 << 20
 
 
 class StoredPatches:
@@ -92,11 +94,24 @@ class StoredPngs:
         png = self._cache.get(j)
         if png is None:
             png = self._read(j)
+            self._cache[j] = png
+            while len(self._cache) > 1 and sum(a.nbytes for a in self._cache.values()) > self.cache_bytes:
+                self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(j)
         return png[int(self.slot[i])].as_py()
 
+    def in_storage_order(self):
+        """``(position, PNG bytes)`` of every position, each row group read once; nothing is cached."""
+        order = self.storage_order()
+        ends = np.cumsum(np.bincount(self.group_of, minlength=len(self.first) - 1))
+        for j, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
+            png = self._read(j)
+            for i in order[start:end]:
+                yield int(i), png[int(self.slot[i])].as_py()
+
     def _read(self, j: int):
+        """Row group ``j``'s needed PNGs, checked against the ids they were located as."""
         import pyarrow as pa
 
         path, g = self.paths[self.group_part[j]], int(self.group_num[j])
@@ -104,11 +119,7 @@ class StoredPngs:
         if t["patch_id"].to_pylist() != list(self.slot_id[self.first[j]:self.first[j + 1]]):
             raise FinetuneError(f"{path}: row group {g} no longer holds the patches it held when the fold started "
                                 "(the patches table changed under the run); run the command again: the fold resumes")
-        png = t["png"].combine_chunks()
-        self._cache[j] = png
-        while len(self._cache) > 1 and sum(a.nbytes for a in self._cache.values()) > self.cache_bytes:
-            self._cache.popitem(last=False)
-        return png
+        return t["png"].combine_chunks()
 
     def storage_order(self) -> np.ndarray:
         """Positions by part, row group and row: every row group read once, in turn."""
@@ -132,6 +143,11 @@ class StoredPngs:
 def storage_order(pngs) -> np.ndarray:
     """The order to read ``pngs`` in: storage order for :class:`StoredPngs`, else as given."""
     return pngs.storage_order() if isinstance(pngs, StoredPngs) else np.arange(len(pngs))
+
+
+def iter_pngs(pngs):
+    """``(position, PNG bytes)`` of every patch of ``pngs`` in :func:`storage_order`, caching nothing."""
+    return pngs.in_storage_order() if isinstance(pngs, StoredPngs) else enumerate(pngs)
 
 
 def by_chunk(positions, pngs, seed: int) -> np.ndarray | None:
@@ -262,8 +278,8 @@ def stack_pixels(pngs, geometry=None):
     import torch
 
     out = None
-    for i in storage_order(pngs):
-        a = _pixels(pngs[i], geometry)
+    for i, png in iter_pngs(pngs):
+        a = _pixels(png, geometry)
         if out is None:
             out = np.empty((len(pngs), *a.shape), np.uint8)
         _one_size({out.shape[1:], a.shape})

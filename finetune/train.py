@@ -55,8 +55,8 @@ from mitoprobe.embedder.transforms import decode_png
 
 from .augment import batch_augment, train_transform
 from .config import TTAS, FinetuneConfig
-from .data import (TRAIN_CACHE_BYTES, StoredPatches, eval_loader, in_budget, storage_order, tensor_batches,
-                   train_loader, training_pixels)
+from .data import (TRAIN_CACHE_BYTES, StoredPatches, eval_loader, in_budget, iter_pngs, storage_order,
+                   tensor_batches, train_loader, training_pixels)
 from .model import build_classifier, load_weights, parameter_counts, save_weights
 from .precision import autocast, cpu_capability, evaluation_precision, training_precision
 
@@ -206,8 +206,8 @@ def decode_for_eval(pngs, transform):
     import torch
 
     out = None
-    for i in storage_order(pngs):
-        x = transform(decode_png(pngs[i]))
+    for i, png in iter_pngs(pngs):
+        x = transform(decode_png(png))
         if out is None:
             if not in_budget(len(pngs), x.nbytes):
                 return None

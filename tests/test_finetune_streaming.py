@@ -118,6 +118,10 @@ def test_stored_pngs_read_by_row_group_and_cache_within_budget(store, monkeypatc
     assert [pngs[i] for i in pngs.storage_order()] == [want[ids[order[i]]] for i in pngs.storage_order()]
     assert len(reads) == 3 == len(set(reads)) and len(pngs._cache) == 1  # storage order: each group once
     assert [pngs[i] for i in range(len(ids))] == [want[ids[i]] for i in order]  # any order: the same bytes
+    fresh = D.StoredPatches(store.patch_parts, ids).pngs([ids[i] for i in order], cache_bytes=10**9)
+    reads.clear()
+    assert dict(fresh.in_storage_order()) == {i: want[ids[order[i]]] for i in range(len(ids))}
+    assert len(reads) == 3 and not fresh._cache  # what decodes a whole set once: each group once, nothing kept
     big = D.StoredPatches(store.patch_parts, ids).pngs(ids, cache_bytes=10**9)
     reads.clear()
     for _ in range(2):
@@ -247,6 +251,18 @@ def test_chunked_epochs_keep_the_draws_read_each_group_once_and_ignore_workers(s
     recs = [T.train_fold(cfg, _fold(store, "MyLab"), tmp_path / f"w{w}", T.Runtime(progress=False, num_workers=w))
             for w in (0, 2)]
     _same_fold(recs[0], recs[1], tmp_path / "w0", tmp_path / "w2")
+
+
+def test_the_training_cache_budget_changes_reads_not_results(store, tmp_path, monkeypatch):
+    cfg = _cfg(max_epochs=1, max_steps=4)
+    reads = _reads(monkeypatch)
+    ref = T.train_fold(cfg, _fold(store, "MyLab"), tmp_path / "cached", T.Runtime(progress=False))
+    cached = len(reads)
+    monkeypatch.setattr(T, "TRAIN_CACHE_BYTES", 0)  # one row group at a time: random draws read again
+    reads.clear()
+    got = T.train_fold(cfg, _fold(store, "MyLab"), tmp_path / "uncached", T.Runtime(progress=False))
+    assert len(reads) > cached
+    _same_fold(ref, got, tmp_path / "cached", tmp_path / "uncached")
 
 
 def test_a_labs_cohort_with_unlabelled_patches_trains_and_is_scored(store, tmp_path):
