@@ -25,7 +25,7 @@ import torch
 
 from conftest import make_six_slide_store
 from mitoprobe.classifiers.protocol import load_protocol
-from mitoprobe.embedder.recipes import Recipe, get_recipe, register
+from mitoprobe.embedder.recipes import get_recipe
 from mitoprobe.finetune import FinetuneConfig
 from mitoprobe.finetune import data as D
 from mitoprobe.finetune import train as T
@@ -33,23 +33,10 @@ from mitoprobe.finetune.job import fold_images
 from mitoprobe.store import Store
 from mitoprobe.store import patch_parts as PP
 from mitoprobe.store.cohort_example import write_example_cohort
-from mitoprobe.store.errors import FinetuneError, RecipeError
+from mitoprobe.store.errors import FinetuneError
+from tiny_paper import tiny_vit
 
-TINY = "vit_stream_test.random"
-
-
-def _tiny_recipe() -> Recipe:
-    try:
-        return get_recipe(TINY)
-    except RecipeError:
-        return register(Recipe(
-            name=TINY, family="test", arch="vit_tiny_patch16_224",
-            kwargs=(("img_size", 32), ("patch_size", 8), ("embed_dim", 32), ("depth", 2), ("num_heads", 2),
-                    ("num_classes", 0)),
-            input_size=32, resize=32, outputs=(("cls", 32), ("mean", 32)), note="tiny test ViT"))
-
-
-_tiny_recipe()
+TINY = tiny_vit("vit_stream_test.random").name
 
 
 @pytest.fixture(scope="module")
