@@ -9,6 +9,7 @@ weight; checkpoints then hold the adapters and the head only.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from mitoprobe import embedder
@@ -81,12 +82,17 @@ def add_lora(backbone, cfg: FinetuneConfig):
 
 def build_classifier(cfg: FinetuneConfig, weights=None, overrides: dict | None = None, *,
                      hf_token_env: str = "HF_TOKEN", trust_pickle: bool = False):
-    """The untrained classifier for ``cfg`` (base weights per the recipe) and its recipe."""
+    """The untrained classifier for ``cfg`` (base weights per the recipe) and its recipe.
+
+    A network trained from scratch (a ``random``-weight recipe, no weights file) starts from the recipe's seed
+    plus ``cfg.seed``, so another run seed changes the whole network's start, not only the head's (seed 0 is the
+    recipe's own initialisation, as before seeds reached the backbone)."""
     torch = _torch()
     recipe = embedder.get_recipe(cfg.model)
     if recipe.arch == "handcrafted":
         raise FinetuneError("handcrafted features have no network to fine-tune")
-    features, _ = embedder.build(recipe, weights, overrides=overrides, hf_token_env=hf_token_env,
+    init = replace(recipe, seed=recipe.seed + cfg.seed) if recipe.weights == "random" and weights is None else recipe
+    features, _ = embedder.build(init, weights, overrides=overrides, hf_token_env=hf_token_env,
                                  trust_pickle=trust_pickle)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the adapters' and the head's initial weights

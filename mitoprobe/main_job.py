@@ -57,9 +57,11 @@ def check_run_arguments(st: Store, models: tuple[str, ...], heads: list[str] | N
 
 
 def run_main_job(store_path: Path | None = None, data_dir: Path | None = None, models: tuple[str, ...] | None = None,
-                 heads: list[str] | None = None, views: str = "none", fmt: str = "table") -> dict[str, float]:
+                 heads: list[str] | None = None, views: str = "none", fmt: str = "table",
+                 seed: int = 0) -> dict[str, float]:
     """Run every stage; each is incremental (import is skipped when patches exist, embedding
-    resumes, identical probe configurations are skipped). Returns seconds per stage.
+    resumes, identical probe configurations are skipped). Returns seconds per stage. ``seed`` seeds the
+    probes (``fmt="none"``: print no leaderboard, e.g. a run whose test numbers must not be seen yet).
 
     ``data_dir`` on a store that already holds patches must hold the same data (else StoreError)."""
     timings: dict[str, float] = {}
@@ -79,7 +81,7 @@ def run_main_job(store_path: Path | None = None, data_dir: Path | None = None, m
         timings[f"embed {model}"] = time.perf_counter() - t
         click.echo(f"embedded {model}: {s.rows_written} new rows of {s.rows_total} in {s.seconds:.0f} s")
         t = time.perf_counter()
-        ws.probe(model, specs, tta=views != "none", progress=True)
+        ws.probe(model, specs, tta=views != "none", seed=seed, progress=True)
         timings[f"probe {model}"] = time.perf_counter() - t
     if fmt != "none":
         print_report(st, fmt)
@@ -106,10 +108,12 @@ def fusion_specs(members: tuple[str, ...], cnn_family: str, run_key: str) -> lis
 
 
 def run_offline_full(store_path: Path | None = None, folds: str | None = None, heads=FULL_HEADS,
-                     num_workers: int = 1, config=None, fusions=FUSIONS) -> dict[str, float]:
+                     num_workers: int = 1, config=None, fusions=FUSIONS, seed: int = 0) -> dict[str, float]:
     """The morphology set, the offline preset (or ``config``): fine-tune 5 folds, embed with each fold's
     checkpoint, probe, fuse. Returns seconds per stage. Needs the handcrafted set (``run_main_job`` makes
-    it first); fusions need all five folds (skipped when ``folds`` names fewer)."""
+    it first); fusions need all five folds (skipped when ``folds`` names fewer). ``seed`` seeds the whole
+    preset: the network's initialisation and draws (unless ``config`` is given), every probe and the
+    fusions' bootstrap."""
     timings: dict[str, float] = {}
     ws = open_workspace(store_path)
     st = ws.store
@@ -117,10 +121,10 @@ def run_offline_full(store_path: Path | None = None, folds: str | None = None, h
     ws.embed(MORPHOLOGY, num_workers=num_workers, progress=True)
     timings[f"embed {MORPHOLOGY}"] = time.perf_counter() - t
     t = time.perf_counter()
-    ws.probe(MORPHOLOGY, list(heads), progress=True)
+    ws.probe(MORPHOLOGY, list(heads), seed=seed, progress=True)
     timings[f"probe {MORPHOLOGY}"] = time.perf_counter() - t
     t = time.perf_counter()
-    s = finetune(st, config or FinetuneConfig.preset("offline"), folds, num_workers=num_workers)
+    s = finetune(st, config or FinetuneConfig.preset("offline", seed=seed), folds, num_workers=num_workers)
     timings["finetune offline (5 folds)"] = time.perf_counter() - t
     click.echo(f"fine-tuned run {s.run_key[:8]}: folds {s.folds_done}")
     t = time.perf_counter()
@@ -129,13 +133,13 @@ def run_offline_full(store_path: Path | None = None, folds: str | None = None, h
     timings["embed fold checkpoints"] = time.perf_counter() - t
     t = time.perf_counter()
     for name in names:
-        ws.probe(name, list(heads), progress=True)
-        ws.probe(f"{name}+handcrafted", list(heads), progress=True)
+        ws.probe(name, list(heads), seed=seed, progress=True)
+        ws.probe(f"{name}+handcrafted", list(heads), seed=seed, progress=True)
     timings["probe fold checkpoints"] = time.perf_counter() - t
     if s.ensemble:
         t = time.perf_counter()
         for rule, members in fusions:
-            fuse(st, fusion_specs(members, s.family_id, s.run_key), rule=rule)
+            fuse(st, fusion_specs(members, s.family_id, s.run_key), rule=rule, seed=seed)
         timings["fuse"] = time.perf_counter() - t
     return timings
 

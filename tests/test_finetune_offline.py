@@ -52,6 +52,20 @@ def test_offline_preset_is_a_small_cnn_with_its_settings():
     assert "ema" not in FinetuneConfig.paper("virchow2.hf").to_dict() and "ema" in cfg.with_(ema=0.9).to_dict()
 
 
+def test_a_run_seed_changes_a_from_scratch_networks_start_and_seed_0_keeps_the_recipes():
+    """``run --full --seed N`` measures the seed spread only if the seed reaches the backbone's random init."""
+    from mitoprobe import embedder
+
+    def first_conv(seed):
+        model, _ = build_classifier(FinetuneConfig.preset("offline", seed=seed))
+        return next(p for n, p in model.named_parameters() if n.endswith("weight")).detach().clone()
+
+    recipe_init, _ = embedder.build("offline_cnn64.random")
+    own = next(p for n, p in recipe_init.backbone.named_parameters() if n.endswith("weight"))
+    assert torch.equal(first_conv(0), own)  # seed 0: the recipe's own start, as every earlier run
+    assert not torch.equal(first_conv(1), own) and torch.equal(first_conv(1), first_conv(1))
+
+
 def test_offline_preset_trains_on_the_tiny_store(bench, tmp_path):
     st = _store_copy(bench, tmp_path, "train")
     cfg = FinetuneConfig.preset("offline", **FAST, ema=0.9, mixup=0.2)
@@ -136,7 +150,7 @@ def test_run_full_offline_probes_fold_vectors_alone_and_with_handcrafted(bench, 
     st = _store_copy(bench, tmp_path, "full")
     embedder.embed(st, "handcrafted", device="cpu", num_workers=0, progress=False)
     cfg = FinetuneConfig.preset("offline", max_epochs=2, max_steps=1, batch_size=8)
-    timings = run_offline_full(st.root, folds="0", heads=("logreg",), num_workers=0, config=cfg)
+    timings = run_offline_full(st.root, folds="0", heads=("logreg",), num_workers=0, config=cfg, seed=3)
     # one fold: no fold ensemble, so no fusion (fusions need every fold)
     assert set(timings) == {"embed morphology", "probe morphology", "finetune offline (5 folds)",
                             "embed fold checkpoints", "probe fold checkpoints"}
@@ -146,6 +160,7 @@ def test_run_full_offline_probes_fold_vectors_alone_and_with_handcrafted(bench, 
     names = set(probed["model"])
     assert len(names) == 2 and any(n.endswith("+handcrafted") for n in names)
     assert set(probed["fold"]) == {0}  # fold-0 vectors: fold 0 only, no ensemble
+    assert set(runs.loc[runs["family"] == "probe", "seed"]) == {3}  # --seed reaches every probe
     both = load_features(st, next(n for n in names if n.endswith("+handcrafted")))
     alone = load_features(st, next(n for n in names if not n.endswith("+handcrafted")))
     assert both.X.shape[1] == alone.X.shape[1] + 57 and both.only_fold == 0
