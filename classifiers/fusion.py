@@ -15,8 +15,9 @@ trained on the other four folds only):
   *other* folds' held-out patches (labels of fold k's training side only), applied to fold k's held-out
   part and to the test sets.
 
-Then fold k's threshold is chosen on its fused held-out probabilities with the members' rule
-(``scoring.decision_threshold``), the fold ensemble (``fold = -1``) as for any family
+Then fold k's threshold is chosen on the fused held-out probabilities under a threshold rule
+(``classifiers.thresholds``: by default ``val_youden``, fold k's own held-out part, as for the members; the
+pooled rules read every fold's held-out part), the fold ensemble (``fold = -1``) as for any family
 (``scoring.fold_ensemble``, threshold on the fused out-of-fold probabilities), and the test sets are
 scored the one way (``scoring.score_test_set``). The fused family is written to ``runs``/``predictions``
 (``family = "fusion"``, ``head`` = the rule) with its members' family ids in its config and options.
@@ -45,7 +46,8 @@ from . import metrics as M
 from . import runs as R
 from .labels import check_name, without_name
 from .protocol import Protocol, load_protocol
-from .scoring import ENSEMBLE_RULE, decision_threshold, fold_ensemble, heldout_frame, prediction_frame, score_test_set
+from .scoring import ENSEMBLE_RULE, fold_ensemble, heldout_frame, prediction_frame, score_test_set
+from .thresholds import check_rule, ensemble_threshold, fold_thresholds
 
 FAMILY = "fusion"
 RULES = {
@@ -182,13 +184,14 @@ def fuse_probabilities(members: list[MemberProba], proto: Protocol, rule: str = 
         val = folds == k
         fit = ~val  # the other folds' held-out rows: fold k's training side
         comb = Combiner(rule, oof_all[fit], y[fit]) if rule == "stack" else Combiner(rule)
-        p_val = comb(oof_all[val])
-        thr = decision_threshold(threshold_rule, y[val], p_val)
-        out.oof[val] = p_val
-        out.thresholds[k], out.weights[k] = float(thr), None if comb.weights is None else [comb.bias, *comb.weights]
-        out.val_auroc[k] = M.auroc(y[val], p_val)
-        out.val_balanced_accuracy[k] = M.balanced_accuracy(y[val], M.predict(p_val, thr))
+        out.oof[val] = comb(oof_all[val])
+        out.weights[k] = None if comb.weights is None else [comb.bias, *comb.weights]
         out.test[k] = {name: comb(np.column_stack([m.test[k][name] for m in members])) for name in proto.tests}
+    out.thresholds = fold_thresholds(threshold_rule, y, out.oof, folds)  # after every fold: pooled rules read all
+    for k, thr in out.thresholds.items():
+        val = folds == k
+        out.val_auroc[k] = M.auroc(y[val], out.oof[val])
+        out.val_balanced_accuracy[k] = M.balanced_accuracy(y[val], M.predict(out.oof[val], thr))
     return out
 
 
@@ -202,13 +205,16 @@ def test_sets_of(runs: pd.DataFrame, family_ids) -> list[str]:
 
 
 def fuse(store, specs: list[str], rule: str = "mean", n_boot: int = M.N_BOOTSTRAP, seed: int = 0,
-         protocol: Protocol | None = None, name: str | None = None) -> pd.DataFrame | None:
+         protocol: Protocol | None = None, name: str | None = None,
+         threshold_rule: str = THRESHOLD_RULE) -> pd.DataFrame | None:
     """Fuse the families named by ``specs`` (two or more) and append the fused family; returns its run rows,
     or None when that exact fusion is already stored. ``name``: the label tables show for it (kept in the
-    rows' options, outside the family id; ``classifiers.labels``)."""
+    rows' options, outside the family id; ``classifiers.labels``). ``threshold_rule``: ``thresholds.RULES``
+    (it enters the family id, so each rule is its own family)."""
     name = check_name(name)
     if rule not in RULES:
         raise ProtocolError(f"unknown fusion rule {rule!r}; choose from {sorted(RULES)}")
+    check_rule(threshold_rule)
     preflight(store, results=True, folds=True)  # a damaged store: refused before anything is read or written
     runs = store.results.read("runs")
     if runs.empty:
@@ -218,7 +224,7 @@ def fuse(store, specs: list[str], rule: str = "mean", n_boot: int = M.N_BOOTSTRA
         raise ProtocolError("fusion needs at least two different members")
     all_ids = [f for m in members for f in m.family_ids]
     proto = protocol or load_protocol(store, test_sets_of(runs, all_ids))
-    config = dict(family=FAMILY, rule=rule, rule_text=RULES[rule], threshold_rule=THRESHOLD_RULE,
+    config = dict(family=FAMILY, rule=rule, rule_text=RULES[rule], threshold_rule=threshold_rule,
                   members=[dict(label=m.label, family_ids=list(m.family_ids)) for m in members],
                   code_version=R.code_version(), test_sets=sorted(proto.tests), n_boot=n_boot)
     fam = R.family_id(config)
@@ -233,13 +239,15 @@ def _fuse(store, runs: pd.DataFrame, members: list, all_ids: list[str], proto: P
     preds = store.results.read("predictions")
     preds = preds.assign(split=preds["split"].fillna("test")) if "split" in preds else preds.assign(split="test")
     probas = [member_proba(preds, _fold_runs(runs, m, proto.n_folds), proto, m.label) for m in members]
-    fused = fuse_probabilities(probas, proto, rule)
+    thr_rule = config["threshold_rule"]
+    fused = fuse_probabilities(probas, proto, rule, thr_rule)
     model = f"fusion({', '.join(m.label for m in members)})"
     recipe_id = config_hash({"fusion": sorted(all_ids)})
-    options = dict(members=[m.label for m in members], **({"name": name} if name else {}))
+    options = dict(members=[m.label for m in members], **({"name": name} if name else {}),
+                   **({"threshold": thr_rule} if thr_rule != THRESHOLD_RULE else {}))
     base = dict(family_id=fam, family=FAMILY, model=model, recipe_id=recipe_id, head=rule,
                 options=canonical_json(options), code_version=config["code_version"], seed=seed, repeat=0,
-                threshold_rule=THRESHOLD_RULE, fit_seconds=0.0, predict_seconds=0.0)
+                threshold_rule=thr_rule, fit_seconds=0.0, predict_seconds=0.0)
     train_ids = proto.train["patch_id"].to_numpy()
     folds = proto.train["fold"].to_numpy()
     rows, frames = [], []
@@ -254,9 +262,9 @@ def _fuse(store, runs: pd.DataFrame, members: list, all_ids: list[str], proto: P
                              val_balanced_accuracy=fused.val_balanced_accuracy[k], n_train=int((folds != k).sum()),
                              **score_test_set(ts, p, fused.thresholds[k], n_boot, seed)))
             frames.append(prediction_frame(rid, ts, k, p, fused.thresholds[k]))
-    ens = fold_ensemble(proto.train["y"].to_numpy(), fused.oof,
-                        {name: [fused.test[k][name] for k in range(proto.n_folds)] for name in proto.tests},
-                        THRESHOLD_RULE)
+    y = proto.train["y"].to_numpy()
+    ens = fold_ensemble(y, fused.oof, {name: [fused.test[k][name] for k in range(proto.n_folds)] for name in proto.tests},
+                        threshold=ensemble_threshold(thr_rule, y, fused.oof, folds))
     rid = R.run_id(fam, -1, 0)
     cfg = canonical_json(dict(config, fold=-1, ensemble=ENSEMBLE_RULE))
     for name, ts in proto.tests.items():

@@ -104,8 +104,9 @@ def given_name(row) -> str | None:
 
 
 def _fusion_label(row) -> str:
-    rule = _get(row, "head") or "fusion"
-    members = _json(_get(row, "options")).get("members") or []
+    options = _json(_get(row, "options"))
+    rule = (_get(row, "head") or "fusion") + (f"@{options['threshold']}" if options.get("threshold") else "")
+    members = options.get("members") or []
     text = f"fuse:{rule}({'+'.join(map(str, members))})"
     if members and len(text) <= MAX_FUSION_TEXT:
         return text

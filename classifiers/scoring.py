@@ -22,11 +22,10 @@ from mitoprobe.store.schema import HELDOUT_SET
 
 from . import metrics as M
 from .protocol import TestSet
+from .thresholds import PER_FOLD
+from .thresholds import RULES as THRESHOLDS
 
-THRESHOLD_RULES = {
-    "val_youden": "maximise balanced accuracy on the fold's held-out part (ensemble: on out-of-fold probabilities)",
-    "fixed_0.5": "fixed at 0.5 (the paper's)",
-}
+THRESHOLD_RULES = {rule: THRESHOLDS[rule] for rule in PER_FOLD}  # the rules that need one fold's held-out part
 ENSEMBLE_RULE = "mean of the fold models' probabilities"
 
 
@@ -36,7 +35,8 @@ def decision_threshold(rule: str, y_heldout: np.ndarray, p_heldout: np.ndarray) 
         return 0.5
     if rule == "val_youden":
         return float(M.best_threshold(y_heldout, p_heldout))
-    raise ProtocolError(f"unknown threshold rule {rule!r}; choose from {sorted(THRESHOLD_RULES)}")
+    raise ProtocolError(f"threshold rule {rule!r} is not a per-fold rule (one of {sorted(THRESHOLD_RULES)}); the "
+                        "rules that pool folds (classifiers.thresholds) are chosen once every fold is scored")
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,15 @@ class Ensemble:
 
 
 def fold_ensemble(y_train: np.ndarray, oof: np.ndarray, fold_probs: dict[str, list[np.ndarray]],
-                  threshold_rule: str) -> Ensemble:
+                  threshold_rule: str = "val_youden", threshold: float | None = None) -> Ensemble:
     """Average each test set's fold-model probabilities; choose the threshold on ``oof`` (each training
-    patch's probability from the fold model that held it out)."""
+    patch's probability from the fold model that held it out), or take ``threshold`` (chosen by the caller on
+    the same out-of-fold probabilities: ``thresholds.ensemble_threshold``)."""
     y = np.asarray(y_train).astype(np.int64)
     if np.isnan(oof).any():
         raise ProtocolError(f"fold ensemble needs an out-of-fold probability for every training patch; "
                             f"{int(np.isnan(oof).sum())} are missing (not every fold finished)")
-    thr = decision_threshold(threshold_rule, y, oof)
+    thr = decision_threshold(threshold_rule, y, oof) if threshold is None else float(threshold)
     return Ensemble(proba={name: np.mean(ps, axis=0) for name, ps in fold_probs.items()}, threshold=thr,
                     val_auroc=M.auroc(y, oof), val_balanced_accuracy=M.balanced_accuracy(y, M.predict(oof, thr)),
                     n_train=len(y))

@@ -101,6 +101,10 @@ FUSIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# How the fusions choose each fold's threshold (``classifiers.thresholds``; round 5's rules decide it).
+FUSION_THRESHOLD_RULE = "val_youden"
+
+
 def fusion_specs(members: tuple[str, ...], cnn_family: str, run_key: str) -> list[str]:
     """``FUSIONS`` member names -> ``classifiers.fusion`` specs for this fine-tuning run."""
     alias = {"cnn": cnn_family, "folds+hc:lgbm": f"{pooled_set_name(run_key)}+handcrafted:lgbm"}
@@ -139,7 +143,8 @@ def run_offline_full(store_path: Path | None = None, folds: str | None = None, h
     if s.ensemble:
         t = time.perf_counter()
         for rule, members in fusions:
-            fuse(st, fusion_specs(members, s.family_id, s.run_key), rule=rule, seed=seed)
+            fuse(st, fusion_specs(members, s.family_id, s.run_key), rule=rule, seed=seed,
+                 threshold_rule=FUSION_THRESHOLD_RULE)
         timings["fuse"] = time.perf_counter() - t
     return timings
 

@@ -9,6 +9,7 @@ import click
 import mitoprobe
 from mitoprobe.classifiers.fusion import RULES, fuse, rank_by_heldout, resolve_member
 from mitoprobe.classifiers.labels import MAX_NAME, family_label, family_labels, label_of
+from mitoprobe.classifiers.thresholds import RULES as THRESHOLD_RULES
 from mitoprobe.display import print_frame
 
 from .options import STORE_OPTION
@@ -19,13 +20,17 @@ from .options import STORE_OPTION
               help="A family to fuse (repeat, >= 2): MODEL:HEAD (ft-<run>-folds:HEAD pools the fold sets) or a family id.")
 @click.option("--rule", type=click.Choice(sorted(RULES)), default="mean", show_default=True,
               help="mean: average the probabilities; stack: logistic regression on out-of-fold probabilities.")
+@click.option("--threshold-rule", type=click.Choice(list(THRESHOLD_RULES)), default="val_youden", show_default=True,
+              help="How each fold's threshold is chosen on held-out probabilities: " + "; ".join(
+                  f"{k}: {v}" for k, v in THRESHOLD_RULES.items()) + ".")
 @click.option("--name", default=None, metavar="LABEL",
               help=f"A short label for the fused family in the report, --compare, predict and the dashboard (at most "
                    f"{MAX_NAME} characters; default: fuse:RULE(members)). Kept in the run's options: the family id "
                    "does not change.")
 @click.option("--rank", is_flag=True, help="Instead: list the families by fold-mean held-out AUROC (training data only).")
 @STORE_OPTION
-def fuse_cmd(members: tuple[str, ...], rule: str, name: str | None, rank: bool, store_path: Path | None) -> None:
+def fuse_cmd(members: tuple[str, ...], rule: str, threshold_rule: str, name: str | None, rank: bool,
+             store_path: Path | None) -> None:
     """Fuse two or more families from their stored fold predictions (no refit): fold k with fold k, each
     fold's threshold on its fused held-out part, the fold ensemble's on the fused out-of-fold probabilities.
 
@@ -42,7 +47,7 @@ def fuse_cmd(members: tuple[str, ...], rule: str, name: str | None, rank: bool, 
         return
     if len(members) < 2:
         raise click.UsageError("name at least two --member families (or pass --rank)")
-    rows = fuse(st, list(members), rule=rule, name=name)
+    rows = fuse(st, list(members), rule=rule, name=name, threshold_rule=threshold_rule)
     if rows is None:
         click.echo("this fusion is already stored (same members, rule and code version)"
                    + _stored_as(st, members, rule, name))
