@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from mitoprobe.classifiers.protocol import PAPER_TRAIN
 from mitoprobe.embedder.factory import preprocess
 from mitoprobe.paper.finetune import NORM_STATS, PaperEntry, paper_entry
 from mitoprobe.store.errors import FinetuneError
@@ -58,7 +59,8 @@ SUBTYPES = ("NMF prometaphase", "NMF metaphase", "NMF anaphase-telophase", "NMF 
             "AMF segregation", "AMF multipolar", "AMF bipolar assymetric", "AMF other")
 # Fields added after schema 1: left out of ``to_dict`` at their defaults, so older runs keep their keys.
 _LATER_FIELDS = ("optimizer", "schedule", "select_on", "ema", "mixup", "crop_from", "cpu_bf16", "batch_augment",
-                 "targets", "aux_subtypes", "train_crop", "eval_resize", "eval_interpolation", "precision", "eval_precision")
+                 "targets", "aux_subtypes", "train_crop", "eval_resize", "eval_interpolation", "precision", "eval_precision",
+                 "train_on")
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class FinetuneConfig:
     # where they differ) from the same features; 0 = off. Training patches only; predictions use the main head.
     aux_subtypes: float = 0.0
     cpu_bf16: bool = False  # allow bf16 autocast + channels-last on CPU where it is native (finetune.precision)
+    # the dataset whose split=train patches make the 5 slide-grouped folds (a lab's cohort; the paper: AMi-Br)
+    train_on: str = PAPER_TRAIN
     seed: int = 0
     schema_version: int = 1
 

@@ -292,7 +292,7 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
     run_dir = Path(out) if out else runs_root(st) / key
     conf_path = _check_run_dir(run_dir, key)
     preflight(st, results=True, folds=True)  # a damaged store: refused before the folds, run folder or results
-    proto = load_protocol(st)  # the first write a fine-tuning run may make (the store's folds, once)
+    proto = load_protocol(st, train_on=cfg.train_on)  # the first write a run may make (the store's folds, once)
     if proto.n_folds != N_FOLDS:
         want = parse_folds(folds, proto.n_folds)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -303,7 +303,8 @@ def finetune(store: Store | str | Path | None, cfg: FinetuneConfig, folds: str |
                         paper_entry=dict(key=entry.key, script=entry.script, repo=f"{PAPER_REPO}@{SCRIPTS_AT}"),
                         overrides=overrides, weights=str(weights) if weights else None,
                         threshold_rule=THRESHOLD_RULES[cfg.threshold], code_version=code_version(),
-                        protocol=dict(n_folds=N_FOLDS, fold_seed=FOLD_SEED, test_sets=sorted(proto.tests)),
+                        protocol=dict(n_folds=N_FOLDS, fold_seed=FOLD_SEED, test_sets=sorted(proto.tests),
+                                      train_on=cfg.train_on),
                         n_params=n_params, **({"name": display_name} if display_name else {})), conf_path)
     elif display_name and (given := json.loads(conf_path.read_text()).get("name")) != display_name:
         log.warning("run %s was started %s and keeps that label (--name names a new run only)", key[:8],

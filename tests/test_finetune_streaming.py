@@ -260,3 +260,30 @@ def test_a_labs_cohort_with_unlabelled_patches_trains_and_is_scored(store, tmp_p
     preds = T.read_predictions(tmp_path / "fold0")
     assert rec["n_train"] == len(data.train_ids) and set(preds.loc[preds["split"] == "val", "patch_id"]) == set(data.val_ids)
     assert preds["probability"].between(0, 1).all() and preds["patch_id"].isin(labelled).sum() == len(data.val_ids)
+
+
+def test_finetune_train_on_a_labs_cohort_is_its_own_run_with_the_cohorts_folds(store, tmp_path):
+    """``mitoprobe finetune --train-on MyLab``: the folds are the cohort's labelled split=train patches, the
+    run (and family) differs from the AMi-Br one, and the benchmark's test sets are scored."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mitoprobe.cli import cli
+    from mitoprobe.finetune import finetune
+
+    st = Store(shutil.copytree(store.root, tmp_path / "st"))
+    cfg = _cfg(train_on="MyLab")
+    assert cfg.options()["train_on"] == "MyLab" and "train_on" not in _cfg().to_dict()  # older runs keep their keys
+    s = finetune(st, cfg, "0", num_workers=0, progress=False, n_boot=5)
+    conf = json.loads((s.run_dir / "config.json").read_text())
+    assert conf["protocol"]["train_on"] == "MyLab" and conf["config"]["train_on"] == "MyLab"
+    runs = st.results.read("runs")
+    labelled = st.patches().query("dataset == 'MyLab' and y.notna()")
+    fold0 = load_protocol(st, train_on="MyLab").fold_data(0)
+    assert set(runs["n_train"]) == {len(fold0.train_idx)} and len(fold0.train_idx) < len(labelled)
+    assert set(runs["test_set"]) == set(load_protocol(st, train_on="MyLab").tests) != set()
+    other = finetune(st, _cfg(), "0", num_workers=0, progress=False, n_boot=5)
+    assert other.run_key != s.run_key and other.family_id != s.family_id
+    res = CliRunner().invoke(cli, ["finetune", "--help"])
+    assert "--train-on" in res.output

@@ -147,6 +147,9 @@ def _show_paper(model: str, method: str) -> None:
               help="Augment whole batches from patches decoded once (fast on CPU; the offline preset's default) "
                    "or each patch in DataLoader workers (paper).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of sampling, augmentation, dropout and the head.")
+@click.option("--train-on", default=None, metavar="DATASET",
+              help="Train on this dataset's split=train patches (5 slide-grouped folds; a lab's cohort) instead of the "
+                   "paper's AMi-Br training split; recorded in the run (a different run and family).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--allow-cpu", is_flag=True, help="Fine-tune a large model (> 30M parameters) on CPU anyway.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
