@@ -74,7 +74,9 @@ def patches(root: str, stamp_: Fingerprint) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _patches(root: str, key: tuple) -> pd.DataFrame:
-    df = open_store(root).patches()
+    st_ = open_store(root)
+    names = set(st_.patch_parts.column_names())
+    df = st_.patches([c for c in PATCH_COLUMNS if c in names])  # the shown columns only: not a cohort's metadata
     for c in PATCH_COLUMNS:
         if c not in df:
             df[c] = pd.NA

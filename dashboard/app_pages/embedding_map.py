@@ -97,9 +97,9 @@ def draw_map(proj: derived_views.View) -> None:
     else:
         drawn = f"{n_all} patches ({len(df)} drawn at random: the projection uses all)" if n_all > len(df) \
             else f"{len(df)} patches"
-        st.caption(f"{drawn}. Showing 12 at random (click one to search with it); select a region to see its "
-                   "patches.")
-        picked = df.sample(min(12, len(df)), random_state=0)
+        st.caption(f"{drawn}. Showing 12 drawn at random from one stored block of patches (click one to search "
+                   "with it); select a region to see its patches.")
+        picked = df.set_index("patch_id").loc[data.gallery(ctx.root, ctx.stamp, df["patch_id"], 12, seed=0)].reset_index()
     show = picked.head(36)
     ui.thumbnail_grid(ctx, show["patch_id"].tolist(), [f"{r['label']}\n{r['dataset']}" for _, r in show.iterrows()],
                       size=96, set=eset.recipe_id, family=fid)
