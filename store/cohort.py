@@ -21,20 +21,23 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
+import itertools
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from .datasets import BENCHMARK, BINARY_LABELS
 from .dataset import ImportScan, Sink, _Problems, check_image, patch_id_for
+from .datasets import BENCHMARK, BINARY_LABELS
 from .errors import DataError
 from .hashing import bytes_sha256
 from .progress import progress as progress_bar
+from .scanned import ScannedRows
 from .schema import SUBTYPE_COLUMNS, VOTE_COLUMNS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -107,22 +110,38 @@ MANIFEST_DELIMITERS = {",": "comma", ";": "';'", "\t": "tab"}
 MANIFEST_SAVE_HINT = "save it as CSV text (UTF-8, comma-separated) with a header"
 
 
-def _decode_manifest(manifest: Path, raw: bytes) -> tuple[str, str | None]:
-    """The manifest's text and, when it is not UTF-8, the encoding assumed: UTF-8 (a BOM is dropped),
-    UTF-16 with a BOM (a spreadsheet's "Unicode text"), else Windows-1252 (a spreadsheet's CSV on
-    Windows). DataError for bytes that are none of these or hold NUL characters (not text)."""
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        encodings = [("utf-16", "UTF-16")]
-    else:
-        encodings = [("utf-8-sig", None), ("cp1252", "Windows-1252")]
-    for codec, assumed in encodings:
-        try:
-            text = raw.decode(codec)
-        except UnicodeDecodeError:
-            continue
-        if "\x00" in text:
-            break
-        return text, assumed
+class _NotText(Exception):
+    pass
+
+
+def _manifest_codec(manifest: Path) -> tuple[str, str | None]:
+    """The codec that reads the manifest and, when it is not UTF-8, the encoding assumed: UTF-8 (a BOM is
+    dropped), UTF-16 with a BOM (a spreadsheet's "Unicode text"), else Windows-1252 (a spreadsheet's CSV on
+    Windows). DataError for bytes that are none of these or hold NUL characters (not text). The file is
+    decoded a block at a time (never held whole)."""
+    try:
+        with open(manifest, "rb") as fh:
+            head = fh.read(2)
+        if head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            encodings = [("utf-16", "UTF-16")]
+        else:
+            encodings = [("utf-8-sig", None), ("cp1252", "Windows-1252")]
+        for codec, assumed in encodings:
+            decoder = codecs.getincrementaldecoder(codec)()
+            try:
+                with open(manifest, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        if "\x00" in decoder.decode(block):
+                            raise _NotText
+                    if "\x00" in decoder.decode(b"", final=True):
+                        raise _NotText
+            except UnicodeDecodeError:
+                continue
+            except _NotText:
+                break
+            return codec, assumed
+    except OSError as exc:
+        raise DataError(f"{manifest}: cannot be read ({exc.strerror or exc})") from exc
     raise DataError(f"{manifest}: is not a text file (neither UTF-8 nor Windows-1252; a spreadsheet workbook?); "
                     f"{MANIFEST_SAVE_HINT}")
 
@@ -142,49 +161,72 @@ def _manifest_delimiter(header: str) -> str:
         return ","
 
 
-def read_manifest(manifest: Path) -> tuple[pd.DataFrame, str | None]:
-    """The manifest as strings (header stripped) and a note saying what was assumed when it is not
-    plain comma-separated UTF-8: a spreadsheet often saves ';'-separated (a decimal-comma locale),
-    tab-separated or Windows-1252 text. DataError for a file that cannot be read as such."""
+MANIFEST_CHUNK_ROWS = 4096  # manifest rows parsed at a time
+
+
+def read_manifest(manifest: Path) -> tuple[Iterator[pd.DataFrame], str | None]:
+    """The manifest as strings (header stripped), ``MANIFEST_CHUNK_ROWS`` rows at a time (a 10^5-row manifest is
+    never one frame), and a note saying what was assumed when it is not plain comma-separated UTF-8: a
+    spreadsheet often saves ';'-separated (a decimal-comma locale), tab-separated or Windows-1252 text.
+    DataError for a file that cannot be read as such, whichever chunk finds it."""
     if not manifest.is_file():
         raise DataError(f"{manifest}: manifest not found; pass the path of a CSV with at least a 'path' column")
-    try:
-        raw = manifest.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{manifest}: cannot be read ({exc.strerror or exc})") from exc
-    text, encoding = _decode_manifest(manifest, raw)
-    header = next(iter(text.splitlines()), "")
+    codec, encoding = _manifest_codec(manifest)
+    with open(manifest, encoding=codec, newline="") as fh:
+        header = next(iter(fh.readline().splitlines()), "")
     sep = _manifest_delimiter(header)
-    try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many types for broken CSVs
-        raise DataError(f"{manifest}: cannot be read as CSV ({exc}); {MANIFEST_SAVE_HINT}")
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        with open(manifest, encoding=codec, newline="") as fh:
+            try:
+                reader = pd.read_csv(fh, sep=sep, dtype=str, keep_default_na=False, chunksize=MANIFEST_CHUNK_ROWS)
+                for df in reader:
+                    df.columns = [c.strip() for c in df.columns]
+                    yield df
+            except Exception as exc:  # pandas raises many types for broken CSVs
+                raise DataError(f"{manifest}: cannot be read as CSV ({exc}); {MANIFEST_SAVE_HINT}") from exc
+
     assumed = [f"{MANIFEST_DELIMITERS[sep]}-separated"] if sep != "," else []
     assumed += [encoding] if encoding else []
     note = f"{manifest}: read as {', '.join(assumed)} (assumed from its header line and bytes)" if assumed else None
-    return df, note
+    return chunks(), note
 
 
-def list_manifest(manifest: Path, problems: _Problems, notes: list[str] | None = None) -> list[_Entry]:
-    """The manifest's rows as entries; every bad row is a problem naming the row and the fix. What was
-    assumed to read it (a ';' or tab delimiter, Windows-1252) is added to ``notes``."""
-    df, note = read_manifest(manifest)
+def count_manifest_rows(manifest: Path) -> int | None:
+    """The manifest's data rows as the csv module counts them (a progress bar's total; blank lines left
+    out); None when it cannot tell (the import's own reading then says what is wrong)."""
+    try:
+        codec, _ = _manifest_codec(manifest)
+        with open(manifest, encoding=codec, newline="") as fh:
+            sep = _manifest_delimiter(next(iter(fh.readline().splitlines()), ""))
+            fh.seek(0)
+            return max(sum(1 for r in csv.reader(fh, delimiter=sep) if r) - 1, 0)
+    except (DataError, OSError, csv.Error):
+        return None
+
+
+def list_manifest(manifest: Path, problems: _Problems, notes: list[str] | None = None) -> Iterator[_Entry]:
+    """The manifest's rows as entries, one at a time; every bad row is a problem naming the row and the fix.
+    What was assumed to read it (a ';' or tab delimiter, Windows-1252) is added to ``notes``. Memory: one
+    chunk of rows, and every listed path (a path listed twice is a problem)."""
+    chunks, note = read_manifest(manifest)
     if note is not None and notes is not None:
         notes.append(note)
-    cols = [c.strip() for c in df.columns]
-    df.columns = cols
+    first_chunk = next(chunks)
+    cols = list(first_chunk.columns)
     if "path" not in cols:
         raise DataError(f"{manifest}: missing column 'path' (columns: {cols}); the manifest needs one row per patch "
                         f"with its path relative to the CSV, plus optional {list(MANIFEST_COLUMNS[1:])}")
     if len(set(cols)) != len(cols):
         raise DataError(f"{manifest}: duplicate column names {sorted({c for c in cols if cols.count(c) > 1})}; "
                         "rename them")
-    if df.empty:
+    if first_chunk.empty:
         raise DataError(f"{manifest}: has a header but no rows; list one patch per row")
     root = manifest.parent
     extra = [c for c in cols if c not in MANIFEST_COLUMNS]
-    entries, first = [], {}
-    for i, r in enumerate(df.to_dict("records")):
+    first: dict[str, int] = {}
+    records = (r for df in itertools.chain([first_chunk], chunks) for r in df.to_dict("records"))
+    for i, r in enumerate(records):
         where = f"{manifest} row {i + 2}"  # the header is line 1
         rel = r["path"].strip().replace("\\", "/")
         p = _inside(root, rel)
@@ -221,10 +263,9 @@ def list_manifest(manifest: Path, problems: _Problems, notes: list[str] | None =
             ok = False
         if ok:
             meta = {c: r[c] for c in extra if r[c] != ""}
-            entries.append(_Entry(where, p, PurePosixPath(*Path(rel).parts).as_posix(), label, split,
-                                  (r.get("slide") or "").strip() or None, x, y,
-                                  json.dumps(meta, sort_keys=True, ensure_ascii=False) if meta else None, i))
-    return entries
+            yield _Entry(where, p, PurePosixPath(*Path(rel).parts).as_posix(), label, split,
+                         (r.get("slide") or "").strip() or None, x, y,
+                         json.dumps(meta, sort_keys=True, ensure_ascii=False) if meta else None, i)
 
 
 def list_folder(root: Path, split: str, problems: _Problems) -> list[_Entry]:
@@ -267,7 +308,7 @@ def list_folder(root: Path, split: str, problems: _Problems) -> list[_Entry]:
 
 
 def scan_cohort(dataset: str, *, manifest: str | Path | None = None, folder: str | Path | None = None,
-                split: str = DEFAULT_SPLIT, stored: pd.DataFrame | None = None, progress: bool = False,
+                split: str = DEFAULT_SPLIT, stored: pa.Table | None = None, progress: bool = False,
                 sink: Sink | None = None) -> ImportScan:
     """Validate a cohort (``manifest`` or ``folder``) and build its rows of the ``patches`` table.
 
@@ -275,60 +316,77 @@ def scan_cohort(dataset: str, *, manifest: str | Path | None = None, folder: str
     ``content_sha256``; no pixels); a listed file whose bytes are unchanged keeps its stored row's
     facts and is neither decoded again nor handed to ``sink`` (a re-import of a grown folder checks
     and stages the added files only). Every other checked row, PNG included, goes to ``sink``; the
-    returned rows hold no PNG. Raises DataError listing every problem; writes nothing."""
+    rows (no PNG) are spooled to a file as they are checked (``store.scanned``), and the notes are
+    queries over it. Raises DataError listing every problem; writes nothing."""
     check_dataset_name(dataset)
     if (manifest is None) == (folder is None):
         raise DataError("give exactly one of a manifest CSV (--manifest FILE.csv) or a folder of patches")
     problems = _Problems()
     notes: list[str] = []
-    entries = (list_manifest(Path(manifest), problems, notes) if manifest is not None
-               else list_folder(Path(folder), split, problems))
+    if manifest is not None:
+        entries = list_manifest(Path(manifest), problems, notes)
+        total = count_manifest_rows(Path(manifest)) if progress else None
+    else:
+        entries = list_folder(Path(folder), split, problems)
+        total = len(entries)
     known = {}
-    if stored is not None and len(stored):
-        known = {r["patch_id"]: r for r in stored[["patch_id", "width", "height", "content_sha256"]]
-                 .to_dict("records")}
-    rows = []
-    for e in progress_bar(entries, desc=f"checking {dataset}", unit="patch", enabled=progress):
-        raw = e.path.read_bytes()
-        pid = patch_id_for(dataset, e.relpath, raw)
-        if pid in known:
-            k = known[pid]
-            png, width, height, sha = None, k["width"], k["height"], k["content_sha256"]
-        else:
-            try:
-                checked = check_image(raw, e.where if e.where.endswith(str(e.path)) else f"{e.where}: {e.path}",
-                                      IMAGE_FIX)
-            except DataError as exc:
-                problems.add(str(exc))
-                continue
-            png, width, height, sha = checked.png, checked.width, checked.height, bytes_sha256(checked.png)
-        row = dict(
-            patch_id=pid, dataset=dataset, split=e.split, label=e.label,
-            y=None if e.label is None else BINARY_LABELS[e.label],
-            filename=e.path.name, relpath=e.relpath, slide=e.slide, source=None,
-            coord_x=e.x, coord_y=e.y, train_row=e.order if e.split == "train" else None, n_experts=0,
-            **dict.fromkeys(VOTE_COLUMNS), **dict.fromkeys(SUBTYPE_COLUMNS),
-            width=width, height=height, content_sha256=sha, png=png, duplicate_group=None, metadata=e.metadata)
-        if sink is not None and png is not None and not problems.items:
-            sink(row)
-        rows.append({k: v for k, v in row.items() if k != "png"})  # the sink may keep ``row``
-    problems.raise_if_any()
-    df = pd.DataFrame(rows)
-    dup = df["content_sha256"].duplicated(keep=False)
-    df.loc[dup, "duplicate_group"] = df.loc[dup, "content_sha256"].str[:16]
-    if dup.any():
-        notes.append(f"{int(dup.sum())} of the {dataset} patches share their pixels with another of them; kept, "
+    if stored is not None and stored.num_rows:
+        known = dict(zip(stored["patch_id"].to_pylist(),
+                         zip(*(stored[c].to_pylist() for c in ("width", "height", "content_sha256")))))
+    rows = ScannedRows()
+    try:
+        for e in progress_bar(entries, desc=f"checking {dataset}", unit="patch", total=total, enabled=progress):
+            _scan_entry(dataset, e, known, rows, problems, sink)
+        problems.raise_if_any()
+        rows.seal()
+        return ImportScan(rows, notes + _cohort_notes(dataset, rows))
+    except BaseException:
+        rows.discard()
+        raise
+
+
+def _scan_entry(dataset: str, e: _Entry, known: dict, rows: ScannedRows, problems: _Problems,
+                sink: Sink | None) -> None:
+    """Read and check one listed patch: its row to ``rows``, to ``sink`` too when its PNG is new; a bad
+    image is a problem."""
+    raw = e.path.read_bytes()
+    pid = patch_id_for(dataset, e.relpath, raw)
+    if pid in known:
+        png = None
+        width, height, sha = known[pid]
+    else:
+        try:
+            checked = check_image(raw, e.where if e.where.endswith(str(e.path)) else f"{e.where}: {e.path}", IMAGE_FIX)
+        except DataError as exc:
+            problems.add(str(exc))
+            return
+        png, width, height, sha = checked.png, checked.width, checked.height, bytes_sha256(checked.png)
+    row = dict(
+        patch_id=pid, dataset=dataset, split=e.split, label=e.label,
+        y=None if e.label is None else BINARY_LABELS[e.label],
+        filename=e.path.name, relpath=e.relpath, slide=e.slide, source=None,
+        coord_x=e.x, coord_y=e.y, train_row=e.order if e.split == "train" else None, n_experts=0,
+        **dict.fromkeys(VOTE_COLUMNS), **dict.fromkeys(SUBTYPE_COLUMNS),
+        width=width, height=height, content_sha256=sha, png=png, duplicate_group=None, metadata=e.metadata)
+    if sink is not None and png is not None and not problems.items:
+        sink(row)
+    rows.append(row)
+
+
+def _cohort_notes(dataset: str, rows: ScannedRows) -> list[str]:
+    """Duplicates (flagged in ``duplicate_group``), sizes other than 128x128 and unlabelled patches, from the
+    spooled rows."""
+    notes = []
+    dup = rows.flag_duplicates()
+    if dup:
+        notes.append(f"{dup} of the {dataset} patches share their pixels with another of them; kept, "
                      "flagged in column duplicate_group")
-    sizes = df.groupby(["width", "height"]).size()
-    if not (len(sizes) == 1 and sizes.index[0] == (128, 128)):
-        shown = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.sort_values(ascending=False).head(4).items())
+    sizes = rows.sql("select width, height, count(*) as n from rows group by 1, 2 order by n desc, width, height")
+    if not (len(sizes) == 1 and sizes[0][:2] == (128, 128)):
+        shown = ", ".join(f"{w}x{h} ({n})" for w, h, n in sizes[:4])
         notes.append(f"{dataset}: patch sizes {shown}; each recipe resizes them its own way, and `handcrafted` "
                      "assumes a mitosis centred at AMi-Br's scale (docs/cohorts.md)")
-    unlabelled = int(df["label"].isna().sum())
+    unlabelled = rows.sql("select count(*) from rows where label is null")[0][0]
     if unlabelled:
         notes.append(f"{dataset}: {unlabelled} unlabelled patch(es): predicted and searched, never scored")
-    for col in ("coord_x", "coord_y", "train_row", "y"):
-        df[col] = df[col].astype("Int64")
-    for col in VOTE_COLUMNS:
-        df[col] = df[col].astype("boolean")
-    return ImportScan(patches=df, notes=notes)
+    return notes

@@ -32,6 +32,7 @@ from . import schema
 from .errors import ConfigError, DataError
 from .hashing import bytes_sha256
 from .progress import progress as progress_bar
+from .scanned import ScannedRows
 from .schema import SUBTYPE_COLUMNS, VOTE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,16 @@ IMPORT_FIX = "replace it with a 128x128 8-bit RGB PNG or remove it (and its CSV 
 
 @dataclass
 class ImportScan:
-    """What a scan found: the rows to store (every column but ``png``: the scan hands each checked
-    PNG to its ``sink`` as it goes and keeps none) and human-readable notes (conversions, duplicates)."""
+    """What a scan found: the rows to store (every column but ``png``, spooled to a file as they were
+    checked: ``store.scanned``; the scan hands each checked PNG to its ``sink`` as it goes and keeps
+    none) and human-readable notes (conversions, duplicates)."""
 
-    patches: pd.DataFrame
+    rows: ScannedRows
     notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> pd.DataFrame:
+        """``summarize_counts`` of the rows, from the file."""
+        return _with_unlabelled(self.rows.counts())
 
 
 # A scan's sink: called once per checked patch with its row (``png`` included), in scan order; the
@@ -365,14 +371,14 @@ def _read_rows(spec: DatasetSpec, csv: CsvSpec, path: Path, df: pd.DataFrame, da
     return facts
 
 
-def _count_notes(df: pd.DataFrame, specs: tuple[DatasetSpec, ...]) -> list[str]:
-    """One note naming each dataset/split whose counts differ from the published ones (not an
-    error: importing a subset is allowed, but a short download should not go unnoticed)."""
+def _count_notes(counts: pd.DataFrame, specs: tuple[DatasetSpec, ...]) -> list[str]:
+    """One note naming each dataset/split whose counts (``summarize_counts``) differ from the published
+    ones (not an error: importing a subset is allowed, but a short download should not go unnoticed)."""
+    got_by = {(r.dataset, r.split): (r.patches, r.atypical) for r in counts.itertuples()}
     diffs = []
     for spec in specs:
         for split, (n, pos) in spec.expected_counts.items():
-            sub = df[(df["dataset"] == spec.name) & (df["split"] == split)]
-            got = (len(sub), int(sub["y"].sum()))
+            got = got_by.get((spec.name, split), (0, 0))
             if got != (n, pos):
                 diffs.append(f"{spec.name} {split} has {got[0]} patches ({got[1]} {spec.positive.lower()}), "
                              f"published {n} ({pos})")
@@ -435,8 +441,21 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None, pr
                 merged.setdefault(k, v)
     problems.raise_if_any()
 
-    # 3. every image is a 128x128 RGB PNG; one row per patch
-    rows = []
+    # 3. every image is a 128x128 RGB PNG; one row per patch, spooled to a file as it is checked
+    rows = ScannedRows()
+    try:
+        _scan_images(specs, folders, facts, rows, problems, notes, sink, progress)
+        problems.raise_if_any()
+        rows.seal()
+        return ImportScan(rows, notes + _benchmark_notes(rows, specs))
+    except BaseException:
+        rows.discard()
+        raise
+
+
+def _scan_images(specs: tuple[DatasetSpec, ...], folders: dict[str, dict[str, tuple[str, Path]]],
+                 facts: dict[str, dict[str, dict]], rows: ScannedRows, problems: _Problems, notes: list[str],
+                 sink: Sink | None, progress: bool) -> None:
     items = [(spec, fn, lab, p) for spec in specs for fn, (lab, p) in sorted(folders[spec.name].items())]
     for spec, fn, lab, p in progress_bar(items, desc="checking patches", unit="patch", enabled=progress):
         raw = p.read_bytes()
@@ -466,37 +485,38 @@ def scan_benchmark(data_dir: str | Path, amibr_csv: str | Path | None = None, pr
             height=PATCH_SIZE[1],
             content_sha256=bytes_sha256(png),
             png=png,
+            duplicate_group=None,
             metadata=None,
         )
         if sink is not None and not problems.items:
             sink(row)
-        rows.append({k: v for k, v in row.items() if k != "png"})  # the sink may keep ``row``
-    problems.raise_if_any()
+        rows.append(row)
 
-    df = pd.DataFrame(rows)
-    dup = df["patch_id"].duplicated(keep=False)
-    if dup.any():
-        raise DataError(f"duplicate patch ids: {df.loc[dup, 'relpath'].tolist()[:10]}")
-    shared = df.groupby("content_sha256")["relpath"].transform("size") > 1
-    df["duplicate_group"] = np.where(shared, df["content_sha256"].str[:16], None)
-    if shared.any():
-        groups = df[shared].groupby("duplicate_group")
-        conflicting = sum(g["label"].nunique() > 1 for _, g in groups)
-        notes.append(f"{int(shared.sum())} patches share their pixels with another patch "
-                     f"({len(groups)} groups, {conflicting} with conflicting labels; all in "
-                     f"{sorted(df.loc[shared, 'dataset'].unique())}); kept as published, flagged in "
-                     "column duplicate_group")
-    notes += _count_notes(df, specs)
-    for col in ("coord_x", "coord_y", "train_row"):
-        df[col] = df[col].astype("Int64")
-    for col in VOTE_COLUMNS:
-        df[col] = df[col].astype("boolean")
-    return ImportScan(patches=df, notes=notes)
+
+def _benchmark_notes(rows: ScannedRows, specs: tuple[DatasetSpec, ...]) -> list[str]:
+    """Patch ids must be unique (DataError); pixel-identical patches are flagged in ``duplicate_group`` and
+    said; counts other than the published ones are said. Queries over the spooled rows."""
+    twice = rows.sql("select relpath from rows where patch_id in (select patch_id from rows group by 1 "
+                     "having count(*) > 1) order by file_row_number limit 10")
+    if twice:
+        raise DataError(f"duplicate patch ids: {[r[0] for r in twice]}")
+    notes = []
+    shared = rows.flag_duplicates()
+    if shared:
+        (groups, conflicting), = rows.sql(
+            "select count(*), count(*) filter (where labels > 1) from (select count(distinct label) as labels "
+            "from rows where duplicate_group is not null group by duplicate_group)")
+        datasets = sorted(r[0] for r in rows.sql("select distinct dataset from rows where duplicate_group is not null"))
+        notes.append(f"{shared} patches share their pixels with another patch "
+                     f"({groups} groups, {conflicting} with conflicting labels; all in "
+                     f"{datasets}); kept as published, flagged in column duplicate_group")
+    return notes + _count_notes(_with_unlabelled(rows.counts()), specs)
 
 
 def metadata_table(scan: ImportScan, where: str) -> pa.Table:
-    """The scanned rows as the store's metadata columns (``schema.PATCHES`` less ``png``), checked."""
-    return schema.validate(pa.Table.from_pandas(scan.patches, preserve_index=False), schema.PATCH_METADATA, where)
+    """Every scanned row as the store's metadata columns (``schema.PATCHES`` less ``png``), checked: one
+    table in memory, for a benchmark-sized scan (the import itself reads the rows a batch at a time)."""
+    return schema.validate(scan.rows.table(), schema.PATCH_METADATA, where)
 
 
 @dataclass(frozen=True)
@@ -510,15 +530,34 @@ class PatchDifference:
     columns: tuple[str, ...]  # the columns that change
 
 
-def patch_difference(stored: pa.Table, new: pa.Table) -> PatchDifference:
-    cols = [c for c in new.column_names if c in stored.column_names and c != "png"
+def patch_difference(stored: pa.Table, new: pa.Table | ScannedRows) -> PatchDifference:
+    """Compared by DuckDB (a full outer join on ``patch_id``), ``new`` read from its file when it is a scan's
+    rows: memory is the stored table's, not a copy of both as Python rows."""
+    import duckdb
+
+    names = new.column_names if isinstance(new, pa.Table) else schema.PATCH_METADATA.names
+    cols = [c for c in names if c in stored.column_names and c != "png"
             and not (c in schema.ADDED_PATCH_COLUMNS and stored[c].null_count == len(stored))]
-    old_rows = {r["patch_id"]: r for r in stored.select(cols).to_pylist()}
-    new_rows = {r["patch_id"]: r for r in new.select(cols).to_pylist()}
-    changed = [p for p in new_rows.keys() & old_rows.keys() if new_rows[p] != old_rows[p]]
-    which = sorted({c for p in changed for c in cols if new_rows[p][c] != old_rows[p][c]})
-    return PatchDifference(len(new_rows.keys() - old_rows.keys()), len(old_rows.keys() - new_rows.keys()),
-                           len(changed), tuple(which))
+    both = "o.patch_id is not null and n.patch_id is not null"
+    differs = [f'(o."{c}" is distinct from n."{c}")' for c in cols]
+    query = (f"select count(*) filter (where o.patch_id is null), count(*) filter (where n.patch_id is null), "
+             f"count(*) filter (where {both} and ({' or '.join(differs)})), "
+             + ", ".join(f"coalesce(bool_or({both} and {d}), false)" for d in differs)
+             + " from old o full outer join new n on o.patch_id = n.patch_id")
+    con = duckdb.connect()
+    try:
+        con.execute("set threads = 1")
+        con.register("old", stored.select(cols))
+        if isinstance(new, pa.Table):
+            con.register("new", new.select(cols))
+        else:
+            path = str(new.path).replace("'", "''")
+            quoted = ", ".join(f'"{c}"' for c in cols)
+            con.execute(f"create view new as select {quoted} from read_parquet('{path}')")
+        only_new, only_old, changed, *which = con.execute(query).fetchone()
+    finally:
+        con.close()
+    return PatchDifference(only_new, only_old, changed, tuple(sorted(c for c, w in zip(cols, which) if w)))
 
 
 def describe_difference(stored: pa.Table, new: pa.Table) -> str | None:
@@ -541,13 +580,21 @@ def difference_from_stored(stored: pa.Table, data_dir: str | Path, amibr_csv: st
     of ``specs``' datasets) without writing anything: None when importing it would change nothing,
     else what differs."""
     scan = scan_benchmark(data_dir, amibr_csv, progress=progress, specs=specs)
-    return describe_difference(stored, metadata_table(scan, "the scanned benchmark"))
+    try:
+        return describe_difference(stored, metadata_table(scan, "the scanned benchmark"))
+    finally:
+        scan.rows.discard()
 
 
 def summarize_counts(patches: pd.DataFrame) -> pd.DataFrame:
     """Patches and atypical / normal / unlabelled counts per dataset/split, the figures the README promises."""
     g = patches.assign(_pos=patches["y"] == 1, _neg=patches["y"] == 0).groupby(["dataset", "split"], sort=False)
-    out = g.agg(patches=("patch_id", "size"), atypical=("_pos", "sum"), normal=("_neg", "sum")).reset_index()
+    return _with_unlabelled(g.agg(patches=("patch_id", "size"), atypical=("_pos", "sum"),
+                                  normal=("_neg", "sum")).reset_index())
+
+
+def _with_unlabelled(out: pd.DataFrame) -> pd.DataFrame:
+    """Counts per dataset/split with an ``unlabelled`` column when some patches are neither."""
     out[["atypical", "normal"]] = out[["atypical", "normal"]].astype("int64")
     unlabelled = out["patches"] - out["atypical"] - out["normal"]
     if unlabelled.any():

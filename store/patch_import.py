@@ -2,8 +2,9 @@
 
 The scan (``store.dataset`` / ``store.cohort``) hands each checked row to :class:`Staging`, which
 writes the rows whose patch id is not stored yet into one new part per dataset, a row group at a
-time: the import never holds the PNGs. :func:`commit_import` then compares the scanned metadata
-with the stored metadata and either
+time: the import never holds the PNGs. :func:`commit_import` then compares the scanned metadata (a
+file: ``store.scanned``, read a batch at a time, so memory does not grow with the import) with the
+stored metadata and either
 
 * changes nothing (same patches: the staged parts are removed),
 * adds the staged parts (new patches only: bytes written = the new rows),
@@ -17,6 +18,7 @@ staged file is removed and the store is byte-identical.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from .atomic import env_errors
 from .dataset import patch_difference
 from .errors import StoreError
 from .patch_parts import PartWriter, PatchParts, copy_rows
+from . import scanned
+from .scanned import ScannedRows
 
 STAGE_ROWS = 256  # rows buffered before they go to the staged part's writer
 
@@ -141,9 +145,9 @@ def _with_metadata(meta: pa.Table):
     return select
 
 
-def commit_import(parts: PatchParts, stored: StoredPatches, staging: Staging, new: pa.Table,
+def commit_import(parts: PatchParts, stored: StoredPatches, staging: Staging, new: ScannedRows,
                   datasets: set[str], replace: bool, lock) -> Written | None:
-    """Make ``new`` (scanned metadata) the whole of ``datasets`` in the table; None when nothing
+    """Make ``new`` (the scan's rows) the whole of ``datasets`` in the table; None when nothing
     changes. Raises ``StoreError`` (nothing changed) for drops/changes without ``replace``, for patch
     ids another dataset already holds, and when another import changed the table since ``stored``
     was read. ``lock``: the patches lock (not taken yet), held from the check to the manifest write."""
@@ -164,14 +168,15 @@ def commit_import(parts: PatchParts, stored: StoredPatches, staging: Staging, ne
         raise
 
 
-def _plan(stored: StoredPatches, new: pa.Table, datasets: set[str], replace: bool) -> str | None:
+def _plan(stored: StoredPatches, new: ScannedRows, datasets: set[str], replace: bool) -> str | None:
     """"add" (new rows only), "replace" (rewrite ``datasets``) or None (no change)."""
     if stored.meta is None:
         return "add"
     mine, others = stored.meta, stored.others
-    clash = pc.is_in(new["patch_id"], value_set=others["patch_id"])
-    if pc.any(clash).as_py():
-        n = pc.sum(clash.cast(pa.int64())).as_py()
+    held = others["patch_id"].combine_chunks()
+    n = sum(pc.sum(pc.is_in(t["patch_id"], value_set=held).cast(pa.int64())).as_py() or 0
+            for t in new.batches(["patch_id"]))
+    if n:
         raise StoreError(f"{parts_where(stored)}: the import would store {n} patch id(s) twice (already held by "
                          "another dataset); nothing was changed")
     diff = patch_difference(mine, new)
@@ -189,7 +194,7 @@ def parts_where(stored: StoredPatches) -> str:
     return "the stored patches" if not stored.entries else f"the patches table ({len(stored.entries)} part(s))"
 
 
-def _write(parts: PatchParts, stored: StoredPatches, writers: dict[str, PartWriter], new: pa.Table,
+def _write(parts: PatchParts, stored: StoredPatches, writers: dict[str, PartWriter], new: ScannedRows,
            datasets: set[str], plan: str) -> Written:
     out = Written()
     made: list[PartWriter] = []  # every part this commit writes: removed again if it fails before the manifest
@@ -198,10 +203,11 @@ def _write(parts: PatchParts, stored: StoredPatches, writers: dict[str, PartWrit
         touched = [e for e in entries if plan == "replace" and set(e["datasets"]) & datasets]
         keep = [e for e in entries if e not in touched]
         added = []
-        for d in dict.fromkeys(new["dataset"].to_pylist()):
-            meta_d = new.filter(pc.equal(new["dataset"], d))
+        stored_ids = None if stored.meta is None else pa.chunked_array(
+            [*stored.meta["patch_id"].chunks, *stored.others["patch_id"].chunks], pa.large_string()).combine_chunks()
+        for d in new.datasets():
             staged = writers.get(d)
-            if plan == "add" and staged is not None and _staged_matches(staged, meta_d):
+            if plan == "add" and staged is not None and _staged_matches(staged, _Cursor(_rows_of(new, d, stored_ids))):
                 made.append(staged)
                 added.append(staged.finish())
                 continue
@@ -209,10 +215,10 @@ def _write(parts: PatchParts, stored: StoredPatches, writers: dict[str, PartWrit
             w = PartWriter(parts, d)
             made.append(w)
             if staged is not None:
-                copy_rows([staged.close()], w, _with_metadata(meta_d))
+                copy_rows([staged.close()], w, _with_scanned(_Cursor(_rows_of(new, d, stored_ids)), staged.close()))
                 staged.abort()
             if plan == "replace" and stored.meta is not None:
-                known = meta_d.filter(pc.is_in(meta_d["patch_id"], value_set=stored.meta["patch_id"]))
+                known = _kept_rows(new, d, stored.meta["patch_id"].combine_chunks())
                 copy_rows([parts.path_of(e) for e in touched if d in e["datasets"]], w, _with_metadata(known))
             added.append(w.finish())
         for e in touched:  # old parts that also hold other datasets' rows: rewritten without ours
@@ -244,17 +250,73 @@ def _stored_entries(parts: PatchParts, stored: StoredPatches) -> tuple[list[dict
     return parts.entries(), False
 
 
-def _staged_matches(staged: PartWriter, meta: pa.Table) -> bool:
-    """Whether the staged rows (the dataset's new ones) already carry the scan's final metadata ``meta``
+def _rows_of(new: ScannedRows, dataset: str, stored_ids: pa.Array | None) -> Iterator[pa.Table]:
+    """The scan's rows of ``dataset`` whose id is not stored (those ``Staging`` staged), in scan order
+    (the staged part's), a batch at a time."""
+    for t in new.batches():
+        keep = pc.equal(t["dataset"], dataset)
+        if stored_ids is not None:
+            keep = pc.and_(keep, pc.invert(pc.is_in(t["patch_id"], value_set=stored_ids)))
+        t = t.filter(keep)
+        if t.num_rows:
+            yield t
+
+
+def _kept_rows(new: ScannedRows, dataset: str, stored_ids: pa.Array) -> pa.Table:
+    """The scan's rows of ``dataset`` that are stored already (``--replace`` rewrites them with this metadata,
+    looked up by id: held whole, as Arrow)."""
+    tables = [t.filter(pc.and_(pc.equal(t["dataset"], dataset), pc.is_in(t["patch_id"], value_set=stored_ids)))
+              for t in new.batches()]
+    return pa.concat_tables(tables) if tables else schema.PATCH_METADATA.empty_table()
+
+
+class _Cursor:
+    """Rows of a stream of tables, taken ``n`` at a time (a staged part's row group against the scan's rows)."""
+
+    def __init__(self, tables: Iterator[pa.Table]):
+        self._tables, self._head = tables, None
+
+    def take(self, n: int) -> pa.Table:
+        """The next ``n`` rows (fewer when the stream ends)."""
+        got, have = [], 0
+        while have < n:
+            if self._head is None or not self._head.num_rows:
+                self._head = next(self._tables, None)
+                if self._head is None:
+                    break
+            t = self._head.slice(0, n - have)
+            self._head = self._head.slice(t.num_rows)
+            got.append(t)
+            have += t.num_rows
+        return pa.concat_tables(got) if got else schema.PATCH_METADATA.empty_table()
+
+    def exhausted(self) -> bool:
+        return not self.take(1).num_rows
+
+
+def _staged_matches(staged: PartWriter, rows: _Cursor) -> bool:
+    """Whether the staged rows (the dataset's new ones) already carry the scan's final metadata, ``rows``
     (a scan sets some columns, e.g. ``duplicate_group``, only once every row is seen); then the staged
-    part is committed as written, else rewritten with it."""
-    path = staged.close()
-    got = pq.read_table(path, columns=list(schema.PATCH_COLUMNS))
-    at = pc.index_in(got["patch_id"], value_set=meta["patch_id"])
-    if at.null_count:
-        return False
-    want = meta.take(at)
-    return got.equals(pa.table({n: want[n] for n in got.column_names}, schema=got.schema))
+    part is committed as written, else rewritten with it. Both are read a batch at a time, in step: the
+    staged rows are the scan's new rows, in scan order."""
+    f = pq.ParquetFile(staged.close())
+    for b in f.iter_batches(batch_size=scanned.BATCH, columns=list(schema.PATCH_COLUMNS)):
+        got = pa.Table.from_batches([b])
+        if not got.equals(rows.take(got.num_rows).select(got.column_names)):
+            return False
+    return rows.exhausted()
+
+
+def _with_scanned(rows: _Cursor, where: Path):
+    """A row selector for ``copy_rows`` over a staged part: its pixels, the metadata of the scan's rows in step."""
+    def select(t: pa.Table) -> pa.Table:
+        meta = rows.take(t.num_rows)
+        if not meta["patch_id"].equals(t["patch_id"]):
+            raise StoreError(f"{where}: the staged rows are not the scan's new rows in scan order (a bug: "
+                             "please report it); nothing was changed")
+        cols = {n: (t["png"] if n == "png" else meta[n]) for n in schema.PATCHES.names}
+        return pa.table(cols, schema=schema.PATCHES)
+    return select
 
 
 def _ordered(entries: list[dict]) -> list[dict]:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from . import integrity, migrations, paths, schema
 from .atomic import damaged, env_errors, read_guard, sweep_tmp, write_parquet
 from .cohort import scan_cohort
-from .dataset import ImportScan, metadata_table, scan_benchmark, summarize_counts
+from .dataset import ImportScan, scan_benchmark, summarize_counts
 from .datasets import BENCHMARK, DatasetSpec
 from .errors import DamagedStoreError, StoreError
 from .features import FeatureStore, part_rows, read_complete
@@ -28,6 +28,7 @@ from .lock import patches_lock
 from .patch_import import Staging, Written, commit_import, read_stored
 from .patch_parts import PatchParts, readable
 from .results import RESULT_TABLES, ResultTables
+from .scanned import ScannedRows
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +158,16 @@ class Store:
         stored = read_stored(self.patch_parts, {dataset})
         mine = None
         if stored.meta is not None:
-            mine = stored.meta.select(["patch_id", "width", "height", "content_sha256"]).to_pandas()
+            mine = stored.meta.select(["patch_id", "width", "height", "content_sha256"])
         scan, staging = self._staged_scan(stored, lambda sink: scan_cohort(
             dataset, manifest=manifest, folder=folder, split=split, stored=mine, progress=progress, sink=sink))
         if stored.others is not None:
-            scan.notes.extend(_shared_pixel_notes(stored.others, scan.patches, dataset))
+            try:
+                scan.notes.extend(_shared_pixel_notes(stored.others, scan.rows, dataset))
+            except BaseException:
+                staging.abort()
+                scan.rows.discard()
+                raise
         return self._commit(scan, {dataset}, replace, stored, staging)
 
     def _check_root(self) -> None:
@@ -182,16 +188,17 @@ class Store:
     def _commit(self, scan: ImportScan, datasets: set[str], replace: bool, stored, staging) -> ImportOutcome:
         """Write what the scan staged (``store.patch_import``) under the patches lock, taken only for
         the commit (a scan's bad input then leaves no trace, not even a lock file)."""
-        counts = summarize_counts(scan.patches)
         try:
-            new = metadata_table(scan, str(self.patch_parts.dir))
+            counts = scan.counts()
+            sweep_tmp(self.root)
+            lock = patches_lock(self.root)
+            with env_errors(self.patches_path):
+                written = commit_import(self.patch_parts, stored, staging, scan.rows, datasets, replace, lock)
         except BaseException:
             staging.abort()
             raise
-        sweep_tmp(self.root)
-        lock = patches_lock(self.root)
-        with env_errors(self.patches_path):
-            written = commit_import(self.patch_parts, stored, staging, new, datasets, replace, lock)
+        finally:
+            scan.rows.discard()
         if written is None:
             return ImportOutcome(False, counts, scan.notes, self.patches_path)
         migrations.upgrade(self.patch_parts)  # stamps the store (a migration, if any, was this commit)
@@ -406,16 +413,20 @@ class Store:
         return out
 
 
-def _shared_pixel_notes(others: pa.Table, new: pd.DataFrame, dataset: str) -> list[str]:
+def _shared_pixel_notes(others: pa.Table, new: ScannedRows, dataset: str) -> list[str]:
     """A note when imported patches are byte-identical to stored patches of another dataset (``others``:
     their content_sha256, dataset, relpath): a cohort holding AMi-Br training patches would leak into a
-    test set."""
-    others = others.select(["content_sha256", "dataset", "relpath"]).to_pandas()
-    hit = new.merge(others, on="content_sha256", suffixes=("", "_stored"))
-    if hit.empty:
+    test set. A DuckDB join of the scan's file with ``others``."""
+    others = others.select(["content_sha256", "dataset", "relpath"])
+    others = others.append_column("at", pa.array(range(others.num_rows), pa.int64()))
+    hit = "rows n join others o on n.content_sha256 = o.content_sha256"
+    per = new.sql(f"select o.dataset, count(*) from {hit} group by 1 order by 1", {"others": others})
+    if not per:
         return []
-    where = ", ".join(f"{n} in {d}" for d, n in hit.groupby("dataset_stored").size().items())
-    ex = hit.iloc[0]
-    return [f"{hit['relpath'].nunique()} {dataset} patch(es) are byte-identical to stored patches ({where}); e.g. "
-            f"{ex['relpath']} is {ex['dataset_stored']} {ex['relpath_stored']}. Scoring them as a test set "
+    (n,), = new.sql(f"select count(distinct n.relpath) from {hit}", {"others": others})
+    ex = new.sql(f"select n.relpath, o.dataset, o.relpath from {hit} order by n.file_row_number, o.at limit 1",
+                 {"others": others})[0]
+    where = ", ".join(f"{k} in {d}" for d, k in per)
+    return [f"{n} {dataset} patch(es) are byte-identical to stored patches ({where}); e.g. "
+            f"{ex[0]} is {ex[1]} {ex[2]}. Scoring them as a test set "
             "measures memory, not generalisation: remove them from the cohort unless that is meant"]
