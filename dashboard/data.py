@@ -74,15 +74,35 @@ def patches(root: str, stamp_: Fingerprint) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _patches(root: str, key: tuple) -> pd.DataFrame:
-    st_ = open_store(root)
+    return _shown(open_store(root), None)
+
+
+def patch_rows(root: str, stamp_: Fingerprint, patch_ids) -> pd.DataFrame:
+    """``patches`` rows of just these patches (unknown ids absent), without reading every patch's row: what a
+    page about one patch and its neighbours needs."""
+    return _patch_rows(root, stamp_.patches, tuple(dict.fromkeys(map(str, patch_ids))))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _patch_rows(root: str, key: tuple, patch_ids: tuple[str, ...]) -> pd.DataFrame:
+    return _shown(open_store(root), list(patch_ids))
+
+
+def _shown(st_: Store, patch_ids: list[str] | None) -> pd.DataFrame:
+    """The columns pages show (not a cohort's own metadata), with ``votes`` as text."""
     names = set(st_.patch_parts.column_names())
-    df = st_.patches([c for c in PATCH_COLUMNS if c in names])  # the shown columns only: not a cohort's metadata
+    df = st_.patches([c for c in PATCH_COLUMNS if c in names], patch_ids=patch_ids)
     for c in PATCH_COLUMNS:
         if c not in df:
             df[c] = pd.NA
     df = df[PATCH_COLUMNS].copy()
     df["votes"] = _votes(df)
     return df
+
+
+def first_patch_id(root: str, stamp_: Fingerprint) -> str:
+    """The table's first patch id (a page's default), from the parts' small ``patch_id`` columns."""
+    return str(_row_groups(root, stamp_.patches).index[0])
 
 
 def _votes(df: pd.DataFrame) -> pd.Series:

@@ -154,14 +154,15 @@ class PatchParts:
         return [n for n in schema.PATCHES.names if n in names]
 
     # -- reading ---------------------------------------------------------------------------
-    def read(self, columns: list[str], entries: list[dict] | None = None) -> pa.Table:
+    def read(self, columns: list[str], entries: list[dict] | None = None, patch_ids=None) -> pa.Table:
         """``columns`` of every part (or of ``entries``' parts), concatenated in manifest order (an added
-        column a part lacks is null)."""
+        column a part lacks is null); only the rows of ``patch_ids`` when given."""
         tables = []
+        keep = None if patch_ids is None else pc.field("patch_id").isin(_id_array(patch_ids))
         for p in (self.part_paths() if entries is None else [self.path_of(e) for e in entries]):
             with read_guard(p):
                 have = pq.read_schema(p).names
-                t = pq.read_table(p, columns=[c for c in columns if c in have])
+                t = pq.read_table(p, columns=[c for c in columns if c in have], filters=keep)
             tables.append(_with_columns(t, columns, str(p)))
         if not tables:
             return _with_columns(pa.table({}), columns, str(self.dir))

@@ -248,3 +248,20 @@ def test_a_damaged_format1_file_is_quarantined_without_writing_a_manifest(tiny_s
     integrity.repair(tiny_store, dry_run=False)
     assert not legacy.exists() and not tiny_store.patch_parts.dir.exists() and not tiny_store.has_patches()
     assert integrity.check(tiny_store) == []
+
+
+def test_patches_of_given_ids_read_only_their_rows(tiny_store, tmp_path):
+    """``Store.patches(patch_ids=...)``: a page about one patch (and its neighbours) reads their rows, in every
+    part, with the same values as the whole table; unknown ids are simply absent."""
+    st = Store(tmp_path / "st")
+    import shutil
+
+    shutil.copytree(tiny_store.root, st.root)
+    st.import_cohort("MyLab", manifest=write_example_cohort(tmp_path / "cohort"))  # a second part, unlabelled rows
+    whole = st.patches()
+    ids = [whole["patch_id"].iloc[0], whole["patch_id"].iloc[-1], "no-such-patch"]
+    got = st.patches(patch_ids=ids)
+    assert sorted(got["patch_id"]) == sorted(ids[:2])
+    expected = whole[whole["patch_id"].isin(ids)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected, check_dtype=False)  # Int64 only with nulls
+    assert st.patches(["patch_id", "label"], patch_ids=[]).empty

@@ -16,19 +16,22 @@ ctx = ui.context()
 st.title("Patch viewer")
 ui.require(ctx, "patches")
 
-meta = data.patches(ctx.root, ctx.stamp)
-ids = set(meta["patch_id"])
+
+def known(pid) -> bool:
+    return not data.patch_rows(ctx.root, ctx.stamp, [pid]).empty
+
+
 c1, c2 = st.columns([3, 1])
-links.adopt("pv_patch", links.PATCH, valid=ids)
-st.session_state.setdefault("pv_patch", meta["patch_id"].iloc[0])
+links.adopt("pv_patch", links.PATCH, valid=known)
+st.session_state.setdefault("pv_patch", data.first_patch_id(ctx.root, ctx.stamp))
 pid = c1.text_input("Patch id", key="pv_patch", help="Any stored patch id; links from the other pages fill it in.")
 pid = (pid or "").strip()
 links.publish(links.PATCH, "pv_patch", pid or None)
 zoom = c2.segmented_control("Zoom", [2, 3], default=3, format_func=lambda z: f"{z}×", key="pv_zoom") or 3
-if pid not in ids:
+if not known(pid):
     st.warning(f"No stored patch has id {pid!r}.")
     st.stop()
-m = meta.set_index("patch_id").loc[pid]
+m = data.patch_rows(ctx.root, ctx.stamp, [pid]).set_index("patch_id").loc[pid]
 
 img, info = st.columns([2, 3])
 png = data.png(ctx.root, ctx.stamp, pid)
@@ -102,7 +105,7 @@ try:
 except MitoprobeError as exc:
     st.error(f"Cannot search set {eset.name}: {exc}")
     st.stop()
-hits = hits.merge(meta, on="patch_id", how="left")
+hits = hits.merge(data.patch_rows(ctx.root, ctx.stamp, hits["patch_id"]), on="patch_id", how="left")
 ui.thumbnail_grid(ctx, hits["patch_id"].tolist(), [f"{h['label']}\n{h['dataset']}" for _, h in hits.iterrows()],
                   set=eset.recipe_id, family=fid)
 st.caption(f"{(hits['label'] == m['label']).mean():.0%} share this patch's label. Click a neighbour to search with "
