@@ -27,7 +27,7 @@ from .options import STORE_OPTION
               help="Also the offline preset end to end: morphology features and their probes, a small CNN fine-tuned "
                    "from scratch on 5 folds, its fold checkpoints as embedders (probes alone and + handcrafted), "
                    "late fusions of the CNN with the probes, and the best family named on held-out scores "
-                   "(~26 min on 2 idle cores, CPU capability AVX2, fp32).")
+                   "(26 min on 2 idle cores, CPU capability AVX2, fp32).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the probes and, with --full, of the whole preset (the CNN's initialisation and draws, "
                    "its probes, the fusions): another seed on a fresh store measures the seed spread.")
