@@ -17,6 +17,7 @@ from mitoprobe.classifiers.verdict import verdict
 from mitoprobe.finetune.paper_run import read_attempts, run_plan
 from mitoprobe.finetune.plan import DONE, paper_plan
 from mitoprobe.finetune.registry import runs_root
+from mitoprobe.finetune.train import STATE_FILE
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -26,11 +27,12 @@ FAST_HEALTH = {"health_check_period_ms": 500, "health_check_failure_threshold": 
 
 
 def _kill_first_training_node(st, workers, cluster, killed: dict, stop: threading.Event) -> None:
-    """Once a fold has saved an epoch (its attempt is recorded) and is not done, remove the node running it."""
+    """Once a fold has saved an epoch (``state.pt``; its attempt is recorded) and is not done, remove the node
+    running it. The fold has many epochs left then, so it cannot finish before the node is gone."""
     while not stop.is_set():
         for fold_dir in sorted(runs_root(st).glob("*/fold*")):
             attempts = read_attempts(fold_dir)
-            if attempts and not (fold_dir / "DONE.json").exists():
+            if attempts and (fold_dir / STATE_FILE).exists() and not (fold_dir / "DONE.json").exists():
                 node = next(w for w in workers if w.node_id == attempts[0]["node"])
                 killed.update(fold=fold_dir, node=node.node_id)
                 cluster.remove_node(node, allow_graceful=False)
@@ -43,7 +45,7 @@ def test_a_fold_lost_with_its_node_resumes_on_another_and_lands_once(tmp_path, m
     torch.set_num_threads(1)
     st = make_six_slide_store(tmp_path)
     plan = paper_plan(st, models=["uni"], recipes=tiny_recipes(), folds=[0, 1],
-                      settings=dict(FAST, max_epochs=12, max_steps=0, early_stop=100))  # 12 epochs: time to kill
+                      settings=dict(FAST, max_epochs=24, max_steps=0, early_stop=100))  # 24 epochs: time to kill
     cluster = cluster_utils.Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, _system_config=FAST_HEALTH))
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     killed: dict = {}
