@@ -1,7 +1,7 @@
 """``mitoprobe store check`` and ``store repair``: find every damage in a store, fix what needs no guessing.
 
-In the spirit of SQLite's ``PRAGMA integrity_check``, :func:`check` reads every byte and lists every
-problem, each with its path, what is wrong and the fix: every Parquet file opens and matches its
+In the spirit of SQLite's ``PRAGMA integrity_check``, :func:`check` reads every byte (of result parts: the
+footer and the key columns) and lists every problem, each with its path, what is wrong and the fix: every Parquet file opens and matches its
 schema (``store/schema.py``; result parts may lack newer columns), the patches table's manifest and
 parts agree and hold each patch id once (``store/patch_scan.py``), each embedding set's ``recipe.json`` parses and names its folder, its row count equals its ``COMPLETE`` record, no
 (patch_id, view) key is stored twice, every key's patch exists, ``folds.parquet`` lists the AMi-Br
@@ -332,14 +332,17 @@ def _scan_results(scan: _Scan, table: str, full: bool = True) -> list[_Part]:
 
 
 def _result_key_hashes(path: Path, table: str) -> tuple[np.ndarray | None, tuple[pa.Schema | None, int, str | None]]:
-    """A result part read in full but a batch (``RESULT_BATCH`` rows) at a time, keeping only each row's key
-    hash (``_key_hashes``, 16 bytes): every byte is checked while memory is one batch, not the part."""
+    """A result part's key columns (``results.UNIQUE_KEYS``) read a batch (``RESULT_BATCH`` rows) at a time,
+    keeping only each row's key hash (``_key_hashes``, 16 bytes): the footer and every key byte are checked,
+    memory is one batch of keys, and the check's cost does not grow with the other columns (scores, the
+    runs' JSON): those are read, and a damaged page reported, by whichever reader needs them."""
     sch, rows, err = _footer(path)
     if err is not None:
         return None, (sch, rows, err)
     try:
         f = pq.ParquetFile(path)
-        hashes = [_key_hashes(_row_keys(b, table)) for b in f.iter_batches(batch_size=RESULT_BATCH)]
+        cols = [c for c in UNIQUE_KEYS[table] if c in sch.names]
+        hashes = [_key_hashes(_row_keys(b, table)) for b in f.iter_batches(batch_size=RESULT_BATCH, columns=cols)]
     except READ_ERRORS as exc:
         text = " ".join(str(exc).split())
         return None, (None, 0, text[:200] or type(exc).__name__)

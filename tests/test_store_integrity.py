@@ -246,3 +246,23 @@ def test_check_finds_result_rows_stored_twice_across_its_read_batches(tiny_store
     [problem] = integrity.check(tiny_store)
     assert problem.kind == "duplicates" and problem.what.startswith("5 predictions rows already stored")
     assert problem.path == max(tiny_store.results.parts("predictions"), key=lambda p: p.stat().st_mtime_ns)
+
+
+def test_check_reads_only_the_key_columns_of_result_parts(tiny_store, monkeypatch):
+    """``store check``'s cost does not grow with the results' other columns (issue 30): the duplicate
+    check asks Parquet for the unique-key columns only."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    tiny_store.results.append("predictions", pd.DataFrame({
+        "run_id": ["a"] * 3, "patch_id": ["p0", "p1", "p2"], "test_set": "T", "split": "test", "fold": 0,
+        "prob": [0.1, 0.5, 0.9]}))
+    asked, real = [], pq.ParquetFile.iter_batches
+
+    def spy(self, *args, **kwargs):
+        asked.append(kwargs.get("columns"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    assert integrity.check(tiny_store) == []
+    assert asked == [["run_id", "test_set", "split", "patch_id"]]
