@@ -4,7 +4,8 @@ Cache keys are the store path plus its cheap fingerprint (``Store.fingerprint``:
 mtimes of the store's files), so a new run, embedding set or import shows up on the next rerun
 without restarting the app, while an unchanged store is never read twice. Big immutable things (embedding
 matrices, the predictions table) live in ``st.cache_resource`` (shared, not copied); small frames in
-``st.cache_data``. PNGs are read only for the patches shown (``Store.images``), never all up front.
+``st.cache_data``. PNGs are read only for the patches shown (``Store.images``), never all up front; of every patch
+only the few ``INDEX_COLUMNS`` are read (``patch_index``), the shown columns only of the patches shown.
 """
 
 from __future__ import annotations
@@ -67,19 +68,31 @@ def status(root: str) -> dict:
 
 
 # -- patches and pixels --------------------------------------------------------------------------
-def patches(root: str, stamp_: Fingerprint) -> pd.DataFrame:
-    """Patch metadata (no pixels); ``votes`` is a short 'A N A' string."""
-    return _patches(root, stamp_.patches)
+INDEX_COLUMNS = ["patch_id", "dataset", "split", "label", "slide"]
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def _patches(root: str, key: tuple) -> pd.DataFrame:
-    return _shown(open_store(root), None)
+def patch_index(root: str, stamp_: Fingerprint) -> pd.DataFrame:
+    """Every patch's dataset, split, label and slide (categoricals: a few bytes a patch), read once per
+    state of the patches table and shared, never copied (callers must not modify it): what filters, base
+    rates and the map's colours need, without the votes and subtypes a page shows only for the patches on
+    screen (``patch_rows``). A page of a 200,000-patch store reads these 5 columns once per server."""
+    return _index(root, stamp_.patches)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _index(root: str, key: tuple) -> pd.DataFrame:
+    st_ = open_store(root)
+    names = set(st_.patch_parts.column_names())
+    df = st_.patches([c for c in INDEX_COLUMNS if c in names])
+    for c in INDEX_COLUMNS:
+        if c not in df:
+            df[c] = pd.NA
+    return df[INDEX_COLUMNS].astype({c: "category" for c in INDEX_COLUMNS[1:]})
 
 
 def patch_rows(root: str, stamp_: Fingerprint, patch_ids) -> pd.DataFrame:
-    """``patches`` rows of just these patches (unknown ids absent), without reading every patch's row: what a
-    page about one patch and its neighbours needs."""
+    """The shown columns (``PATCH_COLUMNS``, votes as text) of just these patches (unknown ids absent),
+    without reading every patch's row: what a page about a few patches and their neighbours needs."""
     return _patch_rows(root, stamp_.patches, tuple(dict.fromkeys(map(str, patch_ids))))
 
 
@@ -236,7 +249,7 @@ def _family_predictions(root: str, rkey: tuple, pkey: tuple, family_id: str, fol
         sel = sel[sel["split"].fillna("test") == "test"]
     if test_set is not None:
         sel = sel[sel["test_set"] == test_set]
-    meta = _patches(root, pkey)
+    meta = _shown(open_store(root), sel["patch_id"].unique().tolist())  # the rows predicted, not every patch
     return sel.merge(meta, on="patch_id", how="left").reset_index(drop=True)
 
 
@@ -345,18 +358,18 @@ def _embedding_matrix(root: str, key: tuple, recipe_id: str, output: str, view: 
     return keys, np.ascontiguousarray(X, dtype=np.float32)
 
 
-def set_patches(root: str, stamp_: Fingerprint, recipe_id: str, output: str) -> pd.DataFrame:
-    """Metadata (``patches``) of the patches with a vector in this set's original view, in the
-    patches table's order: the patches a similarity search can return."""
-    return _set_patches(root, stamp_.set(recipe_id), stamp_.patches, recipe_id, output)
+def set_patches(root: str, stamp_: Fingerprint, recipe_id: str) -> pd.DataFrame:
+    """``patch_index`` rows of the patches with a vector in this set's original view, in the patches
+    table's order: the patches a similarity search can return (shared, never copied: do not modify)."""
+    return _set_patches(root, stamp_.set(recipe_id), stamp_.patches, recipe_id)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def _set_patches(root: str, key: tuple, pkey: tuple, recipe_id: str, output: str) -> pd.DataFrame:
-    meta = _patches(root, pkey)
-    mask = pc.is_in(pa.array(meta["patch_id"].astype(str).to_numpy(object), pa.string()),
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _set_patches(root: str, key: tuple, pkey: tuple, recipe_id: str) -> pd.DataFrame:
+    idx = _index(root, pkey)
+    mask = pc.is_in(pa.array(idx["patch_id"].astype(str).to_numpy(object), pa.string()),
                     value_set=_set_ids(root, key, recipe_id))
-    return meta[mask.to_numpy(zero_copy_only=False)]
+    return idx[mask.to_numpy(zero_copy_only=False)]
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -377,7 +390,9 @@ def _stored_vector(root: str, key: tuple, recipe_id: str, output: str, patch_id:
     return _searcher(root, key, recipe_id, output).stored([patch_id]).get(patch_id)
 
 
-MAP_POINTS = 20_000  # points the embedding map draws at most (a random sample above: the projection uses all)
+MAP_POINTS = 5_000  # points the embedding map draws by default at most (a random sample above: the projection
+# uses all): a browser draws 5,000 in well under a second, 20,000 in ~1.5 s on a laptop-class CPU (issue 30)
+MAP_POINT_CHOICES = (2_000, 20_000, 50_000)  # what the page offers beside it
 
 
 def neighbours(root: str, stamp_: Fingerprint, recipe_id: str, output: str, query: bytes, k: int,
@@ -407,7 +422,7 @@ def _neighbours(root: str, key: tuple, pkey: tuple, recipe_id: str, output: str,
                 not_id: str | None, like: str | None, not_slide: bool, not_dataset: bool) -> pd.DataFrame:
     same = []
     if like is not None and (not_slide or not_dataset):
-        meta = _patches(root, pkey).set_index("patch_id")
+        meta = _index(root, pkey).set_index("patch_id")
         ref = meta.loc[[like]]
         if not_dataset:
             same.append((ref["dataset"].tolist(), meta["dataset"]))

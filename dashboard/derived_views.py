@@ -110,15 +110,15 @@ def _read(path: str, kind: str, file_key: tuple) -> tuple[pd.DataFrame, dict] | 
     return frame, doc
 
 
-def map_frame(stamp_: Fingerprint, view: View, meta: pd.DataFrame) -> pd.DataFrame:
-    """A current map's points with the patches' dataset, split, label and votes, joined once per
-    version of the view and of the patches table (``meta``: ``data.patches`` of that version)."""
-    return _joined(view.key, stamp_.patches, view.frame, meta)
+def map_frame(root: str, stamp_: Fingerprint, view: View) -> pd.DataFrame:
+    """A current map's points with the patches' dataset, split and label (``data.patch_index``), joined
+    once per version of the view and of the patches table, shared (never copied: do not modify)."""
+    return _joined(view.key, stamp_.patches, view.frame, data.patch_index(root, stamp_))
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _joined(view_key: tuple, pkey: tuple, _xy: pd.DataFrame, _meta: pd.DataFrame) -> pd.DataFrame:
-    return _xy.merge(_meta[["patch_id", "dataset", "split", "label", "votes"]], on="patch_id", how="left")
+def _joined(view_key: tuple, pkey: tuple, _xy: pd.DataFrame, _index: pd.DataFrame) -> pd.DataFrame:
+    return _xy.merge(_index[["patch_id", "dataset", "split", "label"]], on="patch_id", how="left")
 
 
 def build(root: str, recipe_id: str) -> list[Path]:

@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pytest
+import streamlit
 from PIL import Image
 
 from dashboard_store import FAMILIES, PAGES, build_dashboard_store, open_page
@@ -175,7 +176,7 @@ def test_embedding_map(full_store, monkeypatch):
     at = open_page(full_store.root, "map", monkeypatch)
     assert len(at.get("vega_lite_chart")) == 1
     for colour in ("dataset", "prediction", "correct"):
-        at.selectbox[2].set_value(colour).run()
+        at.selectbox(key="map_colour").set_value(colour).run()
         assert not at.exception
     at.multiselect[0].set_value(["AtNorM-MD"]).run()
     assert not at.exception
@@ -369,3 +370,25 @@ def unlabelled_store(tmp_path_factory):
 @pytest.mark.parametrize("page", list(PAGES))
 def test_every_page_renders_on_a_store_with_unlabelled_patches(unlabelled_store, monkeypatch, page):
     open_page(unlabelled_store.root, page, monkeypatch)  # fails on any exception (sorting None with str, ...)
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_no_page_reads_every_patchs_shown_row(full_store, monkeypatch, page):
+    """Every patch's row is read only for the few index columns (``data.INDEX_COLUMNS``, once per server);
+    the shown columns (votes, subtypes) only of the patches a page shows or predicted (issue 30: at x30 a
+    whole-table read and its per-rerun copies cost seconds on the similarity, map and compare pages)."""
+    from mitoprobe.dashboard import data
+    from mitoprobe.store import Store
+
+    reads, real = [], Store.patches
+
+    def spy(self, columns=None, patch_ids=None):
+        reads.append((tuple(columns or ()), patch_ids is None))
+        return real(self, columns, patch_ids)
+
+    monkeypatch.setattr(Store, "patches", spy)
+    streamlit.cache_data.clear()
+    streamlit.cache_resource.clear()
+    at = open_page(full_store.root, page, monkeypatch)
+    assert not at.exception
+    assert [c for c, whole in reads if whole and set(c) - set(data.INDEX_COLUMNS) - {"content_sha256"}] == []

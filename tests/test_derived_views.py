@@ -355,7 +355,7 @@ def test_page_reads_the_stored_views(store, monkeypatch):
     at.slider[0].set_value(7).run()
     assert {m.label: m.value for m in at.metric}["Label agreement"] == f"{rob.loc[7, 'label_agreement']:.3f}"
     for colour in ("dataset", "label"):
-        at.selectbox[2].set_value(colour).run()
+        at.selectbox(key="map_colour").set_value(colour).run()
         assert not at.exception
     at.multiselect[0].set_value(["MyLab"]).run()  # the dataset filter narrows the map only
     assert any("20 patches" in c.value for c in at.caption)

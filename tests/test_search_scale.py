@@ -239,3 +239,4 @@ def test_the_patch_page_shows_k_neighbours(store, monkeypatch):
     assert not at.exception
     captions = " ".join(c.value for c in at.caption)
     assert "share this patch's label" in captions
+

@@ -17,16 +17,20 @@ st.caption("Each dot is one patch (original view). Drag a rectangle on the map t
            "click one patch to open it as the similarity query.")
 ui.require(ctx, "patches", "sets")
 
-meta = data.patches(ctx.root, ctx.stamp)
 runs = data.runs(ctx.root, ctx.stamp) if ctx.status["runs"] and ctx.status["predictions"] else pd.DataFrame()
 c1, c2, c3, c4 = st.columns([3, 1, 2, 3])
 eset, output = ui.pick_set(ctx, "map", container=c1)
 method = c2.selectbox("Projection", derived_views.methods(),
                       help="PCA of the standardised vectors, stored with the set; UMAP too when umap-learn is "
                            "installed (computed on demand, not stored).")
+points = c2.selectbox("Points drawn", sorted({data.MAP_POINTS, *data.MAP_POINT_CHOICES}),
+                      index=sorted({data.MAP_POINTS, *data.MAP_POINT_CHOICES}).index(data.MAP_POINTS),
+                      format_func="{:,}".format, key="map_points", help="At most this many patches are drawn (a fixed random "
+                      "sample of those shown: the projection uses all); more takes the browser longer to draw.")
 colour_opts = ["label", "dataset"] + (["prediction", "correct"] if not runs.empty else [])
-colour = c3.selectbox("Colour by", colour_opts, index=0)
-datasets = c4.multiselect("Datasets", sorted(meta["dataset"].unique()), placeholder="all datasets")
+colour = c3.selectbox("Colour by", colour_opts, index=0, key="map_colour")
+datasets = c4.multiselect("Datasets", sorted(data.set_patches(ctx.root, ctx.stamp, eset.recipe_id)["dataset"]
+                                              .dropna().unique()), placeholder="all datasets")
 
 
 def offer_build(missing: dict) -> None:
@@ -47,10 +51,17 @@ def offer_build(missing: dict) -> None:
 
 
 def draw_map(proj: derived_views.View) -> None:
-    """The map (at most ``data.MAP_POINTS`` points drawn), what was clicked or selected, thumbnails."""
-    df = derived_views.map_frame(ctx.stamp, proj, meta)
+    """The map (at most ``points`` drawn), what was clicked or selected, thumbnails."""
+    df = derived_views.map_frame(ctx.root, ctx.stamp, proj)  # shared: filtered and sampled, never modified
+    if datasets:
+        df = df[df["dataset"].isin(datasets)]
+    n_all = len(df)
+    if n_all > points:  # a browser draws a few thousand points fluently, not a cohort's 200,000
+        df = df.sample(points, random_state=0)
+    df = df.assign(label=df["label"].astype(object), dataset=df["dataset"].astype(object),
+                   split=df["split"].astype(object))
     fid = None
-    if not runs.empty:
+    if not runs.empty:  # joined to the drawn points only
         same = runs.loc[runs["recipe_id"] == eset.recipe_id, "family_id"].unique().tolist()
         fid = ui.pick_family(runs, "map_family", "Predictions of (test sets only)", families=same)
         pred = data.family_predictions(ctx.root, ctx.stamp, fid, data.fold_choices(runs, fid)[0])
@@ -58,11 +69,6 @@ def draw_map(proj: derived_views.View) -> None:
         df["prediction"] = df["prediction"].map({1: "Atypical", 0: "Normal"}).fillna("not predicted")
         has = df["prediction"] != "not predicted"
         df["correct"] = np.where(~has, "not predicted", np.where(df["prediction"] == df["label"], "correct", "wrong"))
-    if datasets:
-        df = df[df["dataset"].isin(datasets)]
-    n_all = len(df)
-    if n_all > data.MAP_POINTS:  # a browser draws ~20,000 points fluently, not a cohort's 200,000
-        df = df.sample(data.MAP_POINTS, random_state=0)
 
     if proj.explained:
         basis = proj.manifest["basis"]

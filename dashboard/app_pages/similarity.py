@@ -16,7 +16,19 @@ st.caption("Nearest neighbours in one embedding set (LanceDB) by cosine distance
 ui.require(ctx, "patches", "sets")
 
 UNLABELLED = "unlabelled"  # a lab's cohort may leave labels empty: a label of its own here (sorts, filters, captions)
-meta = data.patches(ctx.root, ctx.stamp).assign(label=lambda d: d["label"].fillna(UNLABELLED))
+
+
+def labelled(labels: pd.Series) -> pd.Series:
+    """Labels with an empty one shown as ``UNLABELLED`` (a new series: the index frames are shared)."""
+    if isinstance(labels.dtype, pd.CategoricalDtype) and UNLABELLED not in labels.cat.categories:
+        labels = labels.cat.add_categories([UNLABELLED])
+    return labels.fillna(UNLABELLED).astype(str)
+
+
+def rows_of(patch_ids) -> pd.DataFrame:
+    """The shown metadata of just these patches (never every patch's row), labels filled."""
+    return data.patch_rows(ctx.root, ctx.stamp, patch_ids).assign(label=lambda d: labelled(d["label"]))
+
 c1, c2, c3 = st.columns([3, 2, 2])
 eset, output = ui.pick_set(ctx, "sim", container=c1)
 k = c2.slider("Neighbours (k)", 4, 48, 12, 4)
@@ -41,27 +53,28 @@ if not runs.empty and ctx.status["predictions"]:
 else:
     c3.caption("No predictions stored yet (`mitoprobe probe`).")
 
-in_set = data.set_patches(ctx.root, ctx.stamp, eset.recipe_id, output).assign(  # the patches a search can return
-    label=lambda d: d["label"].fillna(UNLABELLED))
+in_set = data.set_patches(ctx.root, ctx.stamp, eset.recipe_id)  # the patches a search can return (shared)
+in_set_label = labelled(in_set["label"]).to_numpy()
 
 MODES = ["Stored patch", "Upload a PNG"]
-if st.query_params.get(links.PATCH) and links.adopt("sim_query_id", links.PATCH, valid=set(meta["patch_id"])):
+if st.query_params.get(links.PATCH) and links.adopt("sim_query_id", links.PATCH,
+                                                    valid=lambda pid: not rows_of([pid]).empty):
     st.session_state["sim_mode"] = MODES[0]  # a link to a patch: search with it
 mode = st.radio("Query", MODES, horizontal=True, label_visibility="collapsed", key="sim_mode")
 query_vec, query_id, query_png = None, None, None
 if mode == "Stored patch":
     g1, g2, g3, g4 = st.columns([2, 2, 1, 3])
-    ds = g1.selectbox("Gallery: dataset", ["all", *sorted(meta["dataset"].unique())])
-    lab = g2.selectbox("Gallery: label", ["all", *sorted(meta["label"].unique())])
+    ds = g1.selectbox("Gallery: dataset", ["all", *sorted(in_set["dataset"].dropna().unique())])
+    lab = g2.selectbox("Gallery: label", ["all", *sorted(set(in_set_label))])
     if g3.button("Shuffle", help="Show other patches in the gallery"):
         st.session_state["sim_seed"] = st.session_state.get("sim_seed", 0) + 1
-    pool = in_set
+    keep = np.ones(len(in_set), bool)
     if ds != "all":
-        pool = pool[pool["dataset"] == ds]
+        keep &= (in_set["dataset"] == ds).to_numpy()
     if lab != "all":
-        pool = pool[pool["label"] == lab]
-    gallery = pool.set_index("patch_id").loc[data.gallery(ctx.root, ctx.stamp, pool["patch_id"], 8,
-                                                          st.session_state.get("sim_seed", 0))].reset_index()
+        keep &= in_set_label == lab
+    drawn = data.gallery(ctx.root, ctx.stamp, in_set["patch_id"][keep], 8, st.session_state.get("sim_seed", 0))
+    gallery = rows_of(drawn).set_index("patch_id").loc[drawn].reset_index()
     if "sim_query_id" not in st.session_state and len(gallery):
         st.session_state["sim_query_id"] = gallery["patch_id"].iloc[0]
     g4.text_input("Patch id", key="sim_query_id", help="Type a patch id, or pick one from the gallery below.")
@@ -103,7 +116,7 @@ else:
     if upload.note:
         st.caption(upload.note)
     if upload.same_as:
-        same = meta.set_index("patch_id").reindex(upload.same_as)
+        same = rows_of(upload.same_as).set_index("patch_id").reindex(upload.same_as)
         st.info("This upload is stored patch " + ", ".join(
             f"`{pid}` ({r['dataset']} {r['split']}, {r['label']})" for pid, r in same.iterrows())
             + ": it is its own nearest neighbour (distance 0) below.")
@@ -119,7 +132,7 @@ ref_id = query_id or (upload.same_as[0] if upload.same_as else None)
 excluded = pd.Series(False, index=in_set.index)
 notes = []
 if ref_id and (skip_slide or skip_dataset):
-    ref = meta.set_index("patch_id").loc[ref_id]
+    ref = rows_of([ref_id]).set_index("patch_id").loc[ref_id]
     if skip_dataset:
         excluded |= in_set["dataset"] == ref["dataset"]
         notes.append(f"dataset {ref['dataset']}")
@@ -131,7 +144,7 @@ if ref_id and (skip_slide or skip_dataset):
             notes.append(f"slide {ref['slide']}")
 elif skip_slide or skip_dataset:
     st.caption("The upload is not a stored patch, so it has no slide or dataset to exclude.")
-pool = in_set[~excluded & (in_set["patch_id"] != query_id)]  # the patches a neighbour may be
+pool_label = in_set_label[(~excluded & (in_set["patch_id"] != query_id)).to_numpy()]  # of the patches a neighbour may be
 try:  # a table built by an older mitoprobe has no standardised columns: the store says how to fix it
     hits = data.neighbours(ctx.root, ctx.stamp, eset.recipe_id, output, np.asarray(query_vec, np.float32).tobytes(),
                            k, not_id=query_id or None, like=ref_id, not_slide=skip_slide, not_dataset=skip_dataset)
@@ -140,7 +153,7 @@ try:  # a table built by an older mitoprobe has no standardised columns: the sto
 except MitoprobeError as exc:
     st.error(f"Cannot search set {eset.name}: {exc}")
     st.stop()
-hits = (hits.merge(meta, on="patch_id", how="left").merge(pred, on="patch_id", how="left"))
+hits = hits.merge(rows_of(hits["patch_id"]), on="patch_id", how="left").merge(pred, on="patch_id", how="left")
 hits.insert(0, "rank", np.arange(1, len(hits) + 1))
 hits["closer_than"] = closer
 hits["prediction"] = hits["prediction"].map({1: "Atypical", 0: "Normal"})
@@ -152,13 +165,13 @@ if query_png is not None:
 res.markdown(f"**{len(hits)} nearest** in {eset.name} · {output}"
              + (f", excluding the query's {' and '.join(notes)}" if notes else ""))
 if query_id:
-    m = meta.set_index("patch_id").loc[query_id]
+    m = rows_of([query_id]).set_index("patch_id").loc[query_id]
     q.caption(f"`{query_id}`  \n{m['label']} · {m['dataset']} {m['split']}  \nvotes: {m['votes'] or '–'}")
     links.page_link(q, "patch", "Patch viewer", help="The patch at full size with every vote and prediction",
                     patch=query_id, set=eset.recipe_id, family=fid)
-    base = (pool["label"] == m["label"]).mean() if len(pool) else float("nan")
+    base = (pool_label == m["label"]).mean() if len(pool_label) else float("nan")
     res.caption(f"{(hits['label'] == m['label']).mean():.0%} of the neighbours share the query's label "
-                f"(base rate {base:.0%}: the share of {m['label']} among the {len(pool)} patches searched).")
+                f"(base rate {base:.0%}: the share of {m['label']} among the {len(pool_label)} patches searched).")
 else:
     q.caption("uploaded image")
 ui.thumbnail_grid(ctx, hits["patch_id"].tolist(),
