@@ -24,6 +24,7 @@ read a row group at a time (:meth:`PatchParts.iter_images`), so no reader holds 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import uuid
@@ -156,13 +157,21 @@ class PatchParts:
     # -- reading ---------------------------------------------------------------------------
     def read(self, columns: list[str], entries: list[dict] | None = None, patch_ids=None) -> pa.Table:
         """``columns`` of every part (or of ``entries``' parts), concatenated in manifest order (an added
-        column a part lacks is null); only the rows of ``patch_ids`` when given."""
+        column a part lacks is null); only the rows of ``patch_ids`` when given: then each part's small
+        ``patch_id`` column says which row groups hold them, and only those are read (a page's dozen
+        patches of a 200,000-patch table read a dozen row groups, not every row of ``columns``)."""
         tables = []
-        keep = None if patch_ids is None else pc.field("patch_id").isin(_id_array(patch_ids))
+        wanted = None if patch_ids is None else _id_array(patch_ids)
         for p in (self.part_paths() if entries is None else [self.path_of(e) for e in entries]):
             with read_guard(p):
-                have = pq.read_schema(p).names
-                t = pq.read_table(p, columns=[c for c in columns if c in have], filters=keep)
+                f = pq.ParquetFile(p)
+                cols = [c for c in columns if c in f.schema_arrow.names]
+                if wanted is None:
+                    t = f.read(columns=cols)
+                else:
+                    groups = _groups_holding(p, f, wanted)
+                    t = f.read_row_groups(groups, columns=list(dict.fromkeys(["patch_id", *cols])))
+                    t = t.filter(pc.is_in(t["patch_id"], value_set=wanted)).select(cols)
             tables.append(_with_columns(t, columns, str(p)))
         if not tables:
             return _with_columns(pa.table({}), columns, str(self.dir))
@@ -176,13 +185,9 @@ class PatchParts:
         out: list[tuple[Path, int, list[str]]] = []
         for p in self.part_paths():
             with read_guard(p):
-                f = pq.ParquetFile(p)
-                ids = f.read(columns=["patch_id"])["patch_id"]
-            start = 0
-            for g in range(f.metadata.num_row_groups):
-                n = f.metadata.row_group(g).num_rows
-                chunk = ids.slice(start, n)
-                start += n
+                ids, bounds = _part_ids(str(p), *_file_key(p))
+            for g in range(len(bounds) - 1):
+                chunk = ids.slice(bounds[g], bounds[g + 1] - bounds[g])
                 if wanted is not None:
                     chunk = chunk.filter(pc.is_in(chunk, value_set=wanted))
                 if len(chunk):
@@ -252,6 +257,30 @@ class PatchParts:
     def _write_manifest(self, entries: list[dict]) -> None:
         make_dirs(self.dir)
         write_json({"format": schema.SCHEMA_VERSION, "parts": entries}, self.manifest_path)
+
+
+def _groups_holding(path: Path, f: pq.ParquetFile, wanted: pa.Array) -> list[int]:
+    """The row groups of an open part that hold any of ``wanted``, from its ``patch_id`` column."""
+    ids, bounds = _part_ids(str(path), *_file_key(path))
+    hit = pc.is_in(ids, value_set=wanted).to_numpy(zero_copy_only=False)
+    if not hit.any():
+        return []
+    return np.unique(np.searchsorted(bounds, np.flatnonzero(hit), side="right") - 1).tolist()
+
+
+def _file_key(path: Path) -> tuple[int, int, int]:
+    s = os.stat(path)
+    return s.st_size, s.st_mtime_ns, s.st_ino
+
+
+@functools.lru_cache(maxsize=256)
+def _part_ids(path: str, size: int, mtime_ns: int, ino: int) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """A part's ``patch_id`` column and its row groups' first rows, read once per version of the file: parts
+    are written once and never changed in place, so a long-lived reader (the dashboard) looks patches up
+    without reading the ids again (~10 MB for 200,000 patches)."""
+    f = pq.ParquetFile(path)
+    sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+    return f.read(columns=["patch_id"])["patch_id"], np.cumsum([0, *sizes])
 
 
 def _id_array(patch_ids: Iterable[str]) -> pa.Array:

@@ -265,3 +265,30 @@ def test_patches_of_given_ids_read_only_their_rows(tiny_store, tmp_path):
     expected = whole[whole["patch_id"].isin(ids)].reset_index(drop=True)
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected, check_dtype=False)  # Int64 only with nulls
     assert st.patches(["patch_id", "label"], patch_ids=[]).empty
+
+
+def test_patches_of_given_ids_read_only_the_row_groups_holding_them(tiny_benchmark, tmp_path, monkeypatch):
+    """Rows looked up by id come from the row groups holding them, in the table's order, wherever the
+    groups cut; a part's ids are remembered per file version, so a new part is seen at once."""
+    from mitoprobe.store import patch_parts
+
+    monkeypatch.setattr(patch_parts, "ROW_GROUP", 3)
+    st = Store(tmp_path / "st")
+    st.import_cohort("MyLab", manifest=write_example_cohort(tmp_path / "cohort"))
+    [part] = st.patch_parts.part_paths()
+    assert pq.ParquetFile(part).metadata.num_row_groups > 3
+    whole = st.patches()
+    ids = whole["patch_id"].iloc[[1, 5, 6, len(whole) - 1]].tolist()
+    read = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", lambda self, groups, **kw: read.append(groups) or
+                        real(self, groups, **kw))
+    got = st.patches(patch_ids=ids[::-1] + ["no-such-patch"])
+    expected = whole[whole["patch_id"].isin(ids)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected, check_dtype=False)
+    n = len(whole)
+    assert read == [sorted({1 // 3, 5 // 3, 6 // 3, (n - 1) // 3})]
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", real)
+    st.import_dataset(tiny_benchmark, tiny_benchmark / "AMI-BR.csv")  # new parts: their ids are read, not stale
+    new = st.patches(["patch_id", "dataset"]).query("dataset != 'MyLab'")["patch_id"].iloc[-1]
+    assert st.patches(["patch_id"], patch_ids=[new])["patch_id"].tolist() == [new]
