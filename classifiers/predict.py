@@ -52,7 +52,7 @@ def choose_family(store, model: str, head: str, family_id: str | None = None) ->
 def predict_dataset(store, model: str, head: str, dataset: str, family_id: str | None = None) -> pd.DataFrame:
     """One row per patch of ``dataset``: P(atypical) of the fold ensemble, the decision at the family's
     threshold, each fold model's probability, and the family (id and label) / recipe / threshold that made them."""
-    patches = store.patches()
+    patches = store.patches(columns=["patch_id", "dataset", "relpath", "label"])  # not every column of a cohort
     mine = patches[patches["dataset"] == dataset]
     if mine.empty:
         raise StoreError(f"no patches of dataset {dataset!r} in the store (datasets: "
