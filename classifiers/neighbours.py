@@ -48,8 +48,11 @@ def search(store, model: str, queries, k: int = 10, *, reference: tuple[str, ...
     output = output or next(iter(eset.outputs))
     if output not in eset.outputs:
         raise StoreError(f"set {model} has outputs {list(eset.outputs)}, not {output!r}")
-    meta = store.patches(columns=["patch_id", "dataset", "relpath", "slide", "label", "n_experts", *VOTE_COLUMNS])
-    qmeta, Q = _queries(store, eset, output, meta, queries)
+    meta = store.patches(columns=["patch_id", "dataset", "slide", "label"])  # what picks candidates; the rest
+    qmeta, Q = _queries(store, eset, output, meta, queries)                  # is read for queries and hits only
+    if qmeta is not None:
+        qmeta = qmeta.merge(store.patches(["patch_id", "relpath"], patch_ids=qmeta["patch_id"]), on="patch_id",
+                            how="left")
     if qmeta is None and (exclude_same_slide or exclude_same_dataset):
         raise ProtocolError("query vectors have no slide or dataset of their own to exclude: pass stored patch "
                             "ids (or a dataset) as queries, or drop exclude_same_slide / exclude_same_dataset")
@@ -65,7 +68,8 @@ def search(store, model: str, queries, k: int = 10, *, reference: tuple[str, ...
     hits = store.features.searcher(eset, output).nearest(
         Q, k, candidates=None if reference is None else ref.index, same=same,
         query_ids=None if qmeta is None else qmeta["patch_id"])
-    nb = ref.reindex(hits["patch_id"])
+    nb = store.patches(["patch_id", "dataset", "relpath", "slide", "label", "n_experts", *VOTE_COLUMNS],
+                       patch_ids=hits["patch_id"].unique()).set_index("patch_id").reindex(hits["patch_id"])
     q = hits["query"].to_numpy()
     of_query = (lambda c: qmeta[c].to_numpy()[q]) if qmeta is not None else (lambda c: np.full(len(q), None))
     tidy = pd.DataFrame({
