@@ -11,6 +11,8 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mitoprobe.paper import (PAPER_COMPARABLE, PAPER_FAMILY, PAPER_HEADS, PAPER_MODEL_NAMES, paper_results,
                             pooled_model_name)
@@ -165,11 +167,18 @@ def out_of_fold_scores(store, ensemble_runs: pd.DataFrame) -> pd.DataFrame:
     probabilities, read back from ``predictions`` (``split == "val"``, fold -1) with the training labels:
     the held-out figure that selection saw, shown beside the test figures. Indexed by family_id."""
     cols = ["auroc", "balanced_accuracy"]
-    preds = store.results.read("predictions") if store.results.parts("predictions") else pd.DataFrame()
-    if preds.empty or "split" not in preds or ensemble_runs.empty:
+    if ensemble_runs.empty:
         return pd.DataFrame(columns=cols)
-    val = preds[(preds["split"] == "val") & (preds["fold"] == -1)]
-    val = val[val["run_id"].isin(set(ensemble_runs["run_id"]))]
+    run_ids = pa.array(sorted(set(ensemble_runs["run_id"])), pa.string())
+
+    def ensemble_val(t: pa.Table) -> pa.Array:  # a part without split predates held-out rows: none here
+        if "split" not in t.column_names:
+            return pa.array(np.zeros(t.num_rows, bool))
+        return pc.and_(pc.and_(pc.equal(t["split"], "val"), pc.equal(t["fold"], -1)),
+                       pc.is_in(t["run_id"], value_set=run_ids))
+
+    val = store.results.read("predictions", ["run_id", "patch_id", "split", "fold", "probability", "threshold"],
+                             where=ensemble_val)  # the rows it scores, not a cohort's every prediction
     if val.empty:
         return pd.DataFrame(columns=cols)
     y = store.patches(columns=["patch_id", "y"]).set_index("patch_id")["y"]

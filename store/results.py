@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -71,15 +72,23 @@ class ResultTables:
         d = self.table_dir(table)
         return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
 
-    def read(self, table: str, columns: list[str] | None = None) -> pd.DataFrame:
+    def read(self, table: str, columns: list[str] | None = None,
+             where: Callable[[pa.Table], pa.Array] | None = None) -> pd.DataFrame:
+        """The table's rows (``columns`` only, when given); ``where``: a function of one part's Arrow table
+        (its ``columns``; a column the part lacks is absent) giving the rows to keep, applied part by part,
+        so memory holds one part's columns and the kept rows, not the whole table (a cohort's predictions)."""
         parts = self.parts(table)
         if not parts:
             return pd.DataFrame(columns=columns or [])
         tables = []
         for p in parts:
             with read_guard(p):
-                tables.append(pq.read_table(p))
+                have = pq.read_schema(p).names
+                t = pq.read_table(p, columns=None if columns is None else [c for c in columns if c in have])
+            tables.append(t if where is None else t.filter(where(t)))
         with read_guard(self.table_dir(table), "has parts whose columns disagree in type"):
             t = pa.concat_tables(tables, promote_options="permissive")
         df = t.to_pandas()
-        return df[columns] if columns else df
+        if columns:
+            df = df.reindex(columns=columns)  # a column no part has: all missing
+        return df
