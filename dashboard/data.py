@@ -145,7 +145,12 @@ def thumbnails(root: str, stamp_: Fingerprint, patch_ids) -> list[str | None]:
     ids = [str(p) for p in patch_ids]
     missing = [p for p in dict.fromkeys(ids) if p not in memo]
     if missing:
-        for pid, png_ in open_store(root).images(missing).items():
+        read = open_store(root).images(missing)
+        recent = _recent_pngs(root, stamp_.patches)  # the page shows one of them at full size next, mostly
+        recent.update(read)
+        while len(recent) > RECENT_PNGS:
+            recent.pop(next(iter(recent)))
+        for pid, png_ in read.items():
             img = Image.open(io.BytesIO(png_)).convert("RGB").resize((THUMB_PX, THUMB_PX), Image.LANCZOS)
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=88)
@@ -179,9 +184,19 @@ def _row_groups(root: str, key: tuple) -> pd.Series:
     return pd.Series(np.concatenate(groups) if groups else np.zeros(0, int), index=ids)
 
 
+RECENT_PNGS = 256  # full-size PNGs the thumbnails read, kept for the page's next look at one (~8 MB)
+
+
+@st.cache_resource(max_entries=2)
+def _recent_pngs(root: str, key: tuple) -> dict[str, bytes]:
+    return {}
+
+
 def png(root: str, stamp_: Fingerprint, patch_id: str) -> bytes | None:
-    """One stored patch's PNG bytes (None when there is no such patch)."""
-    return _png(root, stamp_.patches, str(patch_id))
+    """One stored patch's PNG bytes (None when there is no such patch): from the thumbnails' recent reads
+    when it was among them (the similarity query is picked from its gallery), else its row group (~30 MB)."""
+    recent = _recent_pngs(root, stamp_.patches).get(str(patch_id))
+    return recent if recent is not None else _png(root, stamp_.patches, str(patch_id))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -367,8 +382,7 @@ def set_patches(root: str, stamp_: Fingerprint, recipe_id: str) -> pd.DataFrame:
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _set_patches(root: str, key: tuple, pkey: tuple, recipe_id: str) -> pd.DataFrame:
     idx = _index(root, pkey)
-    mask = pc.is_in(pa.array(idx["patch_id"].astype(str).to_numpy(object), pa.string()),
-                    value_set=_set_ids(root, key, recipe_id))
+    mask = pc.is_in(pa.array(idx["patch_id"].to_numpy(object), pa.string()), value_set=_set_ids(root, key, recipe_id))
     return idx[mask.to_numpy(zero_copy_only=False)]
 
 

@@ -54,6 +54,7 @@ const h1 = Array.from(document.querySelectorAll('h1')).map(e => e.innerText.trim
 const charts = Array.from(document.querySelectorAll('[data-testid="stVegaLiteChart"]'));
 const drawn = charts.filter(c => c.querySelector('canvas, svg.marks')).length;
 return {
+  now: performance.now(),
   h1: h1,
   skeletons: document.querySelectorAll('[data-testid="stSkeleton"]').length,
   running: document.querySelectorAll('[data-testid="stSpinner"], [data-testid="stStatusWidget"]').length,
@@ -152,10 +153,12 @@ def _js_errors(drv) -> list[str]:
     return [e["message"] for e in logs if e.get("level") == "SEVERE" and e.get("source") == "javascript"]
 
 
-def _wait_rendered(drv, title: str, timeout: float) -> tuple[float, dict]:
-    """Seconds from navigation start until the page was rendered and then stayed stable."""
+def _wait_rendered(drv, title: str, timeout: float, loaded: bool = False) -> tuple[float, dict]:
+    """Seconds until the page was rendered and then stayed stable: from the call (a click in the page), or
+    with ``loaded`` (after ``drv.get``, which returns at the document's load event) from the navigation's
+    start by the browser's own clock, so fetching the page and Streamlit's scripts counts too."""
     t0 = time.perf_counter()
-    ready_at, last, state = None, None, {}
+    ready_at, ready_browser, last, state = None, None, None, {}
     while time.perf_counter() - t0 < timeout:
         state = drv.execute_script(_STATE_JS)
         ok = (title in state["h1"] and not state["skeletons"] and not state["running"] and not state["stale"]
@@ -163,9 +166,10 @@ def _wait_rendered(drv, title: str, timeout: float) -> tuple[float, dict]:
         sig = (state["size"], state["charts"], state["drawn"])
         if ok and sig == last:
             if time.perf_counter() - ready_at >= SETTLE_S:
-                return ready_at - t0, state
+                return (ready_browser if loaded else ready_at - t0), state
         else:
             ready_at = time.perf_counter() if ok else None
+            ready_browser = state["now"] / 1000 if ok else None
         last = sig if ok else None
         time.sleep(0.05)
     raise TimeoutError(f"page {title!r} did not finish rendering within {timeout:.0f} s (last state {state})")
@@ -187,7 +191,7 @@ def capture(base_url: str, out_dir: Path, pages: dict[str, str] | None = None, w
             for i in range(1 + warm_loads):
                 drv.set_window_size(width, 1200)
                 drv.get(f"{base_url}/{path}")
-                secs, state = _wait_rendered(drv, title, timeout)
+                secs, state = _wait_rendered(drv, title, timeout, loaded=True)
                 shot.note_load("warm" if i else "first")
                 if i:
                     shot.warm_s.append(secs)
@@ -200,7 +204,7 @@ def capture(base_url: str, out_dir: Path, pages: dict[str, str] | None = None, w
             shot = PageShot(page=link.name, title=link.title, url=link.path)
             drv.set_window_size(width, 1200)
             drv.get(f"{base_url}/{link.path}")
-            shot.first_s, state = _wait_rendered(drv, link.title, timeout)
+            shot.first_s, state = _wait_rendered(drv, link.title, timeout, loaded=True)
             shot.note_load("first")
             shot.missing = [t for t in link.expect if t not in state["text"]]
             _screenshot(drv, shot, state, out_dir, timeout, width, max_height)

@@ -408,15 +408,17 @@ class FeatureStore:
         if require_complete:
             self.require_complete(eset)
         t = self.read_table(eset, list(KEY_COLUMNS) + outs)
-        keys = t.select(list(KEY_COLUMNS)).to_pandas()
-        n_keys = len(keys.drop_duplicates())
-        if n_keys != len(keys):
-            raise self.duplicates_error(eset, len(keys), n_keys)
-        mats = [t[o].combine_chunks().flatten().to_numpy().reshape(len(keys), eset.outputs[o]) for o in outs]
-        X = np.concatenate(mats, axis=1) if len(mats) > 1 else mats[0]
+        n_keys = t.group_by(list(KEY_COLUMNS)).aggregate([]).num_rows  # in Arrow: no pandas copy of the keys
+        if n_keys != t.num_rows:
+            raise self.duplicates_error(eset, t.num_rows, n_keys)
         if views is not None:
-            mask = keys["view"].isin(list(views)).to_numpy()
-            keys, X = keys[mask].reset_index(drop=True), X[mask]
+            mask = pc.is_in(t["view"], value_set=pa.array(list(views), pa.string()))
+            if pc.sum(mask).as_py() != t.num_rows:  # else keep every row without copying them
+                t = t.filter(mask)
+        keys = t.select(list(KEY_COLUMNS)).to_pandas()
+        mats = [t[o].combine_chunks().flatten().to_numpy().reshape(len(keys), eset.outputs[o]) for o in outs]
+        del t
+        X = np.concatenate(mats, axis=1) if len(mats) > 1 else mats[0]
         return keys, X
 
     def vectors(self, eset: EmbeddingSet, patch_ids: Sequence[str], output: str, view: str = "none") -> np.ndarray:
