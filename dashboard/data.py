@@ -405,7 +405,7 @@ def _stored_vector(root: str, key: tuple, recipe_id: str, output: str, patch_id:
 
 
 MAP_POINTS = 5_000  # points the embedding map draws by default at most (a random sample above: the projection
-# uses all): a browser draws 5,000 in well under a second, 20,000 in ~1.5 s on a laptop-class CPU (issue 30)
+# uses all); 20,000 took headless Chromium 2.9 s a warm load on 2 busy vCPUs (docs/benchmarks.md, issue 30)
 MAP_POINT_CHOICES = (2_000, 20_000, 50_000)  # what the page offers beside it
 
 
