@@ -160,6 +160,11 @@ def _footer(path: Path) -> tuple[pa.Schema | None, int, str | None]:
         return None, 0, " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
+def _amibr_train(kept: pa.Table) -> pa.Array:
+    """The rows the folds list (AMi-Br's train patches), chosen in Arrow: the rest never becomes pandas."""
+    return pc.and_(pc.equal(kept["dataset"], "AMi-Br"), pc.equal(kept["split"], "train"))
+
+
 def _scan_folds(scan: _Scan, patches) -> None:
     st = scan.store
     folds, err = _read(st.folds_path)
@@ -370,8 +375,8 @@ def _key_hashes(keys: np.ndarray) -> np.ndarray:
 def _scan(store) -> _Scan:
     scan = _Scan(store, migrations.stamp_error(store.root))
     scan.patches = patch_scan.scan(store.patch_parts, schema.PATCH_COLUMNS, full=True)
-    if scan.patches.meta is not None and store.folds_path.is_file():
-        _scan_folds(scan, scan.patches.meta)
+    if scan.patches.kept is not None and store.folds_path.is_file():
+        _scan_folds(scan, scan.patches.frame(_amibr_train))
     scan.leftovers = leftovers.find(store)
     scan.folds_missing_with_results = not store.folds_path.is_file() and bool(store.results.parts("runs"))
     fs = store.features
@@ -396,7 +401,7 @@ def _problems(scan: _Scan) -> list[Problem]:
         out.append(P(migrations.stamp_path(st.root), scan.stamp_error, f"{REPAIR} (quarantines it; the format is "
                      "then read from the store's files and the next write stamps it)", "format"))
     out += patch_scan.problems(scan.patches, st.patch_parts)
-    if scan.patches.manifest_error is None and scan.patch_ids is None and (scan.sets or any(scan.results.values())):
+    if scan.patches.manifest_error is None and scan.patches.kept is None and (scan.sets or any(scan.results.values())):
         out.append(P(st.patches_path, "missing while embeddings or results exist",
                      "`mitoprobe data import` the same data (vectors and results are keyed by patch id)",
                      "no-patches", "warning"))
@@ -668,8 +673,8 @@ def preflight(store, *, embedding_set: str | None = None, results: bool = False,
     scan = _Scan(store)
     with_folds = folds and store.folds_path.is_file()
     scan.patches = patch_scan.scan(store.patch_parts, FOLD_COLUMNS if with_folds else patch_scan.ID_COLUMNS)
-    if with_folds and scan.patches.meta is not None:
-        _scan_folds(scan, scan.patches.meta)
+    if with_folds and scan.patches.kept is not None:
+        _scan_folds(scan, scan.patches.frame(_amibr_train))
     folder = store.features.dir / embedding_set if embedding_set else None
     if folder is not None and folder.is_dir():
         scan.sets.append(_scan_set(scan, folder, full=False))

@@ -22,6 +22,7 @@ folds' columns when folds are saved), never a pixel.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +61,19 @@ class PatchScan:
     copies: list[Copies] = field(default_factory=list)
     unlisted: list[Path] = field(default_factory=list)  # part files no manifest lists
     rows: dict[Path, int] = field(default_factory=dict)  # rows of each readable part
-    meta: pd.DataFrame | None = None  # columns read of the table a repair leaves (None: no table, or unknown)
-    ids: set | None = None  # its patch ids
+    kept: pa.Table | None = None  # columns read of the rows a repair leaves (None: no table, or unknown), in Arrow
+
+    def frame(self, where: Callable[[pa.Table], pa.Array] | None = None) -> pd.DataFrame | None:
+        """``kept`` as pandas (only the rows ``where`` selects: the preflight's folds check wants the
+        AMi-Br train rows, not a cohort's 200,000 rows as Python objects); None when there is no table."""
+        if self.kept is None:
+            return None
+        return (self.kept if where is None else self.kept.filter(where(self.kept))).to_pandas()
+
+    @functools.cached_property
+    def ids(self) -> set | None:
+        """The kept patch ids as a set (made on first use: only ``store check`` asks)."""
+        return None if self.kept is None else set(self.kept["patch_id"].to_pylist())
 
 
 def read_part(path: Path, columns, full: bool) -> tuple[pa.Table | None, str | None]:
@@ -95,8 +107,9 @@ def first_copies(read: list[tuple[Path, pa.Table]]) -> list[Copies]:
     """The parts of ``read`` (in table order) holding a patch id stored before them."""
     if not read:
         return []
-    ids = np.concatenate([t["patch_id"].to_numpy(zero_copy_only=False) for _, t in read])
-    codes, _ = pd.factorize(ids, use_na_sentinel=False)  # codes number ids in order of first appearance
+    ids = pa.chunked_array([c for _, t in read for c in t["patch_id"].cast(pa.large_string()).chunks],
+                           pa.large_string()).combine_chunks()  # parts may hold string or large_string
+    codes = ids.dictionary_encode().indices.to_numpy(zero_copy_only=False)  # ids numbered by first appearance
     first_at = np.unique(codes, return_index=True)[1]  # row of each id's first copy
     dup = np.arange(len(ids)) != first_at[codes]
     ends = np.cumsum([t.num_rows for _, t in read])
@@ -144,9 +157,9 @@ def scan(parts: PatchParts, columns=ID_COLUMNS, full: bool = False) -> PatchScan
     s.listed_twice = {p: n for p, n in times.items() if n > 1 and p in s.rows}
     s.copies = first_copies(read)
     keep = {c.path: c.keep for c in s.copies}
-    frames = [(t.filter(pa.array(keep[p])) if p in keep else t).to_pandas() for p, t in read]
-    s.meta = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
-    s.ids = set(s.meta["patch_id"])
+    kept = [t.filter(pa.array(keep[p])) if p in keep else t for p, t in read]
+    s.kept = (pa.concat_tables(kept, promote_options="permissive") if kept else
+              pa.schema([schema.PATCHES.field(c) for c in cols]).empty_table())
     return s
 
 
