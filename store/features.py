@@ -412,7 +412,7 @@ class FeatureStore:
         if n_keys != t.num_rows:
             raise self.duplicates_error(eset, t.num_rows, n_keys)
         if views is not None:
-            mask = pc.is_in(t["view"], value_set=pa.array(list(views), pa.string()))
+            mask = pc.is_in(t["view"], value_set=pa.array(list(views), t.schema.field("view").type))
             if pc.sum(mask).as_py() != t.num_rows:  # else keep every row without copying them
                 t = t.filter(mask)
         keys = t.select(list(KEY_COLUMNS)).to_pandas()

@@ -171,7 +171,7 @@ class PatchParts:
                 else:
                     groups = _groups_holding(p, f, wanted)
                     t = f.read_row_groups(groups, columns=list(dict.fromkeys(["patch_id", *cols])))
-                    t = t.filter(pc.is_in(t["patch_id"], value_set=wanted)).select(cols)
+                    t = t.filter(pc.is_in(t["patch_id"], value_set=wanted.cast(t["patch_id"].type))).select(cols)
             tables.append(_with_columns(t, columns, str(p)))
         if not tables:
             return _with_columns(pa.table({}), columns, str(self.dir))
@@ -262,7 +262,7 @@ class PatchParts:
 def _groups_holding(path: Path, f: pq.ParquetFile, wanted: pa.Array) -> list[int]:
     """The row groups of an open part that hold any of ``wanted``, from its ``patch_id`` column."""
     ids, bounds = _part_ids(str(path), *_file_key(path))
-    hit = pc.is_in(ids, value_set=wanted).to_numpy(zero_copy_only=False)
+    hit = pc.is_in(ids, value_set=wanted.cast(ids.type)).to_numpy(zero_copy_only=False)  # a format-1 part: large_string
     if not hit.any():
         return []
     return np.unique(np.searchsorted(bounds, np.flatnonzero(hit), side="right") - 1).tolist()
