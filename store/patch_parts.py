@@ -186,10 +186,11 @@ class PatchParts:
         for p in self.part_paths():
             with read_guard(p):
                 ids, bounds = _part_ids(str(p), *_file_key(p))
+            hit = None if wanted is None else pc.is_in(ids, value_set=wanted.cast(ids.type))  # one lookup a part
             for g in range(len(bounds) - 1):
                 chunk = ids.slice(bounds[g], bounds[g + 1] - bounds[g])
-                if wanted is not None:
-                    chunk = chunk.filter(pc.is_in(chunk, value_set=wanted))
+                if hit is not None:
+                    chunk = chunk.filter(hit.slice(bounds[g], bounds[g + 1] - bounds[g]))
                 if len(chunk):
                     out.append((p, g, chunk.to_pylist()))
         return out
