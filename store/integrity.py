@@ -1,8 +1,8 @@
 """``mitoprobe store check`` and ``store repair``: find every damage in a store, fix what needs no guessing.
 
 In the spirit of SQLite's ``PRAGMA integrity_check``, :func:`check` reads every byte (of result parts: the
-footer and the key columns) and lists every problem, each with its path, what is wrong and the fix: every Parquet file opens and matches its
-schema (``store/schema.py``; result parts may lack newer columns), the patches table's manifest and
+footer and the key columns) and lists every problem, each with its path, what is wrong and the fix: every
+Parquet file opens and matches its schema (``store/schema.py``; result parts may lack newer columns), the patches table's manifest and
 parts agree and hold each patch id once (``store/patch_scan.py``), each embedding set's ``recipe.json`` parses and names its folder, its row count equals its ``COMPLETE`` record, no
 (patch_id, view) key is stored twice, every key's patch exists, ``folds.parquet`` lists the AMi-Br
 train patches in ``train_row`` order, and every LanceDB table matches its Parquet vectors (row count

@@ -25,8 +25,9 @@ method = c2.selectbox("Projection", derived_views.methods(),
                            "installed (computed on demand, not stored).")
 points = c2.selectbox("Points drawn", sorted({data.MAP_POINTS, *data.MAP_POINT_CHOICES}),
                       index=sorted({data.MAP_POINTS, *data.MAP_POINT_CHOICES}).index(data.MAP_POINTS),
-                      format_func="{:,}".format, key="map_points", help="At most this many patches are drawn (a fixed random "
-                      "sample of those shown: the projection uses all); more takes the browser longer to draw.")
+                      format_func="{:,}".format, key="map_points",
+                      help="At most this many patches are drawn (a fixed random sample of those shown: the "
+                           "projection uses all); more takes the browser longer to draw.")
 colour_opts = ["label", "dataset"] + (["prediction", "correct"] if not runs.empty else [])
 colour = c3.selectbox("Colour by", colour_opts, index=0, key="map_colour")
 datasets = c4.multiselect("Datasets", sorted(data.set_patches(ctx.root, ctx.stamp, eset.recipe_id)["dataset"]

@@ -144,7 +144,7 @@ if ref_id and (skip_slide or skip_dataset):
             notes.append(f"slide {ref['slide']}")
 elif skip_slide or skip_dataset:
     st.caption("The upload is not a stored patch, so it has no slide or dataset to exclude.")
-pool_label = in_set_label[(~excluded & (in_set["patch_id"] != query_id)).to_numpy()]  # of the patches a neighbour may be
+pool_label = in_set_label[(~excluded & (in_set["patch_id"] != query_id)).to_numpy()]  # those a neighbour may be
 try:  # a table built by an older mitoprobe has no standardised columns: the store says how to fix it
     hits = data.neighbours(ctx.root, ctx.stamp, eset.recipe_id, output, np.asarray(query_vec, np.float32).tobytes(),
                            k, not_id=query_id or None, like=ref_id, not_slide=skip_slide, not_dataset=skip_dataset)
