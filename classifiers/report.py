@@ -175,7 +175,7 @@ def out_of_fold_scores(store, ensemble_runs: pd.DataFrame) -> pd.DataFrame:
         if "split" not in t.column_names:
             return pa.array(np.zeros(t.num_rows, bool))
         return pc.and_(pc.and_(pc.equal(t["split"], "val"), pc.equal(t["fold"], -1)),
-                       pc.is_in(t["run_id"], value_set=run_ids))
+                       pc.is_in(t["run_id"], value_set=run_ids.cast(t["run_id"].type)))
 
     val = store.results.read("predictions", ["run_id", "patch_id", "split", "fold", "probability", "threshold"],
                              where=ensemble_val)  # the rows it scores, not a cohort's every prediction
