@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from conftest import make_benchmark, png_bytes, run_cli
 
-from mitoprobe.store import Store, StoreError, StoreLockedError, integrity
+from mitoprobe.store import Store, StoreError, integrity
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "handcrafted"

@@ -220,7 +220,6 @@ def test_store_check_and_repair_cover_the_parts(tiny_store, tmp_path, monkeypatc
 
 def test_the_embedding_job_reads_a_row_group_at_a_time(tiny_store, tmp_path, monkeypatch):
     from mitoprobe import embedder
-    import mitoprobe.embedder.job
     import mitoprobe.store.patch_parts as pp
 
     monkeypatch.setattr(pp, "ROW_GROUP", 7)
