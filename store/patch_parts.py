@@ -169,7 +169,8 @@ class PatchParts:
                 if wanted is None:
                     t = f.read(columns=cols)
                 else:
-                    groups = _groups_holding(p, f, wanted)
+                    _, bounds, hit = _part_hits(p, wanted)
+                    groups = np.unique(np.searchsorted(bounds, np.flatnonzero(hit), side="right") - 1).tolist()
                     t = f.read_row_groups(groups, columns=list(dict.fromkeys(["patch_id", *cols])))
                     t = t.filter(pc.is_in(t["patch_id"], value_set=wanted.cast(t["patch_id"].type))).select(cols)
             tables.append(_with_columns(t, columns, str(p)))
@@ -185,12 +186,11 @@ class PatchParts:
         out: list[tuple[Path, int, list[str]]] = []
         for p in self.part_paths():
             with read_guard(p):
-                ids, bounds = _part_ids(str(p), *_file_key(p))
-            hit = None if wanted is None else pc.is_in(ids, value_set=wanted.cast(ids.type))  # one lookup a part
+                ids, bounds, hit = _part_hits(p, wanted)
             for g in range(len(bounds) - 1):
                 chunk = ids.slice(bounds[g], bounds[g + 1] - bounds[g])
                 if hit is not None:
-                    chunk = chunk.filter(hit.slice(bounds[g], bounds[g + 1] - bounds[g]))
+                    chunk = chunk.filter(pa.array(hit[bounds[g]:bounds[g + 1]]))
                 if len(chunk):
                     out.append((p, g, chunk.to_pylist()))
         return out
@@ -260,13 +260,13 @@ class PatchParts:
         write_json({"format": schema.SCHEMA_VERSION, "parts": entries}, self.manifest_path)
 
 
-def _groups_holding(path: Path, f: pq.ParquetFile, wanted: pa.Array) -> list[int]:
-    """The row groups of an open part that hold any of ``wanted``, from its ``patch_id`` column."""
+def _part_hits(path: Path, wanted: pa.Array | None) -> tuple[pa.ChunkedArray, np.ndarray, np.ndarray | None]:
+    """A part's ids, its row groups' first rows, and which ids are ``wanted`` (one lookup a part; None: no
+    selection). A format-1 part holds large_string ids: the wanted ones are cast to the column's type."""
     ids, bounds = _part_ids(str(path), *_file_key(path))
-    hit = pc.is_in(ids, value_set=wanted.cast(ids.type)).to_numpy(zero_copy_only=False)  # a format-1 part: large_string
-    if not hit.any():
-        return []
-    return np.unique(np.searchsorted(bounds, np.flatnonzero(hit), side="right") - 1).tolist()
+    if wanted is None:
+        return ids, bounds, None
+    return ids, bounds, pc.is_in(ids, value_set=wanted.cast(ids.type)).to_numpy(zero_copy_only=False)
 
 
 def _file_key(path: Path) -> tuple[int, int, int]:
