@@ -407,19 +407,49 @@ class FeatureStore:
             raise StoreError(f"set {name} has outputs {list(eset.outputs)}, not {unknown}")
         if require_complete:
             self.require_complete(eset)
-        t = self.read_table(eset, list(KEY_COLUMNS) + outs)
+        t = self.read_table(eset, KEY_COLUMNS)  # the keys first: the vectors are streamed into X below
         n_keys = t.group_by(list(KEY_COLUMNS)).aggregate([]).num_rows  # in Arrow: no pandas copy of the keys
         if n_keys != t.num_rows:
             raise self.duplicates_error(eset, t.num_rows, n_keys)
+        mask = None
         if views is not None:
             mask = pc.is_in(t["view"], value_set=pa.array(list(views), t.schema.field("view").type))
-            if pc.sum(mask).as_py() != t.num_rows:  # else keep every row without copying them
+            if pc.sum(mask).as_py() == t.num_rows:  # every row kept: no mask, no copies
+                mask = None
+            else:
                 t = t.filter(mask)
-        keys = t.select(list(KEY_COLUMNS)).to_pandas()
-        mats = [t[o].combine_chunks().flatten().to_numpy().reshape(len(keys), eset.outputs[o]) for o in outs]
+                mask = mask.to_numpy(zero_copy_only=False)
+        keys = t.to_pandas()
         del t
-        X = np.concatenate(mats, axis=1) if len(mats) > 1 else mats[0]
-        return keys, X
+        return keys, self._stream_vectors(eset, outs, mask, len(keys))
+
+    def _stream_vectors(self, eset: EmbeddingSet, outs: list[str], mask: np.ndarray | None, rows: int) -> np.ndarray:
+        """The outputs ``outs`` side by side (float32) of the rows ``mask`` keeps (None: all), copied batch by
+        batch into one array: the set is never held twice (an Arrow table and its NumPy copy). 352 MiB of
+        1,536-d vectors: peak RSS 1,168 -> ~600 MiB (docs/benchmarks.md, "Cohort scale, round 3")."""
+        dims = [eset.outputs[o] for o in outs]
+        X = np.empty((rows, sum(dims)), dtype=np.float32)
+        at = seen = 0
+        expected = rows if mask is None else len(mask)
+        for part in eset.parts:
+            with read_guard(part):
+                # unbuffered, in small batches: Arrow holds ~1 MiB of the file and one batch, not a row group
+                stream = pq.ParquetFile(part, pre_buffer=False, buffer_size=1 << 20)
+                for batch in stream.iter_batches(batch_size=2048, columns=outs):
+                    if seen + batch.num_rows > expected:
+                        break
+                    keep = slice(None) if mask is None else mask[seen:seen + batch.num_rows]
+                    seen += batch.num_rows
+                    n = batch.num_rows if mask is None else int(keep.sum())
+                    col = 0
+                    for o, d in zip(outs, dims):
+                        X[at:at + n, col:col + d] = batch[o].flatten().to_numpy().reshape(-1, d)[keep]
+                        col += d
+                    at += n
+        if at != rows or seen != expected:
+            raise DamagedStoreError(f"{eset.path}: set {eset.name}'s parts changed while read ({seen} vector "
+                                    f"rows, {rows} keys); {CHECK_HINT}")
+        return X
 
     def vectors(self, eset: EmbeddingSet, patch_ids: Sequence[str], output: str, view: str = "none") -> np.ndarray:
         """Raw vectors of ``output`` for ``patch_ids`` (one view), in their order: only their rows are

@@ -149,3 +149,25 @@ def test_search_unknown_output(filled):
 
     with pytest.raises(StoreError, match="not 'nope'"):
         st.features.search(st.features.get("abc123"), np.zeros(16), output="nope")
+
+
+def test_read_streams_the_kept_views_in_key_order_across_parts_and_batches(tiny_store: Store):
+    """``read`` copies the vectors batch by batch (2,048 rows) into one array: with 2 or 3 views a patch (an
+    irregular mask), parts of uneven size and batches that straddle them, every row still is its key's."""
+    n = 9_000
+    ids = [f"p{i:05d}" for i in range(n)]
+    w = tiny_store.features.writer("big123", "big", {"cls": 3}, {"model": "big"})
+    rows = 0
+    for lo, hi in ((0, 7_000), (7_000, n)):  # part 1: ~16,300 rows (two batches), part 2: ~4,700
+        keys = [(ids[i], v) for i in range(lo, hi) for v in ("none", "hflip", "vflip")[:2 + (i % 3 == 0)]]
+        code = np.array([[int(p[1:]), ("none", "hflip", "vflip").index(v), 7] for p, v in keys], dtype=np.float32)
+        w.write_chunk([k[0] for k in keys], [k[1] for k in keys], {"cls": code})
+        rows += len(keys)
+    w.finalize(expected_rows=rows)
+    for views in (["vflip"], ["hflip"], ["none", "vflip"], None):
+        keys, X = tiny_store.features.read("big", "big123", views=views)
+        want = sum({"none": n, "hflip": n, "vflip": n // 3}[v] for v in views) if views else rows
+        assert len(keys) == len(X) == want and X.dtype == np.float32
+        np.testing.assert_array_equal(X[:, 0], keys["patch_id"].str[1:].astype(int).to_numpy())
+        np.testing.assert_array_equal(X[:, 1], keys["view"].map({"none": 0, "hflip": 1, "vflip": 2}).to_numpy())
+        assert (X[:, 2] == 7).all()
