@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from mitoprobe.dashboard import links, navigation, ui
+from mitoprobe.dashboard import data, links, navigation, ui
 
 PAGES = [st.Page(p.path, title=p.title, default=not p.key, **({"url_path": p.key} if p.key else {}))
          for p in navigation.PAGES]
@@ -12,5 +12,10 @@ page = st.navigation(PAGES)
 links.enter(page.url_path)
 with st.sidebar:
     st.markdown("**mitoprobe** · atypical vs normal mitoses")
-ui.sidebar(ui.context())
-page.run()
+ctx = ui.context()
+ui.sidebar(ctx)
+try:
+    page.run()
+finally:  # after the page, also when it stopped early: read ahead what the other pages open with (server only)
+    if ctx.status.get("patches"):
+        data.warm(ctx.root, ctx.stamp)

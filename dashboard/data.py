@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -491,6 +493,42 @@ def distance_percentiles(root: str, stamp_: Fingerprint, recipe_id: str, output:
     if not len(ref):
         return np.full(len(d), np.nan)
     return 100.0 * (len(ref) - np.searchsorted(ref, d, side="right")) / len(ref)
+
+
+# -- reading ahead ------------------------------------------------------------------------------
+WARM_IN_BACKGROUND = False  # the server's process (``child``) turns it on; AppTests and library users read on demand
+log = logging.getLogger(__name__)
+
+
+def warm(root: str, stamp_: Fingerprint) -> None:
+    """Once per state of the store and server, read ahead in a background thread what the pages read
+    first (the patch index; each set's patch ids; the default set's search table and distance sample), so
+    a page opened after the first is no slower than warm: at 200,000 patches Similarity's first render
+    spent ~1 s on them (docs/benchmarks.md, "Cohort scale, round 3"). Only with ``WARM_IN_BACKGROUND``."""
+    if WARM_IN_BACKGROUND:
+        _warming(root, stamp_.patches, tuple(stamp_.sets), _stamp=stamp_)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _warming(root: str, patches_key: tuple, sets_key: tuple, _stamp: Fingerprint) -> threading.Thread:
+    t = threading.Thread(target=warm_caches, args=(root, _stamp), name="mitoprobe-read-ahead", daemon=True)
+    t.start()
+    return t
+
+
+def warm_caches(root: str, stamp_: Fingerprint) -> None:
+    """The reads behind :func:`warm`, in the pages' own cached functions (so the pages find them done). A
+    failure is left for the page that makes the same read to show (logged here at debug level)."""
+    try:
+        patch_index(root, stamp_)
+        sets = embedding_sets(root)
+        for eset in sets:
+            set_patches(root, stamp_, eset.recipe_id)
+        if sets:  # the pickers' default: the set and output a page opens on
+            eset = sets[0]
+            _distance_sample(root, _search_key(root, stamp_, eset.recipe_id), eset.recipe_id, next(iter(eset.outputs)))
+    except Exception as exc:  # noqa: BLE001 - read ahead only: the page reading it reports it properly
+        log.debug("reading ahead in %s stopped: %s", root, exc)
 
 
 # -- embedding an uploaded image -----------------------------------------------------------------

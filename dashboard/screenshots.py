@@ -177,14 +177,16 @@ def _wait_rendered(drv, title: str, timeout: float, loaded: bool = False) -> tup
 
 def capture(base_url: str, out_dir: Path, pages: dict[str, str] | None = None, warm_loads: int = 2,
             nav_rounds: int = 2, timeout: float = 90.0, width: int = WIDTH, max_height: int = 4000,
-            links: list[DeepLink] = (), row_link: bool = False) -> list[PageShot]:
+            links: list[DeepLink] = (), row_link: bool = False, drv=None) -> list[PageShot]:
     """Load each page by URL once cold and ``warm_loads`` more times, screenshot the whole page, time
     ``nav_rounds`` rounds of switching pages through the sidebar, then open each deep link and (with
-    ``row_link``) follow a leaderboard row to Errors (``_follow_row``)."""
+    ``row_link``) follow a leaderboard row to Errors (``_follow_row``). ``drv``: a browser of the caller's
+    (kept open; e.g. one that has Streamlit's scripts cached already), else a fresh one."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shots = []
-    drv = driver(width)
+    own = drv is None
+    drv = driver(width) if own else drv
     try:
         for path, title in (pages or PAGES).items():
             shot = PageShot(page=path or "leaderboard", title=title, url=path)
@@ -214,7 +216,8 @@ def capture(base_url: str, out_dir: Path, pages: dict[str, str] | None = None, w
         if "similarity" in (pages or PAGES):
             shots.append(_similarity_after_reload(drv, base_url, timeout, width))
     finally:
-        drv.quit()
+        if own:
+            drv.quit()
     return shots
 
 

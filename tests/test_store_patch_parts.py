@@ -291,3 +291,14 @@ def test_patches_of_given_ids_read_only_the_row_groups_holding_them(tiny_benchma
     st.import_dataset(tiny_benchmark, tiny_benchmark / "AMI-BR.csv")  # new parts: their ids are read, not stale
     new = st.patches(["patch_id", "dataset"]).query("dataset != 'MyLab'")["patch_id"].iloc[-1]
     assert st.patches(["patch_id"], patch_ids=[new])["patch_id"].tolist() == [new]
+
+
+def test_pngs_are_written_plain_and_the_small_columns_with_dictionaries(tiny_store, tmp_path):
+    """PNGs are unique blobs: a dictionary page for them is wasted work on every read (thumbnails read a row
+    group's PNG column each); the repetitive columns (dataset, split, label, slide) keep theirs."""
+    tiny_store.import_cohort("MyLab", manifest=write_example_cohort(tmp_path / "cohort"))
+    for part in tiny_store.patch_parts.part_paths():
+        meta = pq.ParquetFile(part).metadata
+        cols = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i) for i in range(meta.num_columns)}
+        assert not any("DICTIONARY" in e for e in cols["png"].encodings), (part.name, cols["png"].encodings)
+        assert cols["dataset"].has_dictionary_page and cols["label"].has_dictionary_page
