@@ -502,7 +502,7 @@ log = logging.getLogger(__name__)
 
 def warm(root: str, stamp_: Fingerprint) -> None:
     """Once per state of the store and server, read ahead in a background thread what the pages read
-    first (the patch index; each set's patch ids; the default set's search table and distance sample), so
+    first (the patch index; the default set's patch ids, search table and distance sample), so
     a page opened after the first is no slower than warm: at 200,000 patches Similarity's first render
     spent ~1 s on them (docs/benchmarks.md, "Cohort scale, round 3"). Only with ``WARM_IN_BACKGROUND``."""
     if WARM_IN_BACKGROUND:
@@ -522,10 +522,9 @@ def warm_caches(root: str, stamp_: Fingerprint) -> None:
     try:
         patch_index(root, stamp_)
         sets = embedding_sets(root)
-        for eset in sets:
-            set_patches(root, stamp_, eset.recipe_id)
-        if sets:  # the pickers' default: the set and output a page opens on
+        if sets:  # the pickers' default: the set and output a page opens on (the others when a user picks them)
             eset = sets[0]
+            set_patches(root, stamp_, eset.recipe_id)
             _distance_sample(root, _search_key(root, stamp_, eset.recipe_id), eset.recipe_id, next(iter(eset.outputs)))
     except Exception as exc:  # noqa: BLE001 - read ahead only: the page reading it reports it properly
         log.debug("reading ahead in %s stopped: %s", root, exc)

@@ -431,13 +431,18 @@ class FeatureStore:
         X = np.empty((rows, sum(dims)), dtype=np.float32)
         at = seen = 0
         expected = rows if mask is None else len(mask)
+
+        def changed(vector_rows: int) -> DamagedStoreError:
+            return DamagedStoreError(f"{eset.path}: set {eset.name}'s parts changed while read ({vector_rows} vector "
+                                     f"rows or more, {expected} keys); {CHECK_HINT}")
+
         for part in eset.parts:
             with read_guard(part):
                 # unbuffered, in small batches: Arrow holds ~1 MiB of the file and one batch, not a row group
                 stream = pq.ParquetFile(part, pre_buffer=False, buffer_size=1 << 20)
                 for batch in stream.iter_batches(batch_size=2048, columns=outs):
                     if seen + batch.num_rows > expected:
-                        break
+                        raise changed(seen + batch.num_rows)
                     keep = slice(None) if mask is None else mask[seen:seen + batch.num_rows]
                     seen += batch.num_rows
                     n = batch.num_rows if mask is None else int(keep.sum())
@@ -447,8 +452,7 @@ class FeatureStore:
                         col += d
                     at += n
         if at != rows or seen != expected:
-            raise DamagedStoreError(f"{eset.path}: set {eset.name}'s parts changed while read ({seen} vector "
-                                    f"rows, {rows} keys); {CHECK_HINT}")
+            raise changed(seen)
         return X
 
     def vectors(self, eset: EmbeddingSet, patch_ids: Sequence[str], output: str, view: str = "none") -> np.ndarray:

@@ -45,8 +45,8 @@ PATCHES_DIR = paths.PATCHES_DIR
 MANIFEST = paths.MANIFEST
 ROW_GROUP = 1024  # rows per row group: ~30 MB of 128x128 PNGs, the unit every PNG reader reads
 # PNGs are unique blobs: a dictionary for them is tried, abandoned and paid for on every read. Plain-encoded,
-# one row group's PNGs read in ~9 ms instead of ~24 (~67 for a file's first), and import writes them ~2x
-# faster (docs/benchmarks.md, "Cohort scale, round 3"); the other columns keep their dictionaries.
+# one row group's PNGs read in ~9 ms instead of ~24 (~67 for a file's first) and are written in half the
+# time (docs/benchmarks.md, "Cohort scale, round 3"); the other columns keep their dictionaries.
 NO_DICTIONARY = ("png",)
 
 

@@ -171,3 +171,15 @@ def test_read_streams_the_kept_views_in_key_order_across_parts_and_batches(tiny_
         np.testing.assert_array_equal(X[:, 0], keys["patch_id"].str[1:].astype(int).to_numpy())
         np.testing.assert_array_equal(X[:, 1], keys["view"].map({"none": 0, "hflip": 1, "vflip": 2}).to_numpy())
         assert (X[:, 2] == 7).all()
+
+
+def test_read_refuses_vectors_that_do_not_match_the_keys_read_before_them(filled, monkeypatch):
+    """Keys and vectors are two reads of the parts: a part that changed between them is damage, never a
+    matrix misaligned with its keys."""
+    from mitoprobe.store.errors import DamagedStoreError
+
+    st, _, _ = filled
+    keys_then = st.features.read_table
+    monkeypatch.setattr(type(st.features), "read_table", lambda self, eset, columns=None: keys_then(eset, columns).slice(1))
+    with pytest.raises(DamagedStoreError, match="changed while read"):
+        st.features.read("toy", "abc123")
