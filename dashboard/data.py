@@ -503,7 +503,7 @@ log = logging.getLogger(__name__)
 def warm(root: str, stamp_: Fingerprint) -> None:
     """Once per state of the store and server, read ahead in a background thread what the pages read
     first (the patch index; the default set's patch ids, search table and distance sample), so
-    a page opened after the first is no slower than warm: at 200,000 patches Similarity's first render
+    a page opened after the first finds them read: at 200,000 patches Similarity's first render
     spent 0.6-0.9 s on them (docs/benchmarks.md, "Cohort scale, round 3"). Only with ``WARM_IN_BACKGROUND``."""
     if WARM_IN_BACKGROUND:
         _warming(root, stamp_.patches, tuple(stamp_.sets), _stamp=stamp_)
