@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from mitoprobe.dashboard import data, links, navigation, ui
+from mitoprobe.dashboard import links, navigation, read_ahead, ui
 
 PAGES = [st.Page(p.path, title=p.title, default=not p.key, **({"url_path": p.key} if p.key else {}))
          for p in navigation.PAGES]
@@ -18,4 +18,4 @@ try:
     page.run()
 finally:  # after the page, also when it stopped early: read ahead what the other pages open with (server only)
     if ctx.status.get("patches"):
-        data.warm(ctx.root, ctx.stamp)
+        read_ahead.warm(ctx.root, ctx.stamp)

@@ -7,33 +7,17 @@ start-up. Started as ``python -P -m mitoprobe.dashboard.child run app.py ...`` (
 """
 
 import sys
-import threading
-import time
 
 import lancedb  # noqa: F401  (preloaded: similarity search)
 import sklearn.decomposition  # noqa: F401  (preloaded: the embedding map's PCA)
 from PIL import Image  # noqa: F401  (preloaded: thumbnails)
 from streamlit.web import cli
 
-from mitoprobe.dashboard import charts, data, links, ui  # noqa: F401  (preloaded: every page imports them)
-
-
-def read_ahead_at_start(timeout: float = 60.0) -> None:
-    """As soon as Streamlit's runtime is up, read ahead what the first page will read (``data.warm``): the
-    first visitor's page then finds the store's index read, or being read."""
-    from streamlit import runtime
-
-    deadline = time.monotonic() + timeout
-    while not runtime.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    root = data.store_root()
-    if runtime.exists() and data.status(root).get("patches"):
-        data.warm(root, data.stamp(root))
+from mitoprobe.dashboard import charts, data, links, read_ahead, ui  # noqa: F401  (preloaded: every page imports them)
 
 
 def main() -> int:
-    data.WARM_IN_BACKGROUND = True  # this process serves the pages: read ahead after each new store state
-    threading.Thread(target=read_ahead_at_start, name="mitoprobe-read-ahead-start", daemon=True).start()
+    read_ahead.enable()  # this process serves the pages: read ahead at start and after each new store state
     sys.argv = ["streamlit", *sys.argv[1:]]
     return cli.main()
 

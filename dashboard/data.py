@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,6 +235,11 @@ def _runs(root: str, key: tuple) -> pd.DataFrame:
 options_text = labels.options_text  # one home: classifiers.labels
 family_label = labels.family_label  # the short label every page and the report show
 family_labels = labels.family_labels  # family_id -> label, unique over a runs table (what pickers show)
+
+
+def predictions(root: str, stamp_: Fingerprint) -> pd.DataFrame:
+    """Every stored prediction, read once per state of the results (shared, never copied: do not modify)."""
+    return _predictions(root, stamp_.results)
 
 
 @st.cache_resource(show_spinner="Reading predictions…", max_entries=2)
@@ -466,6 +469,12 @@ def _searcher(root: str, key: tuple, recipe_id: str, output: str):
 PERCENTILE_SAMPLE = 20_000  # stored patches "closer than" compares with (every one in a smaller set)
 
 
+def distance_sample(root: str, stamp_: Fingerprint, recipe_id: str, output: str) -> tuple[np.ndarray, np.ndarray]:
+    """The stored patches *closer than* compares with (ids, unit standardised vectors; ``PERCENTILE_SAMPLE``
+    at most), drawn once per state of the set (opening its search)."""
+    return _distance_sample(root, _search_key(root, stamp_, recipe_id), recipe_id, output)
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _distance_sample(root: str, key: tuple, recipe_id: str, output: str) -> tuple[np.ndarray, np.ndarray]:
     ids, Z = _searcher(root, key, recipe_id, output).sample(PERCENTILE_SAMPLE, view="none")
@@ -485,7 +494,7 @@ def distance_percentiles(root: str, stamp_: Fingerprint, recipe_id: str, output:
     every stored patch up to ``PERCENTILE_SAMPLE`` of them, above on that many drawn at random (fixed
     seed; ±0.7 points at worst): one matrix-vector product, whatever the set's size."""
     key = _search_key(root, stamp_, recipe_id)
-    ids, Zn = _distance_sample(root, key, recipe_id, output)
+    ids, Zn = distance_sample(root, stamp_, recipe_id, output)
     search = _searcher(root, key, recipe_id, output)
     q = _unit(search.fs.standardize(search.eset, output, np.asarray(query, np.float32)[None, :]))[0]
     ref = np.sort((1.0 - Zn @ q)[~np.isin(ids, list(exclude))])
@@ -493,41 +502,6 @@ def distance_percentiles(root: str, stamp_: Fingerprint, recipe_id: str, output:
     if not len(ref):
         return np.full(len(d), np.nan)
     return 100.0 * (len(ref) - np.searchsorted(ref, d, side="right")) / len(ref)
-
-
-# -- reading ahead ------------------------------------------------------------------------------
-WARM_IN_BACKGROUND = False  # the server's process (``child``) turns it on; AppTests and library users read on demand
-log = logging.getLogger(__name__)
-
-
-def warm(root: str, stamp_: Fingerprint) -> None:
-    """Once per state of the store and server, read ahead in a background thread what the pages read
-    first (the patch index; the default set's patch ids, search table and distance sample), so
-    a page opened after the first finds them read: at 200,000 patches Similarity's first render
-    spent 0.6-0.9 s on them (docs/benchmarks.md, "Cohort scale, round 3"). Only with ``WARM_IN_BACKGROUND``."""
-    if WARM_IN_BACKGROUND:
-        _warming(root, stamp_.patches, tuple(stamp_.sets), _stamp=stamp_)
-
-
-@st.cache_resource(show_spinner=False, max_entries=2)
-def _warming(root: str, patches_key: tuple, sets_key: tuple, _stamp: Fingerprint) -> threading.Thread:
-    t = threading.Thread(target=warm_caches, args=(root, _stamp), name="mitoprobe-read-ahead", daemon=True)
-    t.start()
-    return t
-
-
-def warm_caches(root: str, stamp_: Fingerprint) -> None:
-    """The reads behind :func:`warm`, in the pages' own cached functions (so the pages find them done). A
-    failure is left for the page that makes the same read to show (logged here at debug level)."""
-    try:
-        patch_index(root, stamp_)
-        sets = embedding_sets(root)
-        if sets:  # the pickers' default: the set and output a page opens on (the others when a user picks them)
-            eset = sets[0]
-            set_patches(root, stamp_, eset.recipe_id)
-            _distance_sample(root, _search_key(root, stamp_, eset.recipe_id), eset.recipe_id, next(iter(eset.outputs)))
-    except Exception as exc:  # noqa: BLE001 - read ahead only: the page reading it reports it properly
-        log.debug("reading ahead in %s stopped: %s", root, exc)
 
 
 # -- embedding an uploaded image -----------------------------------------------------------------
