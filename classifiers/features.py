@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from mitoprobe import embedder
 from mitoprobe.store.errors import ProtocolError, StoreError
 from mitoprobe.store.hashing import config_hash
+from mitoprobe.store.keys import as_arrow_ids, positions
 
 POOLINGS = {"all": None, "cls": ["cls"], "mean": ["mean"], "both": ["cls", "mean"], "vector": ["vector"]}
 
@@ -28,29 +30,46 @@ class Features:
     keys: pd.DataFrame
     X: np.ndarray
     views: list[str]
-    _patches: pd.Index = field(default=None, repr=False)  # each patch id once
+    _ids: pa.Array = field(default=None, repr=False)  # each patch id once, in Arrow
     _order: np.ndarray = field(default=None, repr=False)  # rows grouped by patch
     _bounds: np.ndarray = field(default=None, repr=False)  # patch i's rows: _order[_bounds[i]:_bounds[i + 1]]
     # fine-tuned sets (finetune's fold checkpoints): the one fold whose split they may be probed under
     only_fold: int | None = None
 
-    def __post_init__(self):  # three arrays, not a dict of 200,000 small arrays (~40 MB at a cohort's size)
+    def __post_init__(self):  # four arrays, not a dict of 200,000 small arrays (~40 MB at a cohort's size)
+        views = self.keys["view"]
+        if len(views) and (views == views.iloc[0]).all():  # one view (no TTA): each row its own patch, no hashing
+            self._ids = as_arrow_ids(self.keys["patch_id"])
+            self._order = np.arange(len(views))
+            self._bounds = np.arange(len(views) + 1)
+            return
         codes, uniq = pd.factorize(self.keys["patch_id"])
-        self._patches = pd.Index(uniq)
+        self._ids = as_arrow_ids(uniq)
         self._order = np.argsort(codes, kind="mergesort")
         self._bounds = np.searchsorted(codes[self._order], np.arange(len(uniq) + 1))
 
-    def rows_of(self, patch_ids) -> tuple[np.ndarray, np.ndarray]:
-        """(row indices, index into ``patch_ids`` of each row) covering every view of each patch."""
-        at = self._patches.get_indexer(pd.Index(np.asarray(patch_ids, dtype=object)))
+    def locate(self, patch_ids) -> np.ndarray:
+        """Each patch's position in the set (what ``rows_at`` takes); ``StoreError`` naming a patch it lacks.
+        Looked up in Arrow: no Python string per patch (a lookup by pandas Index made two copies of a
+        cohort's 200,000 ids as Python objects, kept for the Index's life)."""
+        ids = as_arrow_ids(patch_ids)
+        at = positions(ids, self._ids)
         if (at < 0).any():
-            missing = np.asarray(patch_ids, dtype=object)[at < 0]
-            raise StoreError(f"embedding set {self.name} lacks {len(missing)} patches (e.g. {missing[0]}); "
+            missing = ids.filter(pa.array(at < 0))
+            raise StoreError(f"embedding set {self.name} lacks {len(missing)} patches (e.g. {missing[0].as_py()}); "
                              f"run `mitoprobe embed --model {self.name}` to complete it")
+        return at
+
+    def rows_at(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row indices, index into ``at`` of each row) covering every view of the patches at ``at``."""
         start, count = self._bounds[at], self._bounds[at + 1] - self._bounds[at]
         owner = np.repeat(np.arange(len(at)), count)
         offset = np.arange(len(owner)) - np.repeat(np.cumsum(count) - count, count)  # 0.. within each patch
         return self._order[np.repeat(start, count) + offset], owner
+
+    def rows_of(self, patch_ids) -> tuple[np.ndarray, np.ndarray]:
+        """(row indices, index into ``patch_ids`` of each row) covering every view of each patch."""
+        return self.rows_at(self.locate(patch_ids))
 
 
 def current_recipe_id(store, model: str) -> str:

@@ -57,9 +57,11 @@ def grid_points(spec, params: dict) -> list[dict]:
     return points
 
 
-def fit_fold(spec: HeadSpec, params: dict, feats: Features, fd: FoldData, train_ids: np.ndarray,
+def fit_fold(spec: HeadSpec, params: dict, feats: Features, fd: FoldData, train_at: np.ndarray,
              points: list[dict] | None = None) -> dict:
     """Selection and fitting for one fold, from training-side data only (``fd``: no test labels).
+
+    ``train_at``: where the protocol's training patches are in ``feats`` (``feats.locate``, once per family).
 
     ``points``: the grid points to try (default: the head's grid less the explicit ``params``); a
     refit of a recorded fold passes the one point that was chosen.
@@ -68,8 +70,8 @@ def fit_fold(spec: HeadSpec, params: dict, feats: Features, fd: FoldData, train_
         raise ProtocolError(f"{feats.name} comes from fold {feats.only_fold}'s fine-tuned checkpoint; probing it under "
                          f"fold {fd.fold} would validate on patches its backbone was trained on (leakage)")
     t0 = time.perf_counter()
-    tr_rows, tr_owner = feats.rows_of(train_ids[fd.train_idx])
-    va_rows, va_owner = feats.rows_of(train_ids[fd.val_idx])
+    tr_rows, tr_owner = feats.rows_at(train_at[fd.train_idx])
+    va_rows, va_owner = feats.rows_at(train_at[fd.val_idx])
     y_tr = fd.y[fd.train_idx][tr_owner]
     y_val_patch = fd.y[fd.val_idx]
     X_tr, X_va = feats.X[tr_rows], feats.X[va_rows]

@@ -52,11 +52,11 @@ def choose_family(store, model: str, head: str, family_id: str | None = None) ->
 def predict_dataset(store, model: str, head: str, dataset: str, family_id: str | None = None) -> pd.DataFrame:
     """One row per patch of ``dataset``: P(atypical) of the fold ensemble, the decision at the family's
     threshold, each fold model's probability, and the family (id and label) / recipe / threshold that made them."""
-    patches = store.patches(columns=["patch_id", "dataset", "relpath", "label"])  # not every column of a cohort
-    mine = patches[patches["dataset"] == dataset]
+    mine = store.patches(columns=["patch_id", "relpath", "label"], dataset=dataset)  # its rows, not every cohort's
     if mine.empty:
-        raise StoreError(f"no patches of dataset {dataset!r} in the store (datasets: "
-                         f"{sorted(patches['dataset'].unique())}); import it with `mitoprobe data import --dataset`")
+        stored = sorted({d for e in store.patch_parts.entries() for d in (e.get("datasets") or {})})
+        raise StoreError(f"no patches of dataset {dataset!r} in the store (datasets: {stored}); import it with "
+                         "`mitoprobe data import --dataset`")
     fam = choose_family(store, model, head, family_id)
     fitted = refit_family(store, fam)
     if fitted.ensemble_threshold is None and len(fitted.folds) != 1:

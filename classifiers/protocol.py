@@ -22,6 +22,7 @@ every test label and checks that all selected parameters and thresholds stay ide
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,8 +81,11 @@ def compute_folds(patches: pd.DataFrame, n_splits: int = N_FOLDS, random_state: 
                                else ": give the manifest a slide column"))
     fold = np.full(len(tr), -1, dtype=np.int64)
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
-    # the paper stratifies on final_label strings ({'Atypical','Normal'}); same classes, same folds
-    for k, (_, held_out) in enumerate(cv.split(np.zeros(len(tr)), tr["label"].to_numpy(), tr["slide"].to_numpy())):
+    # the paper stratifies on final_label strings ({'Atypical','Normal'}) grouped by slide strings; their sorted
+    # codes are what StratifiedGroupKFold makes of them (np.unique: sorted), so the folds are the same, without
+    # a Python string per patch (a cohort's 200,000)
+    labels, slides = (pd.factorize(tr[c], sort=True)[0] for c in ("label", "slide"))
+    for k, (_, held_out) in enumerate(cv.split(np.zeros(len(tr)), labels, slides)):
         fold[held_out] = k
     out = tr[["patch_id", "train_row", "slide", "label", "y"]].copy()
     out["fold"] = fold
@@ -124,7 +128,7 @@ class FoldData:
     train_idx: np.ndarray  # indices into the training patch table (4 folds)
     val_idx: np.ndarray  # the held-out fold
     y: np.ndarray  # labels of all training patches (0/1, 1 = atypical)
-    groups: np.ndarray  # slide per training patch
+    groups: np.ndarray  # slide per training patch, as an integer code (one per slide)
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,19 @@ class Protocol:
     def fold_data(self, k: int) -> FoldData:
         f = self.train["fold"].to_numpy()
         return FoldData(fold=k, train_idx=np.flatnonzero(f != k), val_idx=np.flatnonzero(f == k),
-                        y=self.train["y"].to_numpy().astype(np.int64), groups=self.train["slide"].to_numpy())
+                        y=self._labels, groups=self._slide_codes)
+
+    @functools.cached_property
+    def _labels(self) -> np.ndarray:  # shared by every fold's FoldData: read-only
+        y = self.train["y"].to_numpy().astype(np.int64)
+        y.flags.writeable = False
+        return y
+
+    @functools.cached_property
+    def _slide_codes(self) -> np.ndarray:  # codes, once: not a cohort's 200,000 slide strings per fold
+        codes = pd.factorize(self.train["slide"])[0]
+        codes.flags.writeable = False
+        return codes
 
 
 def load_protocol(store, test_sets: list[str] | None = None, train_on: str = PAPER_TRAIN,

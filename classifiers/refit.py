@@ -17,9 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from threadpoolctl import threadpool_limits
 
 from mitoprobe.store.errors import ProtocolError, StaleFeaturesError, StoreError
+from mitoprobe.store.keys import positions
 
 from . import runs as R
 from .features import Features, load_features
@@ -76,20 +79,25 @@ def family_runs(store, family_id: str) -> pd.DataFrame:
     return mine[mine["repeat"] == mine["repeat"].max()]
 
 
-def stored_predictions(store, run_ids: list[str], split: str | None = None) -> pd.DataFrame:
-    """The ``predictions`` rows of ``run_ids`` (one DuckDB scan, not the whole table in pandas)."""
-    con = store.connect(read_only=True)
-    try:
-        if "predictions" not in set(con.execute("select table_name from information_schema.tables").df()["table_name"]):
-            return pd.DataFrame(columns=["run_id", "patch_id", "fold", "test_set", "probability", "split"])
-        df = con.execute("select * from predictions where run_id in (select unnest(?::varchar[]))", [run_ids]).df()
-    finally:
-        con.close()
-    if "split" in df:
-        df["split"] = df["split"].fillna("test")
-    if split is not None:
-        df = df[df["split"] == split]
-    return df
+def stored_predictions(store, run_ids: list[str], split: str | None = None,
+                       columns: list[str] | None = None) -> pd.DataFrame:
+    """The ``predictions`` rows of ``run_ids`` (of ``split`` only, when given; ``columns`` only, when given),
+    filtered in Arrow a batch at a time: never the whole table, nor a whole part (a cohort's family holds
+    ~400,000 rows; read in DuckDB and copied to pandas they took ~160 MiB at 200,000 patches)."""
+    ids = pa.array(list(run_ids), pa.string())
+
+    def mine(t: pa.Table) -> pa.Array:
+        keep = pc.is_in(t["run_id"], value_set=ids.cast(t["run_id"].type))
+        if split is None:
+            return keep
+        if "split" not in t.column_names:  # a part written before held-out rows: every row is a test row
+            return keep if split == "test" else pa.array(np.zeros(t.num_rows, bool))
+        return pc.and_(keep, pc.equal(pc.fill_null(t["split"], "test"), split))
+
+    df = store.results.read("predictions", list(dict.fromkeys([*(columns or R.PREDICTION_COLUMNS), "split"])),
+                            where=mine)
+    df["split"] = df["split"].fillna("test")
+    return df if columns is None or "split" in columns else df.drop(columns="split")
 
 
 def refit_family(store, family_id: str) -> FittedFamily:
@@ -119,8 +127,14 @@ def refit_family(store, family_id: str) -> FittedFamily:
                                  f"--model {model} --head {head}`)")
     train_on = cfg0.get("protocol", {}).get("train_on", PAPER_TRAIN)
     proto = load_protocol(store, train_on=train_on, create=False)  # the folds the family was fitted under
-    train_ids = proto.train["patch_id"].to_numpy()
-    stored_val = stored_predictions(store, folds["run_id"].tolist(), split="val")
+    train_ids = proto.train["patch_id"].array  # Arrow-backed: no Python string per patch
+    train_at = feats.locate(train_ids)
+    stored_val = stored_predictions(store, folds["run_id"].tolist(), split="val",
+                                    columns=["run_id", "patch_id", "probability"])
+    expected = {int(r["fold"]): _stored_heldout(family_id, int(r["fold"]), r["run_id"],
+                                                train_ids[proto.fold_data(int(r["fold"])).val_idx], stored_val)
+                for _, r in folds.iterrows()}  # aligned numbers: the rows themselves are not held while fitting
+    del stored_val
     fitted = []
     with threadpool_limits(1):  # as the sweep fits (its default n_threads)
         for _, r in folds.iterrows():
@@ -128,8 +142,8 @@ def refit_family(store, family_id: str) -> FittedFamily:
             k = int(r["fold"])
             params = _seeded_params(spec, cfg.get("params", {}), int(cfg["seed"]))
             fd = proto.fold_data(k)
-            fit = fit_fold(spec, params, feats, fd, train_ids, points=[cfg.get("selected", {})])
-            _check_reproduced(family_id, k, r["run_id"], train_ids[fd.val_idx], fit["val_proba"], stored_val)
+            fit = fit_fold(spec, params, feats, fd, train_at, points=[cfg.get("selected", {})])
+            _check_reproduced(family_id, k, expected[k], fit["val_proba"])
             fitted.append(FittedFold(k, r["run_id"], fit["estimator"], float(r["threshold"])))
     ens = rows[rows["fold"] == -1]
     return FittedFamily(family_id, model, head, recipe_id, int(rows["repeat"].iloc[0]), options, feats, fitted,
@@ -137,13 +151,17 @@ def refit_family(store, family_id: str) -> FittedFamily:
                         None if ens.empty else float(ens["threshold"].iloc[0]), train_on, rows, spec, proto)
 
 
-def _check_reproduced(family_id: str, fold: int, run_id: str, val_ids: np.ndarray, p_refit: np.ndarray,
-                      stored_val: pd.DataFrame) -> None:
-    got = stored_val[stored_val["run_id"] == run_id].set_index("patch_id")["probability"]
+def _stored_heldout(family_id: str, fold: int, run_id: str, val_ids, stored_val: pd.DataFrame) -> np.ndarray:
+    """The fold's stored held-out probabilities in ``val_ids``' order (NaN where one is missing)."""
+    got = stored_val[stored_val["run_id"] == run_id]
     if got.empty:
         raise StoreError(f"family {family_id} fold {fold}: no stored held-out probabilities to check a refit "
                          "against (the family was run by an older mitoprobe); probe it again with --repeat")
-    stored = got.reindex(val_ids).to_numpy()
+    at = positions(val_ids, got["patch_id"])  # an Arrow lookup: no Python string per patch
+    return np.where(at >= 0, got["probability"].to_numpy(dtype=float)[at], np.nan)
+
+
+def _check_reproduced(family_id: str, fold: int, stored: np.ndarray, p_refit: np.ndarray) -> None:
     if np.isnan(stored).any() or np.max(np.abs(stored - p_refit)) > REFIT_TOLERANCE:
         diff = np.nanmax(np.abs(stored - p_refit)) if not np.isnan(stored).all() else float("nan")
         raise StoreError(f"family {family_id} fold {fold}: refitting from the stored vectors does not reproduce the "

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from mitoprobe.paper import (PAPER_COMPARABLE, PAPER_FAMILY, PAPER_HEADS, PAPER_MODEL_NAMES, paper_results,
                             pooled_model_name)
+from mitoprobe.store.keys import positions
 
 from . import metrics as M
 from .labels import family_label, unique_labels, without_name
@@ -177,18 +178,26 @@ def out_of_fold_scores(store, ensemble_runs: pd.DataFrame) -> pd.DataFrame:
         return pc.and_(pc.and_(pc.equal(t["split"], "val"), pc.equal(t["fold"], -1)),
                        pc.is_in(t["run_id"], value_set=run_ids.cast(t["run_id"].type)))
 
-    val = store.results.read("predictions", ["run_id", "patch_id", "split", "fold", "probability", "threshold"],
-                             where=ensemble_val)  # the rows it scores, not a cohort's every prediction
-    if val.empty:
+    labels = store.patches(columns=["patch_id", "y"])
+    y = np.append(labels["y"].to_numpy(dtype=float, na_value=np.nan), np.nan)  # a patch no longer stored: NaN
+    among = pa.array(labels["patch_id"])
+    got: list[tuple[np.ndarray, ...]] = []  # per batch: run (index into run_ids), label, probability, threshold
+    for t in store.results.batches("predictions", ["run_id", "patch_id", "split", "fold", "probability", "threshold"],
+                                   where=ensemble_val):  # the rows it scores, reduced to numbers a batch at a time
+        if t.num_rows:  # Arrow lookups: no Python string per row
+            numbers = [t[c].to_numpy(zero_copy_only=False) if c in t.column_names else np.full(t.num_rows, np.nan)
+                       for c in ("probability", "threshold")]
+            got.append((positions(t["run_id"], run_ids), y[positions(t["patch_id"], among)], *numbers))
+    if not got:
         return pd.DataFrame(columns=cols)
-    y = store.patches(columns=["patch_id", "y"]).set_index("patch_id")["y"]
+    run, yt, p, thr = (np.concatenate(c) for c in zip(*got))
     fam = ensemble_runs.drop_duplicates("run_id").set_index("run_id")["family_id"]
     rows = {}
-    for rid, g in val.groupby("run_id"):
-        yt = y.reindex(g["patch_id"]).to_numpy()
-        p = g["probability"].to_numpy()
-        rows[fam[rid]] = dict(auroc=M.auroc(yt, p),
-                              balanced_accuracy=M.balanced_accuracy(yt, M.predict(p, float(g["threshold"].iloc[0]))))
+    for i, rid in enumerate(run_ids.to_pylist()):
+        mine = run == i
+        if mine.any():
+            rows[fam[rid]] = dict(auroc=M.auroc(yt[mine], p[mine]), balanced_accuracy=M.balanced_accuracy(
+                yt[mine], M.predict(p[mine], float(thr[mine][0]))))
     return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
 
 

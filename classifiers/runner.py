@@ -105,7 +105,8 @@ def _run_family(store, feats: Features, proto: Protocol, spec, head: str, option
     rep = rep or 0
     run_seed = seed if exact_seed else seed + rep
     est_params = _seeded_params(spec, params, run_seed)
-    train_ids = proto.train["patch_id"].to_numpy()
+    train_ids = proto.train["patch_id"].array  # Arrow-backed: no Python string per patch
+    train_at = feats.locate(train_ids)
     base = dict(family_id=fam, family=R.FAMILY, model=feats.name, recipe_id=feats.recipe_id, head=head,
                 options=canonical_json(options), code_version=config["code_version"], seed=run_seed,
                 repeat=rep, threshold_rule=spec.threshold_rule)
@@ -116,7 +117,7 @@ def _run_family(store, feats: Features, proto: Protocol, spec, head: str, option
         if feats.only_fold is not None and k != feats.only_fold:
             continue
         fd = proto.fold_data(k)
-        fit = fit_fold(spec, est_params, feats, fd, train_ids)
+        fit = fit_fold(spec, est_params, feats, fd, train_at)
         oof[fd.val_idx] = fit["val_proba"]
         rid = R.run_id(fam, k, rep)
         preds.append(heldout_frame(rid, train_ids[fd.val_idx], k, fit["val_proba"], fit["threshold"]))

@@ -128,9 +128,8 @@ def append(store, runs: list[dict], predictions: list[pd.DataFrame]) -> None:
     """Append one family's rows (predictions first, so a run row never lacks its predictions); refused,
     writing nothing, on a damaged store (``integrity.preflight``: results computed from it are wrong)."""
     preflight(store, results=True, folds=True)
-    if predictions:
-        preds = pd.concat(predictions, ignore_index=True)[PREDICTION_COLUMNS]
-        store.results.append("predictions", preds)
+    if predictions:  # one part, a row group per frame: never the whole family's predictions concatenated
+        store.results.append("predictions", [p[PREDICTION_COLUMNS] for p in predictions])
     df = pd.DataFrame(runs)
     for c in RUN_COLUMNS:
         if c not in df:

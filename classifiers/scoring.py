@@ -88,6 +88,6 @@ def heldout_frame(run_id: str, patch_ids: np.ndarray, fold: int, proba: np.ndarr
     """``predictions`` rows of the held-out probabilities selection used: fold k's held-out part, or
     (fold -1) every training patch's out-of-fold probability. Stored so a threshold or grid choice can
     be audited and a stacker trained on out-of-fold probabilities only."""
-    return pd.DataFrame(dict(run_id=run_id, patch_id=np.asarray(patch_ids), fold=fold, test_set=HELDOUT_SET,
+    return pd.DataFrame(dict(run_id=run_id, patch_id=pd.Series(patch_ids).array, fold=fold, test_set=HELDOUT_SET,
                              probability=proba, threshold=threshold, prediction=M.predict(proba, threshold),
                              split="val"))

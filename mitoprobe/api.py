@@ -239,7 +239,7 @@ class Workspace:
             raise StoreError(f"family {fam} has no fold ensemble (a fine-tuned fold's set, or not every fold "
                              "finished): probe it again")
         rid = mine.sort_values("created_at")["run_id"].iloc[-1]
-        preds = stored_predictions(self.store, [rid], split="test")  # one DuckDB scan, not the whole table
+        preds = stored_predictions(self.store, [rid], split="test")  # filtered a batch at a time, not the whole table
         y = self.store.patches(columns=["patch_id", "y"]).set_index("patch_id")["y"]
         return preds.assign(y=y.reindex(preds["patch_id"]).to_numpy())
 

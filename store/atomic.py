@@ -179,9 +179,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, _before_ren
     return path
 
 
+COMPRESSION = "zstd"  # of every Parquet file the store writes
+
+
 def write_parquet(table: pa.Table, path: str | Path, **kwargs: Any) -> Path:
     """Write a Parquet file atomically (zstd-compressed)."""
-    kwargs.setdefault("compression", "zstd")
+    kwargs.setdefault("compression", COMPRESSION)
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp, **kwargs))
 
 

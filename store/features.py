@@ -44,6 +44,8 @@ from . import migrations
 from .atomic import (CHECK_HINT, damaged, env_errors, make_dirs, read_guard, remove_dirs, sweep_tmp, write_json,
                      write_parquet)
 from .errors import DamagedStoreError, StaleFeaturesError, StoreError
+from .keys import distinct_count
+from .memory import releasing
 from .patch_parts import PatchParts
 from .lock import SetLock, describe, set_lock
 from .schema import KEY_COLUMNS, embedding_schema, validate
@@ -391,6 +393,7 @@ class FeatureStore:
                                     f"{rows} (a part was added or lost after it finished); {CHECK_HINT}")
         return rows
 
+    @releasing
     def read(self, name: str, recipe_id: str, outputs: Sequence[str] | None = None,
              views: Sequence[str] | None = None, allow_stale: bool = False,
              require_complete: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
@@ -408,7 +411,7 @@ class FeatureStore:
         if require_complete:
             self.require_complete(eset)
         t = self.read_table(eset, KEY_COLUMNS)  # the keys first: the vectors are streamed into X below
-        n_keys = t.group_by(list(KEY_COLUMNS)).aggregate([]).num_rows  # in Arrow: no pandas copy of the keys
+        n_keys = distinct_count(t, KEY_COLUMNS)  # by sorting, in Arrow: no pandas copy of the keys
         if n_keys != t.num_rows:
             raise self.duplicates_error(eset, t.num_rows, n_keys)
         mask = None
@@ -440,7 +443,7 @@ class FeatureStore:
             with read_guard(part):
                 # unbuffered, in small batches: Arrow holds ~1 MiB of the file and one batch, not a row group
                 stream = pq.ParquetFile(part, pre_buffer=False, buffer_size=1 << 20)
-                for batch in stream.iter_batches(batch_size=2048, columns=outs):
+                for batch in stream.iter_batches(batch_size=2048, columns=outs, use_threads=False):
                     if seen + batch.num_rows > expected:
                         raise changed(seen + batch.num_rows)
                     keep = slice(None) if mask is None else mask[seen:seen + batch.num_rows]

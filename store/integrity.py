@@ -70,13 +70,12 @@ from .errors import DamagedStoreError, StoreLockedError
 from .features import EmbeddingSet, z_column
 from .findings import REPAIR, Action, Problem
 from .lock import describe, patches_lock
-from .results import KEYS, RESULT_TABLES, SCHEMAS, UNIQUE_KEYS
+from .results import KEYS, RESULT_BATCH, RESULT_TABLES, SCHEMAS, UNIQUE_KEYS
 
 __all__ = ["Action", "Problem", "check", "errors", "preflight", "repair", "summary"]
 
 QUARANTINE_DIR = "quarantine"
 LANCE_SAMPLE = 8  # rows compared between a LanceDB table and its Parquet parts
-RESULT_BATCH = 65_536  # rows of a result part in memory at once while `store check` reads it
 FOLD_COLUMNS = ("patch_id", "dataset", "split", "train_row", "slide", "label", "y")  # what the folds check reads
 
 

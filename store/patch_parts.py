@@ -38,8 +38,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import migrations, paths, schema
-from .atomic import (TMP_PREFIX, READ_ERRORS, damaged, hold, let_go, make_dirs, read_guard, remove_dirs, sweep_tmp,
-                     write_json)
+from .atomic import (COMPRESSION, READ_ERRORS, TMP_PREFIX, damaged, hold, let_go, make_dirs, read_guard, remove_dirs,
+                     sweep_tmp, write_json)
+from .memory import releasing
 
 PATCHES_DIR = paths.PATCHES_DIR
 MANIFEST = paths.MANIFEST
@@ -159,6 +160,7 @@ class PatchParts:
         return [n for n in schema.PATCHES.names if n in names]
 
     # -- reading ---------------------------------------------------------------------------
+    @releasing
     def read(self, columns: list[str], entries: list[dict] | None = None, patch_ids=None) -> pa.Table:
         """``columns`` of every part (or of ``entries``' parts), concatenated in manifest order (an added
         column a part lacks is null); only the rows of ``patch_ids`` when given: then each part's small
@@ -346,7 +348,7 @@ class PartWriter:
         head, rest = (t, None) if n is None else (t.slice(0, n), t.slice(n))
         if self._writer is None:
             self.created += make_dirs(self.parts.dir)  # again: another writer's abort may have removed it
-            self._writer = pq.ParquetWriter(self.tmp, schema.PATCHES, compression="zstd", use_dictionary=[
+            self._writer = pq.ParquetWriter(self.tmp, schema.PATCHES, compression=COMPRESSION, use_dictionary=[
                 c for c in schema.PATCHES.names if c not in NO_DICTIONARY])
             self._held = self._held if self._held is not None else hold(self.tmp)
         self._writer.write_table(head, row_group_size=ROW_GROUP)

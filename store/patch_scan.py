@@ -37,6 +37,8 @@ from . import schema
 from .atomic import READ_ERRORS
 from .errors import DamagedStoreError
 from .findings import REPAIR, Problem
+from .keys import distinct_count
+from .memory import releasing
 from .patch_parts import PartWriter, PatchParts, copy_rows, dataset_counts
 
 ID_COLUMNS = ("patch_id", "dataset")  # what the preflight reads of every part (the count checks need dataset)
@@ -86,7 +88,7 @@ def read_part(path: Path, columns, full: bool) -> tuple[pa.Table | None, str | N
             return None, "does not match the patches schema: " + "; ".join(bad)
         cols = [c for c in columns if c in f.schema_arrow.names]
         if not full:
-            return f.read(columns=cols), None
+            return f.read(columns=cols, use_threads=False), None
         groups = [f.read_row_group(g).select(cols) for g in range(f.metadata.num_row_groups)]
     except READ_ERRORS as exc:
         return None, " ".join(str(exc).split()) or type(exc).__name__
@@ -107,6 +109,10 @@ def first_copies(read: list[tuple[Path, pa.Table]]) -> list[Copies]:
     """The parts of ``read`` (in table order) holding a patch id stored before them."""
     if not read:
         return []
+    if distinct_count(pa.table({"patch_id": pa.chunked_array(
+            [c for _, t in read for c in t["patch_id"].cast(pa.large_string()).chunks], pa.large_string())}),
+            ["patch_id"]) == sum(t.num_rows for _, t in read):
+        return []  # no id twice (the usual case), found by sorting: the hashing below costs ~3x the memory
     ids = pa.chunked_array([c for _, t in read for c in t["patch_id"].cast(pa.large_string()).chunks],
                            pa.large_string()).combine_chunks()  # parts may hold string or large_string
     codes = ids.dictionary_encode().indices.to_numpy(zero_copy_only=False)  # ids numbered by first appearance
@@ -131,6 +137,7 @@ def _once(parts: PatchParts, entries: list[dict]) -> list[tuple[Path, dict]]:
     return list(first.items())
 
 
+@releasing
 def scan(parts: PatchParts, columns=ID_COLUMNS, full: bool = False) -> PatchScan:
     """What is wrong with the patches table; ``meta``: ``columns`` of the rows a repair keeps."""
     s = PatchScan()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,12 +20,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import migrations, schema
-from .atomic import read_guard, sweep_tmp, write_parquet
+from .atomic import COMPRESSION, atomic_write, read_guard, sweep_tmp
 from .errors import StoreError
 from .lock import SetLock, family_lock
+from .memory import releasing
 from .patch_parts import PatchParts
 
 RESULT_TABLES = ("runs", "predictions")
+# rows of a result part per row group when written, and per batch when read with a filter or checked: memory
+# holds one batch, not a part (a probe on a cohort writes ~400,000 prediction rows in one part)
+RESULT_BATCH = 65_536
 SCHEMAS = {"runs": schema.RUNS, "predictions": schema.PREDICTIONS}
 KEYS = {"runs": ("run_id",), "predictions": ("run_id", "patch_id")}  # a row without these means nothing
 # One row per value of these (a row stored twice is two writers' work, ``store check`` reports it); a
@@ -45,50 +49,86 @@ class ResultTables:
     def table_dir(self, table: str) -> Path:
         return self.dir / table
 
-    def append(self, table: str, df: pd.DataFrame | pa.Table) -> Path | None:
-        """Append rows as a new part; returns the part path (None for an empty frame).
+    @releasing
+    def append(self, table: str, rows: pd.DataFrame | pa.Table | list) -> Path | None:
+        """Append rows as a new part; returns the part path (None when there are no rows).
 
-        The part is validated against ``store.schema`` (RUNS / PREDICTIONS): schema columns get
-        the schema's types and absent ones are written as nulls, so every new part has the same
-        columns and types and ``union_by_name`` readers never see a type clash. Extra columns (an
-        ad-hoc metric) are kept after them; parts written before the schema still read."""
+        ``rows``: a frame or Arrow table, or a list of them written in order as row groups of the one part,
+        never concatenated (a probe on a cohort appends ~400,000 prediction rows in a dozen frames).
+        Each is validated against ``store.schema`` (RUNS / PREDICTIONS): schema columns get the schema's
+        types and absent ones are written as nulls, so every new part has the same columns and types and
+        ``union_by_name`` readers never see a type clash. Extra columns (an ad-hoc metric) are kept after
+        them; parts written before the schema still read. A frame that fails leaves no part behind."""
         if table not in SCHEMAS:
             raise StoreError(f"unknown result table {table!r}; choose from {list(RESULT_TABLES)}")
-        t = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
-        if t.num_rows == 0:
+        frames = rows if isinstance(rows, list) else [rows]
+        if not any(len(f) for f in frames):
             return None
-        where = str(self.table_dir(table))
-        missing = [k for k in KEYS[table] if k not in t.column_names]
-        if missing:
-            raise StoreError(f"{where}: refusing to append rows without key column(s) {missing}")
-        t = schema.validate(t, SCHEMAS[table], where, fill_missing=True, keep_extra=True)
         name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+        part = atomic_write(self.table_dir(table) / name, lambda tmp: self._write(table, frames, tmp))
         sweep_tmp(self.table_dir(table))
-        part = write_parquet(t, self.table_dir(table) / name)
         migrations.upgrade(PatchParts(self.dir.parent))
         return part
+
+    def _write(self, table: str, frames: list, tmp: Path) -> None:
+        """``frames`` validated one at a time into one Parquet file, ``RESULT_BATCH`` rows per row group."""
+        where = str(self.table_dir(table))
+        writer = None
+        try:
+            for df in frames:
+                t = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+                if t.num_rows == 0:
+                    continue
+                missing = [k for k in KEYS[table] if k not in t.column_names]
+                if missing:
+                    raise StoreError(f"{where}: refusing to append rows without key column(s) {missing}")
+                t = schema.validate(t, SCHEMAS[table], where, fill_missing=True, keep_extra=True)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, t.schema, compression=COMPRESSION)
+                elif not t.schema.equals(writer.schema, check_metadata=False):
+                    raise StoreError(f"{where}: the frames of one append disagree on their columns "
+                                     f"({writer.schema.names} then {t.schema.names})")
+                writer.write_table(t, row_group_size=RESULT_BATCH)
+        finally:
+            if writer is not None:
+                writer.close()
 
     def parts(self, table: str) -> list[Path]:
         d = self.table_dir(table)
         return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
 
+    @releasing
     def read(self, table: str, columns: list[str] | None = None,
              where: Callable[[pa.Table], pa.Array] | None = None) -> pd.DataFrame:
-        """The table's rows (``columns`` only, when given); ``where``: a function of one part's Arrow table
-        (its ``columns``; a column the part lacks is absent) giving the rows to keep, applied part by part,
-        so memory holds one part's columns and the kept rows, not the whole table (a cohort's predictions)."""
-        parts = self.parts(table)
-        if not parts:
+        """The table's rows (``columns`` only, when given); ``where``: a function of an Arrow table of one
+        part's rows (its ``columns``; a column the part lacks is absent) giving the rows to keep, applied
+        ``RESULT_BATCH`` rows at a time, so memory holds one batch and the kept rows, not the whole table (a
+        cohort's predictions)."""
+        if not self.parts(table):
             return pd.DataFrame(columns=columns or [])
-        tables = []
-        for p in parts:
-            with read_guard(p):
-                have = pq.read_schema(p).names
-                t = pq.read_table(p, columns=None if columns is None else [c for c in columns if c in have])
-            tables.append(t if where is None else t.filter(where(t)))
+        tables = list(self.batches(table, columns, where))
         with read_guard(self.table_dir(table), "has parts whose columns disagree in type"):
             t = pa.concat_tables(tables, promote_options="permissive")
         df = t.to_pandas()
         if columns:
             df = df.reindex(columns=columns)  # a column no part has: all missing
         return df
+
+    def batches(self, table: str, columns: list[str] | None = None,
+                where: Callable[[pa.Table], pa.Array] | None = None) -> Iterator[pa.Table]:
+        """The table's rows as Arrow tables, a part at a time, or (with ``where``, as in :meth:`read`) a batch of
+        ``RESULT_BATCH`` rows at a time filtered; a column a part lacks is absent from its tables. For a
+        reader that reduces as it goes (``report.out_of_fold_scores``): memory holds one batch."""
+        for p in self.parts(table):
+            with read_guard(p):
+                have = pq.read_schema(p).names
+                cols = None if columns is None else [c for c in columns if c in have]
+                if where is None:
+                    yield pq.read_table(p, columns=cols)
+                    continue
+                f = pq.ParquetFile(p, pre_buffer=False)
+                for b in f.iter_batches(batch_size=RESULT_BATCH, columns=cols):
+                    b = pa.Table.from_batches([b])
+                    yield b.filter(where(b))
+                if not f.metadata.num_rows:  # no batch: the part's (empty) columns all the same
+                    yield f.schema_arrow.empty_table().select(cols or f.schema_arrow.names)

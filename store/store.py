@@ -15,6 +15,7 @@ from typing import Callable, Iterator, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import integrity, migrations, paths, schema
@@ -208,10 +209,11 @@ class Store:
         if not self.has_patches():
             raise StoreError(f"{self.patches_path} not found; run `mitoprobe data import` first")
 
-    def patch_table(self, columns: list[str] | None = None, patch_ids=None) -> pa.Table:
+    def patch_table(self, columns: list[str] | None = None, patch_ids=None, dataset: str | None = None) -> pa.Table:
         """Patch metadata as Arrow (every column but ``png`` by default; ask for ``png`` through
         :meth:`iter_images`, which never holds every PNG); only the rows of ``patch_ids`` when given (one
-        patch's facts without a table of every patch)."""
+        patch's facts without a table of every patch); only ``dataset``'s rows when given, read from the parts
+        the manifest says hold it (a cohort of 1,000 beside 200,000 others reads its own part)."""
         self._require_patches()
         names = self.patch_parts.column_names()
         if columns is None:
@@ -222,14 +224,18 @@ class Store:
         if missing:
             raise StoreError(f"{self.patches_path} lacks column(s) {missing} (written by an older mitoprobe?); "
                              "re-run `mitoprobe data import`")
-        return self.patch_parts.read(columns, patch_ids=patch_ids)
+        if dataset is None:
+            return self.patch_parts.read(columns, patch_ids=patch_ids)
+        entries = [e for e in self.patch_parts.entries() if e.get("datasets") is None or dataset in e["datasets"]]
+        t = self.patch_parts.read(list(dict.fromkeys([*columns, "dataset"])), entries=entries, patch_ids=patch_ids)
+        return t.filter(pc.equal(t["dataset"], dataset)).select(columns)
 
-    def patches(self, columns: list[str] | None = None, patch_ids=None) -> pd.DataFrame:
+    def patches(self, columns: list[str] | None = None, patch_ids=None, dataset: str | None = None) -> pd.DataFrame:
         """Patch metadata (every column but ``png``), one row per patch, in the table's order. Integer
         columns with nulls (coordinates, ``train_row``, an unlabelled cohort's ``y``) are pandas ``Int64``
         and votes ``boolean``, whatever the parts hold: the same frame from every part layout. ``patch_ids``:
-        only those patches' rows (unknown ids are absent)."""
-        t = self.patch_table(columns, patch_ids)
+        only those patches' rows (unknown ids are absent); ``dataset``: only that dataset's rows."""
+        t = self.patch_table(columns, patch_ids, dataset)
         df = t.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get)
         for name in t.column_names:
             if pa.types.is_integer(t.schema.field(name).type) and not t[name].null_count:

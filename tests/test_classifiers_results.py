@@ -77,6 +77,7 @@ def test_report_reads_back_the_out_of_fold_predictions(synth):
     the runner recorded for the ensemble's threshold choice (runs.val_auroc at fold -1)."""
     from mitoprobe.classifiers.report import leaderboard
 
+    sweep(synth, "synth", heads=["simpleshot"], n_boot=100, show_progress=False)  # its own runs (a no-op when stored)
     board = leaderboard(synth, with_paper=False)
     runs = synth.results.read("runs")
     ens = runs[runs["fold"] == -1].drop_duplicates("family_id").set_index("family_id")

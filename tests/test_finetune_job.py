@@ -190,7 +190,7 @@ def test_finetuned_fold_as_embedder_is_probed_under_its_fold_only(ft_store, lora
     feats = load_features(ft_store, s.name)
     proto = load_protocol(ft_store)
     with pytest.raises(ProtocolError, match="leakage"):
-        fit_fold(resolve_heads("logreg")[0], {}, feats, proto.fold_data(1), proto.train["patch_id"].to_numpy())
+        fit_fold(resolve_heads("logreg")[0], {}, feats, proto.fold_data(1), feats.locate(proto.train["patch_id"]))
 
 
 def test_a_run_is_labelled_ft_model_method_run8_or_by_its_name(ft_store, lora_run, tmp_path, caplog):

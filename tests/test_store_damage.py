@@ -343,9 +343,12 @@ def test_disk_full_while_writing_parquet(tiny_store, monkeypatch):
     import mitoprobe.store.atomic as atomic
 
     before = files(tiny_store.root)
-    monkeypatch.setattr(atomic.pq, "write_table", raising(errno.ENOSPC))
+    # every Parquet write, whole tables (folds) and row groups (results, several frames to one part)
+    monkeypatch.setattr(atomic.pq.ParquetWriter, "write_table", raising(errno.ENOSPC))
     with pytest.raises(StoreError, match="no space left on the device"):
         tiny_store.results.append("predictions", pd.DataFrame({"run_id": ["x"], "patch_id": ["p"]}))
+    with pytest.raises(StoreError, match="no space left on the device"):
+        tiny_store.results.append("predictions", [pd.DataFrame({"run_id": ["x"], "patch_id": [p]}) for p in "pq"])
     with pytest.raises(StoreError, match="no space left on the device"):
         tiny_store.write_folds(pd.DataFrame({"patch_id": ["p"], "train_row": [0], "slide": ["s"], "label": ["Normal"],
                                              "y": [0], "fold": [0]}))
