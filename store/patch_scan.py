@@ -109,12 +109,11 @@ def first_copies(read: list[tuple[Path, pa.Table]]) -> list[Copies]:
     """The parts of ``read`` (in table order) holding a patch id stored before them."""
     if not read:
         return []
-    if distinct_count(pa.table({"patch_id": pa.chunked_array(
-            [c for _, t in read for c in t["patch_id"].cast(pa.large_string()).chunks], pa.large_string())}),
-            ["patch_id"]) == sum(t.num_rows for _, t in read):
+    chunks = [c for _, t in read for c in t["patch_id"].cast(pa.large_string()).chunks]  # string or large_string
+    if distinct_count(pa.table({"patch_id": pa.chunked_array(chunks, pa.large_string())}), ["patch_id"]) == \
+            sum(t.num_rows for _, t in read):
         return []  # no id twice (the usual case), found by sorting: the hashing below costs ~3x the memory
-    ids = pa.chunked_array([c for _, t in read for c in t["patch_id"].cast(pa.large_string()).chunks],
-                           pa.large_string()).combine_chunks()  # parts may hold string or large_string
+    ids = pa.chunked_array(chunks, pa.large_string()).combine_chunks()
     codes = ids.dictionary_encode().indices.to_numpy(zero_copy_only=False)  # ids numbered by first appearance
     first_at = np.unique(codes, return_index=True)[1]  # row of each id's first copy
     dup = np.arange(len(ids)) != first_at[codes]
