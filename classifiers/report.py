@@ -178,13 +178,15 @@ def out_of_fold_scores(store, ensemble_runs: pd.DataFrame) -> pd.DataFrame:
         return pc.and_(pc.and_(pc.equal(t["split"], "val"), pc.equal(t["fold"], -1)),
                        pc.is_in(t["run_id"], value_set=run_ids.cast(t["run_id"].type)))
 
-    labels = store.patches(columns=["patch_id", "y"])
-    y = np.append(labels["y"].to_numpy(dtype=float, na_value=np.nan), np.nan)  # a patch no longer stored: NaN
-    among = pa.array(labels["patch_id"])
+    labels = None  # every patch's label, read once there is a row to score
     got: list[tuple[np.ndarray, ...]] = []  # per batch: run (index into run_ids), label, probability, threshold
     for t in store.results.batches("predictions", ["run_id", "patch_id", "split", "fold", "probability", "threshold"],
                                    where=ensemble_val):  # the rows it scores, reduced to numbers a batch at a time
         if t.num_rows:  # Arrow lookups: no Python string per row
+            if labels is None:
+                labels = store.patches(columns=["patch_id", "y"])
+                y = np.append(labels["y"].to_numpy(dtype=float, na_value=np.nan), np.nan)  # a patch not stored: NaN
+                among = pa.array(labels["patch_id"])
             numbers = [t[c].to_numpy(zero_copy_only=False) if c in t.column_names else np.full(t.num_rows, np.nan)
                        for c in ("probability", "threshold")]
             got.append((positions(t["run_id"], run_ids), y[positions(t["patch_id"], among)], *numbers))
