@@ -83,7 +83,7 @@ def stored_predictions(store, run_ids: list[str], split: str | None = None,
                        columns: list[str] | None = None) -> pd.DataFrame:
     """The ``predictions`` rows of ``run_ids`` (of ``split`` only, when given; ``columns`` only, when given),
     filtered in Arrow a batch at a time: never the whole table, nor a whole part (a cohort's family holds
-    ~400,000 rows; read in DuckDB and copied to pandas they added ~110 MiB to the peak at 200,000 patches)."""
+    ~400,000 rows; read in DuckDB and copied to pandas they added ~114 MiB to the peak at 200,000 patches)."""
     ids = pa.array(list(run_ids), pa.string())
 
     def mine(t: pa.Table) -> pa.Array:
