@@ -74,18 +74,18 @@ def fit_fold(spec: HeadSpec, params: dict, feats: Features, fd: FoldData, train_
     va_rows, va_owner = feats.rows_at(train_at[fd.val_idx])
     y_tr = fd.y[fd.train_idx][tr_owner]
     y_val_patch = fd.y[fd.val_idx]
-    X_tr, X_va = feats.X[tr_rows], feats.X[va_rows]
     best = None
     tried = []
-    for cand in (grid_points(spec, params) if points is None else points):
-        at = f" at {cand}" if cand else ""  # the grid point, in a head's error line
-        est = _fit(spec, {**cand, **params}, X_tr, y_tr, X_va, y_val_patch[va_owner], f"fold {fd.fold}{at}")
-        p = positive_proba(spec, est, X_va, f"the held-out part of fold {fd.fold}{at}")
-        p_val = patch_mean(p, va_owner, len(fd.val_idx))
-        score = M.auroc(y_val_patch, p_val)
-        tried.append({"params": cand, "val_auroc": score})
-        if best is None or score > best[0]:
-            best = (score, cand, est, p_val)
+    with feats.fold_matrices(tr_rows, va_rows) as (X_tr, X_va):  # read-only: the training rows are feats' own
+        for cand in (grid_points(spec, params) if points is None else points):
+            at = f" at {cand}" if cand else ""  # the grid point, in a head's error line
+            est = _fit(spec, {**cand, **params}, X_tr, y_tr, X_va, y_val_patch[va_owner], f"fold {fd.fold}{at}")
+            p = positive_proba(spec, est, X_va, f"the held-out part of fold {fd.fold}{at}")
+            p_val = patch_mean(p, va_owner, len(fd.val_idx))
+            score = M.auroc(y_val_patch, p_val)
+            tried.append({"params": cand, "val_auroc": score})
+            if best is None or score > best[0]:
+                best = (score, cand, est, p_val)
     score, chosen, est, p_val = best
     threshold = decision_threshold(spec.threshold_rule, y_val_patch, p_val)
     return dict(estimator=est, chosen=chosen, tried=tried, val_proba=p_val, threshold=float(threshold),

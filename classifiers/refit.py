@@ -129,11 +129,11 @@ def refit_family(store, family_id: str) -> FittedFamily:
     proto = load_protocol(store, train_on=train_on, create=False)  # the folds the family was fitted under
     train_ids = proto.train["patch_id"].array  # Arrow-backed: no Python string per patch
     train_at = feats.locate(train_ids)
+    feats.put_first(train_at)  # each fold's training rows then move up in place for its fit (no copy of them)
     stored_val = stored_predictions(store, folds["run_id"].tolist(), split="val",
                                     columns=["run_id", "patch_id", "probability"])
-    fold_data = {int(k): proto.fold_data(int(k)) for k in folds["fold"]}
     expected = {int(r["fold"]): _stored_heldout(family_id, int(r["fold"]), r["run_id"],
-                                                train_ids[fold_data[int(r["fold"])].val_idx], stored_val)
+                                                train_ids[proto.fold_data(int(r["fold"])).val_idx], stored_val)
                 for _, r in folds.iterrows()}  # aligned numbers: the rows themselves are not held while fitting
     del stored_val
     fitted = []
@@ -142,8 +142,7 @@ def refit_family(store, family_id: str) -> FittedFamily:
             cfg = json.loads(r["config_json"])
             k = int(r["fold"])
             params = _seeded_params(spec, cfg.get("params", {}), int(cfg["seed"]))
-            fd = fold_data[k]
-            fit = fit_fold(spec, params, feats, fd, train_at, points=[cfg.get("selected", {})])
+            fit = fit_fold(spec, params, feats, proto.fold_data(k), train_at, points=[cfg.get("selected", {})])
             _check_reproduced(family_id, k, expected[k], fit["val_proba"])
             fitted.append(FittedFold(k, r["run_id"], fit["estimator"], float(r["threshold"])))
     ens = rows[rows["fold"] == -1]

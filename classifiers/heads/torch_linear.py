@@ -3,6 +3,8 @@ torch-free on import); its defaults are the paper's published values (``mitoprob
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from mitoprobe.paper.probe import PAPER_PROBE_PARAMS
@@ -58,8 +60,10 @@ class TorchLinearProbe(_BinaryHead):
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=self.lr_factor,
                                                            patience=self.lr_patience, min_lr=self.min_lr)
         loss_fn = torch.nn.BCEWithLogitsLoss()
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(y01.astype(np.float32))[:, None]
-        Xv = torch.from_numpy(X_val)
+        with warnings.catch_warnings():  # the probe's rows are read-only (Features.fold_matrices); only read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            Xt, Xv = torch.from_numpy(X), torch.from_numpy(X_val)
+        yt = torch.from_numpy(y01.astype(np.float32))[:, None]
         counts = np.bincount(y01, minlength=2)
         weights = (1.0 / np.maximum(counts, 1))[y01]
         sampler = WeightedRandomSampler(torch.from_numpy(weights), len(weights), replacement=True, generator=g)

@@ -1,0 +1,111 @@
+"""A fold's training rows moved up in place (``Features.put_first`` / ``fold_matrices``) instead of copied: the
+head sees exactly the rows a copy would hold, read-only, and the vectors are back as they were afterwards,
+also when the fit fails, past the block size, with views (TTA) and with rows of other patches (a cohort's
+unlabelled ones, test sets) among the training rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mitoprobe.classifiers import features as F
+from mitoprobe.classifiers.features import Features
+from mitoprobe.classifiers.fitting import fit_fold
+from mitoprobe.classifiers.own_heads import resolve_head
+from mitoprobe.classifiers.protocol import FoldData
+
+
+def _features(n_patches: int, views: list[str], rng) -> Features:
+    """Rows in a shuffled storage order, as a store written by several imports and workers has them."""
+    keys = pd.DataFrame([(f"p{i:04d}", v) for i in range(n_patches) for v in views], columns=["patch_id", "view"])
+    keys = keys.sample(frac=1, random_state=int(rng.integers(1 << 30))).reset_index(drop=True).astype("str")
+    X = rng.normal(size=(len(keys), 5)).astype(np.float32)
+    return Features("toy", "r1", keys, X, sorted(views))
+
+
+def _snapshot(f: Features) -> dict[tuple[str, str], bytes]:
+    return {(p, v): f.X[i].tobytes() for i, (p, v) in enumerate(zip(f.keys["patch_id"], f.keys["view"]))}
+
+
+@pytest.mark.parametrize("views", [["none"], ["none", "flip", "rot90"]])
+@pytest.mark.parametrize("block", [3, F.MOVE_ROWS])  # several blocks, and one
+@pytest.mark.parametrize("arranged", [True, False])
+def test_a_folds_rows_are_the_copys_rows_and_the_vectors_come_back(views, block, arranged, monkeypatch):
+    monkeypatch.setattr(F, "MOVE_ROWS", block)
+    rng = np.random.default_rng(len(views) + block)
+    f = _features(60, views, rng)
+    before = _snapshot(f)
+    train = rng.permutation(60)[:45]  # 15 patches never train: a cohort's unlabelled ones, test sets
+    train_at = f.locate([f"p{i:04d}" for i in train])
+    if arranged:
+        f.put_first(train_at)
+        assert _snapshot(f) == before  # reordered, each (patch, view) keeps its vector
+    else:  # rows in storage order: increasing only when the training patches are taken in that order
+        train_at = np.sort(train_at)
+    fold = rng.integers(0, 5, len(train_at))
+    for k in range(5):
+        tr_rows, _ = f.rows_at(train_at[fold != k])
+        va_rows, _ = f.rows_at(train_at[fold == k])
+        want_tr, want_va = f.X[tr_rows].copy(), f.X[va_rows].copy()
+        with f.fold_matrices(tr_rows, va_rows) as (X_tr, X_va):
+            assert np.array_equal(X_tr, want_tr) and np.array_equal(X_va, want_va)
+            increasing = bool((np.diff(tr_rows) > 0).all())  # always once arranged; with views, not in storage order
+            assert increasing or not arranged
+            assert np.shares_memory(X_tr, f.X) == increasing  # moved up, not copied
+            assert not X_tr.flags.writeable and not X_va.flags.writeable
+            with pytest.raises(ValueError, match="read-only"):
+                X_tr[0, 0] = 1.0
+            if increasing:  # while rows are moved, nothing may look rows up or move them again
+                with pytest.raises(RuntimeError, match="nest"):
+                    f.fold_matrices(tr_rows, va_rows).__enter__()
+                with pytest.raises(RuntimeError, match="moved up"):
+                    f.rows_at(train_at[:1])
+        assert _snapshot(f) == before
+
+
+def test_the_vectors_come_back_when_the_fit_fails(monkeypatch):
+    monkeypatch.setattr(F, "MOVE_ROWS", 4)
+    f = _features(40, ["none"], np.random.default_rng(0))
+    before = _snapshot(f)
+    train_at = f.locate([f"p{i:04d}" for i in range(40)])
+    f.put_first(train_at)
+    tr_rows, _ = f.rows_at(train_at[5:])
+    with pytest.raises(ZeroDivisionError):
+        with f.fold_matrices(tr_rows, f.rows_at(train_at[:5])[0]):
+            1 / 0
+    assert _snapshot(f) == before and not f._moved
+    assert f.rows_at(train_at[:2])[0].tolist() == [0, 1]  # usable again
+
+
+def test_rows_out_of_order_are_copied():
+    f = _features(20, ["none"], np.random.default_rng(1))
+    rows = np.array([5, 2, 9])
+    with f.fold_matrices(rows, np.array([0])) as (X_tr, _):
+        assert not np.shares_memory(X_tr, f.X) and np.array_equal(X_tr, f.X[rows]) and not X_tr.flags.writeable
+
+
+@pytest.mark.parametrize("head", ["lgbm", "logreg", "torch_linear", "knn"])
+def test_a_fit_on_moved_rows_equals_the_fit_on_copies(head, monkeypatch):
+    """The same model, to the last bit: the head sees the same numbers in the same order either way."""
+    rng = np.random.default_rng(3)
+    f = _features(300, ["none"], rng)
+    y = rng.integers(0, 2, 300)
+    f.X[:, 0] += y[np.argsort(np.argsort(f.keys["patch_id"].to_numpy()))] * 1.5  # a learnable signal
+    order = rng.permutation(300)
+    train_at = f.locate([f"p{i:04d}" for i in order])
+    labels = y[order]
+    fold = np.arange(300) % 5
+    spec = resolve_head(head)
+    fd = FoldData(2, np.flatnonzero(fold != 2), np.flatnonzero(fold == 2), labels, np.arange(300) % 30)
+
+    def copied(self, tr_rows, va_rows):  # what fit_fold did before: copies
+        from contextlib import nullcontext
+        return nullcontext((self.X[tr_rows], self.X[va_rows]))
+
+    with monkeypatch.context() as m:
+        m.setattr(Features, "fold_matrices", copied)
+        want = fit_fold(spec, {}, f, fd, train_at)
+    f.put_first(train_at)
+    got = fit_fold(spec, {}, f, fd, train_at)
+    assert np.array_equal(got["val_proba"], want["val_proba"]) and got["threshold"] == want["threshold"]
