@@ -109,3 +109,35 @@ def test_a_fit_on_moved_rows_equals_the_fit_on_copies(head, monkeypatch):
     f.put_first(train_at)
     got = fit_fold(spec, {}, f, fd, train_at)
     assert np.array_equal(got["val_proba"], want["val_proba"]) and got["threshold"] == want["threshold"]
+
+
+IN_PLACE_HEAD = '''
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+
+class Doubling(LogisticRegression):
+    def fit(self, X, y):
+        X *= 2.0  # scales the rows it is given in place
+        return super().fit(X, y)
+
+
+def doubling():
+    return Doubling()
+'''
+
+
+def test_an_own_head_that_writes_into_its_rows_fails_with_its_own_line_and_writes_nothing(tmp_path):
+    from conftest import make_six_slide_store
+
+    from mitoprobe.classifiers.head_calls import HeadError
+    from mitoprobe.classifiers.runner import sweep
+    from mitoprobe.embedder import embed
+
+    store = make_six_slide_store(tmp_path / "store")
+    embed(store, "handcrafted", progress=False)
+    head = tmp_path / "in_place.py"
+    head.write_text(IN_PLACE_HEAD)
+    with pytest.raises(HeadError, match=r"head doubling, fold 0: fit raised .*read-only"):
+        sweep(store, "handcrafted", heads=[f"{head}:doubling"], n_boot=10, show_progress=False)
+    assert not store.results.parts("runs") and not store.results.parts("predictions")
