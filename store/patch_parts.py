@@ -29,6 +29,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,6 +45,8 @@ from .memory import releasing
 
 PATCHES_DIR = paths.PATCHES_DIR
 MANIFEST = paths.MANIFEST
+PNG_READERS = 4  # row groups ``PatchParts.pngs`` reads at once
+PNG_BATCH = 64  # rows ``PatchParts.pngs`` decodes at a time, up to the last one it wants in a row group
 ROW_GROUP = 1024  # rows per row group: ~30 MB of 128x128 PNGs, the unit every PNG reader reads
 # PNGs are unique blobs: a dictionary for them is tried, abandoned and paid for on every read. Plain-encoded,
 # one row group's PNGs read in ~9 ms instead of ~24 (~67 for a file's first) and are written in half the
@@ -170,7 +173,7 @@ class PatchParts:
         wanted = None if patch_ids is None else _id_array(patch_ids)
         for p in (self.part_paths() if entries is None else [self.path_of(e) for e in entries]):
             with read_guard(p):
-                f = pq.ParquetFile(p)
+                f = _open(p)
                 cols = [c for c in columns if c in f.schema_arrow.names]
                 if wanted is None:
                     t = f.read(columns=cols)
@@ -244,10 +247,25 @@ class PatchParts:
                 yield t
 
     def pngs(self, patch_ids: Iterable[str]) -> dict[str, bytes]:
-        """PNG bytes by patch id for a few patches (ids not stored are left out)."""
+        """PNG bytes by patch id for a few patches (ids not stored are left out), for a page of thumbnails:
+        each row group holding some is decoded only up to the last of them (``_group_pngs``), ``PNG_READERS``
+        row groups at once (Arrow decodes without the GIL). A dozen patches in ~0.1 s instead of ~0.3 s at
+        200,000 patches, where reading their row groups whole meant 30 MB a thumbnail."""
+        wanted = _id_array(patch_ids)
+        jobs = []
+        for p in self.part_paths():
+            with read_guard(p):
+                ids, bounds, hit = _part_hits(p, wanted)
+            at = np.flatnonzero(hit)
+            group = np.searchsorted(bounds, at, side="right") - 1
+            for g in np.unique(group):
+                mine = at[group == g]
+                jobs.append((p, int(g), (mine - bounds[g]).tolist(), ids.take(pa.array(mine)).to_pylist()))
         out: dict[str, bytes] = {}
-        for t in self.iter_images(patch_ids):
-            out.update(zip(t["patch_id"].to_pylist(), t["png"].to_pylist()))
+        if jobs:
+            with ThreadPoolExecutor(min(PNG_READERS, len(jobs))) as pool:
+                for found in pool.map(lambda job: _group_pngs(*job), jobs):
+                    out.update(found)
         return out
 
     # -- writing ---------------------------------------------------------------------------
@@ -280,6 +298,17 @@ def _file_key(path: Path) -> tuple[int, int, int]:
     return s.st_size, s.st_mtime_ns, s.st_ino
 
 
+def _open(path: Path, **kwargs) -> pq.ParquetFile:
+    """A part opened with its footer parsed once per version of the file (``_footer``): a page's dozen
+    single-patch reads each paid the parse (~10 ms for a 200-row-group part)."""
+    return pq.ParquetFile(path, metadata=_footer(str(path), *_file_key(path)), **kwargs)
+
+
+@functools.lru_cache(maxsize=64)
+def _footer(path: str, size: int, mtime_ns: int, ino: int) -> pq.FileMetaData:
+    return pq.read_metadata(path)
+
+
 @functools.lru_cache(maxsize=256)
 def _part_ids(path: str, size: int, mtime_ns: int, ino: int) -> tuple[pa.ChunkedArray, np.ndarray]:
     """A part's ``patch_id`` column and its row groups' first rows, read once per version of the file: parts
@@ -300,10 +329,30 @@ def read_row_group(path: Path, group: int, columns=("patch_id", "png"), wanted=N
     """One row group of one part (only ``wanted`` ids' rows when given); ``DamagedStoreError`` naming
     the part when it cannot be read. Opens the file itself: callable from a worker process."""
     with read_guard(path):
-        t = pq.ParquetFile(path).read_row_group(group, columns=list(columns))
+        t = _open(path).read_row_group(group, columns=list(columns))
     if wanted is not None:
         t = t.filter(pc.is_in(t["patch_id"], value_set=_id_array(wanted)))
     return t
+
+
+def _group_pngs(path: Path, group: int, rows: list[int], ids: list[str]) -> dict[str, bytes]:
+    """The PNGs at ``rows`` (increasing; ``ids`` theirs) of one row group, decoded ``PNG_BATCH`` rows at a time
+    and no further than the last of them (half a row group on average, not all ~30 MB of it)."""
+    out: dict[str, bytes] = {}
+    seen = 0
+    todo = iter(zip(rows, ids))
+    row, pid = next(todo)
+    with read_guard(path):
+        f = _open(path, pre_buffer=False)
+        for batch in f.iter_batches(batch_size=PNG_BATCH, row_groups=[group], columns=["png"], use_threads=False):
+            png = batch.column(0)
+            while row < seen + batch.num_rows:
+                out[pid] = png[row - seen].as_py()
+                row, pid = next(todo, (None, None))
+                if row is None:
+                    return out
+            seen += batch.num_rows
+    return out
 
 
 def dataset_counts(datasets: pa.ChunkedArray | pa.Array) -> dict[str, int]:

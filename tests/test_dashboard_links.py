@@ -125,21 +125,32 @@ def test_enlarged_is_nearest_neighbour():
 def test_images_reads_only_what_is_asked(full_store, monkeypatch):
     import pyarrow.parquet as pq
 
+    from mitoprobe.store import patch_parts
+
     every = {p: b for t in full_store.iter_images() for p, b in zip(t["patch_id"].to_pylist(), t["png"].to_pylist())}
     some = list(every)[::7] + ["not-a-patch"]
     got = full_store.images(some)
     assert got == {p: every[p] for p in some if p in every}
-    # only the row groups holding the wanted patches are read
-    seen = []
-    real = pq.ParquetFile.read_row_group
+    # only the row groups holding the wanted patches are read, each no further than its last wanted patch
+    seen, batches = [], []
+    real = pq.ParquetFile.iter_batches
 
-    def spy(self, i, *a, **k):
-        seen.append(i)
-        return real(self, i, *a, **k)
+    def spy(self, *a, row_groups=None, **k):
+        seen.extend(row_groups)
+        for b in real(self, *a, row_groups=row_groups, **k):
+            batches.append(b.num_rows)
+            yield b
 
-    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
-    assert full_store.images([next(iter(every))]).keys() == {next(iter(every))}
-    assert seen == [0] and full_store.images([]) == {}
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    first = next(iter(every))
+    assert full_store.images([first]) == {first: every[first]}
+    assert seen == [0] and len(batches) == 1 and full_store.images([]) == {}
+    monkeypatch.setattr(patch_parts, "PNG_BATCH", 2)  # past the batch size: a patch a few batches in
+    fifth = [p for t in full_store.iter_images() for p in t["patch_id"].to_pylist()][4]
+    batches.clear()
+    assert full_store.images([fifth]) == {fifth: every[fifth]} and batches == [2, 2, 2]
+
+
 def test_test_sets_come_from_the_results():
     from mitoprobe.dashboard import data
 
