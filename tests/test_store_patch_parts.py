@@ -302,3 +302,22 @@ def test_pngs_are_written_plain_and_the_small_columns_with_dictionaries(tiny_sto
         cols = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i) for i in range(meta.num_columns)}
         assert not any("DICTIONARY" in e for e in cols["png"].encodings), (part.name, cols["png"].encodings)
         assert cols["dataset"].has_dictionary_page and cols["label"].has_dictionary_page
+
+
+def test_a_damaged_png_page_is_reported_naming_its_part(tiny_store):
+    """The thumbnails' reader (decoding a row group only up to the patches it wants) reads through the same
+    guard as every other reader, and a part rewritten in place is never read with its old footer."""
+    from mitoprobe.store import DamagedStoreError
+
+    ids = tiny_store.patches(columns=["patch_id"])["patch_id"].tolist()
+    assert len(tiny_store.images(ids[:3])) == 3  # the footer is now parsed and kept
+    part = tiny_store.patch_parts.part_paths()[0]
+    md = pq.read_metadata(part)
+    png = md.schema.names.index("png")
+    chunk = md.row_group(0).column(png)
+    start, size = chunk.data_page_offset, chunk.total_compressed_size
+    raw = bytearray(part.read_bytes())
+    raw[start:start + size] = b"\xff" * size  # the first row group's PNG pages, headers included
+    part.write_bytes(bytes(raw))
+    with pytest.raises(DamagedStoreError, match=part.name):
+        tiny_store.images(ids[:1])
