@@ -106,7 +106,7 @@ class Features:
         X_va = self.X[va_rows]
         X_va.flags.writeable = False
         n = len(tr_rows)
-        if n == 0 or tr_rows[0] < 0 or not (np.diff(tr_rows) > 0).all():
+        if n == 0 or tr_rows[0] < 0 or not self.X.flags.writeable or not (np.diff(tr_rows) > 0).all():
             X_tr = self.X[tr_rows]
             X_tr.flags.writeable = False
             yield X_tr, X_va
@@ -119,16 +119,18 @@ class Features:
         from_va = in_va[over]
         aside_at = over[from_va < 0]
         aside = self.X[aside_at]
-        bounds = list(range(0, n, MOVE_ROWS)) + [n]
+        blocks = [(a, min(a + MOVE_ROWS, n)) for a in range(0, n, MOVE_ROWS)]
+        moved = 0  # blocks moved up so far: only those are moved back
         self._moved = True
         try:
-            for a, b in zip(bounds[:-1], bounds[1:]):  # sources tr_rows[j] >= j: none is overwritten before it moves
+            for a, b in blocks:  # sources tr_rows[j] >= j: none is overwritten before it moves
                 self.X[a:b] = self.X[tr_rows[a:b]]
+                moved += 1
             X_tr = self.X[:n]
             X_tr.flags.writeable = False
             yield X_tr, X_va
         finally:
-            for a, b in zip(bounds[-2::-1], bounds[:0:-1]):  # back, last block first: the same argument reversed
+            for a, b in reversed(blocks[:moved]):  # back, last block first: the same argument reversed
                 self.X[tr_rows[a:b]] = self.X[a:b].copy()
             self.X[over[from_va >= 0]] = X_va[from_va[from_va >= 0]]
             self.X[aside_at] = aside

@@ -304,7 +304,7 @@ def _open(path: Path, **kwargs) -> pq.ParquetFile:
     return pq.ParquetFile(path, metadata=_footer(str(path), *_file_key(path)), **kwargs)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)  # a 200-row-group part's footer is ~0.5 MB on disk, a few MB parsed
 def _footer(path: str, size: int, mtime_ns: int, ino: int) -> pq.FileMetaData:
     return pq.read_metadata(path)
 

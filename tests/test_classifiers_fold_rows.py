@@ -78,11 +78,14 @@ def test_the_vectors_come_back_when_the_fit_fails(monkeypatch):
     assert f.rows_at(train_at[:2])[0].tolist() == [0, 1]  # usable again
 
 
-def test_rows_out_of_order_are_copied():
+def test_rows_out_of_order_or_read_only_are_copied():
     f = _features(20, ["none"], np.random.default_rng(1))
     rows = np.array([5, 2, 9])
     with f.fold_matrices(rows, np.array([0])) as (X_tr, _):
         assert not np.shares_memory(X_tr, f.X) and np.array_equal(X_tr, f.X[rows]) and not X_tr.flags.writeable
+    f.X.flags.writeable = False  # vectors someone else owns (a read-only buffer): never written, copied
+    with f.fold_matrices(np.array([2, 5, 9]), np.array([0])) as (X_tr, _):
+        assert not np.shares_memory(X_tr, f.X) and np.array_equal(X_tr, f.X[[2, 5, 9]])
 
 
 @pytest.mark.parametrize("head", ["lgbm", "logreg", "torch_linear", "knn"])
@@ -141,3 +144,30 @@ def test_an_own_head_that_writes_into_its_rows_fails_with_its_own_line_and_write
     with pytest.raises(HeadError, match=r"head doubling, fold 0: fit raised .*read-only"):
         sweep(store, "handcrafted", heads=[f"{head}:doubling"], n_boot=10, show_progress=False)
     assert not store.results.parts("runs") and not store.results.parts("predictions")
+
+
+def test_a_move_that_fails_half_way_puts_back_what_it_moved(monkeypatch):
+    """Out of memory for the third block's copy: the two blocks moved are moved back, nothing else is touched."""
+    monkeypatch.setattr(F, "MOVE_ROWS", 4)
+    f = _features(40, ["none"], np.random.default_rng(2))
+    before = _snapshot(f)
+    train_at = f.locate([f"p{i:04d}" for i in range(40)])
+    f.put_first(train_at)
+    tr_rows, va_rows = f.rows_at(train_at[np.r_[0:3, 5:40]])[0], f.rows_at(train_at[3:5])[0]
+
+    class Failing(np.ndarray):  # its fancy-index reads fail from the third on
+        reads = 0
+
+        def __getitem__(self, key):
+            if isinstance(key, np.ndarray) and key.dtype.kind == "i" and len(key) == F.MOVE_ROWS:
+                Failing.reads += 1
+                if Failing.reads == 3:
+                    raise MemoryError("no room for a block")
+            return super().__getitem__(key)
+
+    f.X = f.X.view(Failing)
+    with pytest.raises(MemoryError):
+        with f.fold_matrices(tr_rows, va_rows):
+            pass
+    f.X = f.X.view(np.ndarray)
+    assert _snapshot(f) == before and not f._moved
