@@ -64,12 +64,18 @@ def test_a_folds_rows_are_the_copys_rows_and_the_vectors_come_back(views, block,
         assert _snapshot(f) == before
 
 
-def test_the_vectors_come_back_when_the_fit_fails(monkeypatch):
+def _arranged(seed: int, monkeypatch) -> tuple[Features, dict, np.ndarray]:
+    """40 patches, all training, arranged; blocks of 4 rows: (features, their vectors, the patches' positions)."""
     monkeypatch.setattr(F, "MOVE_ROWS", 4)
-    f = _features(40, ["none"], np.random.default_rng(0))
+    f = _features(40, ["none"], np.random.default_rng(seed))
     before = _snapshot(f)
     train_at = f.locate([f"p{i:04d}" for i in range(40)])
     f.put_first(train_at)
+    return f, before, train_at
+
+
+def test_the_vectors_come_back_when_the_fit_fails(monkeypatch):
+    f, before, train_at = _arranged(0, monkeypatch)
     tr_rows, _ = f.rows_at(train_at[5:])
     with pytest.raises(ZeroDivisionError):
         with f.fold_matrices(tr_rows, f.rows_at(train_at[:5])[0]):
@@ -148,11 +154,7 @@ def test_an_own_head_that_writes_into_its_rows_fails_with_its_own_line_and_write
 
 def test_a_move_that_fails_half_way_puts_back_what_it_moved(monkeypatch):
     """Out of memory for the third block's copy: the two blocks moved are moved back, nothing else is touched."""
-    monkeypatch.setattr(F, "MOVE_ROWS", 4)
-    f = _features(40, ["none"], np.random.default_rng(2))
-    before = _snapshot(f)
-    train_at = f.locate([f"p{i:04d}" for i in range(40)])
-    f.put_first(train_at)
+    f, before, train_at = _arranged(2, monkeypatch)
     tr_rows, va_rows = f.rows_at(train_at[np.r_[0:3, 5:40]])[0], f.rows_at(train_at[3:5])[0]
 
     class Failing(np.ndarray):  # its fancy-index reads fail from the third on
