@@ -1,8 +1,9 @@
 """The server reads ahead: once per state of the store, one background thread reads what the pages open with
 into the pages' own caches, so a page opened after the first finds them read.
 
-What: the patch index; the default set's patch ids, search table and distance sample (Similarity), its PCA
-map joined with the index and its robustness index (the embedding map); the runs and the predictions.
+What: the patch index; the default set's patch ids, search table and distance sample (Similarity), the
+similarity page's first view (gallery, first query's neighbours, their thumbnails), its PCA map joined with
+the index and its robustness index (the embedding map); the runs and the predictions.
 At 200,000 patches these were 0.6-0.9 s of Similarity's first render alone (docs/benchmarks.md, "Cohort
 scale, round 3"). Only in the server's own process (``dashboard.child`` calls :func:`enable`): AppTests and
 library users read on demand. A read that fails here is left for the page that makes it to report.
@@ -67,6 +68,7 @@ def warm_caches(root: str, stamp_: Fingerprint) -> None:
             eset, output = sets[0], next(iter(sets[0].outputs))
             data.set_patches(root, stamp_, eset.recipe_id)
             data.distance_sample(root, stamp_, eset.recipe_id, output)
+            data.first_similarity_view(root, stamp_, eset.recipe_id, output)
             view = derived_views.projection(root, stamp_, eset, output)
             if view.frame is not None:
                 derived_views.map_frame(root, stamp_, view)

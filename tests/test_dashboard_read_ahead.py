@@ -9,6 +9,7 @@ from dashboard_store import build_dashboard_store, open_page
 
 from mitoprobe.dashboard import data, derived_views, read_ahead
 from mitoprobe.store import Store, derived
+from mitoprobe.store.features import Searcher
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,17 @@ def test_a_failed_read_ahead_leaves_the_error_to_the_page(store, monkeypatch):
     read_ahead.warm_caches(str(store.root), data.stamp(str(store.root)))  # no exception escapes
     monkeypatch.undo()
     open_page(store.root, "similarity", monkeypatch)
+
+
+def test_the_similarity_pages_first_view_is_read_ahead(store, monkeypatch):
+    """Its gallery, its first query's neighbours (the ANN index loaded) and every thumbnail: the page then
+    renders without reading a PNG or searching (the same cache keys: gallery size and seed, k)."""
+    root = str(store.root)
+    read_ahead.warm_caches(root, data.stamp(root))
+    searched, read = [], []
+    real_nearest, real_images = Searcher.nearest, Store.images
+    monkeypatch.setattr(Searcher, "nearest", lambda self, *a, **k: searched.append(a) or real_nearest(self, *a, **k))
+    monkeypatch.setattr(Store, "images", lambda self, ids: read.append(list(ids)) or real_images(self, ids))
+    at = open_page(store.root, "similarity", monkeypatch)
+    assert len(at.dataframe[0].value) == data.SIMILARITY_K
+    assert searched == [] and read == []

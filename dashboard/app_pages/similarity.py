@@ -31,7 +31,7 @@ def rows_of(patch_ids) -> pd.DataFrame:
 
 c1, c2, c3 = st.columns([3, 2, 2])
 eset, output = ui.pick_set(ctx, "sim", container=c1)
-k = c2.slider("Neighbours (k)", 4, 48, 12, 4)
+k = c2.slider("Neighbours (k)", 4, 48, data.SIMILARITY_K, 4)
 x1, x2 = c2.columns(2)
 skip_slide = x1.toggle("Not its slide", key="sim_skip_slide",
                        help="Leave out neighbours from the query's own slide (same dataset and slide).")
@@ -73,7 +73,8 @@ if mode == "Stored patch":
         keep &= (in_set["dataset"] == ds).to_numpy()
     if lab != "all":
         keep &= in_set_label == lab
-    drawn = data.gallery(ctx.root, ctx.stamp, in_set["patch_id"][keep], 8, st.session_state.get("sim_seed", 0))
+    drawn = data.gallery(ctx.root, ctx.stamp, in_set["patch_id"][keep], data.GALLERY_SIZE,
+                         st.session_state.get("sim_seed", 0))
     gallery = rows_of(drawn).set_index("patch_id").loc[drawn].reset_index()
     if "sim_query_id" not in st.session_state and len(gallery):
         st.session_state["sim_query_id"] = gallery["patch_id"].iloc[0]
@@ -82,7 +83,7 @@ if mode == "Stored patch":
     def _pick(pid: str) -> None:
         st.session_state["sim_query_id"] = pid
 
-    cols = st.columns(8)
+    cols = st.columns(data.GALLERY_SIZE)
     for col, (_, r), url in zip(cols, gallery.iterrows(),
                                 data.thumbnails(ctx.root, ctx.stamp, gallery["patch_id"].tolist())):
         col.image(url, width="stretch", caption=r["label"])
