@@ -12,7 +12,7 @@ a throwaway server at the same address: its own row), so a page's first figure i
 fresh server, not Streamlit's scripts being fetched and compiled; every later page's first load is that
 page's first in a server whose other caches may be warm (as a user switching pages meets it).
 
-Usage: python -m benchmarks.page_curves --store /tmp/cc/x1 --store /tmp/cc/x10 [--json out.json]
+Usage: python -m benchmarks.page_curves --store /tmp/cc/x1 --store /tmp/cc/x10 [--page similarity] [--json out.json]
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ from mitoprobe.store import Store
 from .machine import header, load_average
 
 
-def store_pages(store: str, warm_loads: int, switches: int, out: Path) -> list[dict]:
+def store_pages(store: str, warm_loads: int, switches: int, out: Path, pages: list[str] | None = None) -> list[dict]:
     n = len(Store(store).patches(columns=["patch_id"]))
     drv, port = S.driver(), free_port()
     try:
         visit = browser_first_visit(drv, store, n, port, out)
         proc, url = start(store, port=port, log=out / "server.log")  # a fresh server: every cache cold
         try:
-            shots = S.capture(url, out, warm_loads=warm_loads, nav_rounds=switches, drv=drv)
+            shots = S.capture(url, out, pages={p: S.PAGES[p] for p in pages} if pages else None,
+                              warm_loads=warm_loads, nav_rounds=switches, drv=drv)
         finally:
             proc.terminate()
             proc.wait(10)
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-loads", type=int, default=2, help="full reloads of each page after its first")
     ap.add_argument("--switches", type=int, default=2,
                     help="rounds of switching pages through the sidebar (no reload), as a user does once the app is open")
+    ap.add_argument("--page", action="append", choices=list(S.PAGES), default=None,
+                    help="only this page (repeat for more; default: every page)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     if S.chromium_binary() is None:
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for store in a.store:
         with tempfile.TemporaryDirectory(prefix="mitoprobe-pages-") as tmp:
-            rows += store_pages(store, a.warm_loads, a.switches, Path(tmp))
+            rows += store_pages(store, a.warm_loads, a.switches, Path(tmp), a.page)
         print(table([r for r in rows if r["store"] == store]), flush=True)
     print(f"load average after: {load_average()}")
     if a.json:
