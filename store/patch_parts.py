@@ -207,8 +207,8 @@ class PatchParts:
     def locate(self, patch_ids: Iterable[str]) -> Locations:
         """(part, row group, row) of each of ``patch_ids``, in their order, from the parts' ``patch_id`` columns and
         footers (no PNG is read): what a reader of single patches in any order needs (fine-tuning's DataLoader
-        workers, ``finetune.data.StoredPngs``). Memory: the ids; parts are immutable, so the locations hold
-        until an import drops the part."""
+        workers, ``finetune.data.StoredPngs``; a page's thumbnails, ``pngs``). Memory: the ids (each part's kept,
+        ``_part_ids``); parts are immutable, so the locations hold until an import drops the part."""
         wanted = pa.array(list(map(str, patch_ids)), pa.string())
         n = len(wanted)
         out = Locations([], np.full(n, -1, np.int32), np.zeros(n, np.int32), np.zeros(n, np.int32),
@@ -217,19 +217,20 @@ class PatchParts:
             todo = np.flatnonzero(out.part < 0)
             if not len(todo):
                 break
+            asked = wanted.take(pa.array(todo))
             with read_guard(p):
-                f = pq.ParquetFile(p)
-                ids = f.read(columns=["patch_id"])["patch_id"]
-            at = pc.index_in(wanted.take(pa.array(todo)), value_set=ids).to_numpy(zero_copy_only=False)
-            found = ~np.isnan(at)
-            if not found.any():
+                ids, bounds, held = _part_hits(p, asked)  # the part's ids scanned, only the few asked hashed
+                md = _footer(str(p), *_file_key(p))
+            held = np.flatnonzero(held)
+            if not len(held):
                 continue
-            md = f.metadata
+            at = pc.index_in(asked, value_set=ids.take(pa.array(held))).to_numpy(zero_copy_only=False)
+            found = ~np.isnan(at)
             png = md.schema.names.index("png")
             rows = np.array([md.row_group(g).num_rows for g in range(md.num_row_groups)], np.int64)
             sizes = np.array([md.row_group(g).column(png).total_compressed_size for g in range(md.num_row_groups)])
-            starts = np.r_[0, np.cumsum(rows)[:-1]]
-            pos = at[found].astype(np.int64)
+            starts = bounds[:-1]
+            pos = held[at[found].astype(np.int64)]
             group = np.searchsorted(starts, pos, side="right") - 1
             hit = todo[found]
             out.part[hit], out.group[hit], out.row[hit] = len(out.parts), group, pos - starts[group]
@@ -251,16 +252,13 @@ class PatchParts:
         each row group holding some is decoded only up to the last of them (``_group_pngs``), ``PNG_READERS``
         row groups at once (Arrow decodes without the GIL). A dozen patches in ~0.1 s instead of ~0.3 s at
         200,000 patches, where reading their row groups whole meant 30 MB a thumbnail."""
-        wanted = _id_array(patch_ids)
+        ids = list(map(str, patch_ids))
+        loc = self.locate(ids)
         jobs = []
-        for p in self.part_paths():
-            with read_guard(p):
-                ids, bounds, hit = _part_hits(p, wanted)
-            at = np.flatnonzero(hit)
-            group = np.searchsorted(bounds, at, side="right") - 1
-            for g in np.unique(group):
-                mine = at[group == g]
-                jobs.append((p, int(g), (mine - bounds[g]).tolist(), ids.take(pa.array(mine)).to_pylist()))
+        for part, group in dict.fromkeys(zip(loc.part[loc.part >= 0].tolist(), loc.group[loc.part >= 0].tolist())):
+            mine = np.flatnonzero((loc.part == part) & (loc.group == group))
+            mine = mine[np.argsort(loc.row[mine], kind="stable")]
+            jobs.append((loc.parts[part], group, loc.row[mine].tolist(), [ids[i] for i in mine]))
         out: dict[str, bytes] = {}
         if jobs:
             with ThreadPoolExecutor(min(PNG_READERS, len(jobs))) as pool:
@@ -314,7 +312,7 @@ def _part_ids(path: str, size: int, mtime_ns: int, ino: int) -> tuple[pa.Chunked
     """A part's ``patch_id`` column and its row groups' first rows, read once per version of the file: parts
     are written once and never changed in place, so a long-lived reader (the dashboard) looks patches up
     without reading the ids again (~10 MB for 200,000 patches)."""
-    f = pq.ParquetFile(path)
+    f = _open(Path(path))
     sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
     return f.read(columns=["patch_id"])["patch_id"], np.cumsum([0, *sizes])
 
