@@ -42,15 +42,19 @@ class Features:
 
     def __post_init__(self):  # four arrays, not a dict of 200,000 small arrays (~40 MB at a cohort's size)
         views = self.keys["view"]
-        if len(views) and (views == views.iloc[0]).all():  # one view (no TTA): each row its own patch, no hashing
-            self._ids = as_arrow_ids(self.keys["patch_id"])
-            self._order = np.arange(len(views))
-            self._bounds = np.arange(len(views) + 1)
+        if len(views) and (views == views.iloc[0]).all():  # one view (no TTA)
+            self._index_rows()
             return
         codes, uniq = pd.factorize(self.keys["patch_id"])
         self._ids = as_arrow_ids(uniq)
         self._order = np.argsort(codes, kind="mergesort")
         self._bounds = np.searchsorted(codes[self._order], np.arange(len(uniq) + 1))
+
+    def _index_rows(self) -> None:
+        """Each row its own patch: no hashing, and the ids are the keys' own (zero-copy)."""
+        self._ids = as_arrow_ids(self.keys["patch_id"])
+        self._order = np.arange(len(self.keys))
+        self._bounds = np.arange(len(self.keys) + 1)
 
     def locate(self, patch_ids) -> np.ndarray:
         """Each patch's position in the set (what ``rows_at`` takes); ``StoreError`` naming a patch it lacks.
@@ -80,33 +84,44 @@ class Features:
         return self.rows_at(self.locate(patch_ids))
 
     @releasing  # the keys' old Arrow strings
-    def put_first(self, at: np.ndarray) -> None:
+    def put_first(self, at: np.ndarray) -> np.ndarray:
         """Reorder the rows (``X`` and ``keys`` alike) so that those of the patches at ``at`` come first, in
         ``at``'s order: a family's training patches, so that each fold's training rows are in increasing
-        order and ``fold_matrices`` can move them up in place. One transient copy of ``X``, before any fit."""
+        order and ``fold_matrices`` can move them up in place. One transient copy of ``X``, before any fit.
+        Returns where ``at``'s patches are now: positions found before (``locate``) may no longer hold."""
         first = self.rows_at(at)[0]
         rest = np.setdiff1d(np.arange(len(self.X)), first, assume_unique=True)
         perm = np.concatenate([first, rest])
         if (perm == np.arange(len(perm))).all():
-            return
+            return at
         self.X = self.X[perm]
         self.keys = self.keys.iloc[perm].reset_index(drop=True)
+        if len(self._order) == len(self._bounds) - 1:  # a row per patch: the new keys' ids, not a second copy
+            self._index_rows()
+            return np.arange(len(at))
         new_row = np.empty_like(perm)
         new_row[perm] = np.arange(len(perm))
         self._order = new_row[self._order]
+        return at
 
     @contextmanager
-    def fold_matrices(self, tr_rows: np.ndarray, va_rows: np.ndarray):
-        """``(X_tr, X_va)`` of one fold, both read-only. ``X_va`` is a copy. ``X_tr`` is the first rows of ``X``
-        itself when ``tr_rows`` increase (``put_first``): those rows are moved up in place for the fit and
-        moved back when it ends (rows they overwrite are kept aside), so a fold never holds a copy of its
-        training rows (~80% of the vectors: 36 MiB at 200,000 patches). Otherwise, a copy."""
+    def fold_matrices(self, tr_rows: np.ndarray, va_rows: np.ndarray, in_place: bool = True):
+        """``(X_tr, X_va)`` of one fold, both read-only, without a copy of either when ``in_place`` and
+        ``tr_rows`` increase (``put_first``): the training rows are moved up to the front of ``X`` for the fit,
+        in blocks, and moved back when it ends, also when it fails (rows they overwrite are kept aside), so a
+        fold never holds a copy of its training rows (~80% of the vectors: 36 MiB at 200,000 patches). When the
+        fold's rows are exactly the first rows of ``X`` (one family's training patches after ``put_first``), the
+        held-out rows are placed right after them and ``X_va`` is a view too. Otherwise, copies.
+
+        ``in_place`` only for heads that keep no reference to the rows they fit on (their fitted model would
+        read rows moved back); the caller knows its head (``fitting.fit_fold``)."""
         if self._moved:
             raise RuntimeError(f"{self.name}: fold_matrices does not nest")
         X_va = self.X[va_rows]
         X_va.flags.writeable = False
-        n = len(tr_rows)
-        if n == 0 or tr_rows[0] < 0 or not self.X.flags.writeable or not (np.diff(tr_rows) > 0).all():
+        n, m = len(tr_rows), len(va_rows)
+        if (not in_place or n == 0 or tr_rows[0] < 0 or not self.X.flags.writeable
+                or not (np.diff(tr_rows) > 0).all()):
             X_tr = self.X[tr_rows]
             X_tr.flags.writeable = False
             yield X_tr, X_va
@@ -115,12 +130,14 @@ class Features:
         # already, any other is kept aside here
         over = np.setdiff1d(np.arange(n), tr_rows, assume_unique=True)
         in_va = np.full(len(self.X), -1, np.int64)
-        in_va[va_rows] = np.arange(len(va_rows))
+        in_va[va_rows] = np.arange(m)
         from_va = in_va[over]
         aside_at = over[from_va < 0]
         aside = self.X[aside_at]
+        packed = not len(aside_at) and _covers(tr_rows, va_rows, n + m)  # X[:n + m] is this fold's rows alone
         blocks = [(a, min(a + MOVE_ROWS, n)) for a in range(0, n, MOVE_ROWS)]
         moved = 0  # blocks moved up so far: only those are moved back
+        placed = False  # the held-out rows are at X[n:n + m] (X_va's copy freed)
         self._moved = True
         try:
             for a, b in blocks:  # sources tr_rows[j] >= j: none is overwritten before it moves
@@ -128,13 +145,34 @@ class Features:
                 moved += 1
             X_tr = self.X[:n]
             X_tr.flags.writeable = False
+            if packed:  # X[n:n + m] now holds training rows moved up and held-out rows, all in a copy
+                self.X[n:n + m] = X_va
+                placed = True
+                X_va = self.X[n:n + m]
+                X_va.flags.writeable = False
             yield X_tr, X_va
         finally:
+            if placed:
+                X_va = self.X[n:n + m].copy()
             for a, b in reversed(blocks[:moved]):  # back, last block first: the same argument reversed
                 self.X[tr_rows[a:b]] = self.X[a:b].copy()
-            self.X[over[from_va >= 0]] = X_va[from_va[from_va >= 0]]
+            if placed:
+                self.X[va_rows] = X_va
+            else:
+                self.X[over[from_va >= 0]] = X_va[from_va[from_va >= 0]]
             self.X[aside_at] = aside
             self._moved = False
+
+
+def _covers(tr_rows: np.ndarray, va_rows: np.ndarray, n: int) -> bool:
+    """Whether the rows ``tr_rows`` and ``va_rows`` are 0..n-1, each once."""
+    if len(tr_rows) + len(va_rows) != n or (len(va_rows) and (va_rows.min() < 0 or va_rows.max() >= n)) \
+            or (len(tr_rows) and tr_rows[-1] >= n):
+        return False
+    seen = np.zeros(n, bool)
+    seen[tr_rows] = True
+    seen[va_rows] = True
+    return bool(seen.all())
 
 
 def current_recipe_id(store, model: str) -> str:

@@ -57,6 +57,14 @@ def grid_points(spec, params: dict) -> list[dict]:
     return points
 
 
+def keeps_no_rows(spec: HeadSpec) -> bool:
+    """Whether a head's fitted model keeps no reference to the rows it was fitted on: the built-in heads
+    scale, bin or copy them, so a fold's rows may be lent to them in place (``Features.fold_matrices``). Any
+    other head gets copies: one that keeps its rows (scikit-learn's brute-force kNN does) would predict the
+    test sets from rows that have since been moved back."""
+    return spec.source is None and spec.factory.__module__.startswith(f"{__package__}.heads")
+
+
 def fit_fold(spec: HeadSpec, params: dict, feats: Features, fd: FoldData, train_at: np.ndarray,
              points: list[dict] | None = None) -> dict:
     """Selection and fitting for one fold, from training-side data only (``fd``: no test labels).
@@ -76,7 +84,7 @@ def fit_fold(spec: HeadSpec, params: dict, feats: Features, fd: FoldData, train_
     y_val_patch = fd.y[fd.val_idx]
     best = None
     tried = []
-    with feats.fold_matrices(tr_rows, va_rows) as (X_tr, X_va):  # read-only: the training rows are feats' own
+    with feats.fold_matrices(tr_rows, va_rows, in_place=keeps_no_rows(spec)) as (X_tr, X_va):  # read-only
         for cand in (grid_points(spec, params) if points is None else points):
             at = f" at {cand}" if cand else ""  # the grid point, in a head's error line
             est = _fit(spec, {**cand, **params}, X_tr, y_tr, X_va, y_val_patch[va_owner], f"fold {fd.fold}{at}")

@@ -128,8 +128,8 @@ def refit_family(store, family_id: str) -> FittedFamily:
     train_on = cfg0.get("protocol", {}).get("train_on", PAPER_TRAIN)
     proto = load_protocol(store, train_on=train_on, create=False)  # the folds the family was fitted under
     train_ids = proto.train["patch_id"].array  # Arrow-backed: no Python string per patch
-    train_at = feats.locate(train_ids)
-    feats.put_first(train_at)  # each fold's training rows then move up in place for its fit (no copy of them)
+    # the training patches' rows first: each fold's then move up in place for its fit (no copy of them)
+    train_at = feats.put_first(feats.locate(train_ids))
     stored_val = stored_predictions(store, folds["run_id"].tolist(), split="val",
                                     columns=["run_id", "patch_id", "probability"])
     expected = {int(r["fold"]): _stored_heldout(family_id, int(r["fold"]), r["run_id"],

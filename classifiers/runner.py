@@ -106,8 +106,8 @@ def _run_family(store, feats: Features, proto: Protocol, spec, head: str, option
     run_seed = seed if exact_seed else seed + rep
     est_params = _seeded_params(spec, params, run_seed)
     train_ids = proto.train["patch_id"].array  # Arrow-backed: no Python string per patch
-    train_at = feats.locate(train_ids)
-    feats.put_first(train_at)  # each fold's training rows then move up in place for its fit (no copy of them)
+    # the training patches' rows first: each fold's then move up in place for its fit (no copy of them)
+    train_at = feats.put_first(feats.locate(train_ids))
     base = dict(family_id=fam, family=R.FAMILY, model=feats.name, recipe_id=feats.recipe_id, head=head,
                 options=canonical_json(options), code_version=config["code_version"], seed=run_seed,
                 repeat=rep, threshold_rule=spec.threshold_rule)

@@ -11,9 +11,10 @@ import pytest
 
 from mitoprobe.classifiers import features as F
 from mitoprobe.classifiers.features import Features
-from mitoprobe.classifiers.fitting import fit_fold
+from mitoprobe.classifiers.fitting import fit_fold, keeps_no_rows, predict_test_set
 from mitoprobe.classifiers.own_heads import resolve_head
 from mitoprobe.classifiers.protocol import FoldData
+from mitoprobe.classifiers.protocol import TestSet as Patches  # not collected as a test class
 
 
 def _features(n_patches: int, views: list[str], rng) -> Features:
@@ -39,7 +40,7 @@ def test_a_folds_rows_are_the_copys_rows_and_the_vectors_come_back(views, block,
     train = rng.permutation(60)[:45]  # 15 patches never train: a cohort's unlabelled ones, test sets
     train_at = f.locate([f"p{i:04d}" for i in train])
     if arranged:
-        f.put_first(train_at)
+        train_at = f.put_first(train_at)
         assert _snapshot(f) == before  # reordered, each (patch, view) keeps its vector
     else:  # rows in storage order: increasing only when the training patches are taken in that order
         train_at = np.sort(train_at)
@@ -53,6 +54,8 @@ def test_a_folds_rows_are_the_copys_rows_and_the_vectors_come_back(views, block,
             increasing = bool((np.diff(tr_rows) > 0).all())  # always once arranged; with views, not in storage order
             assert increasing or not arranged
             assert np.shares_memory(X_tr, f.X) == increasing  # moved up, not copied
+            # arranged, the fold's rows are the first ones: the held-out rows are placed after the training ones
+            assert np.shares_memory(X_va, f.X) == arranged
             assert not X_tr.flags.writeable and not X_va.flags.writeable
             with pytest.raises(ValueError, match="read-only"):
                 X_tr[0, 0] = 1.0
@@ -70,7 +73,7 @@ def _arranged(seed: int, monkeypatch) -> tuple[Features, dict, np.ndarray]:
     f = _features(40, ["none"], np.random.default_rng(seed))
     before = _snapshot(f)
     train_at = f.locate([f"p{i:04d}" for i in range(40)])
-    f.put_first(train_at)
+    train_at = f.put_first(train_at)
     return f, before, train_at
 
 
@@ -108,16 +111,56 @@ def test_a_fit_on_moved_rows_equals_the_fit_on_copies(head, monkeypatch):
     spec = resolve_head(head)
     fd = FoldData(2, np.flatnonzero(fold != 2), np.flatnonzero(fold == 2), labels, np.arange(300) % 30)
 
-    def copied(self, tr_rows, va_rows):  # what fit_fold did before: copies
+    def copied(self, tr_rows, va_rows, in_place=True):  # what fit_fold did before: copies
         from contextlib import nullcontext
         return nullcontext((self.X[tr_rows], self.X[va_rows]))
 
     with monkeypatch.context() as m:
         m.setattr(Features, "fold_matrices", copied)
         want = fit_fold(spec, {}, f, fd, train_at)
-    f.put_first(train_at)
+    train_at = f.put_first(train_at)
     got = fit_fold(spec, {}, f, fd, train_at)
     assert np.array_equal(got["val_proba"], want["val_proba"]) and got["threshold"] == want["threshold"]
+
+
+KEEPING_HEAD = '''
+from sklearn.neighbors import KNeighborsClassifier
+
+
+def brute_knn():  # keeps the rows it is fitted on (``_fit_X``), no copy
+    return KNeighborsClassifier(5, metric="cosine", algorithm="brute")
+'''
+
+
+@pytest.mark.parametrize("head", ["lgbm", "logreg", "torch_linear", "knn", "mlp", "simpleshot", "own brute kNN"])
+def test_test_sets_predicted_after_the_fold_equal_those_of_copies(head, monkeypatch, tmp_path):
+    """The fitted model predicts after its rows were moved back: a head that kept a reference to them would
+    read other rows. The built-in heads keep none; an own head is given copies (it might)."""
+    if head.startswith("own"):
+        (tmp_path / "keeping.py").write_text(KEEPING_HEAD)
+        head = f"{tmp_path / 'keeping.py'}:brute_knn"
+    rng = np.random.default_rng(5)
+    f = _features(200, ["none"], rng)
+    y = rng.integers(0, 2, 200)
+    f.X[:, 0] += y[np.argsort(np.argsort(f.keys["patch_id"].to_numpy()))] * 1.5
+    train = np.arange(150)  # the other 50 are a test set
+    train_at, labels = f.locate([f"p{i:04d}" for i in train]), y[train]
+    test = Patches("t", np.array([f"p{i:04d}" for i in range(150, 200)]), y[150:], pd.DataFrame())
+    fold = np.arange(150) % 5
+    spec = resolve_head(head)
+    fd = FoldData(1, np.flatnonzero(fold != 1), np.flatnonzero(fold == 1), labels, np.arange(150) % 30)
+
+    def copied(self, tr_rows, va_rows, in_place=True):
+        from contextlib import nullcontext
+        return nullcontext((self.X[tr_rows], self.X[va_rows]))
+
+    with monkeypatch.context() as m:
+        m.setattr(Features, "fold_matrices", copied)
+        want = predict_test_set(spec, fit_fold(spec, {}, f, fd, train_at)["estimator"], f, test, "t")[0]
+    train_at = f.put_first(train_at)
+    got = predict_test_set(spec, fit_fold(spec, {}, f, fd, train_at)["estimator"], f, test, "t")[0]
+    assert np.array_equal(got, want)
+    assert keeps_no_rows(spec) == (spec.source is None)
 
 
 IN_PLACE_HEAD = '''
