@@ -80,24 +80,27 @@ def family_runs(store, family_id: str) -> pd.DataFrame:
 
 
 def stored_predictions(store, run_ids: list[str], split: str | None = None,
-                       columns: list[str] | None = None) -> pd.DataFrame:
-    """The ``predictions`` rows of ``run_ids`` (of ``split`` only, when given; ``columns`` only, when given),
-    filtered in Arrow a batch at a time: never the whole table, nor a whole part (a cohort's family holds
-    ~400,000 rows; read in DuckDB and copied to pandas they added ~114 MiB to the peak at 200,000 patches)."""
+                       columns: list[str] | None = None, patch_id: str | None = None) -> pd.DataFrame:
+    """The ``predictions`` rows of ``run_ids`` (of ``split`` only, of one patch only, ``columns`` only, when
+    given), filtered in Arrow a batch at a time: never the whole table, nor a whole part (a cohort's family
+    holds ~400,000 rows; read in DuckDB and copied to pandas they added ~114 MiB to the peak at 200,000 patches)."""
     ids = pa.array(list(run_ids), pa.string())
 
     def mine(t: pa.Table) -> pa.Array:
         keep = pc.is_in(t["run_id"], value_set=ids.cast(t["run_id"].type))
+        if patch_id is not None:
+            keep = pc.and_(keep, pc.equal(t["patch_id"], patch_id))
         if split is None:
             return keep
         if "split" not in t.column_names:  # a part written before held-out rows: every row is a test row
             return keep if split == "test" else pa.array(np.zeros(t.num_rows, bool))
         return pc.and_(keep, pc.equal(pc.fill_null(t["split"], "test"), split))
 
-    df = store.results.read("predictions", list(dict.fromkeys([*(columns or R.PREDICTION_COLUMNS), "split"])),
+    filtered_on = ["run_id", "split", *(["patch_id"] if patch_id is not None else [])]  # for ``mine``; returned if asked
+    df = store.results.read("predictions", list(dict.fromkeys([*(columns or R.PREDICTION_COLUMNS), *filtered_on])),
                             where=mine)
     df["split"] = df["split"].fillna("test")
-    return df if columns is None or "split" in columns else df.drop(columns="split")
+    return df if columns is None else df[columns]
 
 
 def refit_family(store, family_id: str) -> FittedFamily:

@@ -26,7 +26,8 @@ import streamlit as st
 from mitoprobe import classifiers
 from mitoprobe.api import open as open_workspace
 from mitoprobe.classifiers import labels, significance
-from mitoprobe.classifiers.runs import read_runs
+from mitoprobe.classifiers.refit import stored_predictions
+from mitoprobe.classifiers.runs import PREDICTION_COLUMNS, read_runs
 from mitoprobe import embedder
 from mitoprobe.store import Fingerprint, Store, paths
 from mitoprobe.store.dataset import check_png, pixels_sha256
@@ -167,7 +168,14 @@ SIMILARITY_K = 12  # neighbours the similarity page shows first
 def first_similarity_view(root: str, stamp_: Fingerprint, recipe_id: str, output: str) -> None:
     """Read what the similarity page's first view of a set shows, into the page's own caches: its gallery
     (every dataset and label, seed 0) and thumbnails, its first query's ``SIMILARITY_K`` neighbours (the
-    ANN index loaded: ~0.45 s for the first query at 200,000 patches, ~0.03 s after) and theirs."""
+    ANN index loaded: ~0.45 s for the first query at 200,000 patches, ~0.03 s after) and theirs, and the
+    test-set predictions of the set's first run family (its first fold choice), as the page's pickers default."""
+    r = runs(root, stamp_)
+    if not r.empty:
+        mine = set(r.loc[r["recipe_id"] == recipe_id, "family_id"])
+        first = next((f for f in family_options(r) if f in mine), None)
+        if first is not None:
+            family_predictions(root, stamp_, first, fold_choices(r, first)[0])
     drawn = gallery(root, stamp_, set_patches(root, stamp_, recipe_id)["patch_id"], GALLERY_SIZE, 0)
     thumbnails(root, stamp_, drawn)
     vec = stored_vector(root, stamp_, recipe_id, output, drawn[0]) if drawn else None
@@ -257,17 +265,15 @@ family_label = labels.family_label  # the short label every page and the report 
 family_labels = labels.family_labels  # family_id -> label, unique over a runs table (what pickers show)
 
 
-def predictions(root: str, stamp_: Fingerprint) -> pd.DataFrame:
-    """Every stored prediction, read once per state of the results (shared, never copied: do not modify)."""
-    return _predictions(root, stamp_.results)
-
-
-@st.cache_resource(show_spinner="Reading predictions…", max_entries=2)
-def _predictions(root: str, key: tuple) -> pd.DataFrame:
-    df = open_store(root).results.read("predictions")
-    if not df.empty:
-        df = df.sort_values(["run_id", "test_set", "fold"], kind="mergesort").reset_index(drop=True)
-    return df
+def family_options(runs: pd.DataFrame) -> dict[str, str]:
+    """family_id -> readable label, best balanced accuracy on the first test set first (the benchmark's
+    first, ``test_set_order``; whatever test set the store has otherwise): the pickers' order, first = default."""
+    r = runs[runs["fold"] >= 0]
+    first = test_set_order(runs["test_set"].unique())[:1]
+    score = r[r["test_set"].isin(first)].groupby("family_id")["balanced_accuracy"].mean()
+    names = runs.drop_duplicates("family_id").set_index("family_id")["label"]
+    order = sorted(names.index, key=lambda f: (-score.get(f, -1.0), names[f]))
+    return {f: names[f] for f in order}
 
 
 def family_predictions(root: str, stamp_: Fingerprint, family_id: str, fold: int, test_set: str | None = None
@@ -280,13 +286,13 @@ def family_predictions(root: str, stamp_: Fingerprint, family_id: str, fold: int
 def _family_predictions(root: str, rkey: tuple, pkey: tuple, family_id: str, fold: int, test_set: str | None
                         ) -> pd.DataFrame:
     r = _runs(root, rkey)
+    if r.empty:
+        return pd.DataFrame(columns=PREDICTION_COLUMNS)
     ids = r.loc[(r["family_id"] == family_id) & (r["fold"] == fold), "run_id"].unique()
-    p = _predictions(root, rkey)
-    if p.empty:
-        return p
-    sel = p[p["run_id"].isin(ids) & (p["fold"] == fold)]
-    if "split" in sel:  # test-set rows only; held-out ("val") rows are for audits and stacking
-        sel = sel[sel["split"].fillna("test") == "test"]
+    # test-set rows only (held-out "val" rows are for audits and stacking), filtered as they are read: never the
+    # whole table (a cohort's family adds ~200,000 held-out rows)
+    sel = stored_predictions(open_store(root), ids, split="test")
+    sel = sel[sel["fold"] == fold].drop(columns="split")
     if test_set is not None:
         sel = sel[sel["test_set"] == test_set]
     meta = _shown(open_store(root), sel["patch_id"].unique().tolist())  # the rows predicted, not every patch
@@ -304,15 +310,11 @@ def patch_predictions(root: str, stamp_: Fingerprint, family_id: str, patch_id: 
 def _patch_predictions(root: str, rkey: tuple, family_id: str, patch_id: str) -> pd.DataFrame:
     cols = ["fold", "test_set", "split", "probability", "threshold", "prediction"]
     r = _runs(root, rkey)
-    p = _predictions(root, rkey)
-    if p.empty or r.empty:
+    if r.empty:
         return pd.DataFrame(columns=cols)
-    ids = r.loc[r["family_id"] == family_id, "run_id"].unique()
-    sel = p[(p["patch_id"] == patch_id) & p["run_id"].isin(ids)].copy()
-    if "split" not in sel:
-        sel["split"] = "test"
-    sel["split"] = sel["split"].fillna("test")
-    return sel[cols].sort_values(["split", "test_set", "fold"], kind="mergesort").reset_index(drop=True)
+    sel = stored_predictions(open_store(root), r.loc[r["family_id"] == family_id, "run_id"].unique(),
+                             columns=cols, patch_id=patch_id)
+    return sel.sort_values(["split", "test_set", "fold"], kind="mergesort").reset_index(drop=True)
 
 
 def test_set_order(names) -> list[str]:

@@ -3,7 +3,7 @@ into the pages' own caches, so a page opened after the first finds them read.
 
 What: the patch index; the default set's patch ids, search table and distance sample (Similarity), the
 similarity page's first view (gallery, first query's neighbours, their thumbnails), its PCA map joined with
-the index and its robustness index (the embedding map); the runs and the predictions.
+the index and its robustness index (the embedding map); the runs.
 At 200,000 patches these were 0.6-0.9 s of Similarity's first render alone (docs/benchmarks.md, "Cohort
 scale, round 3"). Only in the server's own process (``dashboard.child`` calls :func:`enable`): AppTests and
 library users read on demand. A read that fails here is left for the page that makes it to report.
@@ -74,6 +74,5 @@ def warm_caches(root: str, stamp_: Fingerprint) -> None:
                 derived_views.map_frame(root, stamp_, view)
             derived_views.robustness(root, stamp_, eset)
         data.runs(root, stamp_)
-        data.predictions(root, stamp_)
     except Exception as exc:  # noqa: BLE001 - read ahead only: the page making the same read reports it
         log.debug("reading ahead in %s stopped: %s", root, exc)

@@ -42,21 +42,10 @@ def require(ctx: Ctx, *needs: str) -> None:
             st.stop()
 
 
-def family_options(runs: pd.DataFrame) -> dict[str, str]:
-    """family_id -> readable label, best balanced accuracy on the first test set first (the benchmark's
-    first, ``data.test_set_order``; whatever test set the store has otherwise)."""
-    r = runs[runs["fold"] >= 0]
-    first = data.test_set_order(runs["test_set"].unique())[:1]
-    score = r[r["test_set"].isin(first)].groupby("family_id")["balanced_accuracy"].mean()
-    labels = runs.drop_duplicates("family_id").set_index("family_id")["label"]
-    order = sorted(labels.index, key=lambda f: (-score.get(f, -1.0), labels[f]))
-    return {f: labels[f] for f in order}
-
-
 def pick_family(runs: pd.DataFrame, key: str, label: str = "Run family", families: list[str] | None = None,
                 container=st) -> str:
     """A run family, bound to the URL's ``family`` parameter."""
-    opts = family_options(runs)
+    opts = data.family_options(runs)
     if families is not None:
         opts = {f: v for f, v in opts.items() if f in families} or opts
     return links.bound(key, links.FAMILY, lambda: container.selectbox(label, list(opts), format_func=opts.get,

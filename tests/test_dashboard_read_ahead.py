@@ -47,7 +47,7 @@ def test_reading_ahead_fills_what_the_pages_open_with(store, monkeypatch):
     view = derived_views.projection(root, stamp, eset, output)
     assert view.state == "current" and len(derived_views.map_frame(root, stamp, view)) > 0
     assert derived_views.robustness(root, stamp, eset).state == "current"
-    assert len(data.runs(root, stamp)) and len(data.predictions(root, stamp))
+    assert len(data.runs(root, stamp))
 
 
 def test_one_thread_per_store_state_and_none_unless_the_server_asks(store, monkeypatch):
@@ -76,14 +76,18 @@ def test_a_failed_read_ahead_leaves_the_error_to_the_page(store, monkeypatch):
 
 
 def test_the_similarity_pages_first_view_is_read_ahead(store, monkeypatch):
-    """Its gallery, its first query's neighbours (the ANN index loaded) and every thumbnail: the page then
-    renders without reading a PNG or searching (the same cache keys: gallery size and seed, k)."""
+    """Its gallery, its first query's neighbours (the ANN index loaded), every thumbnail and the default run
+    family's predictions: the page then renders without reading a PNG, searching or reading a result (the same
+    cache keys: gallery size and seed, k, family and fold)."""
     root = str(store.root)
     read_ahead.warm_caches(root, data.stamp(root))
-    searched, read = [], []
-    real_nearest, real_images = Searcher.nearest, Store.images
+    searched, read, results = [], [], []
+    real_nearest, real_images, real_read = Searcher.nearest, Store.images, type(store.results).read
     monkeypatch.setattr(Searcher, "nearest", lambda self, *a, **k: searched.append(a) or real_nearest(self, *a, **k))
     monkeypatch.setattr(Store, "images", lambda self, ids: read.append(list(ids)) or real_images(self, ids))
+    monkeypatch.setattr(type(store.results), "read",
+                        lambda self, table, *a, **k: results.append(table) or real_read(self, table, *a, **k))
     at = open_page(store.root, "similarity", monkeypatch)
     assert len(at.dataframe[0].value) == data.SIMILARITY_K
-    assert searched == [] and read == []
+    assert at.dataframe[0].value["probability"].notna().any()  # the family's predictions are shown
+    assert searched == [] and read == [] and "predictions" not in results  # (open_page opens the leaderboard first)

@@ -89,6 +89,8 @@ def test_an_append_of_many_frames_is_one_part_read_back_a_batch_at_a_time(tmp_pa
     got = stored_predictions(type("S", (), {"results": res})(), ["r1", "r2"], split="test",
                              columns=["run_id", "patch_id"])
     assert got.columns.tolist() == ["run_id", "patch_id"] and got["patch_id"].tolist() == [f"q{i}" for i in range(5)]
+    one = stored_predictions(type("S", (), {"results": res})(), ["r1", "r3"], columns=["probability"], patch_id="p20")
+    assert one.columns.tolist() == ["probability"] and len(one) == 1  # filtered on columns it does not return
 
 
 @pytest.mark.parametrize("bad, match", [

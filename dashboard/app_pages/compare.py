@@ -13,7 +13,7 @@ ui.require(ctx, "patches", "runs")
 
 runs = data.runs(ctx.root, ctx.stamp)
 board = data.leaderboard(ctx.root, ctx.stamp)
-fams = ui.family_options(runs)
+fams = data.family_options(runs)
 paper = board[board["source"] == "paper"]
 paper_labels = (paper.drop_duplicates("family_id").set_index("family_id")["label"].to_dict())
 test_sets = data.test_sets(ctx.root, ctx.stamp)

@@ -93,5 +93,5 @@ if picked:
     links.page_link(l1, "patch", f"Patch viewer: {pid}", patch=pid, family=fid, set=recipe)
     links.page_link(l2, "similarity", f"Similarity query: {pid}", patch=pid, family=fid, set=recipe)
 st.download_button("Download all errors (CSV)", wrong.drop(columns=["margin"]).to_csv(index=False).encode(),
-                   file_name=data.errors_file_name(ui.family_options(runs)[fid], fold, test_set),
+                   file_name=data.errors_file_name(data.family_options(runs)[fid], fold, test_set),
                    mime="text/csv")
