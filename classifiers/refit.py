@@ -83,7 +83,8 @@ def stored_predictions(store, run_ids: list[str], split: str | None = None,
                        columns: list[str] | None = None, patch_id: str | None = None) -> pd.DataFrame:
     """The ``predictions`` rows of ``run_ids`` (of ``split`` only, of one patch only, ``columns`` only, when
     given), filtered in Arrow a batch at a time: never the whole table, nor a whole part (a cohort's family
-    holds ~400,000 rows; read in DuckDB and copied to pandas they added ~114 MiB to the peak at 200,000 patches)."""
+    holds ~400,000 rows; read in DuckDB and copied to pandas they added ~114 MiB to the peak at 200,000 patches),
+    and row groups of other runs or splits are not read (their statistics say so)."""
     ids = pa.array(list(run_ids), pa.string())
 
     def mine(t: pa.Table) -> pa.Array:
@@ -98,7 +99,7 @@ def stored_predictions(store, run_ids: list[str], split: str | None = None,
 
     filtered_on = ["run_id", "split", *(["patch_id"] if patch_id is not None else [])]  # for ``mine``; returned if asked
     df = store.results.read("predictions", list(dict.fromkeys([*(columns or R.PREDICTION_COLUMNS), *filtered_on])),
-                            where=mine)
+                            where=mine, only={"run_id": list(run_ids), **({"split": [split]} if split else {})})
     df["split"] = df["split"].fillna("test")
     return df if columns is None else df[columns]
 

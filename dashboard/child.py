@@ -16,8 +16,30 @@ from streamlit.web import cli
 from mitoprobe.dashboard import charts, data, links, read_ahead, ui  # noqa: F401  (preloaded: every page imports them)
 
 
+def hold_visitors_until_read() -> None:
+    """Streamlit's health check (``/_stcore/health``, which its page polls before it connects, and which
+    ``server.start`` waits for) answers "not ready" until the read-ahead at start has ended (``read_ahead.ready``):
+    the first visitor then finds the pages' first views read, instead of racing the read-ahead for two cores
+    (docs/benchmarks.md, "Cohort scale, round 6"). Streamlit has no hook for it: the runtime's readiness property
+    is wrapped (a Streamlit without it is left as it is)."""
+    from streamlit.runtime.runtime import Runtime
+
+    prop = getattr(Runtime, "is_ready_for_browser_connection", None)
+    if not isinstance(prop, property):
+        return
+
+    async def is_ready(self) -> tuple[bool, str]:
+        ok, message = await prop.fget(self)
+        if ok and not read_ahead.ready():
+            return False, "reading ahead"
+        return ok, message
+
+    Runtime.is_ready_for_browser_connection = property(is_ready)
+
+
 def main() -> int:
     read_ahead.enable()  # this process serves the pages: read ahead at start and after each new store state
+    hold_visitors_until_read()
     sys.argv = ["streamlit", *sys.argv[1:]]
     return cli.main()
 

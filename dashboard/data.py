@@ -176,28 +176,50 @@ def first_similarity_view(root: str, stamp_: Fingerprint, recipe_id: str, output
         first = next((f for f in family_options(r) if f in mine), None)
         if first is not None:
             family_predictions(root, stamp_, first, fold_choices(r, first)[0])
-    drawn = gallery(root, stamp_, set_patches(root, stamp_, recipe_id)["patch_id"], GALLERY_SIZE, 0)
+    drawn = gallery(root, stamp_, set_patches(root, stamp_, recipe_id)["patch_id"], GALLERY_SIZE, 0,
+                    groups=set_row_groups(root, stamp_, recipe_id))
     thumbnails(root, stamp_, drawn)
+    patch_rows(root, stamp_, drawn)
     vec = stored_vector(root, stamp_, recipe_id, output, drawn[0]) if drawn else None
     if vec is not None:
+        patch_rows(root, stamp_, drawn[:1])
         hits = neighbours(root, stamp_, recipe_id, output, np.asarray(vec, np.float32).tobytes(), SIMILARITY_K,
                           not_id=drawn[0], like=drawn[0])
         thumbnails(root, stamp_, hits["patch_id"].tolist())
+        patch_rows(root, stamp_, hits["patch_id"])
 
 
-def gallery(root: str, stamp_: Fingerprint, patch_ids: pd.Series, n: int, seed: int) -> list[str]:
+def gallery(root: str, stamp_: Fingerprint, patch_ids: pd.Series, n: int, seed: int,
+            groups: np.ndarray | None = None) -> list[str]:
     """``n`` of ``patch_ids`` drawn at random (``seed``), from as few row groups of the patches table as
     hold them (one, mostly): each thumbnail's row group is read whole (~30 MB of PNGs), so a gallery
-    drawn across the table would read ``n`` of them."""
-    group = _row_groups(root, stamp_.patches).reindex(patch_ids.astype(str).to_numpy()).dropna()
+    drawn across the table would read ``n`` of them. ``groups``: each patch's row group when the caller has
+    them (``set_row_groups``: looking 200,000 ids up took ~0.1 s on every rerun of the similarity page)."""
+    if groups is None:
+        groups = _row_groups(root, stamp_.patches).reindex(patch_ids.astype(str).to_numpy()).to_numpy()
+    at = np.flatnonzero(~np.isnan(groups))  # positions, not 200,000 ids as Python strings
+    groups = groups[at]
     rng = np.random.default_rng(seed)
     out: list[str] = []
-    for g in rng.permutation(group.unique()):
-        ids = group.index[group.to_numpy() == g]
-        out += rng.choice(ids, size=min(n - len(out), len(ids)), replace=False).tolist()
+    for g in rng.permutation(pd.unique(groups)):
+        in_g = at[groups == g]
+        out += [str(p) for p in patch_ids.iloc[rng.choice(in_g, size=min(n - len(out), len(in_g)), replace=False)]]
         if len(out) >= n:
             break
     return out
+
+
+def set_row_groups(root: str, stamp_: Fingerprint, recipe_id: str) -> np.ndarray:
+    """The row group of each of ``set_patches``' rows (float: NaN for none), for ``gallery``; once per set."""
+    return _set_row_groups(root, stamp_.set(recipe_id), stamp_.patches, recipe_id)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _set_row_groups(root: str, key: tuple, pkey: tuple, recipe_id: str) -> np.ndarray:
+    ids = _set_patches(root, key, pkey, recipe_id)["patch_id"]
+    groups = _row_groups(root, pkey).reindex(ids.astype(str).to_numpy()).to_numpy(dtype=float)
+    groups.flags.writeable = False
+    return groups
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -417,8 +439,8 @@ def _set_patches(root: str, key: tuple, pkey: tuple, recipe_id: str) -> pd.DataF
 def _set_ids(root: str, key: tuple, recipe_id: str) -> pa.Array:
     """The patch ids with a vector in the set's original view: its parts' key columns only, no vector."""
     fs = open_store(root).features
-    keys = fs.read_table(fs.get(recipe_id), ["patch_id", "view"])
-    return pc.unique(keys.filter(pc.equal(keys["view"], "none"))["patch_id"]).cast(pa.string())
+    keys = fs.read_table(fs.get(recipe_id), ["patch_id", "view"])  # unique (patch, view): no pc.unique needed
+    return keys.filter(pc.equal(keys["view"], "none"))["patch_id"].combine_chunks().cast(pa.string())
 
 
 def stored_vector(root: str, stamp_: Fingerprint, recipe_id: str, output: str, patch_id: str) -> np.ndarray | None:

@@ -22,33 +22,52 @@ from mitoprobe.store import Fingerprint
 from . import data, derived_views
 
 ENABLED = False
+FIRST_PASS_WAIT = 20.0  # seconds the server may hold its first visitors (``ready``) while it reads ahead at start
 log = logging.getLogger(__name__)
+_first_pass = threading.Event()  # the read-ahead at start has ended (done, failed or nothing to read)
+_waited_from = time.monotonic()
 
 
 def enable(timeout: float = 60.0) -> None:
     """Read ahead from now on in this process, first as soon as Streamlit's runtime is up (the first
     visitor's page then finds the store's index read, or being read)."""
-    global ENABLED
+    global ENABLED, _waited_from
     ENABLED = True
+    _first_pass.clear()
+    _waited_from = time.monotonic()
     threading.Thread(target=_at_start, args=(timeout,), name="mitoprobe-read-ahead-start", daemon=True).start()
+
+
+def ready() -> bool:
+    """Whether the server may take visitors: the read-ahead at start has ended, or ``FIRST_PASS_WAIT`` has passed
+    (a slow disk never keeps the dashboard closed). Always, where it does not read ahead."""
+    return not ENABLED or _first_pass.is_set() or time.monotonic() - _waited_from > FIRST_PASS_WAIT
 
 
 def _at_start(timeout: float) -> None:
     from streamlit import runtime
 
-    deadline = time.monotonic() + timeout
-    while not runtime.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    root = data.store_root()
-    if runtime.exists() and data.status(root).get("patches"):
-        warm(root, data.stamp(root))
+    try:
+        deadline = time.monotonic() + timeout
+        while not runtime.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        root = data.store_root()
+        if runtime.exists() and data.status(root).get("patches"):
+            thread = warm(root, data.stamp(root))
+            if thread is not None:
+                thread.join(FIRST_PASS_WAIT)
+    except Exception as exc:  # noqa: BLE001 - read ahead only: the page that reads the store reports it
+        log.debug("reading ahead at start stopped: %s", exc)
+    finally:
+        _first_pass.set()
 
 
-def warm(root: str, stamp_: Fingerprint) -> None:
+def warm(root: str, stamp_: Fingerprint) -> threading.Thread | None:
     """Start reading ahead for this state of the patches and sets, unless a thread already has (or
-    ``ENABLED`` is off)."""
+    ``ENABLED`` is off); the thread that reads for it."""
     if ENABLED:
-        _warming(root, stamp_.patches, tuple(stamp_.sets), _stamp=stamp_)
+        return _warming(root, stamp_.patches, tuple(stamp_.sets), _stamp=stamp_)
+    return None
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)

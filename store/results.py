@@ -99,14 +99,16 @@ class ResultTables:
 
     @releasing
     def read(self, table: str, columns: list[str] | None = None,
-             where: Callable[[pa.Table], pa.Array] | None = None) -> pd.DataFrame:
+             where: Callable[[pa.Table], pa.Array] | None = None,
+             only: dict[str, list] | None = None) -> pd.DataFrame:
         """The table's rows (``columns`` only, when given); ``where``: a function of an Arrow table of one
         part's rows (its ``columns``; a column the part lacks is absent) giving the rows to keep, applied
         ``RESULT_BATCH`` rows at a time, so memory holds one batch and the kept rows, not the whole table (a
-        cohort's predictions)."""
+        cohort's predictions). ``only`` (column -> values; with ``where``, which must keep no row outside them):
+        row groups whose statistics rule out every value are not read (a family's rows among many)."""
         if not self.parts(table):
             return pd.DataFrame(columns=columns or [])
-        tables = list(self.batches(table, columns, where))
+        tables = list(self.batches(table, columns, where, only))
         with read_guard(self.table_dir(table), "has parts whose columns disagree in type"):
             t = pa.concat_tables(tables, promote_options="permissive")
         df = t.to_pandas()
@@ -115,9 +117,10 @@ class ResultTables:
         return df
 
     def batches(self, table: str, columns: list[str] | None = None,
-                where: Callable[[pa.Table], pa.Array] | None = None) -> Iterator[pa.Table]:
-        """The table's rows as Arrow tables, a part at a time, or (with ``where``, as in :meth:`read`) a batch of
-        ``RESULT_BATCH`` rows at a time filtered; a column a part lacks is absent from its tables. For a
+                where: Callable[[pa.Table], pa.Array] | None = None,
+                only: dict[str, list] | None = None) -> Iterator[pa.Table]:
+        """The table's rows as Arrow tables, a part at a time, or (with ``where`` and ``only``, as in :meth:`read`)
+        a batch of ``RESULT_BATCH`` rows at a time filtered; a column a part lacks is absent from its tables. For a
         reader that reduces as it goes (``report.out_of_fold_scores``): memory holds one batch."""
         for p in self.parts(table):
             with read_guard(p):
@@ -127,8 +130,34 @@ class ResultTables:
                     yield pq.read_table(p, columns=cols)
                     continue
                 f = pq.ParquetFile(p, pre_buffer=False)
-                for b in f.iter_batches(batch_size=RESULT_BATCH, columns=cols):
+                read = False
+                for b in f.iter_batches(batch_size=RESULT_BATCH, columns=cols, row_groups=_row_groups(f, only)):
                     b = pa.Table.from_batches([b])
+                    read = True
                     yield b.filter(where(b))
-                if not f.metadata.num_rows:  # no batch: the part's (empty) columns all the same
+                if not read:  # no batch: the part's (empty) columns all the same
                     yield f.schema_arrow.empty_table().select(cols or f.schema_arrow.names)
+
+
+def _row_groups(f: pq.ParquetFile, only: dict[str, list] | None) -> list[int]:
+    """The row groups of ``f`` that may hold a row whose ``only`` columns are among their values: a row group is
+    left out when a column's min/max statistics exclude every value (one without statistics, with nulls, or
+    that the part lacks, leaves nothing out)."""
+    meta = f.metadata
+    groups = list(range(meta.num_row_groups))
+    if not only:
+        return groups
+    at = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+    rules = [(at[c], list(v)) for c, v in only.items() if c in at]
+
+    def possible(g: int) -> bool:
+        for i, values in rules:
+            st = meta.row_group(g).column(i).statistics
+            if st is None or not st.has_min_max or st.null_count:
+                continue
+            if not any(st.min <= v <= st.max for v in values):
+                return False
+        return True
+
+    return [g for g in groups if possible(g)]
+

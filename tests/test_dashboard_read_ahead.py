@@ -3,6 +3,10 @@ into the pages' own caches; never in AppTests or for library users (``ENABLED`` 
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+
 import pytest
 import streamlit as st
 from dashboard_store import build_dashboard_store, open_page
@@ -76,9 +80,9 @@ def test_a_failed_read_ahead_leaves_the_error_to_the_page(store, monkeypatch):
 
 
 def test_the_similarity_pages_first_view_is_read_ahead(store, monkeypatch):
-    """Its gallery, its first query's neighbours (the ANN index loaded), every thumbnail and the default run
-    family's predictions: the page then renders without reading a PNG, searching or reading a result (the same
-    cache keys: gallery size and seed, k, family and fold)."""
+    """Its gallery, its first query's neighbours (the ANN index loaded), every thumbnail, the rows shown and
+    the default run family's predictions: the page then renders without reading a PNG or a patch row, searching
+    or reading a prediction (the same cache keys: gallery size and seed, k, family and fold)."""
     root = str(store.root)
     read_ahead.warm_caches(root, data.stamp(root))
     searched, read, results = [], [], []
@@ -87,7 +91,49 @@ def test_the_similarity_pages_first_view_is_read_ahead(store, monkeypatch):
     monkeypatch.setattr(Store, "images", lambda self, ids: read.append(list(ids)) or real_images(self, ids))
     monkeypatch.setattr(type(store.results), "read",
                         lambda self, table, *a, **k: results.append(table) or real_read(self, table, *a, **k))
+    rows = []
+    real_patches = Store.patches
+    monkeypatch.setattr(Store, "patches", lambda self, *a, **k: rows.append(k.get("patch_ids")) or real_patches(self, *a, **k))
     at = open_page(store.root, "similarity", monkeypatch)
     assert len(at.dataframe[0].value) == data.SIMILARITY_K
     assert at.dataframe[0].value["probability"].notna().any()  # the family's predictions are shown
-    assert searched == [] and read == [] and "predictions" not in results  # (open_page opens the leaderboard first)
+    assert searched == [] and read == [] and rows == []
+    assert "predictions" not in results  # (open_page opens the leaderboard first, which reads the runs)
+
+
+def test_the_health_check_holds_visitors_until_the_read_ahead_at_start_has_ended(monkeypatch):
+    """``/_stcore/health`` (which Streamlit's page polls before it connects) says "not ready" while the server
+    reads ahead at start, and ready once it has ended or ``FIRST_PASS_WAIT`` has passed."""
+    from streamlit.runtime.runtime import Runtime
+
+    from mitoprobe.dashboard import child
+
+    async def streamlit_ready():
+        return True, "ok"
+
+    monkeypatch.setattr(Runtime, "is_ready_for_browser_connection", property(lambda self: streamlit_ready()))
+    child.hold_visitors_until_read()
+    monkeypatch.setattr(read_ahead, "ENABLED", True)
+    monkeypatch.setattr(read_ahead, "_first_pass", threading.Event())
+    monkeypatch.setattr(read_ahead, "_waited_from", time.monotonic())
+
+    def health():
+        return asyncio.run(Runtime.is_ready_for_browser_connection.fget(object()))
+
+    assert health() == (False, "reading ahead")
+    read_ahead._first_pass.set()
+    assert health() == (True, "ok")
+    read_ahead._first_pass.clear()
+    monkeypatch.setattr(read_ahead, "_waited_from", time.monotonic() - read_ahead.FIRST_PASS_WAIT - 1)
+    assert health() == (True, "ok")  # a slow read never keeps the dashboard closed
+
+
+def test_the_read_ahead_at_start_ends_also_when_it_fails(monkeypatch):
+    monkeypatch.setattr(read_ahead, "_first_pass", threading.Event())
+
+    def broken():
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(data, "store_root", broken)
+    read_ahead._at_start(0.0)  # no exception escapes
+    assert read_ahead._first_pass.is_set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from mitoprobe.classifiers.features import Features
@@ -77,8 +78,6 @@ def test_an_append_of_many_frames_is_one_part_read_back_a_batch_at_a_time(tmp_pa
     frames = [_preds("r1", [f"p{i}" for i in range(20)]), _preds("r2", [f"q{i}" for i in range(5)], "test"),
               _preds("r1", [f"p{i}" for i in range(20, 31)])]
     part = res.append("predictions", frames)
-    import pyarrow.parquet as pq
-
     meta = pq.ParquetFile(part).metadata
     assert res.parts("predictions") == [part] and meta.num_rows == 36
     assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [7, 7, 6, 5, 7, 4]
@@ -91,6 +90,25 @@ def test_an_append_of_many_frames_is_one_part_read_back_a_batch_at_a_time(tmp_pa
     assert got.columns.tolist() == ["run_id", "patch_id"] and got["patch_id"].tolist() == [f"q{i}" for i in range(5)]
     one = stored_predictions(type("S", (), {"results": res})(), ["r1", "r3"], columns=["probability"], patch_id="p20")
     assert one.columns.tolist() == ["probability"] and len(one) == 1  # filtered on columns it does not return
+    # row groups whose statistics rule a run out are not read: r2's rows are the fourth row group alone
+    f = pq.ParquetFile(part)
+    assert results_module._row_groups(f, {"run_id": ["r2"]}) == [3]
+    assert results_module._row_groups(f, {"run_id": ["r2"], "split": ["val"]}) == []
+    assert results_module._row_groups(f, {"run_id": ["r0", "r1"], "no such column": [1]}) == [0, 1, 2, 4, 5]
+    none = res.read("predictions", ["run_id"], where=lambda t: pa.compute.equal(t["run_id"], "r0"), only={"run_id": ["r0"]})
+    assert none.columns.tolist() == ["run_id"] and none.empty  # every row group left out: an empty frame, not an error
+
+
+def test_a_row_group_with_nulls_is_never_ruled_out(tmp_path):
+    """A prediction without a split (written before held-out rows existed) counts as a test row: its row group
+    may hold test rows whatever its other values' statistics say."""
+    from mitoprobe.store.results import ResultTables
+
+    res = ResultTables(tmp_path)
+    part = res.append("predictions", _preds("r1", ["a", "b"], "val").assign(split=["val", None]))
+    assert results_module._row_groups(pq.ParquetFile(part), {"split": ["test"]}) == [0]
+    got = stored_predictions(type("S", (), {"results": res})(), ["r1"], split="test", columns=["patch_id"])
+    assert got["patch_id"].tolist() == ["b"]
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -74,7 +74,8 @@ if mode == "Stored patch":
     if lab != "all":
         keep &= in_set_label == lab
     drawn = data.gallery(ctx.root, ctx.stamp, in_set["patch_id"][keep], data.GALLERY_SIZE,
-                         st.session_state.get("sim_seed", 0))
+                         st.session_state.get("sim_seed", 0),
+                         groups=data.set_row_groups(ctx.root, ctx.stamp, eset.recipe_id)[keep])
     gallery = rows_of(drawn).set_index("patch_id").loc[drawn].reset_index()
     if "sim_query_id" not in st.session_state and len(gallery):
         st.session_state["sim_query_id"] = gallery["patch_id"].iloc[0]
@@ -177,10 +178,13 @@ else:
     q.caption("uploaded image")
 ui.thumbnail_grid(ctx, hits["patch_id"].tolist(),
                   [f"#{h['rank']} · {h['label']}\n{h['dataset']} · closer than {h['closer_than']:.1f}%"
+                   + ("" if pd.isna(h["probability"]) else f"\nP(atypical) {h['probability']:.2f}")
                    for _, h in hits.iterrows()], container=res, set=eset.recipe_id, family=fid)
 res.caption("Click a neighbour to search with it.")
 
-st.dataframe(
+# folded: the grid above shows what most look at, and an unfolded table took ~0.3 s of every render at 200,000
+# patches on two cores (docs/benchmarks.md, "Cohort scale, round 6")
+st.expander(f"The {len(hits)} neighbours as a table: distance, prediction, votes, subtypes").dataframe(
     hits.assign(open=ui.query_links(hits["patch_id"], set=eset.recipe_id, family=fid)),  # thumbnails: the grid above
     hide_index=True, width="stretch", placeholder="",
     column_order=["rank", "closer_than", "distance", "label", "prediction", "probability", "threshold",
