@@ -456,6 +456,7 @@ def _stored_vector(root: str, key: tuple, recipe_id: str, output: str, patch_id:
 MAP_POINTS = 5_000  # points the embedding map draws by default at most (a random sample above: the projection
 # uses all); 20,000 took headless Chromium 2.9 s a warm load on 2 busy vCPUs (docs/benchmarks.md, issue 30)
 MAP_POINT_CHOICES = (2_000, 20_000, 50_000)  # what the page offers beside it
+MAP_GALLERY_SIZE = 12  # thumbnails under the map before a region is selected
 
 
 def neighbours(root: str, stamp_: Fingerprint, recipe_id: str, output: str, query: bytes, k: int,

@@ -116,6 +116,19 @@ def map_frame(root: str, stamp_: Fingerprint, view: View) -> pd.DataFrame:
     return _joined(view.key, stamp_.patches, view.frame, data.patch_index(root, stamp_))
 
 
+def drawn(frame: pd.DataFrame, points: int) -> pd.DataFrame:
+    """The map points a page draws: all of ``frame``, or a fixed random sample of ``points`` of them (a browser
+    draws a few thousand points fluently, not a cohort's 200,000)."""
+    return frame.sample(points, random_state=0) if len(frame) > points else frame
+
+
+def first_map_view(root: str, stamp_: Fingerprint, view: View) -> None:
+    """Read what the embedding map first shows besides its points, into the page's caches: the thumbnails of its
+    gallery (``data.MAP_GALLERY_SIZE`` of the ``data.MAP_POINTS`` drawn, seed 0)."""
+    shown = drawn(map_frame(root, stamp_, view), data.MAP_POINTS)
+    data.thumbnails(root, stamp_, data.gallery(root, stamp_, shown["patch_id"], data.MAP_GALLERY_SIZE, 0))
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _joined(view_key: tuple, pkey: tuple, _xy: pd.DataFrame, _index: pd.DataFrame) -> pd.DataFrame:
     return _xy.merge(_index[["patch_id", "dataset", "split", "label"]], on="patch_id", how="left")

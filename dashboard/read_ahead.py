@@ -3,10 +3,11 @@ into the pages' own caches, so a page opened after the first finds them read.
 
 What: the patch index; the default set's patch ids, search table and distance sample (Similarity), the
 similarity page's first view (gallery, first query's neighbours, their thumbnails), its PCA map joined with
-the index and its robustness index (the embedding map); the runs.
+the index and the thumbnails under it, and its robustness index (the embedding map); the runs.
 At 200,000 patches these were 0.6-0.9 s of Similarity's first render alone (docs/benchmarks.md, "Cohort
 scale, round 3"). Only in the server's own process (``dashboard.child`` calls :func:`enable`): AppTests and
-library users read on demand. A read that fails here is left for the page that makes it to report.
+library users read on demand. A read that fails here is left for the page that makes it to report. At start,
+the server tells visitors to wait until this first pass has ended (``ready``; ``child.hold_visitors_until_read``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def warm_caches(root: str, stamp_: Fingerprint) -> None:
             data.first_similarity_view(root, stamp_, eset.recipe_id, output)
             view = derived_views.projection(root, stamp_, eset, output)
             if view.frame is not None:
-                derived_views.map_frame(root, stamp_, view)
+                derived_views.first_map_view(root, stamp_, view)
             derived_views.robustness(root, stamp_, eset)
         data.runs(root, stamp_)
     except Exception as exc:  # noqa: BLE001 - read ahead only: the page making the same read reports it

@@ -137,3 +137,14 @@ def test_the_read_ahead_at_start_ends_also_when_it_fails(monkeypatch):
     monkeypatch.setattr(data, "store_root", broken)
     read_ahead._at_start(0.0)  # no exception escapes
     assert read_ahead._first_pass.is_set()
+
+
+def test_the_maps_first_thumbnails_are_read_ahead(store, monkeypatch):
+    """The map page's gallery under the map (the same draw: ``derived_views.drawn``, seed 0) reads no PNG."""
+    root = str(store.root)
+    read_ahead.warm_caches(root, data.stamp(root))
+    read = []
+    real_images = Store.images
+    monkeypatch.setattr(Store, "images", lambda self, ids: read.append(list(ids)) or real_images(self, ids))
+    at = open_page(store.root, "map", monkeypatch)
+    assert not at.exception and read == []

@@ -57,8 +57,7 @@ def draw_map(proj: derived_views.View) -> None:
     if datasets:
         df = df[df["dataset"].isin(datasets)]
     n_all = len(df)
-    if n_all > points:  # a browser draws a few thousand points fluently, not a cohort's 200,000
-        df = df.sample(points, random_state=0)
+    df = derived_views.drawn(df, points)
     df = df.assign(label=df["label"].astype(object), dataset=df["dataset"].astype(object),
                    split=df["split"].astype(object))
     fid = None
@@ -102,11 +101,12 @@ def draw_map(proj: derived_views.View) -> None:
         st.markdown(f"**{len(picked)} patches selected**" + (" (showing 36)" if len(picked) > 36 else "")
                     + ". Click one to open it as the similarity query.")
     else:
-        drawn = f"{n_all} patches ({len(df)} drawn at random: the projection uses all)" if n_all > len(df) \
+        count = f"{n_all} patches ({len(df)} drawn at random: the projection uses all)" if n_all > len(df) \
             else f"{len(df)} patches"
-        st.caption(f"{drawn}. Showing 12 drawn at random from one stored block of patches (click one to search "
-                   "with it); select a region to see its patches.")
-        picked = df.set_index("patch_id").loc[data.gallery(ctx.root, ctx.stamp, df["patch_id"], 12, seed=0)].reset_index()
+        st.caption(f"{count}. Showing {data.MAP_GALLERY_SIZE} drawn at random from one stored block of patches "
+                   "(click one to search with it); select a region to see its patches.")
+        picked = df.set_index("patch_id").loc[data.gallery(ctx.root, ctx.stamp, df["patch_id"], data.MAP_GALLERY_SIZE,
+                                                           seed=0)].reset_index()
     show = picked.head(36)
     ui.thumbnail_grid(ctx, show["patch_id"].tolist(), [f"{r['label']}\n{r['dataset']}" for _, r in show.iterrows()],
                       size=96, set=eset.recipe_id, family=fid)
