@@ -196,7 +196,7 @@ def gallery(root: str, stamp_: Fingerprint, patch_ids: pd.Series, n: int, seed: 
     drawn across the table would read ``n`` of them. ``groups``: each patch's row group when the caller has
     them (``set_row_groups``: looking 200,000 ids up took ~0.1 s on every rerun of the similarity page)."""
     if groups is None:
-        groups = _row_groups(root, stamp_.patches).reindex(patch_ids.astype(str).to_numpy()).to_numpy()
+        groups = _row_groups(root, stamp_.patches).reindex(patch_ids.astype(str).to_numpy()).to_numpy(dtype=float)
     at = np.flatnonzero(~np.isnan(groups))  # positions, not 200,000 ids as Python strings
     groups = groups[at]
     rng = np.random.default_rng(seed)

@@ -153,7 +153,7 @@ def _row_groups(f: pq.ParquetFile, only: dict[str, list] | None) -> list[int]:
     def possible(g: int) -> bool:
         for i, values in rules:
             st = meta.row_group(g).column(i).statistics
-            if st is None or not st.has_min_max or st.null_count:
+            if st is None or not st.has_min_max or not st.has_null_count or st.null_count:
                 continue
             if not any(st.min <= v <= st.max for v in values):
                 return False
