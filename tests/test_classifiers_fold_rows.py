@@ -12,6 +12,7 @@ import pytest
 from mitoprobe.classifiers import features as F
 from mitoprobe.classifiers.features import Features
 from mitoprobe.classifiers.fitting import fit_fold, keeps_no_rows, predict_test_set
+from mitoprobe.classifiers.heads import HEADS
 from mitoprobe.classifiers.own_heads import resolve_head
 from mitoprobe.classifiers.protocol import FoldData
 from mitoprobe.classifiers.protocol import TestSet as Patches  # not collected as a test class
@@ -132,7 +133,7 @@ def brute_knn():  # keeps the rows it is fitted on (``_fit_X``), no copy
 '''
 
 
-@pytest.mark.parametrize("head", ["lgbm", "logreg", "torch_linear", "knn", "mlp", "simpleshot", "own brute kNN"])
+@pytest.mark.parametrize("head", [*sorted(HEADS), "own brute kNN"])  # every built-in head, and a head that keeps rows
 def test_test_sets_predicted_after_the_fold_equal_those_of_copies(head, monkeypatch, tmp_path):
     """The fitted model predicts after its rows were moved back: a head that kept a reference to them would
     read other rows. The built-in heads keep none; an own head is given copies (it might)."""
