@@ -56,6 +56,10 @@ class Features:
         self._order = np.arange(len(self.keys))
         self._bounds = np.arange(len(self.keys) + 1)
 
+    @property
+    def _row_per_patch(self) -> bool:  # one view (no TTA) or one row for each patch
+        return len(self._order) == len(self._bounds) - 1
+
     def locate(self, patch_ids) -> np.ndarray:
         """Each patch's position in the set (what ``rows_at`` takes); ``StoreError`` naming a patch it lacks.
         Looked up in Arrow: no Python string per patch (a lookup by pandas Index made two copies of a
@@ -72,7 +76,7 @@ class Features:
         """(row indices, index into ``at`` of each row) covering every view of the patches at ``at``."""
         if self._moved:
             raise RuntimeError(f"{self.name}: rows looked up while a fold's training rows are moved up (fold_matrices)")
-        if len(self._order) == len(self._bounds) - 1:  # one row per patch: nothing to repeat
+        if self._row_per_patch:  # nothing to repeat
             return self._order[self._bounds[at]], np.arange(len(at))
         start, count = self._bounds[at], self._bounds[at + 1] - self._bounds[at]
         owner = np.repeat(np.arange(len(at)), count)
@@ -96,7 +100,7 @@ class Features:
             return at
         self.X = self.X[perm]
         self.keys = self.keys.iloc[perm].reset_index(drop=True)
-        if len(self._order) == len(self._bounds) - 1:  # a row per patch: the new keys' ids, not a second copy
+        if self._row_per_patch:  # the new keys' ids, not a second copy
             self._index_rows()
             return np.arange(len(at))
         new_row = np.empty_like(perm)

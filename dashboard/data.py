@@ -172,7 +172,7 @@ def first_similarity_view(root: str, stamp_: Fingerprint, recipe_id: str, output
     test-set predictions of the set's first run family (its first fold choice), as the page's pickers default."""
     r = runs(root, stamp_)
     if not r.empty:
-        mine = set(r.loc[r["recipe_id"] == recipe_id, "family_id"])
+        mine = set_families(r, recipe_id)
         first = next((f for f in family_options(r) if f in mine), None)
         if first is not None:
             family_predictions(root, stamp_, first, fold_choices(r, first)[0])
@@ -296,6 +296,11 @@ def family_options(runs: pd.DataFrame) -> dict[str, str]:
     names = runs.drop_duplicates("family_id").set_index("family_id")["label"]
     order = sorted(names.index, key=lambda f: (-score.get(f, -1.0), names[f]))
     return {f: names[f] for f in order}
+
+
+def set_families(runs: pd.DataFrame, recipe_id: str) -> list[str]:
+    """The run families fitted on one embedding set's vectors (what a page about that set picks from)."""
+    return runs.loc[runs["recipe_id"] == recipe_id, "family_id"].unique().tolist()
 
 
 def family_predictions(root: str, stamp_: Fingerprint, family_id: str, fold: int, test_set: str | None = None

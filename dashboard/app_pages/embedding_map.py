@@ -62,7 +62,7 @@ def draw_map(proj: derived_views.View) -> None:
                    split=df["split"].astype(object))
     fid = None
     if not runs.empty:  # joined to the drawn points only
-        same = runs.loc[runs["recipe_id"] == eset.recipe_id, "family_id"].unique().tolist()
+        same = data.set_families(runs, eset.recipe_id)
         fid = ui.pick_family(runs, "map_family", "Predictions of (test sets only)", families=same)
         pred = data.family_predictions(ctx.root, ctx.stamp, fid, data.fold_choices(runs, fid)[0])
         df = df.merge(pred[["patch_id", "probability", "prediction"]], on="patch_id", how="left")

@@ -41,7 +41,7 @@ runs = data.runs(ctx.root, ctx.stamp) if ctx.status["runs"] else pd.DataFrame()
 pred = pd.DataFrame(columns=["patch_id", "probability", "threshold", "prediction"])
 fid = None
 if not runs.empty and ctx.status["predictions"]:
-    same = runs.loc[runs["recipe_id"] == eset.recipe_id, "family_id"].unique().tolist()
+    same = data.set_families(runs, eset.recipe_id)
     fid = ui.pick_family(runs, "sim_family", "Predictions of", families=same, container=c3)
     fold = data.fold_choices(runs, fid)[0]
     pred = data.family_predictions(ctx.root, ctx.stamp, fid, fold)[["patch_id", "probability", "threshold",
